@@ -1,0 +1,206 @@
+"""Agents propose one change per experiment.
+
+`LLMAgent` asks any OpenAI-compatible chat-completions endpoint and applies its SEARCH/REPLACE
+blocks, sending back why a block did not apply (with the nearest real lines) for a bounded number
+of attempts. `MutateAgent` needs no LLM: it perturbs one or two upper-case numeric constants at the
+top of train.py; it is the control arm and the way to try the whole loop offline.
+Both return a Candidate or raise InvalidProposal; neither touches git or the disk.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from autoresearch.edits import EditError, apply_blocks, parse_reply
+from autoresearch.errors import UserError
+from autoresearch.guard import files_hash
+from autoresearch.prompts import AgentContext, build_messages, repair_message
+
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_REQUEST_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A proposed change: its description and the new content of every file it changes."""
+
+    description: str
+    changed: dict[str, str]
+
+
+class InvalidProposal(Exception):
+    """The agent produced nothing that can be trained; `reason` is the typed outcome's reason."""
+
+    def __init__(self, reason: str, description: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.description = description
+
+
+class AgentUnavailable(Exception):
+    """The LLM endpoint could not be reached or kept failing: no proposal this time."""
+
+
+@dataclass(frozen=True)
+class LLMCall:
+    """One request and its answer, as recorded in the ledger."""
+
+    attempt: int
+    model: str
+    messages: list
+    reply: str | None
+    error: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_seconds: float
+
+
+class Agent(Protocol):
+    name: str
+
+    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate: ...
+
+
+# --- the LLM agent
+
+class LLMAgent:
+    """Proposals from a chat-completions endpoint through the `openai` client."""
+
+    name = "llm"
+
+    def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 max_retries: int = 2, temperature: float | None = None):
+        import openai
+
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        api_key = api_key or os.environ.get("OPENAI_API_KEY") or None
+        if not base_url and not api_key:
+            raise UserError("the llm agent needs OPENAI_API_KEY (or OPENAI_BASE_URL / --base-url for a local "
+                            "server such as vLLM or Ollama); --agent mutate needs neither")
+        self.model = model
+        self.max_attempts = max_attempts
+        self.temperature = temperature
+        self._openai = openai
+        # Local servers ignore the key but the client insists on one.
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
+                                    timeout=request_timeout, max_retries=max_retries)
+
+    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
+        messages = build_messages(context)
+        error = "no attempt made"
+        description = ""
+        for attempt in range(1, self.max_attempts + 1):
+            reply = self._complete(messages, attempt, record_call)
+            try:
+                parsed = parse_reply(reply)
+                description = parsed.description
+                changed = apply_blocks(context.files, parsed.blocks)
+                if not changed:
+                    raise EditError("the blocks change nothing")
+                return Candidate(description=parsed.description, changed=changed)
+            except EditError as exc:
+                error = str(exc)
+                messages = messages + [{"role": "assistant", "content": reply}, repair_message(error)]
+        raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description)
+
+    def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None]) -> str:
+        started = time.monotonic()
+        options = {} if self.temperature is None else {"temperature": self.temperature}
+        try:
+            response = self.client.chat.completions.create(model=self.model, messages=messages, **options)
+        except self._openai.AuthenticationError as exc:
+            record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
+                                time.monotonic() - started))
+            raise UserError(f"the endpoint refused the API key: {_api_error(exc)}") from None
+        except self._openai.OpenAIError as exc:
+            record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
+                                time.monotonic() - started))
+            raise AgentUnavailable(_api_error(exc)) from None
+        reply = response.choices[0].message.content if response.choices else None
+        usage = response.usage
+        record_call(LLMCall(attempt, self.model, messages, reply or "", None,
+                            getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None),
+                            time.monotonic() - started))
+        return reply or ""
+
+
+def _api_error(exc: Exception) -> str:
+    status = getattr(exc, "status_code", None)
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{status} {text}" if status else text
+
+
+# --- the mutate agent
+
+TOP_LEVEL_CONSTANT = re.compile(
+    r"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*(?::\s*\w+\s*)?=\s*)(?P<value>[-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+    r"(?P<rest>\s*(?:#.*)?)$", re.MULTILINE)
+MAX_MUTATION_TRIES = 100
+
+
+class MutateAgent:
+    """Offline proposals: scale a float by 0.5 to 2 or step an integer, one or two at a time."""
+
+    name = "mutate"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
+        target = context.recipe.editable[0]
+        source = context.files[target]
+        constants = list(TOP_LEVEL_CONSTANT.finditer(source))
+        if not constants:
+            raise InvalidProposal(f"no upper-case numeric constants at the top level of {target} to mutate")
+        rng = random.Random(f"{self.seed}:{context.number}")
+        for _ in range(MAX_MUTATION_TRIES):
+            chosen = rng.sample(constants, k=min(len(constants), rng.choice((1, 1, 2))))
+            chosen.sort(key=lambda match: match.start())
+            new_source, changes = source, []
+            for match in reversed(chosen):
+                old_text = match.group("value")
+                new_text = mutate_number(old_text, rng)
+                if new_text == old_text:
+                    continue
+                line = match.group("name") + match.group("eq") + new_text + match.group("rest")
+                new_source = new_source[:match.start()] + line + new_source[match.end():]
+                changes.insert(0, f"{match.group('name')} {old_text} -> {new_text}")
+            if not changes:
+                continue
+            changed = {target: new_source}
+            if files_hash({**context.files, **changed}) in context.seen_hashes:
+                continue
+            return Candidate(description=", ".join(changes), changed=changed)
+        raise InvalidProposal("duplicate: every mutation tried was already run")
+
+
+def mutate_number(text: str, rng: random.Random) -> str:
+    """A float scaled by a factor in [0.5, 2] (log-uniform), or an integer stepped up or down."""
+    is_float = any(ch in text for ch in ".eE")
+    if is_float:
+        value = float(text)
+        if value == 0:
+            return text
+        scaled = value * 2 ** rng.uniform(-1, 1)
+        return _format_float(scaled)
+    value = int(text.replace("_", ""))
+    step = max(1, round(abs(value) * 0.25))
+    new_value = value + rng.choice((-step, step))
+    if value > 0 and new_value < 1:
+        new_value = value + step
+    return str(new_value)
+
+
+def _format_float(value: float) -> str:
+    """Three significant digits, written the way a person would write a constant."""
+    digits = 3 - int(math.floor(math.log10(abs(value)))) - 1
+    rounded = round(value, digits)
+    text = f"{rounded:.{max(digits, 0)}f}" if 1e-4 <= abs(rounded) < 1e6 else f"{rounded:.2e}"
+    return text if "." in text or "e" in text else text + ".0"

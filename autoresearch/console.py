@@ -1,0 +1,169 @@
+"""How a run reports while it works: a Rich live panel on a terminal, plain lines elsewhere.
+
+Domain code never prints: the loop calls a Reporter. `PlainReporter` writes one line per event to
+stderr (log files, nohup, CI); `LiveReporter` keeps a live panel: the run, the experiment and its
+phase, a progress bar of the training budget with the latest line the training printed, the best
+so far and the counts of outcomes, and the last few experiments.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, deque
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+OUTCOME_STYLES = {"keep": "green", "discard": "yellow", "crash": "red", "timeout": "magenta",
+                  "invalid": "bright_black", "interrupted": "cyan", "running": "blue"}
+
+
+def format_metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+class Reporter:
+    """The events of a run; this base class ignores them all."""
+
+    def run_started(self, tag: str, recipe: str, metric: str, direction: str, budget: float, agent: str) -> None: ...
+    def experiment_started(self, number: int) -> None: ...
+    def phase(self, name: str, description: str | None = None, budget: float | None = None) -> None: ...
+    def training_output(self, line: str) -> None: ...
+    def experiment_finished(self, row: dict, best: float | None, baseline: float | None) -> None: ...
+    def note(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def outcome_text(row: dict) -> str:
+    return f"{row['outcome']}: {row['reason']}" if row.get("reason") else row["outcome"]
+
+
+class PlainReporter(Reporter):
+    """One line per event on stderr."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.number = 0
+
+    def _line(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def run_started(self, tag, recipe, metric, direction, budget, agent):
+        self._line(f"run {tag}: recipe {recipe}, {metric} ({direction} is better), budget {budget:g}s, agent {agent}")
+
+    def experiment_started(self, number):
+        self.number = number
+        self._line(f"experiment {number}: started" + (" (baseline)" if number == 0 else ""))
+
+    def phase(self, name, description=None, budget=None):
+        self._line(f"experiment {self.number}: {name}" + (f": {description}" if description else ""))
+
+    def experiment_finished(self, row, best, baseline):
+        self._line(f"experiment {row['number']}: {outcome_text(row)}, {row['metric_name']} "
+                   f"{format_metric(row.get('metric'))}, best {format_metric(best)}")
+
+    def note(self, text):
+        self._line(text)
+
+
+class LiveReporter(Reporter):
+    """A Rich live panel, refreshed a few times a second."""
+
+    def __init__(self, console: Console | None = None):
+        self.console = console or Console(stderr=True)
+        self.tag = self.recipe = self.metric = self.agent = ""
+        self.started = time.monotonic()
+        self.number: int | None = None
+        self.phase_name = "starting"
+        self.description = ""
+        self.budget = 0.0
+        self.phase_started = time.monotonic()
+        self.last_output = ""
+        self.best: float | None = None
+        self.baseline: float | None = None
+        self.direction = "lower"
+        self.counts: Counter[str] = Counter()
+        self.recent: deque[dict] = deque(maxlen=5)
+        self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False)
+        self.live.start()
+
+    def run_started(self, tag, recipe, metric, direction, budget, agent):
+        self.tag, self.recipe, self.metric, self.direction, self.agent = tag, recipe, metric, direction, agent
+        self.budget = budget
+
+    def experiment_started(self, number):
+        self.number = number
+        self.description = "the unmodified recipe (baseline)" if number == 0 else ""
+        self.last_output = ""
+
+    def phase(self, name, description=None, budget=None):
+        self.phase_name = name
+        self.phase_started = time.monotonic()
+        if description:
+            self.description = description
+        if budget is not None:
+            self.budget = budget
+
+    def training_output(self, line):
+        self.last_output = line.strip()[:200]
+
+    def experiment_finished(self, row, best, baseline):
+        self.best, self.baseline = best, baseline
+        self.counts[row["outcome"]] += 1
+        self.recent.appendleft(row)
+
+    def note(self, text):
+        self.console.print(text)
+
+    def close(self):
+        self.live.stop()
+
+    def _render(self):
+        header = Table.grid(padding=(0, 2))
+        header.add_row(Text(f"run {self.tag}", style="bold"), f"recipe {self.recipe}", f"agent {self.agent}",
+                       f"elapsed {format_duration(time.monotonic() - self.started)}")
+        lines = [header]
+        if self.number is not None:
+            lines.append(Text(f"experiment {self.number} · {self.phase_name} · {self.description}", style="cyan"))
+        if self.phase_name == "training" and self.budget:
+            elapsed = time.monotonic() - self.phase_started
+            bar = Table.grid(padding=(0, 1))
+            bar.add_row(ProgressBar(total=self.budget, completed=min(elapsed, self.budget), width=40),
+                        f"{elapsed:.0f}/{self.budget:g}s", Text(self.last_output, overflow="ellipsis", no_wrap=True))
+            lines.append(bar)
+        gain = ""
+        if self.best is not None and self.baseline is not None:
+            delta = self.baseline - self.best if self.direction == "lower" else self.best - self.baseline
+            gain = f" (gain {delta:+.4g} over baseline)"
+        counts = ", ".join(f"{self.counts[k]} {k}" for k in ("keep", "discard", "crash", "timeout", "invalid")
+                           if self.counts[k])
+        lines.append(Text(f"best {self.metric} {format_metric(self.best)}{gain}   {counts}"))
+        if self.recent:
+            recent = Table(show_header=False, box=None, padding=(0, 1))
+            for row in self.recent:
+                recent.add_row(str(row["number"]), Text(outcome_text(row), style=OUTCOME_STYLES.get(row["outcome"], "")),
+                               format_metric(row.get("metric")), row.get("description") or "")
+            lines.append(recent)
+        return Panel(Group(*lines), title="autoresearch", border_style="blue")
+
+
+def make_reporter(console: Console | None = None) -> Reporter:
+    """Live on an interactive terminal, plain lines otherwise (files, nohup, CI)."""
+    console = console or Console(stderr=True)
+    if console.is_terminal and not console.is_dumb_terminal:
+        return LiveReporter(console)
+    return PlainReporter()

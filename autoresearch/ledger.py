@@ -1,0 +1,203 @@
+"""The ledger: every run, experiment, training run and LLM call, in SQLite at runs/ledger.db.
+
+Rows are written ahead: an experiment's row exists (outcome `running`) before anything it does can
+fail, and its outcome is written before the branch is reset. The schema grows by numbered
+migrations kept in MIGRATIONS; `PRAGMA user_version` says how many have been applied.
+Every reader returns plain dicts of one shape, so `log --json` and every other JSON output agree.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+MIGRATIONS: list[str] = [
+    # 1: runs, experiments and LLM calls
+    """
+    CREATE TABLE runs (
+        tag TEXT PRIMARY KEY,
+        recipe TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        worktree TEXT NOT NULL,
+        base_commit TEXT NOT NULL,
+        agent TEXT NOT NULL,
+        model TEXT,
+        metric TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        budget_seconds REAL NOT NULL,
+        config_json TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'running',
+        started_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE TABLE experiments (
+        tag TEXT NOT NULL REFERENCES runs(tag),
+        number INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        description TEXT,
+        commit_sha TEXT,
+        parent_sha TEXT,
+        metric REAL,
+        best_before REAL,
+        summary_json TEXT NOT NULL DEFAULT '{}',
+        files_hash TEXT,
+        diff TEXT,
+        log_path TEXT,
+        log_tail TEXT,
+        seed INTEGER,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        propose_seconds REAL,
+        train_seconds REAL,
+        total_seconds REAL,
+        PRIMARY KEY (tag, number)
+    );
+    CREATE TABLE llm_calls (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tag TEXT NOT NULL,
+        experiment INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        model TEXT,
+        messages_json TEXT NOT NULL,
+        reply TEXT,
+        error TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        latency_seconds REAL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX llm_calls_by_experiment ON llm_calls(tag, experiment);
+    """,
+]
+
+EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
+                      "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
+                      "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Ledger:
+    """One SQLite file; every write is its own committed transaction."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- runs
+
+    def create_run(self, tag: str, **fields) -> None:
+        fields.setdefault("started_at", now_iso())
+        fields["config_json"] = json.dumps(fields.pop("config", {}), sort_keys=True)
+        columns = ["tag", *fields]
+        self._db.execute(f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                         [tag, *fields.values()])
+
+    def set_run_status(self, tag: str, status: str) -> None:
+        finished = None if status == "running" else now_iso()
+        self._db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE tag = ?", (status, finished, tag))
+
+    def run(self, tag: str) -> dict | None:
+        row = self._db.execute("SELECT * FROM runs WHERE tag = ?", (tag,)).fetchone()
+        return _run_dict(row) if row else None
+
+    def runs(self) -> list[dict]:
+        return [_run_dict(row) for row in self._db.execute("SELECT * FROM runs ORDER BY started_at, rowid")]
+
+    def latest_tag(self) -> str | None:
+        row = self._db.execute("SELECT tag FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()
+        return row["tag"] if row else None
+
+    # --- experiments
+
+    def start_experiment(self, tag: str, number: int, **fields) -> None:
+        """The write-ahead row: it exists before the experiment can fail in any way."""
+        fields = {"outcome": "running", "started_at": now_iso(), **fields}
+        columns = ["tag", "number", *fields]
+        self._db.execute(f"INSERT INTO experiments ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+                         [tag, number, *fields.values()])
+
+    def update_experiment(self, tag: str, number: int, **fields) -> None:
+        if "summary" in fields:
+            fields["summary_json"] = json.dumps(fields.pop("summary"), sort_keys=True)
+        unknown = set(fields) - set(EXPERIMENT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown experiment fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{name} = ?" for name in fields)
+        self._db.execute(f"UPDATE experiments SET {assignments} WHERE tag = ? AND number = ?",
+                         [*fields.values(), tag, number])
+
+    def experiments(self, tag: str) -> list[dict]:
+        rows = self._db.execute("SELECT * FROM experiments WHERE tag = ? ORDER BY number", (tag,))
+        return [_experiment_dict(row) for row in rows]
+
+    def experiment(self, tag: str, number: int) -> dict | None:
+        row = self._db.execute("SELECT * FROM experiments WHERE tag = ? AND number = ?", (tag, number)).fetchone()
+        return _experiment_dict(row) if row else None
+
+    def mark_unfinished_interrupted(self, tag: str) -> list[int]:
+        """Experiments left `running` by a killed tool become `interrupted`; returns their numbers."""
+        numbers = [row[0] for row in self._db.execute(
+            "SELECT number FROM experiments WHERE tag = ? AND outcome = 'running'", (tag,))]
+        self._db.execute("UPDATE experiments SET outcome = 'interrupted', reason = COALESCE(reason, 'tool stopped'),"
+                         " finished_at = ? WHERE tag = ? AND outcome = 'running'", (now_iso(), tag))
+        return numbers
+
+    # --- LLM calls
+
+    def record_llm_call(self, tag: str, experiment: int, attempt: int, model: str | None, messages: list,
+                        reply: str | None, error: str | None, prompt_tokens: int | None,
+                        completion_tokens: int | None, latency_seconds: float) -> None:
+        self._db.execute(
+            "INSERT INTO llm_calls (tag, experiment, attempt, model, messages_json, reply, error, prompt_tokens,"
+            " completion_tokens, latency_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (tag, experiment, attempt, model, json.dumps(messages), reply, error, prompt_tokens,
+             completion_tokens, latency_seconds, now_iso()))
+
+    def llm_calls(self, tag: str, experiment: int | None = None) -> list[dict]:
+        query, params = "SELECT * FROM llm_calls WHERE tag = ?", [tag]
+        if experiment is not None:
+            query, params = query + " AND experiment = ?", params + [experiment]
+        rows = self._db.execute(query + " ORDER BY id", params)
+        return [{**dict(row), "messages": json.loads(row["messages_json"])} for row in rows]
+
+    def token_totals(self, tag: str) -> dict[int, tuple[int, int]]:
+        """Prompt and completion tokens per experiment number."""
+        rows = self._db.execute("SELECT experiment, COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0)"
+                                " FROM llm_calls WHERE tag = ? GROUP BY experiment", (tag,))
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def _run_dict(row: sqlite3.Row) -> dict:
+    data = dict(row)
+    data["config"] = json.loads(data.pop("config_json") or "{}")
+    return data
+
+
+def _experiment_dict(row: sqlite3.Row) -> dict:
+    data = dict(row)
+    data["summary"] = json.loads(data.pop("summary_json") or "{}")
+    return data
+
+
+def elapsed_since(start: float) -> float:
+    return time.monotonic() - start

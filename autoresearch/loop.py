@@ -1,0 +1,420 @@
+"""The research loop: propose, guard, commit, train, decide, record; then again.
+
+Every experiment's ledger row is written before it can fail (outcome `running`) and its outcome
+before the branch moves, so a crash, a Ctrl-C or a kill at any moment leaves a row to find. The
+branch `autoresearch/<tag>` lives in its own worktree under runs/<tag>/ and only ever points at
+the best commit once an experiment is decided; every commit an experiment made stays reachable
+under refs/autoresearch/<tag>/<n>. The state of a run (best commit, next number) is derived from
+the ledger, which is what makes `--resume` possible.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall
+from autoresearch.console import Reporter
+from autoresearch.edits import unified_diff
+from autoresearch.errors import UserError
+from autoresearch.guard import changed_fixed_files, check_candidate, files_hash, hash_fixed_files
+from autoresearch.ledger import Ledger, now_iso
+from autoresearch.prompts import AgentContext, LineageEntry
+from autoresearch.recipe import Recipe, load_recipe
+from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
+from autoresearch.runner import Executor, LocalExecutor, TrainingJob, TrainingResult, is_finite
+from autoresearch.workspace import Workspace
+
+WORKTREE_DIR = "worktree"
+RESULTS_FILE = "results.tsv"
+BASELINE_DESCRIPTION = "baseline: the unmodified recipe"
+
+
+@dataclass
+class RunOptions:
+    """What a person chose for this invocation of `run`."""
+
+    recipe: str | None = None
+    tag: str | None = None
+    budget_seconds: float | None = None
+    max_experiments: int | None = None
+    hours: float | None = None
+    min_delta: float = 0.0
+    seed: int = 0
+    max_agent_failures: int = 5
+    agent_backoff_seconds: float = 5.0
+
+
+class StopRun(Exception):
+    """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person."""
+
+
+@dataclass
+class RunState:
+    """Where a run stands; rebuilt from the ledger on resume."""
+
+    tag: str
+    recipe_path: str
+    worktree: Repo
+    recipe: Recipe
+    budget_seconds: float
+    best_commit: str
+    best_metric: float | None = None
+    baseline_metric: float | None = None
+    next_number: int = 0
+    seen_hashes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def recipe_dir(self) -> Path:
+        return self.worktree.root / self.recipe_path
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    tag: str
+    experiments: int
+    kept: int
+    best_metric: float | None
+    baseline_metric: float | None
+    stop_reason: str
+
+
+class ResearchLoop:
+    """Runs experiments for one run of one workspace."""
+
+    def __init__(self, workspace: Workspace, agent: Agent, reporter: Reporter | None = None,
+                 executor: Executor | None = None, ledger: Ledger | None = None):
+        self.workspace = workspace
+        self.agent = agent
+        self.reporter = reporter or Reporter()
+        self.executor = executor or LocalExecutor()
+        self.ledger = ledger or Ledger(workspace.ledger_path)
+        self.program = ""
+        self.tag: str | None = None
+
+    # --- starting and resuming
+
+    def start(self, options: RunOptions) -> RunSummary:
+        """A new run from the workspace's HEAD."""
+        workspace = self.workspace
+        self.program = workspace.read_program()
+        recipe_path = workspace.resolve_recipe(options.recipe)
+        if not workspace.repo.has_commits() or not workspace.repo.is_tracked(recipe_path):
+            raise UserError(f"{recipe_path} is not committed; commit it first (a run starts from the last commit)")
+        pending = workspace.repo.uncommitted_paths(recipe_path)
+        if pending:
+            raise UserError(f"{recipe_path} has uncommitted changes ({', '.join(pending[:3])}); commit or stash "
+                            "them first (a run starts from the last commit)")
+        recipe = load_recipe(workspace.root / recipe_path)
+        taken = {run["tag"] for run in self.ledger.runs()}
+        tag = options.tag or workspace.new_tag(taken)
+        branch = RUN_BRANCH_PREFIX + tag
+        if tag in taken or workspace.repo.branch_exists(branch) or workspace.run_dir(tag).exists():
+            raise UserError(f"a run tagged {tag!r} already exists; resume it with --resume {tag} or choose another --tag")
+        base_commit = workspace.repo.head_commit()
+        workspace.run_dir(tag).mkdir(parents=True)
+        worktree = workspace.repo.add_worktree(workspace.run_dir(tag) / WORKTREE_DIR, branch, base_commit)
+        budget = options.budget_seconds or recipe.budget_seconds
+        self.ledger.create_run(tag, recipe=recipe_path, branch=branch, worktree=str(worktree.root),
+                               base_commit=base_commit, agent=self.agent.name, model=getattr(self.agent, "model", None),
+                               metric=recipe.metric, direction=recipe.direction, budget_seconds=budget,
+                               config={"min_delta": options.min_delta, "seed": options.seed})
+        state = RunState(tag=tag, recipe_path=recipe_path, worktree=worktree,
+                         recipe=load_recipe(worktree.root / recipe_path), budget_seconds=budget, best_commit=base_commit)
+        return self._loop(state, options)
+
+    def resume(self, tag: str, options: RunOptions) -> RunSummary:
+        """Go on with a run: lost experiments become `interrupted`, the branch goes back to the best commit."""
+        run = self.ledger.run(tag)
+        if run is None:
+            raise UserError(f"no run tagged {tag!r} in {self.workspace.ledger_path}")
+        self.program = self.workspace.read_program()
+        self.ledger.mark_unfinished_interrupted(tag)
+        worktree = self.workspace.repo.attach_worktree(Path(run["worktree"]), run["branch"])
+        rows = self.ledger.experiments(tag)
+        kept = [row for row in rows if row["outcome"] == "keep"]
+        budget = options.budget_seconds or run["budget_seconds"]
+        state = RunState(tag=tag, recipe_path=run["recipe"], worktree=worktree,
+                         recipe=load_recipe(worktree.root / run["recipe"]), budget_seconds=budget,
+                         best_commit=kept[-1]["commit_sha"] if kept else run["base_commit"],
+                         best_metric=kept[-1]["metric"] if kept else None,
+                         baseline_metric=kept[0]["metric"] if kept else None,
+                         next_number=max((row["number"] for row in rows), default=-1) + 1,
+                         seen_hashes={row["files_hash"]: row["number"] for row in rows if row["files_hash"]})
+        worktree.reset_hard(state.best_commit)
+        self.ledger.set_run_status(tag, "running")
+        return self._loop(state, options)
+
+    # --- the loop
+
+    def _loop(self, state: RunState, options: RunOptions) -> RunSummary:
+        recipe = state.recipe
+        self.tag = state.tag
+        self.reporter.run_started(state.tag, recipe.name, recipe.metric, recipe.direction, state.budget_seconds,
+                                  self.agent.name)
+        started = time.monotonic()
+        ran = 0
+        stop_reason = ""
+        try:
+            while True:
+                if options.max_experiments is not None and ran >= options.max_experiments:
+                    stop_reason = f"reached --max-experiments {options.max_experiments}"
+                    break
+                if options.hours is not None and time.monotonic() - started >= options.hours * 3600:
+                    stop_reason = f"reached --hours {options.hours:g}"
+                    break
+                if state.best_metric is None:
+                    self._baseline(state, options)
+                else:
+                    self._experiment(state, options)
+                ran += 1
+        except KeyboardInterrupt:
+            self.ledger.set_run_status(state.tag, "interrupted")
+            raise
+        except StopRun as exc:
+            self.ledger.set_run_status(state.tag, "stopped")
+            raise StopRun(f"run {state.tag} stopped: {exc}") from None
+        except BaseException:
+            self.ledger.set_run_status(state.tag, "failed")
+            raise
+        self.ledger.set_run_status(state.tag, "finished")
+        rows = self.ledger.experiments(state.tag)
+        return RunSummary(tag=state.tag, experiments=len(rows), kept=sum(r["outcome"] == "keep" for r in rows),
+                          best_metric=state.best_metric, baseline_metric=state.baseline_metric, stop_reason=stop_reason)
+
+    def _baseline(self, state: RunState, options: RunOptions) -> None:
+        """The unmodified recipe at the start commit: the reference every experiment must beat."""
+        number = self._open_experiment(state, options, description=BASELINE_DESCRIPTION,
+                                       commit_sha=state.best_commit)
+        with self._closing_on_interrupt(state, number):
+            files = self._read_files(state, state.recipe.editable)
+            self.ledger.update_experiment(state.tag, number, files_hash=files_hash(files))
+            result, tampered = self._train(state, options, number, BASELINE_DESCRIPTION)
+            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            if outcome is None:
+                outcome = "keep"
+            self._close_experiment(state, number, outcome, reason, metric, result=result,
+                                   commit=state.best_commit, files=files)
+        if outcome != "keep":
+            raise StopRun(f"the baseline (the unmodified recipe) failed with {outcome}"
+                          f"{': ' + reason if reason else ''}; see {result.log_path}")
+
+    def _experiment(self, state: RunState, options: RunOptions) -> None:
+        number = self._open_experiment(state, options, parent_sha=state.best_commit)
+        with self._closing_on_interrupt(state, number):
+            self.reporter.phase("proposing")
+            files = self._read_files(state, state.recipe.editable + state.recipe.fixed)
+            context = AgentContext(number=number, program=self._read_program(), recipe=state.recipe,
+                                   budget_seconds=state.budget_seconds, files=files,
+                                   lineage=self._lineage(state.tag), best_metric=state.best_metric,
+                                   baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes))
+            propose_started = time.monotonic()
+            try:
+                candidate = self._propose(state, options, number, context)
+            except InvalidProposal as exc:
+                self._close_experiment(state, number, "invalid", exc.reason, None, description=exc.description,
+                                       propose_seconds=time.monotonic() - propose_started)
+                return
+            propose_seconds = time.monotonic() - propose_started
+            new_editable = {name: candidate.changed.get(name, files[name]) for name in state.recipe.editable}
+            digest = files_hash(new_editable)
+            self.ledger.update_experiment(state.tag, number, description=candidate.description,
+                                          files_hash=digest, propose_seconds=propose_seconds,
+                                          diff=unified_diff({n: files[n] for n in candidate.changed}, candidate.changed))
+            reason = check_candidate(state.recipe, candidate.changed)
+            if reason is None and digest in state.seen_hashes:
+                reason = f"duplicate of experiment {state.seen_hashes[digest]}"
+            if reason is not None:
+                self._close_experiment(state, number, "invalid", reason, None, files=new_editable)
+                return
+            self.reporter.phase("committing", candidate.description)
+            for name, content in candidate.changed.items():
+                (state.recipe_dir / name).write_text(content)
+            commit = state.worktree.commit_all(candidate.description,
+                                               paths=[f"{state.recipe_path}/{name}" for name in candidate.changed])
+            state.worktree.set_ref(f"{EXPERIMENT_REF_PREFIX}{state.tag}/{number}", commit)
+            self.ledger.update_experiment(state.tag, number, commit_sha=commit)
+            result, tampered = self._train(state, options, number, candidate.description)
+            self.reporter.phase("deciding")
+            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            if outcome is None:
+                better = state.recipe.is_better(metric, state.best_metric, options.min_delta)
+                outcome = "keep" if better else "discard"
+            self._close_experiment(state, number, outcome, reason, metric, result=result, commit=commit,
+                                   files=new_editable)
+
+    def _propose(self, state: RunState, options: RunOptions, number: int, context: AgentContext):
+        """Ask the agent; an unreachable endpoint is retried with backoff, then the run stops."""
+        failures = 0
+        while True:
+            try:
+                return self.agent.propose(context, lambda call: self._record_call(state.tag, number, call))
+            except AgentUnavailable as exc:
+                failures += 1
+                if failures >= options.max_agent_failures:
+                    raise StopRun(f"the LLM endpoint failed {failures} times in a row (last: {exc})") from None
+                self.reporter.note(f"experiment {number}: the LLM endpoint failed ({exc}); trying again")
+                time.sleep(options.agent_backoff_seconds * 2 ** (failures - 1))
+
+    def _record_call(self, tag: str, number: int, call: LLMCall) -> None:
+        self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
+                                    call.prompt_tokens, call.completion_tokens, call.latency_seconds)
+
+    def _train(self, state: RunState, options: RunOptions, number: int,
+               description: str) -> tuple[TrainingResult, list[str]]:
+        """Run the training; fixed files that changed meanwhile are reported and restored from git."""
+        recipe = state.recipe
+        before = hash_fixed_files(state.recipe_dir, recipe.fixed)
+        self.reporter.phase("training", description, budget=state.budget_seconds)
+        job = TrainingJob(command=recipe.command, cwd=state.recipe_dir,
+                          log_path=self.workspace.run_dir(state.tag) / f"{number}.log",
+                          budget_seconds=state.budget_seconds, grace_seconds=recipe.grace(state.budget_seconds),
+                          env={"AUTORESEARCH_SEED": str(options.seed)})
+        result = self.executor.run(job, on_output=self.reporter.training_output)
+        tampered = changed_fixed_files(before, hash_fixed_files(state.recipe_dir, recipe.fixed))
+        if tampered:
+            state.worktree.restore_paths("HEAD", [f"{state.recipe_path}/{name}" for name in tampered])
+        return result, tampered
+
+    # --- the ledger rows
+
+    def _open_experiment(self, state: RunState, options: RunOptions, **fields) -> int:
+        number = state.next_number
+        state.next_number += 1
+        self.ledger.start_experiment(state.tag, number, seed=options.seed, **fields)
+        self.reporter.experiment_started(number)
+        self._started = time.monotonic()
+        return number
+
+    def _close_experiment(self, state: RunState, number: int, outcome: str, reason: str | None,
+                          metric: float | None, result: TrainingResult | None = None, commit: str | None = None,
+                          files: dict[str, str] | None = None, **fields) -> None:
+        """Write the outcome, then move the branch: to this commit if kept, else back to the best."""
+        best_before = state.best_metric
+        if result is not None:
+            fields.update(summary=result.summary, log_path=str(result.log_path), train_seconds=result.seconds,
+                          log_tail=result.log_tail if outcome != "keep" else None)
+        self.ledger.update_experiment(state.tag, number, outcome=outcome, reason=reason, metric=metric,
+                                      best_before=best_before, finished_at=now_iso(),
+                                      total_seconds=time.monotonic() - self._started, **fields)
+        if files is not None:
+            state.seen_hashes.setdefault(files_hash(files), number)
+        if outcome == "keep":
+            state.best_commit = commit or state.best_commit
+            state.best_metric = metric
+            if state.baseline_metric is None:
+                state.baseline_metric = metric
+        self._rewind(state)
+        row = self.ledger.experiment(state.tag, number)
+        self._append_results_tsv(state, row)
+        self.reporter.experiment_finished({**row, "metric_name": state.recipe.metric}, state.best_metric,
+                                          state.baseline_metric)
+
+    def _rewind(self, state: RunState) -> None:
+        if state.worktree.head_commit() != state.best_commit:
+            state.worktree.reset_hard(state.best_commit)
+
+    def _closing_on_interrupt(self, state: RunState, number: int):
+        return _ExperimentGuard(self, state, number)
+
+    def _append_results_tsv(self, state: RunState, row: dict) -> None:
+        path = self.workspace.run_dir(state.tag) / RESULTS_FILE
+        new = not path.exists()
+        memory_mb = row["summary"].get("peak_memory_mb") or 0.0
+        metric = row["metric"] if row["metric"] is not None else 0.0
+        description = (row.get("description") or "").replace("\t", " ").replace("\n", " ")
+        line = f"{(row['commit_sha'] or '-')[:7]}\t{metric:.6f}\t{memory_mb / 1024:.1f}\t{row['outcome']}\t{description}\n"
+        try:
+            with open(path, "a") as handle:
+                if new:
+                    handle.write(f"commit\t{state.recipe.metric}\tmemory_gb\tstatus\tdescription\n")
+                handle.write(line)
+        except OSError as exc:
+            self.reporter.note(f"could not append to {path}: {exc.strerror or exc}")
+
+    # --- what the agent is shown
+
+    def _read_files(self, state: RunState, names: tuple[str, ...]) -> dict[str, str]:
+        return {name: (state.recipe_dir / name).read_text() for name in names}
+
+    def _read_program(self) -> str:
+        """program.md afresh; if the person removed or emptied it mid-run, the last good text serves."""
+        try:
+            self.program = self.workspace.read_program()
+        except UserError as exc:
+            self.reporter.note(f"{exc}; using the last version read")
+        return self.program
+
+    def _lineage(self, tag: str) -> tuple[LineageEntry, ...]:
+        entries = []
+        for row in self.ledger.experiments(tag):
+            if row["outcome"] == "running":
+                continue
+            delta = None
+            if row["metric"] is not None and row["best_before"] is not None:
+                delta = row["metric"] - row["best_before"]
+            entries.append(LineageEntry(number=row["number"], outcome=row["outcome"], reason=row["reason"],
+                                        metric=row["metric"], delta=delta, description=row["description"] or "",
+                                        log_tail=row["log_tail"] or ""))
+        return tuple(entries)
+
+
+class _ExperimentGuard:
+    """Anything that escapes an experiment (Ctrl-C, a bug) still closes its row and rewinds the branch."""
+
+    def __init__(self, loop: ResearchLoop, state: RunState, number: int):
+        self.loop, self.state, self.number = loop, state, number
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            reason = "stopped by the person (Ctrl-C)"
+        elif isinstance(exc, StopRun):
+            reason = str(exc)
+        else:
+            reason = f"tool error: {type(exc).__name__}: {exc}"
+        row = self.loop.ledger.experiment(self.state.tag, self.number)
+        if row and row["outcome"] == "running":
+            self.loop.ledger.update_experiment(self.state.tag, self.number, outcome="interrupted", reason=reason[:300],
+                                               finished_at=now_iso())
+        self.loop._rewind(self.state)
+        return False
+
+
+OOM_MARKERS = ("out of memory", "memoryerror", "cuda error: out of memory", "outofmemoryerror")
+NAN_MARKERS = ("loss is nan", "nan loss", "loss is inf", "non-finite loss", "loss exploded")
+
+
+def classify(result: TrainingResult, metric_name: str, tampered: list[str],
+             budget_seconds: float) -> tuple[str | None, str | None, float | None]:
+    """(outcome, reason, metric) for a training result; outcome None means it succeeded."""
+    metric = result.summary.get(metric_name)
+    if tampered:
+        return "invalid", f"touched {', '.join(tampered)} during training", None
+    if result.timed_out:
+        return "timeout", f"still running after {result.seconds:.0f}s (budget {budget_seconds:g}s)", None
+    tail = result.log_tail.lower()
+    if result.exit_code != 0:
+        if any(marker in tail for marker in OOM_MARKERS):
+            return "crash", "oom", None
+        if any(marker in tail for marker in NAN_MARKERS):
+            return "crash", "nan", None
+        return "crash", f"exit code {result.exit_code}: {_last_error_line(result.log_tail)}", None
+    if metric is None:
+        return "crash", f"no {metric_name} line in the output", None
+    if not is_finite(metric):
+        return "crash", "nan", None
+    return None, None, metric
+
+
+def _last_error_line(tail: str) -> str:
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:160]
+    return lines[-1][:160] if lines else "no output"

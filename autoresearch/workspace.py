@@ -1,0 +1,130 @@
+"""The workspace: a git repository holding program.md, one or more recipes and runs/ (ignored).
+
+`init_workspace` makes one; `Workspace` finds one from a folder and knows where its ledger, its
+runs and its recipes are.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+
+from autoresearch.errors import UserError
+from autoresearch.recipe import RECIPE_FILE, builtin_program_md, find_builtin_recipe
+from autoresearch.repo import RUN_BRANCH_PREFIX, Repo
+
+RUNS_DIR = "runs"
+LEDGER_FILE = "ledger.db"
+PROGRAM_FILE = "program.md"
+RECIPES_DIR = "recipes"
+
+
+class Workspace:
+    """A workspace rooted at the top of its git working tree."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root).resolve()
+        self.repo = Repo(self.root)
+
+    @classmethod
+    def find(cls, start: Path | None = None) -> "Workspace":
+        start = Path(start or Path.cwd())
+        root = Repo.find_root(start)
+        if root is None:
+            raise UserError(f"{start} is not inside a workspace (a git repository); make one with "
+                            "`autoresearch init DIR --recipe tiny`")
+        return cls(root)
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / RUNS_DIR
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.runs_dir / LEDGER_FILE
+
+    @property
+    def program_path(self) -> Path:
+        return self.root / PROGRAM_FILE
+
+    def run_dir(self, tag: str) -> Path:
+        return self.runs_dir / tag
+
+    def read_program(self) -> str:
+        """program.md as it is now (the person may edit it while a run goes on)."""
+        try:
+            text = self.program_path.read_text()
+        except FileNotFoundError:
+            raise UserError(f"{self.program_path} is missing: write the research direction there") from None
+        if not text.strip():
+            raise UserError(f"{self.program_path} is empty: write the research direction there")
+        return text
+
+    def recipe_folders(self) -> list[Path]:
+        """Recipe folders in the workspace: recipes/* and top-level folders with a recipe.yaml."""
+        found = sorted(p.parent for p in (self.root / RECIPES_DIR).glob(f"*/{RECIPE_FILE}"))
+        found += sorted(p.parent for p in self.root.glob(f"*/{RECIPE_FILE}"))
+        return found
+
+    def resolve_recipe(self, recipe: str | None) -> str:
+        """The recipe folder, relative to the workspace root, as a posix path."""
+        if recipe is None:
+            folders = self.recipe_folders()
+            if not folders:
+                raise UserError(f"no recipe in {self.root}; add one with `autoresearch init . --recipe tiny`")
+            if len(folders) > 1:
+                names = ", ".join(str(f.relative_to(self.root)) for f in folders)
+                raise UserError(f"several recipes here ({names}): choose one with --recipe")
+            folder = folders[0]
+        else:
+            folder = Path(recipe)
+            if not folder.is_absolute():
+                folder = (Path.cwd() / folder) if (Path.cwd() / folder).exists() else self.root / folder
+            folder = folder.resolve()
+            if not (folder / RECIPE_FILE).is_file():
+                raise UserError(f"{recipe} is not a recipe folder (it has no {RECIPE_FILE})")
+        try:
+            return folder.relative_to(self.root).as_posix()
+        except ValueError:
+            raise UserError(f"the recipe {folder} is outside the workspace {self.root}") from None
+
+    def new_tag(self, taken: set[str]) -> str:
+        """A tag from today's date, made unique against runs, branches and folders."""
+        base = datetime.date.today().strftime("%b%d").lower()
+        tag, suffix = base, 1
+        while tag in taken or self.repo.branch_exists(RUN_BRANCH_PREFIX + tag) or self.run_dir(tag).exists():
+            suffix += 1
+            tag = f"{base}-{suffix}"
+        return tag
+
+
+def init_workspace(directory: Path, recipe_name: str) -> Path:
+    """Make directory a workspace with the built-in recipe and program.md, and commit them.
+
+    Refuses to overwrite: an existing recipe folder stops it; an existing program.md is kept.
+    Returns the path of the new recipe folder.
+    """
+    directory = Path(directory)
+    source = find_builtin_recipe(recipe_name)
+    target = directory / RECIPES_DIR / recipe_name
+    if target.exists():
+        raise UserError(f"{target} already exists; not overwriting it")
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory} exists and is not a folder")
+    directory.mkdir(parents=True, exist_ok=True)
+    root = Repo.find_root(directory)
+    repo = Repo(directory) if root is not None else Repo.init(directory)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    written = [str(target.relative_to(repo.root))]
+    program = directory / PROGRAM_FILE
+    if not program.exists():
+        shutil.copyfile(builtin_program_md(), program)
+        written.append(str(program.relative_to(repo.root)))
+    gitignore = directory / ".gitignore"
+    lines = gitignore.read_text().splitlines() if gitignore.exists() else []
+    if f"{RUNS_DIR}/" not in lines and f"/{RUNS_DIR}/" not in lines:
+        gitignore.write_text("\n".join(lines + [f"{RUNS_DIR}/", "__pycache__/"]) + "\n")
+        written.append(str(gitignore.relative_to(repo.root)))
+    repo.commit_all(f"autoresearch init: recipe {recipe_name}", paths=written)
+    return target

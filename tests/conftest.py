@@ -1,0 +1,117 @@
+"""Shared fixtures: a fake chat-completions endpoint, and real git workspaces with a synthetic recipe.
+
+The synthetic recipe trains nothing: its metric is a known function of the constants in train.py,
+so each test knows which edit is better, and it finishes in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+# Rich sizes the CLI's consoles when they are made: wide enough that tables do not wrap in tests.
+os.environ["COLUMNS"] = "200"
+
+from fake_llm import FakeLLM  # noqa: E402
+
+from autoresearch.repo import TOOL_IDENTITY, Repo  # noqa: E402
+
+SYNTH_TRAIN = '''\
+"""Synthetic training script: val_loss is a known function of the constants. Run: python train.py"""
+import os
+import time
+
+from prepare import evaluate
+
+LEARNING_RATE = 0.5
+WIDTH = 4
+SLEEP_SECONDS = 0.0
+
+# --- training
+time.sleep(SLEEP_SECONDS)
+loss = evaluate(LEARNING_RATE, WIDTH)
+
+# --- summary
+print("---")
+print(f"val_loss: {loss:.6f}")
+print("peak_memory_mb: 512.0")
+print(f"seed: {os.environ.get('AUTORESEARCH_SEED')}")
+'''
+
+SYNTH_PREPARE = '''\
+"""Fixed evaluation of the synthetic recipe."""
+
+
+def evaluate(learning_rate, width):
+    return (learning_rate - 0.3) ** 2 + 1.0 / width
+'''
+
+SYNTH_RECIPE = """\
+name: synth
+description: a synthetic recipe for tests
+command: python train.py
+metric: val_loss
+direction: lower
+budget_seconds: 5
+grace_seconds: 1
+editable: [train.py]
+fixed: [prepare.py]
+"""
+
+
+def reply(description: str, search: str, replace: str, filename: str = "train.py") -> str:
+    """A well-formed agent reply with one SEARCH/REPLACE block."""
+    return (f"DESCRIPTION: {description}\nBecause it should help.\n{filename}\n<<<<<<< SEARCH\n{search}\n"
+            f"=======\n{replace}\n>>>>>>> REPLACE\n")
+
+
+def make_workspace(root: Path, train: str = SYNTH_TRAIN, prepare: str = SYNTH_PREPARE,
+                   recipe_yaml: str = SYNTH_RECIPE) -> Path:
+    recipe = root / "recipes" / "synth"
+    recipe.mkdir(parents=True)
+    (recipe / "train.py").write_text(train)
+    (recipe / "prepare.py").write_text(prepare)
+    (recipe / "recipe.yaml").write_text(recipe_yaml)
+    (root / "program.md").write_text("Lower the validation loss.\n")
+    (root / ".gitignore").write_text("runs/\n__pycache__/\n")
+    Repo.init(root).commit_all("workspace")
+    return root
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch) -> Path:
+    root = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """No test may reach a real endpoint or depend on the developer's git identity."""
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AUTORESEARCH_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+@pytest.fixture
+def fake_llm():
+    server = FakeLLM()
+    yield server
+    server.close()
+
+
+def git(root: Path, *args: str) -> str:
+    env = {**os.environ, **TOOL_IDENTITY}
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, text=True,
+                          env=env).stdout.strip()
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(textwrap.dedent(text))

@@ -1,0 +1,90 @@
+"""A real HTTP server on 127.0.0.1 that speaks the chat-completions protocol and answers from a script.
+
+Each entry of the script answers one request, in order: a string is the reply's content; a dict
+may instead give an HTTP `status` (and `body`) to return, or `delay` seconds to wait first; a
+callable receives the request's JSON and returns either. When the script runs out, the last entry
+repeats. Every request's JSON is kept in `requests`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class FakeLLM:
+    def __init__(self):
+        self.script: list = []
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def set_script(self, entries: list) -> None:
+        with self._lock:
+            self.script = list(entries)
+            self.requests = []
+
+    def next_entry(self, request: dict):
+        with self._lock:
+            self.requests.append(request)
+            if not self.script:
+                return "DESCRIPTION: nothing scripted"
+            entry = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        return entry(request) if callable(entry) else entry
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                request = json.loads(self.rfile.read(length) or b"{}")
+                entry = fake.next_entry(request)
+                if isinstance(entry, dict):
+                    time.sleep(entry.get("delay", 0))
+                    if "status" in entry:
+                        body = json.dumps(entry.get("body", {"error": {"message": "scripted failure"}})).encode()
+                        self._send(entry["status"], body)
+                        return
+                    entry = entry.get("content", "")
+                body = json.dumps({
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": request.get("model", "fake"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": entry}}],
+                    "usage": {"prompt_tokens": len(json.dumps(request.get("messages", []))) // 4,
+                              "completion_tokens": len(entry) // 4,
+                              "total_tokens": 0},
+                }).encode()
+                self._send(200, body)
+
+            def _send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        return Handler

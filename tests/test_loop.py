@@ -1,0 +1,202 @@
+"""The loop end to end against the fake endpoint, in real git repositories with real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from conftest import git, reply
+
+from autoresearch.agents import LLMAgent, MutateAgent
+from autoresearch.ledger import Ledger
+from autoresearch.loop import ResearchLoop, RunOptions, StopRun
+from autoresearch.workspace import Workspace
+
+BETTER = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")
+WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")
+
+
+def run_loop(fake_llm, script, max_experiments=2, **options):
+    fake_llm.set_script(script)
+    workspace = Workspace.find()
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    loop = ResearchLoop(workspace, agent)
+    summary = loop.start(RunOptions(tag="t", max_experiments=max_experiments, **options))
+    return summary, loop.ledger.experiments("t"), workspace
+
+
+def branch_head(root) -> str:
+    return git(root, "rev-parse", "autoresearch/t")
+
+
+def test_first_experiment_is_the_unmodified_baseline(workspace, fake_llm):
+    summary, rows, _ = run_loop(fake_llm, [BETTER], max_experiments=1)
+    assert [r["outcome"] for r in rows] == ["keep"]
+    assert rows[0]["description"].startswith("baseline")
+    assert rows[0]["commit_sha"] == git(workspace, "rev-parse", "HEAD")
+    assert rows[0]["metric"] == pytest.approx(0.04 + 0.25)
+    assert fake_llm.requests == []
+
+
+def test_better_change_is_kept_and_branch_moves_to_it(workspace, fake_llm):
+    summary, rows, _ = run_loop(fake_llm, [BETTER])
+    assert [r["outcome"] for r in rows] == ["keep", "keep"]
+    assert rows[1]["metric"] == pytest.approx(0.25)
+    assert branch_head(workspace) == rows[1]["commit_sha"]
+    assert git(workspace, "log", "-1", "--format=%s", "autoresearch/t") == "lower the learning rate"
+    assert summary.best_metric == pytest.approx(0.25)
+    # the person's checkout is untouched
+    assert "LEARNING_RATE = 0.5" in (workspace / "recipes/synth/train.py").read_text()
+
+
+def test_worse_change_is_discarded_but_stays_reachable(workspace, fake_llm):
+    _, rows, _ = run_loop(fake_llm, [WORSE])
+    assert [r["outcome"] for r in rows] == ["keep", "discard"]
+    discarded = rows[1]["commit_sha"]
+    assert branch_head(workspace) == rows[0]["commit_sha"]
+    assert git(workspace, "rev-parse", "refs/autoresearch/t/1") == discarded
+    assert "LEARNING_RATE = 0.9" in git(workspace, "show", discarded)
+    assert "LEARNING_RATE = 0.9" in rows[1]["diff"]
+    worktree = workspace / "runs/t/worktree/recipes/synth/train.py"
+    assert "LEARNING_RATE = 0.5" in worktree.read_text()
+
+
+def test_min_delta_discards_small_gains(workspace, fake_llm):
+    small = reply("nudge", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.49")
+    _, rows, _ = run_loop(fake_llm, [small], min_delta=0.01)
+    assert rows[1]["outcome"] == "discard"
+
+
+def test_crash_is_recorded_with_its_reason(workspace, fake_llm):
+    crash = reply("break it", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = 1 / 0")
+    _, rows, _ = run_loop(fake_llm, [crash])
+    assert rows[1]["outcome"] == "crash"
+    assert "ZeroDivisionError" in rows[1]["reason"]
+    assert "ZeroDivisionError" in rows[1]["log_tail"]
+    assert branch_head(workspace) == rows[0]["commit_sha"]
+
+
+def test_nan_metric_is_a_crash(workspace, fake_llm):
+    nan = reply("nan", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = float('nan')")
+    _, rows, _ = run_loop(fake_llm, [nan])
+    assert (rows[1]["outcome"], rows[1]["reason"]) == ("crash", "nan")
+
+
+def test_missing_metric_is_a_crash(workspace, fake_llm):
+    silent = reply("silence", 'print(f"val_loss: {loss:.6f}")', "pass")
+    _, rows, _ = run_loop(fake_llm, [silent])
+    assert rows[1]["outcome"] == "crash"
+    assert "no val_loss" in rows[1]["reason"]
+
+
+def pids_running(marker: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if marker.encode() in handle.read():
+                        found.append(pid)
+            except OSError:
+                pass
+    return found
+
+
+def test_training_that_never_ends_is_killed_as_timeout(workspace, fake_llm):
+    hang = reply("hang", "SLEEP_SECONDS = 0.0",
+                 "SLEEP_SECONDS = 0.0\nimport subprocess\nsubprocess.Popen(['sleep', '987654'])\n"
+                 "while True:\n    time.sleep(1)")
+    started = time.monotonic()
+    _, rows, _ = run_loop(fake_llm, [hang], budget_seconds=1)
+    assert rows[1]["outcome"] == "timeout"
+    assert time.monotonic() - started < 15
+    assert pids_running("987654") == []
+    assert branch_head(workspace) == rows[0]["commit_sha"]
+
+
+def test_edit_to_a_fixed_file_is_invalid_and_never_run(workspace, fake_llm):
+    cheat = reply("better eval", "    return (learning_rate - 0.3) ** 2 + 1.0 / width", "    return 0.0",
+                  filename="prepare.py")
+    _, rows, workspace_obj = run_loop(fake_llm, [cheat])
+    assert (rows[1]["outcome"], rows[1]["reason"]) == ("invalid", "touched prepare.py")
+    assert rows[1]["commit_sha"] is None
+    assert not (workspace / "runs/t/1.log").exists()
+    assert branch_head(workspace) == rows[0]["commit_sha"]
+
+
+def test_reply_that_does_not_apply_is_repaired(workspace, fake_llm):
+    wrong = reply("lower lr", "LEARNING_RATE = 0.55", "LEARNING_RATE = 0.3")
+    _, rows, _ = run_loop(fake_llm, [wrong, BETTER])
+    assert rows[1]["outcome"] == "keep"
+    assert len(fake_llm.requests) == 2
+    feedback = fake_llm.requests[1]["messages"][-1]["content"]
+    assert "not in the file" in feedback and "LEARNING_RATE = 0.5" in feedback
+    calls = Ledger(workspace / "runs/ledger.db").llm_calls("t", 1)
+    assert [c["attempt"] for c in calls] == [1, 2]
+    assert all(c["prompt_tokens"] > 0 and c["completion_tokens"] > 0 for c in calls)
+
+
+def test_reply_that_never_applies_is_invalid_after_three_tries(workspace, fake_llm):
+    wrong = reply("lower lr", "LEARNING_RATE = 0.55", "LEARNING_RATE = 0.3")
+    _, rows, _ = run_loop(fake_llm, [wrong])
+    assert rows[1]["outcome"] == "invalid"
+    assert rows[1]["reason"].startswith("edit did not apply")
+    assert len(fake_llm.requests) == 3
+
+
+def test_prompt_carries_program_recipe_file_and_lineage(workspace, fake_llm):
+    (workspace / "program.md").write_text("Try smaller learning rates first.\n")
+    _, _, _ = run_loop(fake_llm, [WORSE, BETTER], max_experiments=3)
+    prompt = fake_llm.requests[1]["messages"][1]["content"]
+    assert "Try smaller learning rates first." in prompt
+    assert "val_loss (lower is better)" in prompt
+    assert "LEARNING_RATE = 0.5" in prompt
+    assert "| 1 | discard |" in prompt and "raise the learning rate" in prompt
+
+
+def test_duplicate_proposal_is_invalid_without_training(workspace, fake_llm):
+    _, rows, _ = run_loop(fake_llm, [WORSE, WORSE], max_experiments=3)
+    assert rows[2]["outcome"] == "invalid"
+    assert rows[2]["reason"] == "duplicate of experiment 1"
+    assert not (workspace / "runs/t/2.log").exists()
+
+
+def test_seed_is_handed_to_training_and_recorded(workspace, fake_llm):
+    _, rows, _ = run_loop(fake_llm, [BETTER], max_experiments=1, seed=7)
+    assert rows[0]["seed"] == 7
+    assert rows[0]["summary"]["seed"] == 7
+
+
+def test_results_tsv_has_the_familiar_columns(workspace, fake_llm):
+    _, rows, _ = run_loop(fake_llm, [WORSE])
+    lines = (workspace / "runs/t/results.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["commit", "val_loss", "memory_gb", "status", "description"]
+    assert lines[2].split("\t") == [rows[1]["commit_sha"][:7], "0.610000", "0.5", "discard", "raise the learning rate"]
+
+
+def test_mutate_agent_runs_the_same_path(workspace):
+    loop = ResearchLoop(Workspace.find(), MutateAgent(seed=3))
+    loop.start(RunOptions(tag="t", max_experiments=4))
+    rows = loop.ledger.experiments("t")
+    assert len(rows) == 4
+    for row in rows[1:]:
+        assert row["outcome"] in ("keep", "discard", "crash")
+        assert " -> " in row["description"]
+        assert row["commit_sha"]
+
+
+def test_baseline_failure_stops_the_run_with_one_line(workspace, fake_llm):
+    (workspace / "recipes/synth/train.py").write_text("raise SystemExit(3)\n")
+    git(workspace, "commit", "-qam", "broken")
+    with pytest.raises(StopRun, match="baseline"):
+        run_loop(fake_llm, [BETTER])
+    rows = Ledger(workspace / "runs/ledger.db").experiments("t")
+    assert rows[0]["outcome"] == "crash"
+
+
+def test_run_tag_that_exists_is_refused(workspace, fake_llm):
+    run_loop(fake_llm, [BETTER], max_experiments=1)
+    from autoresearch.errors import UserError
+    with pytest.raises(UserError, match="--resume t"):
+        run_loop(fake_llm, [BETTER], max_experiments=1)
