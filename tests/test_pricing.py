@@ -1,0 +1,31 @@
+"""Token prices: defaults, prefixes, local models at zero, workspace overrides."""
+
+import pytest
+
+from autoresearch.errors import UserError
+from autoresearch.pricing import load_price_table
+
+
+def test_known_model_costs_by_its_list_price():
+    table = load_price_table()
+    assert table.cost("gpt-5-mini", 1_000_000, 1_000_000) == pytest.approx(2.25)
+    assert table.cost("openai/gpt-5-mini-2025-08-07", 1_000_000, 0) == pytest.approx(0.25)
+
+
+def test_local_model_costs_nothing():
+    table = load_price_table()
+    assert table.cost("qwen2.5-coder:32b", 10**6, 10**6) == 0.0
+    assert not table.is_known("qwen2.5-coder:32b")
+
+
+def test_workspace_config_overrides(tmp_path):
+    (tmp_path / "autoresearch.yaml").write_text("prices:\n  my-model: {input: 1, output: 3}\n  gpt-5-mini: {input: 0, output: 0}\n")
+    table = load_price_table(tmp_path)
+    assert table.cost("my-model", 10**6, 10**6) == pytest.approx(4.0)
+    assert table.cost("gpt-5-mini", 10**6, 10**6) == 0.0
+
+
+def test_broken_config_is_a_user_error(tmp_path):
+    (tmp_path / "autoresearch.yaml").write_text("prices:\n  m: {input: cheap}\n")
+    with pytest.raises(UserError, match="prices.m"):
+        load_price_table(tmp_path)
