@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Sets up .venv from nothing but Python 3.11+: torch first (the pinned build), then the project
+# with its test and nanogpt extras. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# torch before the project: any other torch requirement would pull a multi-GB build.
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
+fi
+.venv/bin/python -m pip install -q -e '.[test,nanogpt]'
+echo "ready: .venv/bin/autoresearch" >&2
