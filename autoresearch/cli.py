@@ -133,7 +133,3 @@ def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (defa
     stdout.print(f"{summary['experiments']} experiments, {summary['kept']} kept, {summary['crashes']} crashed, "
                  f"{summary['invalid']} invalid; best {summary['metric']} {format_metric(summary['best_metric'])}, "
                  f"gain over baseline {gain}", highlight=False)
-
-
-def main() -> None:
-    app()

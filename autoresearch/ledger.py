@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -197,7 +196,3 @@ def _experiment_dict(row: sqlite3.Row) -> dict:
     data = dict(row)
     data["summary"] = json.loads(data.pop("summary_json") or "{}")
     return data
-
-
-def elapsed_since(start: float) -> float:
-    return time.monotonic() - start
