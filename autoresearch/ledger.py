@@ -71,11 +71,66 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX llm_calls_by_experiment ON llm_calls(tag, experiment);
     """,
+    # 2: covering indexes for the review commands (log, runs): counts, best metric and tokens per run
+    # come from the indexes alone, never from the wide rows that hold prompts, diffs and log tails
+    """
+    CREATE INDEX experiments_by_outcome ON experiments(tag, outcome, number, metric);
+    CREATE INDEX llm_calls_tokens ON llm_calls(tag, experiment, model, prompt_tokens, completion_tokens);
+    """,
+    # 3: telling progress from noise (docs/noise.md): every training run of an experiment with its
+    # seed (the baseline's noise runs and the candidates' confirmation runs included), the run's
+    # measured noise floor, each experiment's decision, and `verify` results
+    """
+    CREATE TABLE training_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tag TEXT NOT NULL,
+        experiment INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        seed INTEGER NOT NULL,
+        commit_sha TEXT,
+        outcome TEXT NOT NULL,
+        reason TEXT,
+        metric REAL,
+        summary_json TEXT NOT NULL DEFAULT '{}',
+        log_path TEXT,
+        seconds REAL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        UNIQUE (tag, experiment, attempt)
+    );
+    ALTER TABLE runs ADD COLUMN noise_std REAL;
+    ALTER TABLE runs ADD COLUMN noise_runs INTEGER;
+    ALTER TABLE experiments ADD COLUMN decision_json TEXT;
+    CREATE TABLE verifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tag TEXT NOT NULL,
+        baseline_commit TEXT NOT NULL,
+        best_commit TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        test_metric TEXT NOT NULL,
+        confidence REAL NOT NULL,
+        seeds_json TEXT NOT NULL,
+        runs_json TEXT NOT NULL,
+        val_gain REAL,
+        val_low REAL,
+        val_high REAL,
+        test_gain REAL,
+        test_low REAL,
+        test_high REAL,
+        verdict TEXT NOT NULL,
+        message TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX verifications_by_tag ON verifications(tag, id);
+    """,
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
                       "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
-                      "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds")
+                      "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds",
+                      "decision_json")
+TRAINING_RUN_KINDS = ("first", "noise", "confirm")  # the baseline's extra runs are `noise`, a candidate's `confirm`
 
 
 def now_iso() -> str:
@@ -138,6 +193,8 @@ class Ledger:
     def update_experiment(self, tag: str, number: int, **fields) -> None:
         if "summary" in fields:
             fields["summary_json"] = json.dumps(fields.pop("summary"), sort_keys=True)
+        if "decision" in fields:
+            fields["decision_json"] = json.dumps(fields.pop("decision"), sort_keys=True)
         unknown = set(fields) - set(EXPERIMENT_COLUMNS)
         if unknown:
             raise ValueError(f"unknown experiment fields: {sorted(unknown)}")
@@ -145,8 +202,10 @@ class Ledger:
         self._db.execute(f"UPDATE experiments SET {assignments} WHERE tag = ? AND number = ?",
                          [*fields.values(), tag, number])
 
-    def experiments(self, tag: str) -> list[dict]:
-        rows = self._db.execute("SELECT * FROM experiments WHERE tag = ? ORDER BY number", (tag,))
+    def experiments(self, tag: str, columns: tuple[str, ...] | None = None) -> list[dict]:
+        """Every experiment of a run in order; `columns` fetches only those (listings skip diffs and logs)."""
+        selected = "*" if columns is None else ", ".join(c for c in columns if c in EXPERIMENT_COLUMNS)
+        rows = self._db.execute(f"SELECT {selected} FROM experiments WHERE tag = ? ORDER BY number", (tag,))
         return [_experiment_dict(row) for row in rows]
 
     def experiment(self, tag: str, number: int) -> dict | None:
@@ -160,6 +219,61 @@ class Ledger:
         self._db.execute("UPDATE experiments SET outcome = 'interrupted', reason = COALESCE(reason, 'tool stopped'),"
                          " finished_at = ? WHERE tag = ? AND outcome = 'running'", (now_iso(), tag))
         return numbers
+
+    # --- training runs, the noise floor and verifications (docs/noise.md)
+
+    def start_training_run(self, tag: str, experiment: int, attempt: int, kind: str, seed: int,
+                           commit_sha: str | None, log_path: str) -> int:
+        """The write-ahead row of one training run (outcome `running`); returns its id."""
+        cursor = self._db.execute(
+            "INSERT INTO training_runs (tag, experiment, attempt, kind, seed, commit_sha, outcome, log_path,"
+            " started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+            (tag, experiment, attempt, kind, seed, commit_sha, log_path, now_iso()))
+        return cursor.lastrowid
+
+    def finish_training_run(self, run_id: int, outcome: str, reason: str | None = None, metric: float | None = None,
+                            summary: dict | None = None, seconds: float | None = None) -> None:
+        """Outcome `ok` (metric measured), or the failure's outcome (crash, timeout, invalid, interrupted)."""
+        self._db.execute("UPDATE training_runs SET outcome = ?, reason = ?, metric = ?, summary_json = ?, seconds = ?,"
+                         " finished_at = ? WHERE id = ?",
+                         (outcome, reason, metric, json.dumps(summary or {}, sort_keys=True), seconds, now_iso(),
+                          run_id))
+
+    def training_runs(self, tag: str, experiment: int | None = None) -> list[dict]:
+        """Every training run of a run (or of one experiment): first runs, noise and confirmation runs, in order."""
+        query, params = "SELECT * FROM training_runs WHERE tag = ?", [tag]
+        if experiment is not None:
+            query, params = query + " AND experiment = ?", params + [experiment]
+        rows = self._db.execute(query + " ORDER BY experiment, attempt", params)
+        return [_experiment_dict(row) for row in rows]
+
+    def mark_unfinished_training_runs_interrupted(self, tag: str) -> None:
+        """Training runs left `running` by a killed tool become `interrupted`."""
+        self._db.execute("UPDATE training_runs SET outcome = 'interrupted', reason = COALESCE(reason, 'tool stopped'),"
+                         " finished_at = ? WHERE tag = ? AND outcome = 'running'", (now_iso(), tag))
+
+    def set_noise_floor(self, tag: str, std: float | None, runs: int) -> None:
+        """The run-to-run spread of the metric, measured on `runs` runs of the unmodified recipe."""
+        self._db.execute("UPDATE runs SET noise_std = ?, noise_runs = ? WHERE tag = ?", (std, runs, tag))
+
+    def record_verification(self, tag: str, **fields) -> int:
+        """One `autoresearch verify` result; returns its id."""
+        fields = {"created_at": now_iso(), **fields}
+        for name in ("seeds", "runs"):
+            fields[f"{name}_json"] = json.dumps(fields.pop(name, []), sort_keys=True)
+        columns = ["tag", *fields]
+        cursor = self._db.execute(f"INSERT INTO verifications ({', '.join(columns)})"
+                                  f" VALUES ({', '.join('?' * len(columns))})", [tag, *fields.values()])
+        return cursor.lastrowid
+
+    def verifications(self, tag: str) -> list[dict]:
+        """Every verification of a run, oldest first."""
+        rows = self._db.execute("SELECT * FROM verifications WHERE tag = ? ORDER BY id", (tag,))
+        return [_verification_dict(row) for row in rows]
+
+    def latest_verification(self, tag: str) -> dict | None:
+        row = self._db.execute("SELECT * FROM verifications WHERE tag = ? ORDER BY id DESC LIMIT 1", (tag,)).fetchone()
+        return _verification_dict(row) if row else None
 
     # --- LLM calls
 
@@ -185,6 +299,30 @@ class Ledger:
                                 " FROM llm_calls WHERE tag = ? GROUP BY experiment", (tag,))
         return {row[0]: (row[1], row[2]) for row in rows}
 
+    def token_usage(self, tag: str | None = None) -> list[dict]:
+        """Prompt and completion tokens summed per run, experiment and model (to price them per model)."""
+        where, params = ("WHERE tag = ?", (tag,)) if tag is not None else ("", ())
+        rows = self._db.execute("SELECT tag, experiment, model, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+                                " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COUNT(*) AS calls"
+                                f" FROM llm_calls {where} GROUP BY tag, experiment, model", params)
+        return [dict(row) for row in rows]
+
+    def outcome_counts(self) -> dict[str, dict[str, int]]:
+        """Experiments per run and outcome, from an index alone."""
+        counts: dict[str, dict[str, int]] = {}
+        for tag, outcome, count in self._db.execute("SELECT tag, outcome, COUNT(*) FROM experiments"
+                                                    " GROUP BY tag, outcome"):
+            counts.setdefault(tag, {})[outcome] = count
+        return counts
+
+    def kept_metrics(self) -> dict[str, tuple[float | None, float | None]]:
+        """(first kept metric, last kept metric) per run: the baseline and the best so far."""
+        # SQLite takes a bare column from the row that MIN() or MAX() picked.
+        first = self._db.execute("SELECT tag, MIN(number), metric FROM experiments WHERE outcome = 'keep' GROUP BY tag")
+        last = dict((tag, metric) for tag, _, metric in self._db.execute(
+            "SELECT tag, MAX(number), metric FROM experiments WHERE outcome = 'keep' GROUP BY tag"))
+        return {tag: (metric, last.get(tag)) for tag, _, metric in first}
+
 
 def _run_dict(row: sqlite3.Row) -> dict:
     data = dict(row)
@@ -194,5 +332,16 @@ def _run_dict(row: sqlite3.Row) -> dict:
 
 def _experiment_dict(row: sqlite3.Row) -> dict:
     data = dict(row)
-    data["summary"] = json.loads(data.pop("summary_json") or "{}")
+    if "summary_json" in data:
+        data["summary"] = json.loads(data.pop("summary_json") or "{}")
+    if "decision_json" in data:
+        decision = data.pop("decision_json")
+        data["decision"] = json.loads(decision) if decision else None
+    return data
+
+
+def _verification_dict(row: sqlite3.Row) -> dict:
+    data = dict(row)
+    data["seeds"] = json.loads(data.pop("seeds_json") or "[]")
+    data["runs"] = json.loads(data.pop("runs_json") or "[]")
     return data
