@@ -5,8 +5,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+
 from autoresearch.errors import UserError
-from autoresearch.ledger import Ledger
+from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger
+from autoresearch.pricing import PriceTable
+
+OUTCOMES = ("keep", "discard", "crash", "timeout", "invalid")
+# What listings read of each experiment: everything but the diff, the log tail and the files' hash.
+LISTING_COLUMNS = tuple(c for c in EXPERIMENT_COLUMNS if c not in ("diff", "log_tail", "files_hash"))
+LOG_TAIL_LINES = 40
 
 
 def pick_tag(ledger: Ledger, tag: str | None) -> str:
@@ -21,52 +32,96 @@ def pick_tag(ledger: Ledger, tag: str | None) -> str:
     return latest
 
 
-def experiment_records(ledger: Ledger, tag: str) -> list[dict]:
-    """One dict per experiment of the run, in order."""
-    tokens = ledger.token_totals(tag)
-    records = []
-    for row in ledger.experiments(tag):
-        delta = None
-        if row["metric"] is not None and row["best_before"] is not None:
-            delta = row["metric"] - row["best_before"]
-        prompt_tokens, completion_tokens = tokens.get(row["number"], (0, 0))
-        records.append({
-            "tag": tag,
-            "number": row["number"],
-            "commit": row["commit_sha"],
-            "parent": row["parent_sha"],
-            "outcome": row["outcome"],
-            "reason": row["reason"],
-            "metric": row["metric"],
-            "best_before": row["best_before"],
-            "delta": delta,
-            "description": row["description"],
-            "summary": row["summary"],
-            "seed": row["seed"],
-            "started_at": row["started_at"],
-            "finished_at": row["finished_at"],
-            "propose_seconds": row["propose_seconds"],
-            "train_seconds": row["train_seconds"],
-            "duration_seconds": row["total_seconds"],
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "log_path": row["log_path"],
-        })
-    return records
+def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = None) -> list[dict]:
+    """One dict per experiment of the run, in order: the row shape of every JSON and TSV output."""
+    usage = usage_by_experiment(ledger.token_usage(tag), prices)
+    return [experiment_record(row, usage.get(row["number"])) for row in ledger.experiments(tag, LISTING_COLUMNS)]
 
 
-def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None) -> dict:
-    """Counts, best metric and its gain over the baseline for one run."""
+def experiment_record(row: dict, usage: dict | None = None) -> dict:
+    """The shared row shape of one experiment, from its ledger row and its summed LLM usage."""
+    delta = None
+    if row["metric"] is not None and row["best_before"] is not None:
+        delta = row["metric"] - row["best_before"]
+    usage = usage or {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    return {
+        "tag": row["tag"],
+        "number": row["number"],
+        "commit": row["commit_sha"],
+        "parent": row["parent_sha"],
+        "outcome": row["outcome"],
+        "reason": row["reason"],
+        "metric": row["metric"],
+        "best_before": row["best_before"],
+        "delta": delta,
+        "description": row["description"],
+        "summary": row["summary"],
+        "seed": row["seed"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "propose_seconds": row["propose_seconds"],
+        "train_seconds": row["train_seconds"],
+        "duration_seconds": row["total_seconds"],
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "cost_usd": usage["cost_usd"],
+        "log_path": row["log_path"],
+    }
+
+
+def usage_by_experiment(usage_rows: list[dict], prices: PriceTable | None) -> dict[int, dict]:
+    """Tokens and cost per experiment number; cost is None where a model has no price (a local endpoint)."""
+    totals: dict[int, dict] = {}
+    for row in usage_rows:
+        total = totals.setdefault(row["experiment"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        _add_usage(total, row, prices)
+    return totals
+
+
+def _add_usage(total: dict, row: dict, prices: PriceTable | None) -> None:
+    total["prompt_tokens"] += row["prompt_tokens"]
+    total["completion_tokens"] += row["completion_tokens"]
+    if prices is None or not prices.is_known(row["model"]):
+        if row["prompt_tokens"] or row["completion_tokens"]:
+            total["cost_usd"] = None
+    elif total["cost_usd"] is not None:
+        total["cost_usd"] += prices.cost(row["model"], row["prompt_tokens"], row["completion_tokens"])
+
+
+def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, prices: PriceTable | None = None) -> dict:
+    """Counts, best metric and its gain over the baseline, duration, tokens and cost of one run."""
     run = ledger.run(tag)
-    records = experiment_records(ledger, tag) if records is None else records
+    records = experiment_records(ledger, tag, prices) if records is None else records
     kept = [r for r in records if r["outcome"] == "keep"]
-    baseline = kept[0]["metric"] if kept else None
-    best = kept[-1]["metric"] if kept else None
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["outcome"]] = counts.get(record["outcome"], 0) + 1
+    costs = [r["cost_usd"] for r in records]
+    usage = {"prompt_tokens": sum(r["prompt_tokens"] for r in records),
+             "completion_tokens": sum(r["completion_tokens"] for r in records),
+             "cost_usd": None if None in costs else sum(costs)}
+    return _summary(run, counts, kept[0]["metric"] if kept else None, kept[-1]["metric"] if kept else None, usage)
+
+
+def run_summaries(ledger: Ledger, prices: PriceTable | None = None) -> list[dict]:
+    """The summary of every run in the workspace, oldest first, from aggregates (fast on big ledgers)."""
+    counts = ledger.outcome_counts()
+    kept = ledger.kept_metrics()
+    usage: dict[str, dict] = {}
+    for row in ledger.token_usage():
+        total = usage.setdefault(row["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        _add_usage(total, row, prices)
+    return [_summary(run, counts.get(run["tag"], {}), *kept.get(run["tag"], (None, None)),
+                     usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}))
+            for run in ledger.runs()]
+
+
+def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: float | None, usage: dict) -> dict:
     gain = None
     if best is not None and baseline is not None:
         gain = baseline - best if run["direction"] == "lower" else best - baseline
     return {
-        "tag": tag,
+        "tag": run["tag"],
         "recipe": run["recipe"],
         "agent": run["agent"],
         "model": run["model"],
@@ -75,14 +130,178 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None) -> 
         "status": run["status"],
         "started_at": run["started_at"],
         "finished_at": run["finished_at"],
-        "experiments": len(records),
-        "kept": len(kept),
-        "discarded": sum(r["outcome"] == "discard" for r in records),
-        "crashes": sum(r["outcome"] in ("crash", "timeout") for r in records),
-        "invalid": sum(r["outcome"] == "invalid" for r in records),
+        "duration_seconds": run_duration(run),
+        "experiments": sum(counts.values()),
+        "kept": counts.get("keep", 0),
+        "discarded": counts.get("discard", 0),
+        "crashes": counts.get("crash", 0) + counts.get("timeout", 0),
+        "invalid": counts.get("invalid", 0),
+        "interrupted": counts.get("interrupted", 0),
         "baseline_metric": baseline,
         "best_metric": best,
         "gain": gain,
-        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
-        "completion_tokens": sum(r["completion_tokens"] for r in records),
+        "prompt_tokens": usage["prompt_tokens"],
+        "completion_tokens": usage["completion_tokens"],
+        "cost_usd": usage["cost_usd"],
     }
+
+
+def run_duration(run: dict, now: datetime | None = None) -> float | None:
+    """Seconds from start to finish; a run still going counts up to now."""
+    try:
+        started = datetime.fromisoformat(run["started_at"])
+        ended = datetime.fromisoformat(run["finished_at"]) if run["finished_at"] else (now or datetime.now(timezone.utc))
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (ended - started).total_seconds())
+
+
+# --- filters and machine-readable output
+
+def filter_records(records: list[dict], outcome: str | None = None, last: int | None = None) -> list[dict]:
+    """The records of one outcome, then the last N of them."""
+    if outcome is not None:
+        if outcome not in OUTCOMES:
+            raise UserError(f"--outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+        records = [r for r in records if r["outcome"] == outcome]
+    if last is not None:
+        if last < 1:
+            raise UserError("--last must be at least 1")
+        records = records[-last:]
+    return records
+
+
+def rows_json(rows: list[dict]) -> str:
+    """A JSON array with one row per line: valid JSON, greppable, and fast for 10,000 rows."""
+    if not rows:
+        return "[]"
+    return "[\n" + ",\n".join(_json_line(row) for row in rows) + "\n]"
+
+
+def _json_line(row: dict) -> str:
+    try:
+        return json.dumps(row, allow_nan=False, default=_json_default)
+    except ValueError:  # a nan or inf somewhere (a crashed run's summary): null in JSON
+        return json.dumps(_finite(row), allow_nan=False, default=_json_default)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def rows_tsv(rows: list[dict]) -> str:
+    """The same rows as tab-separated values: a header of the keys, nested values as compact JSON."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["\t".join(keys)]
+    for row in rows:
+        lines.append("\t".join(_tsv_cell(row[key]) for key in keys))
+    return "\n".join(lines)
+
+
+def _tsv_cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def _json_default(value):
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# --- one experiment whole
+
+def experiment_detail(ledger: Ledger, tag: str, number: int, prices: PriceTable | None = None,
+                      with_prompt: bool = False, repo=None) -> dict:
+    """The record of one experiment plus its diff, log tail, training runs and LLM calls.
+
+    The diff is the one recorded when the change was proposed (kept for discarded and invalid
+    experiments too); an older row without one falls back to `git diff parent commit` in `repo`.
+    Kept experiments store no log tail in the ledger: it is read from their log file.
+    """
+    row = ledger.experiment(tag, number)
+    if row is None:
+        numbers = [r["number"] for r in ledger.experiments(tag, ("tag", "number"))]
+        known = f"it has {numbers[0]} to {numbers[-1]}" if numbers else "it has none yet"
+        raise UserError(f"run {tag} has no experiment {number} ({known})")
+    calls = ledger.llm_calls(tag, number)
+    usage = usage_by_experiment(ledger.token_usage(tag), prices).get(number)
+    detail = experiment_record(row, usage)
+    diff = row["diff"]
+    if not diff and repo is not None and row["commit_sha"] and row["parent_sha"]:
+        try:
+            diff = repo.diff(row["parent_sha"], row["commit_sha"])
+        except Exception:  # the commits may be gone (a pruned repository); the ledger row is what remains
+            diff = None
+    detail["diff"] = diff or None
+    detail["log_tail"] = row["log_tail"] or read_log_tail(row["log_path"])
+    detail["training_runs"] = training_runs_of(ledger, tag, number)
+    detail["llm_calls"] = [_call_record(call, prices, with_prompt) for call in calls]
+    return detail
+
+
+def training_runs_of(ledger: Ledger, tag: str, number: int) -> list[dict]:
+    """HOOK for confirmation runs: every training run of one experiment, once the ledger records them.
+
+    Until the ledger has a `training_runs(tag, number)` reader this is empty and `show` prints the
+    experiment's own metric and summary only.
+    """
+    reader = getattr(ledger, "training_runs", None)
+    return [dict(run) for run in reader(tag, number)] if callable(reader) else []
+
+
+def _call_record(call: dict, prices: PriceTable | None, with_prompt: bool) -> dict:
+    prompt_tokens, completion_tokens = call["prompt_tokens"] or 0, call["completion_tokens"] or 0
+    cost = None
+    if prices is not None and prices.is_known(call["model"]):
+        cost = prices.cost(call["model"], prompt_tokens, completion_tokens)
+    record = {"attempt": call["attempt"], "model": call["model"], "prompt_tokens": call["prompt_tokens"],
+              "completion_tokens": call["completion_tokens"], "cost_usd": cost,
+              "latency_seconds": call["latency_seconds"], "error": call["error"], "created_at": call["created_at"]}
+    if with_prompt:
+        record["messages"] = call["messages"]
+        record["reply"] = call["reply"]
+    return record
+
+
+def read_log_tail(log_path: str | None, lines: int = LOG_TAIL_LINES, max_bytes: int = 64_000) -> str | None:
+    """The last lines of a training log file, or None when there is no such file."""
+    if not log_path:
+        return None
+    try:
+        with open(log_path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return None
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def explain_outcome(record: dict, metric: str, direction: str) -> str:
+    """The outcome with its reason; keep and discard say what they were compared with."""
+    if record["reason"]:
+        return f"{record['outcome']}: {record['reason']}"
+    value, best = record["metric"], record["best_before"]
+    if record["outcome"] == "keep":
+        if best is None:
+            return f"keep: the baseline, {metric} {value:.6g}"
+        return f"keep: {metric} {value:.6g} beats the best before it, {best:.6g}"
+    if record["outcome"] == "discard" and value is not None and best is not None:
+        return f"discard: {metric} {value:.6g} is not better than the best before it, {best:.6g} ({direction} is better)"
+    return record["outcome"]

@@ -1,0 +1,255 @@
+"""How the review commands look on a terminal: the experiment listing, the runs table, one experiment.
+
+Listings are laid out here as aligned plain text, one line per row, coloured with ANSI codes only
+when the output is a terminal: a Rich Table measures every cell and takes seconds for 10,000
+experiments, and a listing that long is mostly read through a pager or grep anyway. `show` is a
+handful of Rich renderables (the diff syntax highlighted). Nothing here reads the ledger or prints.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Callable
+
+from rich.color import ColorSystem
+from rich.console import Console, Group, RenderableType
+from rich.rule import Rule
+from rich.style import Style
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from autoresearch.console import OUTCOME_STYLES, format_duration, format_metric
+from autoresearch.review import explain_outcome
+
+Paint = Callable[[str, str], str]
+STATUS_STYLES = {"running": "blue", "finished": "green", "interrupted": "cyan", "stopped": "yellow", "failed": "red"}
+_COLOR_SYSTEMS = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT, "truecolor": ColorSystem.TRUECOLOR,
+                  "windows": ColorSystem.WINDOWS}
+
+
+def painter(console: Console) -> Paint:
+    """A function that colours a string for this console: ANSI on a colour terminal, nothing elsewhere."""
+    system = _COLOR_SYSTEMS.get(console.color_system or "") if console.is_terminal else None
+    if system is None:
+        return lambda text, style: text
+    cache: dict[str, Style] = {}
+
+    def paint(text: str, style: str) -> str:
+        if not style or not text:
+            return text
+        if style not in cache:
+            cache[style] = Style.parse(style)
+        return cache[style].render(text, color_system=system)
+
+    return paint
+
+
+def no_paint(text: str, style: str) -> str:
+    return text
+
+
+# --- small formats
+
+def format_delta(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4g}"
+
+
+def format_tokens(count: int | None) -> str:
+    if not count:
+        return "-"
+    if count < 1000:
+        return str(count)
+    return f"{count / 1000:.1f}k" if count < 1_000_000 else f"{count / 1e6:.2f}M"
+
+
+def format_cost(cost: float | None, tokens: int = 1) -> str:
+    """Dollars; `-` when nothing was spent or the model has no price (a local endpoint)."""
+    if cost is None or not tokens:
+        return "-"
+    return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
+
+
+def format_local_time(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return iso
+
+
+def better_word(direction: str) -> str:
+    return "lower" if direction == "lower" else "higher"
+
+
+# --- aligned plain-text tables
+
+def aligned_lines(header: list[str], rows: list[list[str]], right: set[int], styles: list[list[str]] | None = None,
+                  paint: Paint = no_paint, width: int | None = None) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart; the last column is free text cut to `width`."""
+    widths = [len(name) for name in header[:-1]]
+    for row in rows:
+        for index in range(len(widths)):
+            if len(row[index]) > widths[index]:
+                widths[index] = len(row[index])
+    prefix = sum(widths) + 2 * len(widths)
+    room = None if width is None else max(10, width - prefix)
+
+    def line(cells: list[str], cell_styles: list[str] | None) -> str:
+        parts = []
+        for index, cell in enumerate(cells):
+            if index < len(widths):
+                cell = cell.rjust(widths[index]) if index in right else cell.ljust(widths[index])
+            elif room is not None and len(cell) > room:
+                cell = cell[:room - 1] + "…"
+            parts.append(paint(cell, cell_styles[index]) if cell_styles else cell)
+        return "  ".join(parts).rstrip()
+
+    lines = [line(header, ["bold"] * len(header))]
+    for index, row in enumerate(rows):
+        lines.append(line(row, styles[index] if styles else None))
+    return lines
+
+
+# --- log
+
+def log_title(summary: dict) -> str:
+    model = f" ({summary['model']})" if summary.get("model") else ""
+    return (f"run {summary['tag']} · {summary['recipe']} · {summary['metric']} ({better_word(summary['direction'])} is "
+            f"better) · agent {summary['agent']}{model} · {summary['status']}")
+
+
+def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width: int | None = None) -> list[str]:
+    """The listing of experiments: one line each, then a line of totals."""
+    header = ["#", "commit", "outcome", summary["metric"], "delta", "time", "tokens", "cost", "description"]
+    rows, styles = [], []
+    for record in records:
+        tokens = record["prompt_tokens"] + record["completion_tokens"]
+        description = record["description"] or ""
+        if record["reason"]:
+            description = f"{description} — {record['reason']}" if description else record["reason"]
+        rows.append([str(record["number"]), (record["commit"] or "-")[:7], record["outcome"],
+                     format_metric(record["metric"]), format_delta(record["delta"]),
+                     format_duration(record["duration_seconds"]), format_tokens(tokens),
+                     format_cost(record["cost_usd"], tokens), description])
+        outcome_style = OUTCOME_STYLES.get(record["outcome"], "")
+        styles.append(["", "dim", outcome_style, "bold" if record["outcome"] == "keep" else "", "", "dim", "dim", "dim",
+                       "" if record["outcome"] in ("keep", "discard") else outcome_style])
+    lines = [paint(log_title(summary), "bold"), *aligned_lines(header, rows, {0, 3, 4, 5, 6, 7}, styles, paint, width)]
+    lines.append(totals_line(summary, shown=len(records)))
+    return lines
+
+
+def totals_line(summary: dict, shown: int | None = None) -> str:
+    gain = format_delta(summary["gain"]) or "-"
+    tokens = summary["prompt_tokens"] + summary["completion_tokens"]
+    showing = f" (showing {shown})" if shown is not None and shown != summary["experiments"] else ""
+    return (f"{summary['experiments']} experiments{showing}, {summary['kept']} kept, {summary['discarded']} discarded, "
+            f"{summary['crashes']} crashed, {summary['invalid']} invalid; best {summary['metric']} "
+            f"{format_metric(summary['best_metric'])}, gain over baseline {gain}; tokens {format_tokens(tokens)}, "
+            f"cost {format_cost(summary['cost_usd'], tokens)}")
+
+
+# --- runs
+
+def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
+    """Every run of the workspace, one line each, oldest first."""
+    header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "status"]
+    rows, styles = [], []
+    for summary in summaries:
+        tokens = summary["prompt_tokens"] + summary["completion_tokens"]
+        rows.append([summary["tag"], format_local_time(summary["started_at"]), format_duration(summary["duration_seconds"]),
+                     str(summary["experiments"]), str(summary["kept"]), str(summary["crashes"]), summary["metric"],
+                     format_metric(summary["best_metric"]), format_delta(summary["gain"]) or "-",
+                     format_cost(summary["cost_usd"], tokens), summary["status"]])
+        styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "",
+                       STATUS_STYLES.get(summary["status"], "")])
+    return aligned_lines(header, rows, {2, 3, 4, 5, 7, 8, 9}, styles, paint)
+
+
+# --- show
+
+def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> RenderableType:
+    """One experiment whole: what it tried, what came of it and why, its numbers, its diff and log."""
+    metric = summary["metric"]
+    parts: list[RenderableType] = [
+        Text(f"experiment {detail['number']} of run {detail['tag']} · {summary['recipe']}", style="bold"),
+    ]
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("description", detail["description"] or "-")
+    facts.add_row("outcome", Text(explain_outcome(detail, metric, summary["direction"]),
+                                  style=OUTCOME_STYLES.get(detail["outcome"], "")))
+    if detail["metric"] is not None:
+        against = ""
+        if detail["delta"] is not None:
+            against = f" ({format_delta(detail['delta'])} against the best before it, {format_metric(detail['best_before'])})"
+        facts.add_row("metric", f"{metric} {format_metric(detail['metric'])}{against}")
+    commit = (detail["commit"] or "-")[:12]
+    if detail["parent"]:
+        commit += f" (parent {detail['parent'][:12]})"
+    facts.add_row("commit", commit)
+    facts.add_row("timings", f"proposing {format_duration(detail['propose_seconds'])}, training "
+                             f"{format_duration(detail['train_seconds'])}, in all {format_duration(detail['duration_seconds'])}"
+                             f"; started {format_local_time(detail['started_at'])}")
+    tokens = detail["prompt_tokens"] + detail["completion_tokens"]
+    calls = detail["llm_calls"]
+    facts.add_row("tokens", f"{detail['prompt_tokens']} prompt + {detail['completion_tokens']} completion in "
+                            f"{len(calls)} call{'s' if len(calls) != 1 else ''}; cost {format_cost(detail['cost_usd'], tokens)}")
+    facts.add_row("seed", "-" if detail["seed"] is None else str(detail["seed"]))
+    parts.append(facts)
+
+    if detail["summary"]:
+        parts.append(_section("summary"))
+        values = Table.grid(padding=(0, 2))
+        values.add_column()
+        values.add_column(justify="right")
+        for name, value in detail["summary"].items():
+            values.add_row(name, format_metric(value))
+        parts.append(values)
+    if detail["training_runs"]:
+        parts.append(_section("training runs"))
+        parts.append(_training_runs_table(detail["training_runs"]))
+
+    parts.append(_section("diff against its parent"))
+    if detail["diff"]:
+        parts.append(Syntax(detail["diff"].rstrip("\n"), "diff", theme="ansi_dark", background_color="default",
+                            word_wrap=True))
+    elif detail["number"] == 0:
+        parts.append(Text("none: the baseline is the unmodified recipe", style="dim"))
+    else:
+        parts.append(Text("none: no change was proposed that could be applied", style="dim"))
+
+    parts.append(_section("log tail" + (f" ({detail['log_path']})" if detail["log_path"] else "")))
+    parts.append(Text(detail["log_tail"]) if detail["log_tail"] else Text("no log", style="dim"))
+
+    if with_prompt:
+        for call in calls:
+            parts.append(_section(f"LLM call {call['attempt']} · {call['model']} · "
+                                  f"{call['prompt_tokens'] or 0}+{call['completion_tokens'] or 0} tokens"))
+            for message in call.get("messages") or []:
+                parts.append(Text(f"[{message.get('role', '?')}]", style="bold cyan"))
+                parts.append(Text(str(message.get("content", ""))))
+            parts.append(Text("[reply]", style="bold green"))
+            parts.append(Text(call["reply"] if call.get("reply") is not None else f"(no reply: {call['error']})"))
+        if not calls:
+            parts.append(_section("prompt"))
+            parts.append(Text("no LLM call for this experiment", style="dim"))
+    return Group(*parts)
+
+
+def _section(title: str) -> Rule:
+    return Rule(title, align="left", style="dim")
+
+
+def _training_runs_table(runs: list[dict]) -> Table:
+    table = Table(box=None, padding=(0, 2), show_edge=False)
+    keys = [key for key in runs[0] if key not in ("tag", "experiment")]
+    for key in keys:
+        table.add_column(key)
+    for run in runs:
+        table.add_row(*(format_metric(v) if isinstance(v, float) else ("-" if v is None else str(v))
+                        for v in (run[key] for key in keys)))
+    return table
