@@ -2,8 +2,20 @@
 
 `LocalExecutor` is the first implementation of "run one experiment somewhere": a subprocess in its
 own process session, the budget handed over in the environment, output to a bounded log file (its
-head and its tail are kept), and past budget + grace the whole process group is sent SIGTERM and
-then SIGKILL. Other executors (a GPU of several, a cluster) keep the same `run(job)` shape.
+head and its tail are kept, so a flood of output costs neither disk nor memory). Other executors
+(one GPU of several, a cluster) keep the same `run(job)` shape.
+
+No process of an experiment may outlive it. A process group is not enough for that: a grandchild
+that calls setsid (a shell backgrounding a daemon) leaves the group, and one whose parent exits is
+re-parented away from the tree. So every job's processes are found three ways, and all of them are
+sent SIGTERM, then SIGKILL after a short wait, when the job ends or passes its limit:
+- the process group of the job (its own session);
+- every descendant seen while it ran (the tree is sampled a few times a second);
+- every process carrying the job's marker in its environment (`AUTORESEARCH_JOB`), which children
+  inherit whatever they do to their session or parent.
+On Linux the training command also gets SIGKILL from the kernel when the tool itself dies (`kill -9`,
+a second Ctrl-C), through a tiny launcher that sets PR_SET_PDEATHSIG before exec; what it leaves
+behind is found by its environment marker when the run is resumed (`stop_processes_marked`).
 """
 
 from __future__ import annotations
@@ -18,10 +30,13 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Protocol
+
+import psutil
 
 SUMMARY_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*:\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity))\s*$",
                           re.IGNORECASE)
@@ -30,6 +45,24 @@ LOG_TAIL_BYTES = 1_000_000
 MAX_LINE_BYTES = 64_000
 KILL_WAIT_SECONDS = 3.0
 TAIL_LINES = 40
+TAIL_CHARS = 8_000
+POLL_SECONDS = 0.05
+TREE_SAMPLE_SECONDS = 0.25
+JOB_MARKER = "AUTORESEARCH_JOB"
+
+# Runs the real command with exec after asking the kernel to SIGKILL it when its parent (the tool)
+# dies; exits at once if the parent is already gone. argv: parent pid, then the command.
+PARENT_DEATH_LAUNCHER = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None).prctl(1, 9)\n"  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(137)\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as exc:\n"
+    "    print(f'cannot start {sys.argv[2]}: {exc.strerror or exc}', file=sys.stderr)\n"
+    "    os._exit(127)\n"
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,7 @@ class TrainingResult:
     log_tail: str
     log_bytes: int = 0
     log_error: str | None = None
+    stray_processes: int = 0
 
 
 class Executor(Protocol):
@@ -88,11 +122,19 @@ def resolve_command(command: str) -> list[str]:
     return argv
 
 
+def with_parent_death_signal(argv: list[str]) -> list[str]:
+    """argv run through the launcher that makes the kernel kill it with the tool (Linux only)."""
+    if not sys.platform.startswith("linux") or not argv:
+        return argv
+    return [sys.executable, "-I", "-S", "-c", PARENT_DEATH_LAUNCHER, str(os.getpid()), *argv]
+
+
 class BoundedLog:
     """Writes the head of a stream to disk as it comes and keeps a bounded tail in memory.
 
     The tail is appended to the file when the stream ends, after a line saying how much was left
-    out, so a flood of output costs neither disk nor memory beyond the two bounds.
+    out, so a flood of output costs neither disk nor memory beyond the two bounds. A log that cannot
+    be written (a full disk) is reported in `error`; the stream is still read and its tail kept.
     """
 
     def __init__(self, path: Path, head_bytes: int = LOG_HEAD_BYTES, tail_bytes: int = LOG_TAIL_BYTES):
@@ -151,45 +193,78 @@ class BoundedLog:
                 pass
             self._file = None
 
-    def tail_text(self, lines: int = TAIL_LINES) -> str:
+    def tail_text(self, lines: int = TAIL_LINES, chars: int = TAIL_CHARS) -> str:
+        """The last lines of the stream (at most `chars` characters), from memory or the file."""
         if self._tail:
             data = b"".join(self._tail)[-64_000:]
         else:
-            try:
-                with open(self.path, "rb") as handle:
-                    handle.seek(max(0, self._written - 64_000))
-                    data = handle.read()
-            except OSError:
-                data = b""
-        return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+            data = self._head_end()
+        text = "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
+        return text[-chars:]
+
+    def _head_end(self) -> bytes:
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(max(0, self._written - 64_000))
+                return handle.read(64_000)
+        except OSError:
+            return b""
 
 
 class LocalExecutor:
-    """Runs the training command as a subprocess on this machine."""
+    """Runs the training command as a subprocess on this machine.
+
+    `kill_wait_seconds` is how long SIGTERM is given before SIGKILL; the log bounds are per job.
+    """
+
+    def __init__(self, kill_wait_seconds: float = KILL_WAIT_SECONDS, log_head_bytes: int = LOG_HEAD_BYTES,
+                 log_tail_bytes: int = LOG_TAIL_BYTES):
+        self.kill_wait_seconds = kill_wait_seconds
+        self.log_head_bytes = log_head_bytes
+        self.log_tail_bytes = log_tail_bytes
 
     def run(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> TrainingResult:
+        marker = uuid.uuid4().hex
         env = {**os.environ, **job.env, "AUTORESEARCH_TIME_BUDGET": f"{job.budget_seconds:g}",
-               "PYTHONUNBUFFERED": "1"}
-        log = BoundedLog(job.log_path)
+               "PYTHONUNBUFFERED": "1", JOB_MARKER: marker}
+        log = BoundedLog(job.log_path, self.log_head_bytes, self.log_tail_bytes)
         started = time.monotonic()
-        process = subprocess.Popen(resolve_command(job.command), cwd=job.cwd, env=env, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = resolve_command(job.command)
+        try:
+            process = subprocess.Popen(with_parent_death_signal(argv), cwd=job.cwd, env=env,
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        except OSError as exc:
+            message = f"cannot start {argv[0] if argv else 'an empty command'}: {exc.strerror or exc}"
+            log.write(message.encode() + b"\n")
+            log.close()
+            return TrainingResult(exit_code=127, timed_out=False, seconds=time.monotonic() - started, summary={},
+                                  log_path=job.log_path, log_tail=message, log_bytes=log.total_bytes,
+                                  log_error=log.error)
+        tree = ProcessTree(process.pid)
         reader = _OutputReader(process.stdout.fileno(), log, on_output)
         reader.start()
         timed_out = False
+        strays = 0
         try:
             deadline = started + job.budget_seconds + job.grace_seconds
+            next_sample = 0.0
             while process.poll() is None:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     timed_out = True
-                    terminate_group(process)
                     break
-                time.sleep(0.05)
+                if now >= next_sample:
+                    tree.sample()
+                    next_sample = now + TREE_SAMPLE_SECONDS
+                time.sleep(POLL_SECONDS)
         finally:
-            # Always: stray children (workers, backgrounded shells) must not outlive the run.
-            if process.poll() is None:
-                terminate_group(process)
-            kill_group(process.pid)
+            # Always, also on Ctrl-C: the job's processes must not outlive it, whatever they did.
+            tree.sample()
+            survivors = tree.members() | find_marked_processes(JOB_MARKER, marker) | find_group(process.pid)
+            strays = len([p for p in survivors if p.pid != process.pid])
+            stop_processes(survivors, self.kill_wait_seconds, also_group=process.pid)
+            _reap(process)
             reader.finish()
             process.stdout.close()
             log.close()
@@ -202,22 +277,110 @@ class LocalExecutor:
             log_tail=log.tail_text(),
             log_bytes=log.total_bytes,
             log_error=log.error,
+            stray_processes=strays,
         )
 
 
-def terminate_group(process: subprocess.Popen) -> None:
-    """SIGTERM to the whole group, then SIGKILL if it is still there after a short wait."""
-    _signal_group(process.pid, signal.SIGTERM)
+class ProcessTree:
+    """Every descendant of one process seen so far (kept even after it leaves the tree)."""
+
+    def __init__(self, pid: int):
+        try:
+            self.root: psutil.Process | None = psutil.Process(pid)
+        except psutil.Error:
+            self.root = None
+        self.seen: set[psutil.Process] = set()
+
+    def sample(self) -> None:
+        if self.root is None:
+            return
+        try:
+            self.seen.update(self.root.children(recursive=True))
+        except psutil.Error:
+            pass
+
+    def members(self) -> set[psutil.Process]:
+        found = set(self.seen)
+        if self.root is not None:
+            found.add(self.root)
+        return found
+
+
+def find_marked_processes(name: str, value: str) -> set[psutil.Process]:
+    """This user's processes whose environment has name=value (children inherit it wherever they go)."""
+    found = set()
+    me = os.getuid()
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.pid == os.getpid() or process.info["uids"] is None or process.info["uids"].real != me:
+                continue
+            if process.environ().get(name) == value:
+                found.add(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def find_group(pgid: int) -> set[psutil.Process]:
+    """The processes of one process group."""
+    found = set()
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.pid != os.getpid():
+                found.add(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def stop_processes(processes: Iterable[psutil.Process], wait_seconds: float = KILL_WAIT_SECONDS,
+                   also_group: int | None = None) -> list[psutil.Process]:
+    """SIGTERM to each (and to the group), SIGKILL to whatever is left after wait_seconds.
+
+    Returns the processes that were still alive after SIGKILL and a last short wait (normally none).
+    """
+    alive = [p for p in processes if is_alive(p)]
+    if also_group is not None:
+        _signal_group(also_group, signal.SIGTERM)
+    for process in alive:
+        _send(process, signal.SIGTERM)
+    alive = _wait_gone(alive, wait_seconds)
+    if also_group is not None:
+        _signal_group(also_group, signal.SIGKILL)
+    for process in alive:
+        _send(process, signal.SIGKILL)
+    return _wait_gone(alive, KILL_WAIT_SECONDS)
+
+
+def stop_processes_marked(name: str, value: str, wait_seconds: float = KILL_WAIT_SECONDS) -> int:
+    """Stop every process carrying name=value in its environment; returns how many there were."""
+    found = find_marked_processes(name, value)
+    stop_processes(found, wait_seconds)
+    return len(found)
+
+
+def is_alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (a zombie holds no memory, no GPU and no pipe)."""
     try:
-        process.wait(timeout=KILL_WAIT_SECONDS)
-    except subprocess.TimeoutExpired:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(processes: list[psutil.Process], seconds: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + seconds
+    alive = [p for p in processes if is_alive(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.02)
+        alive = [p for p in alive if is_alive(p)]
+    return alive
+
+
+def _send(process: psutil.Process, signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except psutil.Error:
         pass
-    kill_group(process.pid)
-    process.wait()
-
-
-def kill_group(pgid: int) -> None:
-    _signal_group(pgid, signal.SIGKILL)
 
 
 def _signal_group(pgid: int, signum: int) -> None:
@@ -225,6 +388,14 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _reap(process: subprocess.Popen) -> None:
+    try:
+        process.wait(timeout=KILL_WAIT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 class _OutputReader(threading.Thread):
@@ -241,12 +412,15 @@ class _OutputReader(threading.Thread):
 
     def run(self) -> None:
         while True:
-            ready, _, _ = select.select([self.fd], [], [], 0.1)
-            if not ready:
-                if self._stop_requested.is_set():
-                    break
-                continue
-            chunk = os.read(self.fd, 65536)
+            try:
+                ready, _, _ = select.select([self.fd], [], [], 0.1)
+                if not ready:
+                    if self._stop_requested.is_set():
+                        break
+                    continue
+                chunk = os.read(self.fd, 65536)
+            except (OSError, ValueError):
+                break
             if not chunk:
                 break
             self.log.write(chunk)
@@ -259,16 +433,15 @@ class _OutputReader(threading.Thread):
         self._partial = lines.pop()[-MAX_LINE_BYTES:]
         last_line = None
         for raw in lines:
-            if len(raw) > MAX_LINE_BYTES:
-                continue
-            line = raw.decode("utf-8", "replace").rstrip("\r")
-            parsed = parse_summary_line(line)
-            if parsed:
-                self.summary[parsed[0]] = parsed[1]
-            if line.strip():
-                last_line = line
+            # Only short lines with a colon can be summary lines; a flood of output stays cheap.
+            if len(raw) <= MAX_LINE_BYTES and b":" in raw:
+                parsed = parse_summary_line(raw.decode("utf-8", "replace").rstrip("\r"))
+                if parsed:
+                    self.summary[parsed[0]] = parsed[1]
+            if raw.strip():
+                last_line = raw
         if last_line is not None and self.on_output is not None:
-            self.on_output(last_line)
+            self.on_output(last_line[:1000].decode("utf-8", "replace").rstrip("\r"))
 
     def finish(self) -> None:
         """Stop reading once the pipe is drained (or at once if something still holds it open)."""
