@@ -27,6 +27,15 @@ def format_metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 
 
+def format_noise(std: float | None, runs: int) -> str:
+    """The measured run-to-run spread of the metric, as the live view, `log` and `show` print it."""
+    if std is None:
+        return "not measured"
+    if std == 0:
+        return f"0 (the same value under {runs} seeds)"
+    return f"±{std:.3g} (std over {runs} seeds)"
+
+
 def format_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -44,6 +53,7 @@ class Reporter:
     def phase(self, name: str, description: str | None = None, budget: float | None = None) -> None: ...
     def training_output(self, line: str) -> None: ...
     def experiment_finished(self, row: dict, best: float | None, baseline: float | None) -> None: ...
+    def noise_floor(self, std: float | None, runs: int) -> None: ...
     def note(self, text: str) -> None: ...
     def close(self) -> None: ...
 
@@ -76,6 +86,9 @@ class PlainReporter(Reporter):
         self._line(f"experiment {row['number']}: {outcome_text(row)}, {row['metric_name']} "
                    f"{format_metric(row.get('metric'))}, best {format_metric(best)}")
 
+    def noise_floor(self, std, runs):
+        self._line(f"noise floor: {format_noise(std, runs)}")
+
     def note(self, text):
         self._line(text)
 
@@ -95,6 +108,7 @@ class LiveReporter(Reporter):
         self.last_output = ""
         self.best: float | None = None
         self.baseline: float | None = None
+        self.noise: str | None = None
         self.direction = "lower"
         self.counts: Counter[str] = Counter()
         self.recent: deque[dict] = deque(maxlen=5)
@@ -126,6 +140,9 @@ class LiveReporter(Reporter):
         self.counts[row["outcome"]] += 1
         self.recent.appendleft(row)
 
+    def noise_floor(self, std, runs):
+        self.noise = format_noise(std, runs)
+
     def note(self, text):
         self.console.print(text)
 
@@ -151,7 +168,8 @@ class LiveReporter(Reporter):
             gain = f" (gain {delta:+.4g} over baseline)"
         counts = ", ".join(f"{self.counts[k]} {k}" for k in ("keep", "discard", "crash", "timeout", "invalid")
                            if self.counts[k])
-        lines.append(Text(f"best {self.metric} {format_metric(self.best)}{gain}   {counts}"))
+        noise = f"   noise {self.noise}" if self.noise else ""
+        lines.append(Text(f"best {self.metric} {format_metric(self.best)}{gain}{noise}   {counts}"))
         if self.recent:
             recent = Table(show_header=False, box=None, padding=(0, 1))
             for row in self.recent:

@@ -20,6 +20,8 @@ from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
 from autoresearch.guard import changed_fixed_files, check_candidate, files_hash, hash_fixed_files
 from autoresearch.ledger import Ledger, now_iso
+from autoresearch.noise import (DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule, NoiseFloor,
+                                decide, derive_seed, harness_tampering, ignores_harness_seed, mean)
 from autoresearch.prompts import AgentContext, LineageEntry
 from autoresearch.recipe import Recipe, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
@@ -44,6 +46,13 @@ class RunOptions:
     seed: int = 0
     max_agent_failures: int = 5
     agent_backoff_seconds: float = 5.0
+    noise_runs: int = DEFAULT_NOISE_RUNS
+    noise_multiple: float = DEFAULT_NOISE_MULTIPLE
+    confirm_runs: int = DEFAULT_CONFIRM_RUNS
+
+    @property
+    def keep_rule(self) -> KeepRule:
+        return KeepRule(noise_multiple=self.noise_multiple, min_delta=self.min_delta, confirm_runs=self.confirm_runs)
 
 
 class StopRun(Exception):
@@ -64,6 +73,8 @@ class RunState:
     baseline_metric: float | None = None
     next_number: int = 0
     seen_hashes: dict[str, int] = field(default_factory=dict)
+    noise: NoiseFloor = field(default_factory=lambda: NoiseFloor(std=None, runs=0))
+    best_runs: list[float] = field(default_factory=list)  # the best commit's metric in each of its runs
 
     @property
     def recipe_dir(self) -> Path:
@@ -119,7 +130,9 @@ class ResearchLoop:
         self.ledger.create_run(tag, recipe=recipe_path, branch=branch, worktree=str(worktree.root),
                                base_commit=base_commit, agent=self.agent.name, model=getattr(self.agent, "model", None),
                                metric=recipe.metric, direction=recipe.direction, budget_seconds=budget,
-                               config={"min_delta": options.min_delta, "seed": options.seed})
+                               config={"min_delta": options.min_delta, "seed": options.seed,
+                                       "noise_runs": options.noise_runs, "noise_multiple": options.noise_multiple,
+                                       "confirm_runs": options.confirm_runs})
         state = RunState(tag=tag, recipe_path=recipe_path, worktree=worktree,
                          recipe=load_recipe(worktree.root / recipe_path), budget_seconds=budget, best_commit=base_commit)
         return self._loop(state, options)
@@ -142,6 +155,7 @@ class ResearchLoop:
                          baseline_metric=kept[0]["metric"] if kept else None,
                          next_number=max((row["number"] for row in rows), default=-1) + 1,
                          seen_hashes={row["files_hash"]: row["number"] for row in rows if row["files_hash"]})
+        self._restore_noise(state, run, kept)
         worktree.reset_hard(state.best_commit)
         self.ledger.set_run_status(tag, "running")
         return self._loop(state, options)
@@ -192,10 +206,12 @@ class ResearchLoop:
             self.ledger.update_experiment(state.tag, number, files_hash=files_hash(files))
             result, tampered = self._train(state, options, number, BASELINE_DESCRIPTION)
             outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            decision = None
             if outcome is None:
                 outcome = "keep"
+                metric, decision = self._measure_noise(state, options, number, metric)
             self._close_experiment(state, number, outcome, reason, metric, result=result,
-                                   commit=state.best_commit, files=files)
+                                   commit=state.best_commit, files=files, decision=decision)
         if outcome != "keep":
             raise StopRun(f"the baseline (the unmodified recipe) failed with {outcome}"
                           f"{': ' + reason if reason else ''}; see {result.log_path}")
@@ -208,7 +224,9 @@ class ResearchLoop:
             context = AgentContext(number=number, program=self._read_program(), recipe=state.recipe,
                                    budget_seconds=state.budget_seconds, files=files,
                                    lineage=self._lineage(state.tag), best_metric=state.best_metric,
-                                   baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes))
+                                   baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes),
+                                   noise_std=state.noise.std, noise_runs=state.noise.runs,
+                                   keep_margin=self._keep_margin(state, options))
             propose_started = time.monotonic()
             try:
                 candidate = self._propose(state, options, number, context)
@@ -222,7 +240,7 @@ class ResearchLoop:
             self.ledger.update_experiment(state.tag, number, description=candidate.description,
                                           files_hash=digest, propose_seconds=propose_seconds,
                                           diff=unified_diff({n: files[n] for n in candidate.changed}, candidate.changed))
-            reason = check_candidate(state.recipe, candidate.changed)
+            reason = check_candidate(state.recipe, candidate.changed) or harness_tampering(files, candidate.changed)
             if reason is None and digest in state.seen_hashes:
                 reason = f"duplicate of experiment {state.seen_hashes[digest]}"
             if reason is not None:
@@ -238,11 +256,12 @@ class ResearchLoop:
             result, tampered = self._train(state, options, number, candidate.description)
             self.reporter.phase("deciding")
             outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            decision = None
             if outcome is None:
-                better = state.recipe.is_better(metric, state.best_metric, options.min_delta)
-                outcome = "keep" if better else "discard"
+                outcome, reason, metric, decision = self._confirm(state, options, number, candidate.description,
+                                                                  metric)
             self._close_experiment(state, number, outcome, reason, metric, result=result, commit=commit,
-                                   files=new_editable)
+                                   files=new_editable, decision=decision)
 
     def _propose(self, state: RunState, options: RunOptions, number: int, context: AgentContext):
         """Ask the agent; an unreachable endpoint is retried with backoff, then the run stops."""
@@ -261,21 +280,104 @@ class ResearchLoop:
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
                                     call.prompt_tokens, call.completion_tokens, call.latency_seconds)
 
-    def _train(self, state: RunState, options: RunOptions, number: int,
-               description: str) -> tuple[TrainingResult, list[str]]:
-        """Run the training; fixed files that changed meanwhile are reported and restored from git."""
+    def _train(self, state: RunState, options: RunOptions, number: int, description: str, attempt: int = 0,
+               kind: str = "first") -> tuple[TrainingResult, list[str]]:
+        """Run the training; fixed files that changed meanwhile are reported and restored from git.
+
+        Attempt 0 is the experiment's first run; later attempts are its noise or confirmation runs,
+        each with its own derived seed and log. Every run has a row in `training_runs`.
+        """
         recipe = state.recipe
         before = hash_fixed_files(state.recipe_dir, recipe.fixed)
         self.reporter.phase("training", description, budget=state.budget_seconds)
-        job = TrainingJob(command=recipe.command, cwd=state.recipe_dir,
-                          log_path=self.workspace.run_dir(state.tag) / f"{number}.log",
+        seed = derive_seed(options.seed, number, attempt)
+        log_path = self.workspace.run_dir(state.tag) / (f"{number}.log" if attempt == 0 else f"{number}.{attempt}.log")
+        # The test split is for `verify` only, whatever the person's shell exports.
+        job = TrainingJob(command=recipe.command, cwd=state.recipe_dir, log_path=log_path,
                           budget_seconds=state.budget_seconds, grace_seconds=recipe.grace(state.budget_seconds),
-                          env={"AUTORESEARCH_SEED": str(options.seed)})
-        result = self.executor.run(job, on_output=self.reporter.training_output)
+                          env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "0"})
+        run_id = self.ledger.start_training_run(state.tag, number, attempt, kind, seed, state.worktree.head_commit(),
+                                                str(log_path))
+        try:
+            result = self.executor.run(job, on_output=self.reporter.training_output)
+        except BaseException:
+            self.ledger.finish_training_run(run_id, "interrupted", "stopped during training")
+            raise
         tampered = changed_fixed_files(before, hash_fixed_files(state.recipe_dir, recipe.fixed))
         if tampered:
             state.worktree.restore_paths("HEAD", [f"{state.recipe_path}/{name}" for name in tampered])
+        if recipe.test_metric and recipe.test_metric in result.summary:
+            tampered.append(f"the test split (it printed {recipe.test_metric})")
+        outcome, reason, metric = classify(result, recipe.metric, tampered, state.budget_seconds)
+        self.ledger.finish_training_run(run_id, outcome or "ok", reason, metric, result.summary, result.seconds)
         return result, tampered
+
+    # --- the noise floor and confirmation runs (docs/noise.md)
+
+    def _measure_noise(self, state: RunState, options: RunOptions, number: int,
+                       first_metric: float) -> tuple[float, dict]:
+        """The unmodified recipe again with other seeds; returns its mean metric and the decision record."""
+        metrics, seeds = [first_metric], [derive_seed(options.seed, number, 0)]
+        for attempt in range(1, options.noise_runs + 1):
+            seed = derive_seed(options.seed, number, attempt)
+            result, tampered = self._train(state, options, number, f"{BASELINE_DESCRIPTION} (noise run {attempt} "
+                                           f"of {options.noise_runs}, seed {seed})", attempt=attempt, kind="noise")
+            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            if outcome is None:
+                metrics.append(metric)
+                seeds.append(seed)
+            else:
+                self.reporter.note(f"noise run {attempt} of the baseline failed ({outcome}: {reason}); "
+                                   f"see {result.log_path}")
+        state.noise = NoiseFloor.measure(metrics)
+        self.ledger.set_noise_floor(state.tag, state.noise.std, state.noise.runs)
+        self.reporter.noise_floor(state.noise.std, state.noise.runs)
+        return mean(metrics), {"verdict": "keep", "metrics": metrics, "seeds": seeds, "noise": state.noise.std,
+                               "candidate_runs": len(metrics)}
+
+    def _confirm(self, state: RunState, options: RunOptions, number: int, description: str,
+                 first_metric: float) -> tuple[str, str | None, float, dict]:
+        """Decide on a candidate, with confirmation runs on new seeds while the keep rule asks for them.
+
+        Returns (outcome, reason, mean metric, decision record).
+        """
+        metrics, seeds = [first_metric], [derive_seed(options.seed, number, 0)]
+        best_runs = state.best_runs or [state.best_metric]
+        while True:
+            decision = decide(metrics, best_runs, state.recipe.direction, state.noise.std, options.keep_rule)
+            record = {**decision.as_dict(), "metrics": metrics, "seeds": seeds, "best_metrics": best_runs}
+            if decision.verdict != "confirm":
+                break
+            attempt = len(metrics)
+            seed = derive_seed(options.seed, number, attempt)
+            result, tampered = self._train(state, options, number, f"{description} (confirmation run {attempt} of "
+                                           f"at most {options.confirm_runs}, seed {seed})", attempt=attempt,
+                                           kind="confirm")
+            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            if outcome is not None:
+                failed = "invalid" if outcome == "invalid" else "discard"
+                return failed, f"confirmation run {attempt} (seed {seed}): {outcome}: {reason}", mean(metrics), record
+            metrics, seeds = metrics + [metric], seeds + [seed]
+        if ignores_harness_seed(metrics, seeds, state.noise):
+            return ("invalid", f"ignores the harness's seed: {state.recipe.metric} {metrics[0]:.6g} under seeds "
+                    f"{', '.join(map(str, seeds))}", mean(metrics), record)
+        return decision.verdict, decision.reason, mean(metrics), record
+
+    def _keep_margin(self, state: RunState, options: RunOptions) -> float | None:
+        """The gain a candidate's first run must show over the best to be kept (what the agent is told)."""
+        if not state.noise.known:
+            return options.min_delta or None
+        return decide([state.best_metric], state.best_runs or [state.best_metric], state.recipe.direction,
+                      state.noise.std, options.keep_rule).margin
+
+    def _restore_noise(self, state: RunState, run: dict, kept: list[dict]) -> None:
+        """On resume: the noise floor from the run's row, the best commit's runs from its decision record."""
+        self.ledger.mark_unfinished_training_runs_interrupted(state.tag)
+        state.noise = NoiseFloor(std=run.get("noise_std"), runs=run.get("noise_runs") or 0)
+        if kept:
+            state.best_runs = list((kept[-1].get("decision") or {}).get("metrics") or [kept[-1]["metric"]])
+        if state.noise.runs:
+            self.reporter.noise_floor(state.noise.std, state.noise.runs)
 
     # --- the ledger rows
 
@@ -303,6 +405,7 @@ class ResearchLoop:
         if outcome == "keep":
             state.best_commit = commit or state.best_commit
             state.best_metric = metric
+            state.best_runs = list((fields.get("decision") or {}).get("metrics") or [metric])
             if state.baseline_metric is None:
                 state.baseline_metric = metric
         self._rewind(state)

@@ -19,9 +19,10 @@ SYSTEM_PROMPT = """\
 You are the research agent of autoresearch, a tool that runs machine-learning experiments overnight.
 Each experiment: you propose ONE change to the editable files of a training recipe; the tool commits
 it, trains for a fixed wall-clock budget, measures the validation metric with evaluation code you
-cannot change, and keeps the change if the metric improved, or reverts it if not. You see what
-earlier experiments found; learn from them, do not repeat failures, and prefer changes with a clear
-hypothesis. The training time is fixed, so a change that makes each step slower must earn it.
+cannot change, and keeps the change if the metric improved by more than the run-to-run noise, or
+reverts it if not. You see what earlier experiments found; learn from them, do not repeat
+failures, and prefer changes with a clear hypothesis. The training time is fixed, so a change that
+makes each step slower must earn it.
 
 Answer in exactly this form:
 
@@ -36,7 +37,8 @@ the lines that replace them
 
 The line before each block names the file it edits. Several blocks may follow each other. The
 SEARCH part must match the current file exactly (copy whole lines) and must be unique in it. Only
-the editable files may be changed; the random seed is set by the tool, not by you."""
+the editable files may be changed; the random seed is set by the tool, not by you: an edit that
+reads, sets or removes a seed is refused."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,9 @@ class AgentContext:
     best_metric: float | None = None
     baseline_metric: float | None = None
     seen_hashes: frozenset[str] = field(default_factory=frozenset)
+    noise_std: float | None = None  # run-to-run spread of the metric across seeds (docs/noise.md)
+    noise_runs: int = 0
+    keep_margin: float | None = None  # the gain a first run must show over the best to be kept
 
 
 def build_messages(context: AgentContext) -> list[dict]:
@@ -79,7 +84,8 @@ def build_messages(context: AgentContext) -> list[dict]:
         f"- editable files: {', '.join(recipe.editable)}\n"
         f"- fixed files (data and evaluation, cannot be changed): {', '.join(recipe.fixed)}\n"
         + (f"- baseline {recipe.metric}: {context.baseline_metric:.6g}\n" if context.baseline_metric is not None else "")
-        + (f"- best {recipe.metric} so far: {context.best_metric:.6g}\n" if context.best_metric is not None else ""),
+        + (f"- best {recipe.metric} so far: {context.best_metric:.6g}\n" if context.best_metric is not None else "")
+        + format_noise(context),
         "# Experiments so far\n\n" + format_lineage(context.lineage),
     ]
     failures = format_failures(context.lineage)
@@ -90,6 +96,17 @@ def build_messages(context: AgentContext) -> list[dict]:
     sections.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
                     f"{recipe.metric} {better}. Answer in the required form.")
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(sections)}]
+
+
+def format_noise(context: AgentContext) -> str:
+    """The noise floor as the agent is told it: gains below it are seed luck and are not kept."""
+    if context.noise_std is None or context.noise_std <= 0:
+        return ""
+    metric = context.recipe.metric
+    margin = (f" A change is kept only when it beats the best by more than {context.keep_margin:.3g} and the gain "
+              "holds on other seeds (the tool re-runs it with new seeds)." if context.keep_margin is not None else "")
+    return (f"- run-to-run noise: the unmodified recipe's {metric} varies by {context.noise_std:.3g} (standard "
+            f"deviation over {context.noise_runs} seeds); a smaller difference is seed luck, not progress.{margin}\n")
 
 
 def format_lineage(lineage: tuple[LineageEntry, ...]) -> str:
