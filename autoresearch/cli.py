@@ -7,21 +7,22 @@ command that resumes the run; anything unexpected keeps its traceback.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from autoresearch.console import OUTCOME_STYLES, format_duration, format_metric, make_reporter
+from autoresearch.console import format_metric, make_reporter
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
+from autoresearch.pricing import load_price_table
 from autoresearch.recipe import builtin_recipes
-from autoresearch.review import experiment_records, pick_tag, run_summary
+from autoresearch.review import (experiment_detail, experiment_records, filter_records, pick_tag, row_json, rows_json,
+                                 rows_tsv, run_details, run_summaries, run_summary)
+from autoresearch.views import experiment_view, log_lines, painter, runs_lines
 from autoresearch.workspace import Workspace, init_workspace
 
 app = typer.Typer(help="Overnight ML research on one GPU box: an agent proposes, the tool trains, keeps or reverts.",
@@ -107,29 +108,140 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
 
 @app.command()
 def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (default: the latest)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON.")):
-    """Every experiment of a run: outcome, metric, delta, duration, description."""
+        outcome: Optional[str] = typer.Option(None, "--outcome", help="Only keep, discard, crash, timeout or invalid."),
+        last: Optional[int] = typer.Option(None, "--last", help="Only the last N experiments (after --outcome)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON (the shape of every JSON output)."),
+        as_tsv: bool = typer.Option(False, "--tsv", help="Print the same rows as tab-separated values.")):
+    """Every experiment of a run: outcome, metric, delta, time, tokens, cost, description."""
     with user_errors():
-        ledger = Ledger(Workspace.find().ledger_path)
+        if as_json and as_tsv:
+            raise UserError("choose one of --json and --tsv")
+        workspace = Workspace.find()
+        ledger = Ledger(workspace.ledger_path)
         tag = pick_tag(ledger, tag)
-        records = experiment_records(ledger, tag)
+        records = experiment_records(ledger, tag, load_price_table(workspace.root))
+        shown = filter_records(records, outcome, last)
+        if as_json or as_tsv:
+            _emit(rows_json(shown) if as_json else rows_tsv(shown))
+            return
         summary = run_summary(ledger, tag, records)
+    _emit("\n".join(log_lines(shown, summary, painter(stdout), stdout.width if stdout.is_terminal else None)))
+
+
+@app.command()
+def runs(as_json: bool = typer.Option(False, "--json", help="Print the run summaries as JSON.")):
+    """Every run in the workspace: start, duration, experiments, kept, crashes, best, gain, cost, status."""
+    with user_errors():
+        workspace = Workspace.find()
+        summaries = run_summaries(Ledger(workspace.ledger_path), load_price_table(workspace.root))
     if as_json:
-        print(json.dumps(records, indent=2))
+        _emit(rows_json(summaries))
+    elif not summaries:
+        stderr.print("no runs yet in this workspace; start one with `autoresearch run`", highlight=False)
+    else:
+        _emit("\n".join(runs_lines(summaries, painter(stdout))))
+
+
+@app.command()
+def show(number: int = typer.Argument(..., help="Experiment number, as in `autoresearch log`."),
+         tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: the latest)."),
+         prompt: bool = typer.Option(False, "--prompt", help="Also the exact prompt and reply of every LLM call."),
+         as_json: bool = typer.Option(False, "--json", help="Print it as JSON (the log row plus the details).")):
+    """One experiment whole: outcome and why, every number, timings, cost, its diff and its log tail."""
+    with user_errors():
+        workspace = Workspace.find()
+        ledger = Ledger(workspace.ledger_path)
+        tag = pick_tag(ledger, tag)
+        prices = load_price_table(workspace.root)
+        detail = experiment_detail(ledger, tag, number, prices, with_prompt=prompt, repo=workspace.repo)
+        if as_json:
+            _emit(row_json(detail))
+            return
+        summary = run_summary(ledger, tag, prices=prices)
+    stdout.print(experiment_view(detail, summary, with_prompt=prompt), highlight=False)
+
+
+@app.command()
+def plot(tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: the latest)."),
+         output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG file (default: runs/<tag>/progress.png).")):
+    """A PNG of the run: every experiment's metric by outcome, the running best, the kept changes labelled."""
+    from autoresearch.plot import write_plot
+
+    with user_errors():
+        workspace = Workspace.find()
+        ledger = Ledger(workspace.ledger_path)
+        tag = pick_tag(ledger, tag)
+        records = experiment_records(ledger, tag, load_price_table(workspace.root))
+        path = output or workspace.run_dir(tag) / "progress.png"
+        try:
+            write_plot(records, run_summary(ledger, tag, records), path)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    _emit(str(path))
+
+
+@app.command()
+def report(tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: the latest)."),
+           output: Optional[Path] = typer.Option(None, "-o", "--output", help="HTML file (default: runs/<tag>/report.html).")):
+    """One self-contained HTML page: summary, plot, the table of experiments, each one's diff and log tail."""
+    from autoresearch.ledger import now_iso
+    from autoresearch.plot import render_plot
+    from autoresearch.report import write_report
+
+    with user_errors():
+        workspace = Workspace.find()
+        ledger = Ledger(workspace.ledger_path)
+        tag = pick_tag(ledger, tag)
+        details = run_details(ledger, tag, load_price_table(workspace.root))
+        summary = run_summary(ledger, tag, details)
+        path = output or workspace.run_dir(tag) / "report.html"
+        try:
+            write_report(summary, details, render_plot(details, summary), path, generated_at=now_iso())
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    _emit(str(path))
+
+
+@app.command()
+def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify (default: the latest)."),
+           seeds: int = typer.Option(3, "--seeds", help="New seeds for each of the two commits (at least 2)."),
+           budget: Optional[float] = typer.Option(None, "--budget", help="Training seconds (default: the run's)."),
+           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+    """Do the run's gains hold? Re-train its baseline and best commits on new seeds, on validation and test."""
+    from autoresearch.verify import format_interval, verify_run
+
+    with user_errors():
+        if budget is not None and budget <= 0:
+            raise UserError("--budget must be positive")
+        workspace = Workspace.find()
+        ledger = Ledger(workspace.ledger_path)
+        tag = pick_tag(ledger, tag)
+        try:
+            result = verify_run(workspace, ledger, tag, seeds=seeds, budget_seconds=budget,
+                                on_progress=lambda text: stderr.print(f"verify {tag}: {text}", highlight=False))
+        except KeyboardInterrupt:
+            stderr.print("verify interrupted; nothing was recorded", highlight=False)
+            raise typer.Exit(130) from None
+    if as_json:
+        _emit(row_json(ledger.verifications(tag)[-1]))
         return
-    table = Table(title=f"run {tag} · {summary['recipe']} · {summary['metric']} ({summary['direction']} is better)")
-    for column, justify in (("#", "right"), ("commit", "left"), ("outcome", "left"), (summary["metric"], "right"),
-                            ("delta", "right"), ("time", "right"), ("description", "left")):
-        table.add_column(column, justify=justify)
-    for record in records:
-        outcome = record["outcome"] + (f": {record['reason']}" if record["reason"] else "")
-        table.add_row(str(record["number"]), (record["commit"] or "")[:7],
-                      Text(outcome, style=OUTCOME_STYLES.get(record["outcome"], "")),
-                      format_metric(record["metric"]),
-                      f"{record['delta']:+.4g}" if record["delta"] is not None else "",
-                      format_duration(record["duration_seconds"]), record["description"] or "")
-    stdout.print(table)
-    gain = f"{summary['gain']:+.4g}" if summary["gain"] is not None else "-"
-    stdout.print(f"{summary['experiments']} experiments, {summary['kept']} kept, {summary['crashes']} crashed, "
-                 f"{summary['invalid']} invalid; best {summary['metric']} {format_metric(summary['best_metric'])}, "
-                 f"gain over baseline {gain}", highlight=False)
+    lines = [f"run {tag}: baseline {result.baseline_commit[:7]} vs best {result.best_commit[:7]}, "
+             f"{len(result.seeds)} new seeds each ({result.direction} is better)"]
+    for split, name, interval in (("validation", result.metric, result.val), ("test", result.test_metric, result.test)):
+        lines.append(f"  {split:<10} {name}: " + (format_interval(interval) if interval else "no interval"))
+    failed = [r for r in result.runs if r["outcome"] != "ok"]
+    if failed:
+        lines.append(f"  {len(failed)} of {len(result.runs)} trainings failed; first: {failed[0]['role']} seed "
+                     f"{failed[0]['seed']}: {failed[0]['reason']} ({failed[0]['log_path']})")
+    lines.append(f"verdict: {result.verdict}: {result.message}")
+    _emit("\n".join(lines))
+
+
+def _emit(text: str) -> None:
+    """Data to stdout; a reader that went away (`| head`) is not an error."""
+    try:
+        stdout.file.write(text + "\n" if text else "")
+        stdout.file.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None

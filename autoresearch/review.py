@@ -178,6 +178,11 @@ def rows_json(rows: list[dict]) -> str:
     return "[\n" + ",\n".join(_json_line(row) for row in rows) + "\n]"
 
 
+def row_json(row: dict) -> str:
+    """One row as indented JSON (nan and inf as null)."""
+    return json.dumps(_finite(row), indent=2, allow_nan=False, default=_json_default)
+
+
 def _json_line(row: dict) -> str:
     try:
         return json.dumps(row, allow_nan=False, default=_json_default)
@@ -305,3 +310,15 @@ def explain_outcome(record: dict, metric: str, direction: str) -> str:
     if record["outcome"] == "discard" and value is not None and best is not None:
         return f"discard: {metric} {value:.6g} is not better than the best before it, {best:.6g} ({direction} is better)"
     return record["outcome"]
+
+
+def run_details(ledger: Ledger, tag: str, prices: PriceTable | None = None) -> list[dict]:
+    """Every experiment's record with its diff and log tail, in order (for the HTML report)."""
+    usage = usage_by_experiment(ledger.token_usage(tag), prices)
+    details = []
+    for row in ledger.experiments(tag):
+        detail = experiment_record(row, usage.get(row["number"]))
+        detail["diff"] = row["diff"] or None
+        detail["log_tail"] = row["log_tail"] or read_log_tail(row["log_path"])
+        details.append(detail)
+    return details

@@ -16,7 +16,6 @@ from rich.console import Console, Group, RenderableType
 from rich.rule import Rule
 from rich.style import Style
 from rich.syntax import Syntax
-from rich.table import Table
 from rich.text import Text
 
 from autoresearch.console import OUTCOME_STYLES, format_duration, format_metric
@@ -176,42 +175,36 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
     parts: list[RenderableType] = [
         Text(f"experiment {detail['number']} of run {detail['tag']} · {summary['recipe']}", style="bold"),
     ]
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column()
-    facts.add_row("description", detail["description"] or "-")
-    facts.add_row("outcome", Text(explain_outcome(detail, metric, summary["direction"]),
-                                  style=OUTCOME_STYLES.get(detail["outcome"], "")))
+    facts: list[tuple[str, str, str]] = [
+        ("description", detail["description"] or "-", ""),
+        ("outcome", explain_outcome(detail, metric, summary["direction"]), OUTCOME_STYLES.get(detail["outcome"], "")),
+    ]
     if detail["metric"] is not None:
         against = ""
         if detail["delta"] is not None:
             against = f" ({format_delta(detail['delta'])} against the best before it, {format_metric(detail['best_before'])})"
-        facts.add_row("metric", f"{metric} {format_metric(detail['metric'])}{against}")
-    commit = (detail["commit"] or "-")[:12]
+        facts.append(("metric", f"{metric} {format_metric(detail['metric'])}{against}", "bold"))
+    commit = detail["commit"] or "-"
     if detail["parent"]:
         commit += f" (parent {detail['parent'][:12]})"
-    facts.add_row("commit", commit)
-    facts.add_row("timings", f"proposing {format_duration(detail['propose_seconds'])}, training "
-                             f"{format_duration(detail['train_seconds'])}, in all {format_duration(detail['duration_seconds'])}"
-                             f"; started {format_local_time(detail['started_at'])}")
+    facts.append(("commit", commit, ""))
+    facts.append(("timings", f"proposing {format_seconds(detail['propose_seconds'])}, training "
+                             f"{format_seconds(detail['train_seconds'])}, in all {format_seconds(detail['duration_seconds'])}"
+                             f"; started {format_local_time(detail['started_at'])}", ""))
     tokens = detail["prompt_tokens"] + detail["completion_tokens"]
     calls = detail["llm_calls"]
-    facts.add_row("tokens", f"{detail['prompt_tokens']} prompt + {detail['completion_tokens']} completion in "
-                            f"{len(calls)} call{'s' if len(calls) != 1 else ''}; cost {format_cost(detail['cost_usd'], tokens)}")
-    facts.add_row("seed", "-" if detail["seed"] is None else str(detail["seed"]))
-    parts.append(facts)
+    facts.append(("tokens", f"{detail['prompt_tokens']} prompt + {detail['completion_tokens']} completion in "
+                            f"{len(calls)} LLM call{'s' if len(calls) != 1 else ''}; cost "
+                            f"{format_cost(detail['cost_usd'], tokens)}", ""))
+    facts.append(("seed", "-" if detail["seed"] is None else str(detail["seed"]), ""))
+    parts.append(_facts(facts))
 
     if detail["summary"]:
         parts.append(_section("summary"))
-        values = Table.grid(padding=(0, 2))
-        values.add_column()
-        values.add_column(justify="right")
-        for name, value in detail["summary"].items():
-            values.add_row(name, format_metric(value))
-        parts.append(values)
+        parts.append(_facts([(name, format_metric(value), "") for name, value in detail["summary"].items()]))
     if detail["training_runs"]:
         parts.append(_section("training runs"))
-        parts.append(_training_runs_table(detail["training_runs"]))
+        parts.append(Text("\n".join(training_run_lines(detail["training_runs"]))))
 
     parts.append(_section("diff against its parent"))
     if detail["diff"]:
@@ -223,7 +216,11 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
         parts.append(Text("none: no change was proposed that could be applied", style="dim"))
 
     parts.append(_section("log tail" + (f" ({detail['log_path']})" if detail["log_path"] else "")))
-    parts.append(Text(detail["log_tail"]) if detail["log_tail"] else Text("no log", style="dim"))
+    if detail["log_tail"]:
+        parts.append(Text(detail["log_tail"]))
+    else:
+        parts.append(Text("the training printed nothing" if detail["log_tail"] == "" else "no log: it never trained",
+                          style="dim"))
 
     if with_prompt:
         for call in calls:
@@ -240,16 +237,31 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
     return Group(*parts)
 
 
+def training_run_lines(runs: list[dict]) -> list[str]:
+    """Every training run of an experiment: the first, and its noise or confirmation runs."""
+    header = ["attempt", "kind", "seed", "outcome", "metric", "time", "reason"]
+    rows = [[str(run["attempt"]), run["kind"], str(run["seed"]), run["outcome"], format_metric(run["metric"]),
+             format_seconds(run["seconds"]), run["reason"] or ""] for run in runs]
+    return aligned_lines(header, rows, {0, 2, 4, 5})
+
+
+def format_seconds(seconds: float | None) -> str:
+    """Like format_duration, with a tenth of a second below ten seconds."""
+    if seconds is not None and seconds < 9.95:
+        return f"{seconds:.1f}s"
+    return format_duration(seconds)
+
+
+def _facts(facts: list[tuple[str, str, str]]) -> Text:
+    width = max(len(name) for name, _, _ in facts)
+    text = Text()
+    for index, (name, value, style) in enumerate(facts):
+        if index:
+            text.append("\n")
+        text.append(name.ljust(width + 2), style="bold")
+        text.append(value, style=style)
+    return text
+
+
 def _section(title: str) -> Rule:
     return Rule(title, align="left", style="dim")
-
-
-def _training_runs_table(runs: list[dict]) -> Table:
-    table = Table(box=None, padding=(0, 2), show_edge=False)
-    keys = [key for key in runs[0] if key not in ("tag", "experiment")]
-    for key in keys:
-        table.add_column(key)
-    for run in runs:
-        table.add_row(*(format_metric(v) if isinstance(v, float) else ("-" if v is None else str(v))
-                        for v in (run[key] for key in keys)))
-    return table

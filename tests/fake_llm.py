@@ -1,7 +1,8 @@
 """A real HTTP server on 127.0.0.1 that speaks the chat-completions protocol and answers from a script.
 
 Each entry of the script answers one request, in order: a string is the reply's content; a dict
-may instead give an HTTP `status` (and `body`) to return, or `delay` seconds to wait first; a
+may instead give an HTTP `status` (and `body`) to return, `delay` seconds to wait first, or the
+`content` with the `usage` to report (else usage is a quarter of the characters); a
 callable receives the request's JSON and returns either. When the script runs out, the last entry
 repeats. Every request's JSON is kept in `requests`.
 """
@@ -57,7 +58,9 @@ class FakeLLM:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
                 entry = fake.next_entry(request)
+                usage = None
                 if isinstance(entry, dict):
+                    usage = entry.get("usage")
                     time.sleep(entry.get("delay", 0))
                     if "status" in entry:
                         body = json.dumps(entry.get("body", {"error": {"message": "scripted failure"}})).encode()
@@ -71,9 +74,9 @@ class FakeLLM:
                     "model": request.get("model", "fake"),
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": entry}}],
-                    "usage": {"prompt_tokens": len(json.dumps(request.get("messages", []))) // 4,
-                              "completion_tokens": len(entry) // 4,
-                              "total_tokens": 0},
+                    "usage": usage or {"prompt_tokens": len(json.dumps(request.get("messages", []))) // 4,
+                                       "completion_tokens": len(entry) // 4,
+                                       "total_tokens": 0},
                 }).encode()
                 self._send(200, body)
 
