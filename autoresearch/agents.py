@@ -24,6 +24,8 @@ from autoresearch.prompts import AgentContext, build_messages, repair_message
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REQUEST_TIMEOUT = 600.0
+MAX_REPLY_CHARS = 100_000  # about 25k tokens: far more than one focused change needs
+KEPT_REPLY_CHARS = 4_000  # what is kept of an oversized reply, in the repair conversation and the ledger
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,14 @@ class InvalidProposal(Exception):
 
 
 class AgentUnavailable(Exception):
-    """The LLM endpoint could not be reached or kept failing: no proposal this time."""
+    """The LLM endpoint could not be reached or kept failing: no proposal this time.
+
+    `retryable` is False when asking again cannot help (the key or the model was refused).
+    """
+
+    def __init__(self, reason: str, retryable: bool = True):
+        super().__init__(reason)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -97,8 +106,9 @@ class LLMAgent:
         error = "no attempt made"
         description = ""
         for attempt in range(1, self.max_attempts + 1):
-            reply = self._complete(messages, attempt, record_call)
+            reply, cut_off = self._complete(messages, attempt, record_call)
             try:
+                check_reply_size(reply, cut_off)
                 parsed = parse_reply(reply)
                 description = parsed.description
                 changed = apply_blocks(context.files, parsed.blocks)
@@ -107,10 +117,14 @@ class LLMAgent:
                 return Candidate(description=parsed.description, changed=changed)
             except EditError as exc:
                 error = str(exc)
-                messages = messages + [{"role": "assistant", "content": reply}, repair_message(error)]
+                if cut_off and "cut off" not in error:
+                    error = f"the reply was cut off at the model's length limit; {error}"
+                messages = messages + [{"role": "assistant", "content": shorten(reply, KEPT_REPLY_CHARS)},
+                                       repair_message(error)]
         raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description)
 
-    def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None]) -> str:
+    def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None]) -> tuple[str, bool]:
+        """The reply's text, and whether the model stopped at its length limit."""
         started = time.monotonic()
         options = {} if self.temperature is None else {"temperature": self.temperature}
         try:
@@ -118,17 +132,40 @@ class LLMAgent:
         except self._openai.AuthenticationError as exc:
             record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
                                 time.monotonic() - started))
-            raise UserError(f"the endpoint refused the API key: {_api_error(exc)}") from None
-        except self._openai.OpenAIError as exc:
+            raise AgentUnavailable(f"the endpoint refused the API key: {_api_error(exc)}", retryable=False) from None
+        except (self._openai.PermissionDeniedError, self._openai.NotFoundError) as exc:
+            record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
+                                time.monotonic() - started))
+            raise AgentUnavailable(f"model {self.model}: {_api_error(exc)}", retryable=False) from None
+        except (self._openai.OpenAIError, ValueError) as exc:
+            # ValueError: a body that is not JSON; the server is having a bad moment, like a 500.
             record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
                                 time.monotonic() - started))
             raise AgentUnavailable(_api_error(exc)) from None
-        reply = response.choices[0].message.content if response.choices else None
-        usage = response.usage
-        record_call(LLMCall(attempt, self.model, messages, reply or "", None,
+        choice = response.choices[0] if getattr(response, "choices", None) else None
+        reply = getattr(getattr(choice, "message", None), "content", None) or ""
+        usage = getattr(response, "usage", None)
+        record_call(LLMCall(attempt, self.model, messages, shorten(reply, MAX_REPLY_CHARS), None,
                             getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None),
                             time.monotonic() - started))
-        return reply or ""
+        return reply, getattr(choice, "finish_reason", None) == "length"
+
+
+def check_reply_size(reply: str, cut_off: bool) -> None:
+    """An empty or oversized reply is told apart from one whose blocks do not apply."""
+    if not reply.strip():
+        raise EditError("the reply was empty" + (" (cut off at the model's length limit)" if cut_off else ""))
+    if len(reply) > MAX_REPLY_CHARS:
+        raise EditError(f"the reply is {len(reply)} characters, over the limit of {MAX_REPLY_CHARS}; "
+                        "answer with one focused change and only the blocks it needs")
+
+
+def shorten(text: str, limit: int) -> str:
+    """text, or its head and tail with a note of how much was left out between them."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
 
 
 def _api_error(exc: Exception) -> str:

@@ -9,6 +9,8 @@ Every reader returns plain dicts of one shape, so `log --json` and every other J
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,6 +158,50 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    # --- safety copies (a training script can reach the file: see recovery.LedgerGuard)
+
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy of the whole ledger at path (SQLite's online backup)."""
+        target = sqlite3.connect(path)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+
+    def read_back(self, tag: str) -> list[dict] | None:
+        """The run's experiments as the file on disk holds them now, through a fresh connection.
+
+        None when the file is missing, unreadable or fails SQLite's quick check: this connection's
+        cache would not notice a file deleted or overwritten under it, a fresh one does.
+        """
+        try:
+            fresh = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error:
+            return None
+        try:
+            fresh.row_factory = sqlite3.Row
+            if fresh.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                return None
+            rows = fresh.execute("SELECT * FROM experiments WHERE tag = ? ORDER BY number", (tag,))
+            return [_experiment_dict(row) for row in rows]
+        except sqlite3.Error:
+            return None
+        finally:
+            fresh.close()
+
+    def restore_from(self, path: Path) -> None:
+        """Put the copy at path back in place of the ledger file, and reconnect to it."""
+        self._db.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        staging = self.path.with_name(self.path.name + ".restoring")
+        shutil.copyfile(path, staging)
+        os.replace(staging, self.path)
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
 
     # --- runs
 

@@ -25,12 +25,17 @@ from autoresearch.noise import (DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DE
 from autoresearch.prompts import AgentContext, LineageEntry
 from autoresearch.recipe import Recipe, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
-from autoresearch.runner import Executor, LocalExecutor, TrainingJob, TrainingResult, is_finite
+from autoresearch.pricing import load_price_table
+from autoresearch.recovery import LedgerGuard, reconcile, run_marker
+from autoresearch.runlock import RunLock
+from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, TrainingJob, TrainingResult, is_finite
+from autoresearch.spending import SpendingCap, run_spending
 from autoresearch.workspace import Workspace
 
 WORKTREE_DIR = "worktree"
 RESULTS_FILE = "results.tsv"
 BASELINE_DESCRIPTION = "baseline: the unmodified recipe"
+MAX_BACKOFF_SECONDS = 300.0
 
 
 @dataclass
@@ -45,7 +50,9 @@ class RunOptions:
     min_delta: float = 0.0
     seed: int = 0
     max_agent_failures: int = 5
-    agent_backoff_seconds: float = 5.0
+    agent_backoff_seconds: float = 5.0  # the first wait after a failed LLM call; doubles, up to MAX_BACKOFF_SECONDS
+    max_cost: float | None = None  # dollars of LLM calls for the whole run
+    max_tokens: int | None = None  # prompt and completion tokens for the whole run
     noise_runs: int = DEFAULT_NOISE_RUNS
     noise_multiple: float = DEFAULT_NOISE_MULTIPLE
     confirm_runs: int = DEFAULT_CONFIRM_RUNS
@@ -103,6 +110,7 @@ class ResearchLoop:
         self.ledger = ledger or Ledger(workspace.ledger_path)
         self.program = ""
         self.tag: str | None = None
+        self._lock: RunLock | None = None
 
     # --- starting and resuming
 
@@ -121,18 +129,24 @@ class ResearchLoop:
         taken = {run["tag"] for run in self.ledger.runs()}
         tag = options.tag or workspace.new_tag(taken)
         branch = RUN_BRANCH_PREFIX + tag
-        if tag in taken or workspace.repo.branch_exists(branch) or workspace.run_dir(tag).exists():
+        if tag in taken:
             raise UserError(f"a run tagged {tag!r} already exists; resume it with --resume {tag} or choose another --tag")
+        if workspace.repo.branch_exists(branch) or workspace.run_dir(tag).exists():
+            raise UserError(f"branch {branch} or folder {workspace.run_dir(tag)} already exists but no run of this "
+                            f"ledger made it; choose another --tag, or remove them (git branch -D {branch})")
+        self._check_caps(options)
         base_commit = workspace.repo.head_commit()
-        workspace.run_dir(tag).mkdir(parents=True)
-        worktree = workspace.repo.add_worktree(workspace.run_dir(tag) / WORKTREE_DIR, branch, base_commit)
+        self._lock = RunLock(workspace.run_dir(tag), tag).acquire()
         budget = options.budget_seconds or recipe.budget_seconds
-        self.ledger.create_run(tag, recipe=recipe_path, branch=branch, worktree=str(worktree.root),
+        # The ledger row comes first: a tool killed while the worktree is made leaves a run to resume.
+        worktree_path = workspace.run_dir(tag) / WORKTREE_DIR
+        self.ledger.create_run(tag, recipe=recipe_path, branch=branch, worktree=str(worktree_path),
                                base_commit=base_commit, agent=self.agent.name, model=getattr(self.agent, "model", None),
                                metric=recipe.metric, direction=recipe.direction, budget_seconds=budget,
                                config={"min_delta": options.min_delta, "seed": options.seed,
                                        "noise_runs": options.noise_runs, "noise_multiple": options.noise_multiple,
                                        "confirm_runs": options.confirm_runs})
+        worktree = workspace.repo.add_worktree(worktree_path, branch, base_commit)
         state = RunState(tag=tag, recipe_path=recipe_path, worktree=worktree,
                          recipe=load_recipe(worktree.root / recipe_path), budget_seconds=budget, best_commit=base_commit)
         return self._loop(state, options)
@@ -143,8 +157,11 @@ class ResearchLoop:
         if run is None:
             raise UserError(f"no run tagged {tag!r} in {self.workspace.ledger_path}")
         self.program = self.workspace.read_program()
-        self.ledger.mark_unfinished_interrupted(tag)
-        worktree = self.workspace.repo.attach_worktree(Path(run["worktree"]), run["branch"])
+        self._check_caps(options)
+        self._lock = RunLock(self.workspace.run_dir(tag), tag).acquire()
+        worktree, reconciled = reconcile(self.ledger, self.workspace.repo, run, self.workspace.run_dir(tag))
+        if reconciled.describe():
+            self.reporter.note(f"run {tag}: {reconciled.describe()}")
         rows = self.ledger.experiments(tag)
         kept = [row for row in rows if row["outcome"] == "keep"]
         budget = options.budget_seconds or run["budget_seconds"]
@@ -154,11 +171,32 @@ class ResearchLoop:
                          best_metric=kept[-1]["metric"] if kept else None,
                          baseline_metric=kept[0]["metric"] if kept else None,
                          next_number=max((row["number"] for row in rows), default=-1) + 1,
-                         seen_hashes={row["files_hash"]: row["number"] for row in rows if row["files_hash"]})
+                         # An interrupted experiment never got a result: proposing it again is no duplicate.
+                         seen_hashes={row["files_hash"]: row["number"] for row in rows
+                                      if row["files_hash"] and row["outcome"] != "interrupted"})
         self._restore_noise(state, run, kept)
         worktree.reset_hard(state.best_commit)
         self.ledger.set_run_status(tag, "running")
         return self._loop(state, options)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # --- limits a person set on LLM spending
+
+    def _check_caps(self, options: RunOptions) -> None:
+        cap = SpendingCap(options.max_cost, options.max_tokens)
+        if cap.is_set:
+            cap.check_prices(load_price_table(self.workspace.root), getattr(self.agent, "model", None))
+
+    def _spending_stop_reason(self, state: RunState, options: RunOptions) -> str | None:
+        """Why the next experiment must not start (it would pass --max-cost or --max-tokens), or None."""
+        cap = SpendingCap(options.max_cost, options.max_tokens)
+        if not cap.is_set or state.best_metric is None:
+            return None
+        return cap.stop_reason(run_spending(self.ledger, state.tag, load_price_table(self.workspace.root)))
 
     # --- the loop
 
@@ -178,6 +216,9 @@ class ResearchLoop:
                 if options.hours is not None and time.monotonic() - started >= options.hours * 3600:
                     stop_reason = f"reached --hours {options.hours:g}"
                     break
+                stop_reason = self._spending_stop_reason(state, options) or ""
+                if stop_reason:
+                    break
                 if state.best_metric is None:
                     self._baseline(state, options)
                 else:
@@ -192,6 +233,8 @@ class ResearchLoop:
         except BaseException:
             self.ledger.set_run_status(state.tag, "failed")
             raise
+        finally:
+            self._release_lock()
         self.ledger.set_run_status(state.tag, "finished")
         rows = self.ledger.experiments(state.tag)
         return RunSummary(tag=state.tag, experiments=len(rows), kept=sum(r["outcome"] == "keep" for r in rows),
@@ -271,10 +314,13 @@ class ResearchLoop:
                 return self.agent.propose(context, lambda call: self._record_call(state.tag, number, call))
             except AgentUnavailable as exc:
                 failures += 1
+                if not exc.retryable:
+                    raise StopRun(f"the LLM endpoint refused the request: {exc}") from None
                 if failures >= options.max_agent_failures:
                     raise StopRun(f"the LLM endpoint failed {failures} times in a row (last: {exc})") from None
-                self.reporter.note(f"experiment {number}: the LLM endpoint failed ({exc}); trying again")
-                time.sleep(options.agent_backoff_seconds * 2 ** (failures - 1))
+                wait = min(MAX_BACKOFF_SECONDS, options.agent_backoff_seconds * 2 ** (failures - 1))
+                self.reporter.note(f"experiment {number}: the LLM endpoint failed ({exc}); trying again in {wait:g}s")
+                time.sleep(wait)
 
     def _record_call(self, tag: str, number: int, call: LLMCall) -> None:
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
@@ -295,9 +341,13 @@ class ResearchLoop:
         # The test split is for `verify` only, whatever the person's shell exports.
         job = TrainingJob(command=recipe.command, cwd=state.recipe_dir, log_path=log_path,
                           budget_seconds=state.budget_seconds, grace_seconds=recipe.grace(state.budget_seconds),
-                          env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "0"})
+                          env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "0",
+                               RUN_MARKER: run_marker(self.workspace.run_dir(state.tag))})
         run_id = self.ledger.start_training_run(state.tag, number, attempt, kind, seed, state.worktree.head_commit(),
                                                 str(log_path))
+        head = state.worktree.head_commit()
+        ledger_guard = LedgerGuard(self.ledger, self.workspace.run_dir(state.tag), state.tag)
+        ledger_guard.before()
         try:
             result = self.executor.run(job, on_output=self.reporter.training_output)
         except BaseException:
@@ -306,11 +356,31 @@ class ResearchLoop:
         tampered = changed_fixed_files(before, hash_fixed_files(state.recipe_dir, recipe.fixed))
         if tampered:
             state.worktree.restore_paths("HEAD", [f"{state.recipe_path}/{name}" for name in tampered])
+        tampered += self._check_after_training(state, ledger_guard, head, result)
         if recipe.test_metric and recipe.test_metric in result.summary:
             tampered.append(f"the test split (it printed {recipe.test_metric})")
         outcome, reason, metric = classify(result, recipe.metric, tampered, state.budget_seconds)
         self.ledger.finish_training_run(run_id, outcome or "ok", reason, metric, result.summary, result.seconds)
         return result, tampered
+
+    def _check_after_training(self, state: RunState, ledger_guard: LedgerGuard, head: str,
+                              result: TrainingResult) -> list[str]:
+        """What the training touched outside its own files, each put back; returns what it touched.
+
+        The ledger is restored from the copy taken before the training; a branch the script moved
+        (a commit, a reset) and tracked files it changed go back to the experiment's commit.
+        """
+        touched = []
+        if ledger_guard.after():
+            touched.append("the ledger")
+            self.reporter.note(f"the training changed or removed {self.ledger.path}; restored it")
+        if state.worktree.head_commit() != head:
+            touched.append("the run branch")
+        if touched or not state.worktree.is_clean():
+            state.worktree.reset_hard(head)
+        if result.log_error:
+            self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
+        return touched
 
     # --- the noise floor and confirmation runs (docs/noise.md)
 

@@ -6,6 +6,8 @@ Commits carry the tool's own identity so they work where git has no user configu
 
 from __future__ import annotations
 
+import shutil
+import time
 from pathlib import Path
 
 import git
@@ -86,12 +88,76 @@ class Repo:
         self.git.worktree("add", "-b", branch, str(path), start)
         return Repo(path)
 
-    def attach_worktree(self, path: Path, branch: str) -> "Repo":
-        """The run's worktree at path, re-created from its branch if the folder went missing."""
-        if not (Path(path) / ".git").exists():
-            self.git.worktree("prune")
-            self.git.worktree("add", str(path), branch)
+    def add_detached_worktree(self, path: Path, commit: str) -> "Repo":
+        """A throwaway worktree at path with commit checked out and no branch (what `verify` trains in)."""
+        self.git.worktree("add", "--detach", "--force", str(path), commit)
         return Repo(path)
+
+    def checkout_detached(self, commit: str) -> None:
+        """Put this worktree at commit, no branch, dropping any change to tracked files."""
+        self.git.checkout("--detach", "--force", commit)
+
+    def remove_worktree(self, path: Path) -> None:
+        """Remove a worktree the tool made, and forget it even when its folder is already gone."""
+        try:
+            self.git.worktree("remove", "--force", "--force", str(path))
+        except git.GitCommandError:
+            if Path(path).exists():
+                shutil.rmtree(path)
+            self.git.worktree("prune")
+
+    def attach_worktree(self, path: Path, branch: str, start: str | None = None) -> "Repo":
+        """The run's worktree at path, re-created if the folder went missing or was left half made.
+
+        A tool killed while `git worktree add` ran leaves a folder without its `.git` file, or no
+        branch at all; the folder is the tool's own (under runs/), so it is made again, and the
+        branch from `start` when it does not exist.
+        """
+        path = Path(path)
+        if not (path / ".git").exists():
+            if path.exists():
+                shutil.rmtree(path)
+            self.git.worktree("prune")
+            if self.branch_exists(branch):
+                self.git.worktree("add", str(path), branch)
+            else:
+                self.git.worktree("add", "-b", branch, str(path), start or "HEAD")
+        return Repo(path)
+
+    def clear_stale_locks(self, refs: list[str], wait_seconds: float = 2.0) -> list[str]:
+        """Remove the lock files a killed git left in this worktree (index, HEAD) and on refs.
+
+        Only for a worktree and refs of the tool's own, once the run's lock shows no other tool is
+        at work: a lock that does not go away within wait_seconds was left by a git that died.
+        """
+        git_dir = Path(self.git.rev_parse("--absolute-git-dir"))
+        common_dir = Path(self.git.rev_parse("--path-format=absolute", "--git-common-dir"))
+        candidates = [git_dir / "index.lock", git_dir / "HEAD.lock"]
+        candidates += [common_dir / f"{ref}.lock" for ref in refs]
+        deadline = time.monotonic() + wait_seconds
+        while any(p.exists() for p in candidates) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        removed = []
+        for lock in candidates:
+            try:
+                lock.unlink()
+                removed.append(str(lock))
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def parent_of(self, commit: str) -> str | None:
+        try:
+            return self.git.rev_parse("--verify", "--quiet", f"{commit}^")
+        except git.GitCommandError:
+            return None
+
+    def author_email(self, commit: str) -> str:
+        return self.git.log("-1", "--format=%ae", commit)
+
+    def is_clean(self) -> bool:
+        """No tracked file differs from HEAD (untracked files, such as outputs, do not count)."""
+        return not self.git.status("--porcelain", "--untracked-files=no").strip()
 
     def reset_hard(self, commit: str) -> None:
         self.git.reset("--hard", commit)

@@ -49,6 +49,7 @@ TAIL_CHARS = 8_000
 POLL_SECONDS = 0.05
 TREE_SAMPLE_SECONDS = 0.25
 JOB_MARKER = "AUTORESEARCH_JOB"
+RUN_MARKER = "AUTORESEARCH_RUN"  # set by the loop: which run a training process belongs to
 
 # Runs the real command with exec after asking the kernel to SIGKILL it when its parent (the tool)
 # dies; exits at once if the parent is already gone. argv: parent pid, then the command.
