@@ -33,7 +33,7 @@ def format_noise(std: float | None, runs: int) -> str:
         return "not measured"
     if std == 0:
         return f"0 (the same value under {runs} seeds)"
-    return f"±{std:.3g} (std over {runs} seeds)"
+    return f"±{std:.3g} (std over {runs} seeded runs)"
 
 
 def format_duration(seconds: float | None) -> str:

@@ -321,6 +321,11 @@ class Ledger:
         row = self._db.execute("SELECT * FROM verifications WHERE tag = ? ORDER BY id DESC LIMIT 1", (tag,)).fetchone()
         return _verification_dict(row) if row else None
 
+    def latest_verifications(self) -> dict[str, dict]:
+        """The latest verification of every run that has one, by tag."""
+        rows = self._db.execute("SELECT * FROM verifications WHERE id IN (SELECT MAX(id) FROM verifications GROUP BY tag)")
+        return {row["tag"]: _verification_dict(row) for row in rows}
+
     # --- LLM calls
 
     def record_llm_call(self, tag: str, experiment: int, attempt: int, model: str | None, messages: list,

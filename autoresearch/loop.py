@@ -82,6 +82,7 @@ class RunState:
     seen_hashes: dict[str, int] = field(default_factory=dict)
     noise: NoiseFloor = field(default_factory=lambda: NoiseFloor(std=None, runs=0))
     best_runs: list[float] = field(default_factory=list)  # the best commit's metric in each of its runs
+    noise_groups: list[list[float]] = field(default_factory=list)  # each multi-seed commit's metrics
 
     @property
     def recipe_dir(self) -> Path:
@@ -399,11 +400,17 @@ class ResearchLoop:
             else:
                 self.reporter.note(f"noise run {attempt} of the baseline failed ({outcome}: {reason}); "
                                    f"see {result.log_path}")
-        state.noise = NoiseFloor.measure(metrics)
+        state.noise_groups = []
+        self._refine_noise(state, metrics)
+        return mean(metrics), {"verdict": "keep", "metrics": metrics, "seeds": seeds, "noise_std": state.noise.std,
+                               "candidate_runs": len(metrics)}
+
+    def _refine_noise(self, state: RunState, metrics: list[float]) -> None:
+        """One more commit's metrics under several seeds: the noise floor is pooled again and recorded."""
+        state.noise_groups.append(list(metrics))
+        state.noise = NoiseFloor.pooled(state.noise_groups)
         self.ledger.set_noise_floor(state.tag, state.noise.std, state.noise.runs)
         self.reporter.noise_floor(state.noise.std, state.noise.runs)
-        return mean(metrics), {"verdict": "keep", "metrics": metrics, "seeds": seeds, "noise": state.noise.std,
-                               "candidate_runs": len(metrics)}
 
     def _confirm(self, state: RunState, options: RunOptions, number: int, description: str,
                  first_metric: float) -> tuple[str, str | None, float, dict]:
@@ -415,7 +422,8 @@ class ResearchLoop:
         best_runs = state.best_runs or [state.best_metric]
         while True:
             decision = decide(metrics, best_runs, state.recipe.direction, state.noise.std, options.keep_rule)
-            record = {**decision.as_dict(), "metrics": metrics, "seeds": seeds, "best_metrics": best_runs}
+            record = {**decision.as_dict(), "metrics": metrics, "seeds": seeds, "best_metrics": best_runs,
+                      "noise_std": state.noise.std}
             if decision.verdict != "confirm":
                 break
             attempt = len(metrics)
@@ -431,6 +439,8 @@ class ResearchLoop:
         if ignores_harness_seed(metrics, seeds, state.noise):
             return ("invalid", f"ignores the harness's seed: {state.recipe.metric} {metrics[0]:.6g} under seeds "
                     f"{', '.join(map(str, seeds))}", mean(metrics), record)
+        if len(metrics) > 1:
+            self._refine_noise(state, metrics)
         return decision.verdict, decision.reason, mean(metrics), record
 
     def _keep_margin(self, state: RunState, options: RunOptions) -> float | None:
@@ -444,6 +454,9 @@ class ResearchLoop:
         """On resume: the noise floor from the run's row, the best commit's runs from its decision record."""
         self.ledger.mark_unfinished_training_runs_interrupted(state.tag)
         state.noise = NoiseFloor(std=run.get("noise_std"), runs=run.get("noise_runs") or 0)
+        state.noise_groups = [list(row["decision"]["metrics"]) for row in self.ledger.experiments(state.tag)
+                              if row["outcome"] in ("keep", "discard") and row.get("decision")
+                              and len(row["decision"].get("metrics") or ()) > 1]
         if kept:
             state.best_runs = list((kept[-1].get("decision") or {}).get("metrics") or [kept[-1]["metric"]])
         if state.noise.runs:

@@ -6,12 +6,16 @@ The rule, in full in docs/noise.md:
   first runs are paired with the baseline's); every other run gets a seed derived from the run's
   seed, the experiment number and the attempt, which the training script cannot predict.
 - The noise floor `sigma` is the sample standard deviation of the metric over the baseline's runs:
-  its first run and `--noise-runs` more with other seeds.
+  its first run and `--noise-runs` more with other seeds. Three runs say little (the estimate is
+  off by a factor of two or more one time in ten), so it is refined as the run goes: every commit
+  that ran on several seeds (its confirmation runs) adds its spread, pooled within commits. A
+  confirmation is asked for after a lucky-looking first run, which widens the spread a little:
+  the refinement errs on the cautious side.
 - A candidate with n_c runs is compared with the best commit's n_b runs (reused, never re-run):
   `gain` is the improvement of the candidate's mean over the best's mean, and `noise` is the
   standard error of that difference, sigma * sqrt(1/n_c + 1/n_b). The margin is
   max(noise_multiple * noise, min_delta).
-  * gain <= noise: within the noise, discarded at once.
+  * gain <= noise, or gain <= min_delta: discarded at once.
   * gain > margin: kept, but only once it holds over at least two seeds: a single run above the
     margin gets one confirmation run first (unless --confirm-runs is 0).
   * in between: confirmation runs with new seeds (at most --confirm-runs), deciding again after each.
@@ -93,7 +97,17 @@ class NoiseFloor:
 
     @classmethod
     def measure(cls, metrics: list[float]) -> "NoiseFloor":
-        return cls(std=sample_std(metrics), runs=len(metrics))
+        return cls.pooled([metrics])
+
+    @classmethod
+    def pooled(cls, groups: list[list[float]]) -> "NoiseFloor":
+        """The pooled within-commit spread: each group holds one commit's metrics under different seeds."""
+        usable = [group for group in groups if len(group) >= 2]
+        dof = sum(len(group) - 1 for group in usable)
+        if dof == 0:
+            return cls(std=None, runs=sum(len(group) for group in groups))
+        squares = sum(sum((value - mean(group)) ** 2 for value in group) for group in usable)
+        return cls(std=math.sqrt(squares / dof), runs=sum(len(group) for group in usable))
 
     @property
     def known(self) -> bool:
@@ -145,10 +159,13 @@ def decide(candidate: list[float], best: list[float], direction: str, noise_std:
         if n_candidate == 1 and can_confirm:
             return Decision("confirm", gain, margin, noise, n_candidate, n_best,
                             "past the margin on one seed; a keep must hold on another")
-        return Decision("keep", gain, margin, noise, n_candidate, n_best)
+        return Decision("keep", gain, margin, noise, n_candidate, n_best,
+                        f"gain {gain:+.4g} > margin {margin:.3g} over {runs}")
     if gain <= min(NOISE_BAND, rule.noise_multiple) * noise:
         return Decision("discard", gain, margin, noise, n_candidate, n_best,
                         f"within noise: gain {gain:+.4g} <= noise {noise:.3g} ({runs})")
+    if gain <= rule.min_delta:
+        return Decision("discard", gain, margin, noise, n_candidate, n_best, _not_better(gain, rule.min_delta))
     if can_confirm:
         return Decision("confirm", gain, margin, noise, n_candidate, n_best,
                         f"gain {gain:+.4g} between the noise {noise:.3g} and the margin {margin:.3g}")
@@ -173,7 +190,7 @@ SEED_VARIABLES = re.compile(r"AUTORESEARCH_SEED|PYTHONHASHSEED")
 TEST_SPLIT_VARIABLE = "AUTORESEARCH_EVAL_TEST"
 SEEDING_CALL = re.compile(r"\b(?:manual_seed(?:_all)?|seed|set_seed|seed_everything|default_rng|RandomState|Random"
                           r"|PRNGKey)\s*\((?P<args>[^)]*)\)?")
-SEED_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][\w.]*seed\w*\s*(?::[^=]*)?(?:[-+*/%|&^]|//)?=(?!=)", re.IGNORECASE)
+SEED_ASSIGNMENT = re.compile(r"^\s*[\w.]*seed\w*\s*(?::[^=]*)?(?:[-+*/%|&^]|//)?=(?!=)", re.IGNORECASE)
 LITERAL_SEED_KEYWORD = re.compile(r"\b\w*(?:seed|random_state)\s*=\s*[-+]?\d", re.IGNORECASE)
 
 

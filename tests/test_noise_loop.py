@@ -1,0 +1,150 @@
+"""The keep rule in the real loop: noise runs, confirmation runs, the seed guard, every training run recorded.
+
+A real fake endpoint, real git repositories, real training subprocesses, on the noisy synthetic
+recipe of noisy_recipe.py (val_loss = known function of the constants + noise of sd 0.01).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+from conftest import reply
+from noisy_recipe import NOISE_SD, make_noisy_workspace, val_noise
+
+from autoresearch.agents import LLMAgent
+from autoresearch.ledger import Ledger
+from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.workspace import Workspace
+
+REAL_GAIN = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")  # gain 0.04 = 4 sd
+FIRST_LINE = "val_loss, test_loss = evaluate(LEARNING_RATE, WIDTH, MEMORIZE, seed)"
+
+
+@pytest.fixture
+def noisy(tmp_path, monkeypatch):
+    root = make_noisy_workspace(tmp_path / "ws")
+    monkeypatch.chdir(root)
+    return root
+
+
+def run_noisy(fake_llm, script, max_experiments=2, tag="t", **options):
+    fake_llm.set_script(script)
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    loop = ResearchLoop(Workspace.find(), agent)
+    loop.start(RunOptions(tag=tag, max_experiments=max_experiments, **options))
+    return loop.ledger, loop.ledger.experiments(tag)
+
+
+def test_noise_floor_is_measured_from_baseline_runs_and_matches_the_known_noise(noisy, fake_llm):
+    ledger, rows = run_noisy(fake_llm, [REAL_GAIN], max_experiments=1, noise_runs=24)
+    assert len(rows) == 1  # the noise runs are training runs of the baseline, not experiments
+    runs = ledger.training_runs("t", 0)
+    assert [r["kind"] for r in runs] == ["first"] + ["noise"] * 24
+    assert len({r["seed"] for r in runs}) == 25 and runs[0]["seed"] == 0
+    assert all(r["outcome"] == "ok" and r["commit_sha"] == rows[0]["commit_sha"] for r in runs)
+    metrics = [r["metric"] for r in runs]
+    run = ledger.run("t")
+    assert run["noise_std"] == pytest.approx(statistics.stdev(metrics))
+    assert run["noise_std"] == pytest.approx(NOISE_SD, rel=0.35)
+    assert run["noise_runs"] == 25
+    assert rows[0]["metric"] == pytest.approx(statistics.mean(metrics))  # the baseline is the mean of its runs
+    assert rows[0]["decision"]["seeds"] == [r["seed"] for r in runs]
+
+
+def test_noise_floor_and_margin_are_in_the_prompt(noisy, fake_llm):
+    run_noisy(fake_llm, [REAL_GAIN, REAL_GAIN], max_experiments=2)
+    prompt = fake_llm.requests[0]["messages"][1]["content"]
+    assert "run-to-run noise" in prompt and "over 3 runs with different seeds" in prompt
+    assert "kept only when it beats the best by more than" in prompt
+
+
+def test_a_real_improvement_is_kept_after_it_holds_on_a_second_seed(noisy, fake_llm):
+    ledger, rows = run_noisy(fake_llm, [REAL_GAIN])
+    assert rows[1]["outcome"] == "keep"
+    runs = ledger.training_runs("t", 1)
+    assert [r["kind"] for r in runs] == ["first", "confirm"]
+    assert runs[0]["seed"] == 0 and runs[1]["seed"] not in {r["seed"] for r in ledger.training_runs("t", 0)}
+    decision = rows[1]["decision"]
+    assert decision["candidate_runs"] == 2 and decision["best_runs"] == 3
+    assert rows[1]["metric"] == pytest.approx(statistics.mean(r["metric"] for r in runs))
+    assert rows[1]["best_before"] == pytest.approx(rows[0]["metric"])
+    assert decision["gain"] > decision["margin"] > 0
+    assert (noisy / "runs/t/1.log").is_file() and (noisy / "runs/t/1.1.log").is_file()
+
+
+def test_changes_below_the_noise_are_not_kept(noisy, fake_llm):
+    # Six changes whose true gain is 0.2 sd or less: under the naive rule about half would be kept.
+    tiny = [reply(f"nudge {value}", "LEARNING_RATE = 0.5", f"LEARNING_RATE = {value}")
+            for value in (0.499, 0.498, 0.497, 0.496, 0.495, 0.501)]
+    ledger, rows = run_noisy(fake_llm, tiny, max_experiments=7, noise_runs=4)
+    assert [r["outcome"] for r in rows[1:]] == ["discard"] * 6
+    assert all(r["reason"].startswith(("within noise", "below the margin")) for r in rows[1:])
+    # The naive rule (one run each, keep anything lower than the best) would have kept some of them.
+    naive_best, naive_keeps = rows[0]["decision"]["metrics"][0], 0
+    for row in rows[1:]:
+        first = row["decision"]["metrics"][0]
+        if first < naive_best:
+            naive_best, naive_keeps = first, naive_keeps + 1
+    assert naive_keeps >= 1
+    for row in (r for r in rows[1:] if r["decision"]["candidate_runs"] > 1):  # decided on the mean of its runs
+        metrics = [r["metric"] for r in ledger.training_runs("t", row["number"])]
+        assert row["metric"] == pytest.approx(statistics.mean(metrics))
+
+
+def test_a_seed_only_change_never_wins(noisy, fake_llm):
+    # The edit swaps the harness's seed for the luckiest of 5000 seeds, in a way no pattern catches.
+    lucky = min(range(5000), key=val_noise)
+    assert val_noise(lucky) < -3 * NOISE_SD
+    sneaky = reply("use a better initialisation", FIRST_LINE, FIRST_LINE.replace("seed)", f"{lucky})"))
+    ledger, rows = run_noisy(fake_llm, [sneaky])
+    assert rows[1]["outcome"] == "invalid"
+    assert "ignores the harness's seed" in rows[1]["reason"]
+    runs = ledger.training_runs("t", 1)
+    assert len(runs) == 2 and runs[0]["metric"] == runs[1]["metric"] and runs[0]["seed"] != runs[1]["seed"]
+
+
+@pytest.mark.parametrize("search, replace", [
+    ('seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))', "seed = 1234"),
+    (FIRST_LINE, 'os.environ["AUTORESEARCH_SEED"] = "7"\n' + FIRST_LINE),
+    (FIRST_LINE, "import random\nrandom.seed(3)\n" + FIRST_LINE),
+])
+def test_an_edit_that_sets_the_seed_is_invalid_and_never_trained(noisy, fake_llm, search, replace):
+    ledger, rows = run_noisy(fake_llm, [reply("pick a seed", search, replace)])
+    assert rows[1]["outcome"] == "invalid" and "the harness owns the seed" in rows[1]["reason"]
+    assert ledger.training_runs("t", 1) == []
+
+
+def test_the_test_split_is_out_of_reach_during_a_run(noisy, fake_llm, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_EVAL_TEST", "1")  # even when the person's shell exports it
+    peek = reply("peek", FIRST_LINE, 'os.environ["AUTORESEARCH_EVAL_TEST"] = "1"\n' + FIRST_LINE)
+    ledger, rows = run_noisy(fake_llm, [peek], noise_runs=0)
+    assert "test_loss" not in rows[0]["summary"]
+    assert rows[1]["outcome"] == "invalid" and "test split" in rows[1]["reason"]
+
+
+def test_a_run_that_prints_the_test_metric_is_invalid(noisy, fake_llm):
+    cheat = reply("report more", 'print("---")', 'print("---")\nprint("test_loss: 0.1")')
+    ledger, rows = run_noisy(fake_llm, [cheat], noise_runs=0)
+    assert rows[1]["outcome"] == "invalid" and "test split" in rows[1]["reason"]
+    assert ledger.training_runs("t", 1)[0]["outcome"] == "invalid"
+
+
+def test_noise_runs_zero_is_the_plain_rule(noisy, fake_llm):
+    nudge = reply("nudge", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.499")
+    ledger, rows = run_noisy(fake_llm, [nudge], noise_runs=0)
+    assert ledger.run("t")["noise_std"] is None
+    assert len(ledger.training_runs("t")) == 2  # one run each, no confirmations
+    expected = "keep" if rows[1]["metric"] < rows[0]["metric"] else "discard"
+    assert rows[1]["outcome"] == expected
+
+
+def test_resume_keeps_the_noise_floor_and_the_best_runs(noisy, fake_llm):
+    run_noisy(fake_llm, [REAL_GAIN], max_experiments=1)
+    fake_llm.set_script([REAL_GAIN])
+    loop = ResearchLoop(Workspace.find(), LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0))
+    loop.resume("t", RunOptions(max_experiments=1))
+    rows = Ledger(noisy / "runs/ledger.db").experiments("t")
+    assert rows[1]["outcome"] == "keep"
+    assert rows[1]["decision"]["best_metrics"] == rows[0]["decision"]["metrics"]
+    assert "run-to-run noise" in fake_llm.requests[0]["messages"][1]["content"]
