@@ -162,7 +162,12 @@ class Ledger:
     # --- safety copies (a training script can reach the file: see recovery.LedgerGuard)
 
     def backup_to(self, path: Path) -> None:
-        """A consistent copy of the whole ledger at path (SQLite's online backup)."""
+        """A consistent copy of the whole ledger at path (SQLite's online backup).
+
+        The write-ahead log is folded into the file first, so that the file alone holds every row
+        and a later change to it shows in `read_back` (a page still in the log would hide it).
+        """
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         target = sqlite3.connect(path)
         try:
             self._db.backup(target)

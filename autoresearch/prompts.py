@@ -3,6 +3,12 @@
 The lineage is what earlier experiments found: outcome (typed, with its reason), metric, delta
 against the best before it and description for the most recent ones, and the log tail of recent
 failures, so the agent repairs near-misses instead of repeating them.
+
+The prompt stays within a token budget however long the run is: what grows with the run (the
+lineage and the failures' logs) gets the budget left after the fixed parts; the most recent
+experiments are listed one by one and the older ones summarised (counts by outcome and reason, the
+best kept changes). When even that is too long, fewer rows and shorter log tails are shown.
+Tokens are estimated at four characters each, which is close enough for a budget.
 """
 
 from __future__ import annotations
@@ -14,6 +20,15 @@ from autoresearch.recipe import Recipe
 LINEAGE_ROWS = 20
 FAILURE_TAILS = 3
 FAILURE_TAIL_LINES = 15
+PROMPT_TOKEN_BUDGET = 12_000
+CHARS_PER_TOKEN = 4
+MIN_HISTORY_TOKENS = 1_000
+# (rows listed one by one, failures shown with their log, lines of each log), most detailed first
+HISTORY_LEVELS = ((LINEAGE_ROWS, FAILURE_TAILS, FAILURE_TAIL_LINES), (20, 2, 10), (12, 2, 8), (8, 1, 8),
+                  (5, 1, 5), (3, 0, 0), (0, 0, 0))
+SUMMARY_BEST_KEPT = 5
+ENTRY_TEXT_CHARS = 200  # a description or a reason, in the lineage table
+TAIL_LINE_CHARS = 300
 
 SYSTEM_PROMPT = """\
 You are the research agent of autoresearch, a tool that runs machine-learning experiments overnight.
@@ -70,6 +85,7 @@ class AgentContext:
     noise_std: float | None = None  # run-to-run spread of the metric across seeds (docs/noise.md)
     noise_runs: int = 0
     keep_margin: float | None = None  # the gain a first run must show over the best to be kept
+    token_budget: int = PROMPT_TOKEN_BUDGET  # for the whole prompt; the lineage gets what the rest leaves
 
 
 def build_messages(context: AgentContext) -> list[dict]:
@@ -86,16 +102,31 @@ def build_messages(context: AgentContext) -> list[dict]:
         + (f"- baseline {recipe.metric}: {context.baseline_metric:.6g}\n" if context.baseline_metric is not None else "")
         + (f"- best {recipe.metric} so far: {context.best_metric:.6g}\n" if context.best_metric is not None else "")
         + format_noise(context),
-        "# Experiments so far\n\n" + format_lineage(context.lineage),
     ]
-    failures = format_failures(context.lineage)
-    if failures:
-        sections.append("# Recent failures, with the end of their logs\n\n" + failures)
-    for name in recipe.editable:
-        sections.append(f"# Current {name}\n\n```python\n{context.files.get(name, '')}\n```")
-    sections.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
-                    f"{recipe.metric} {better}. Answer in the required form.")
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n\n".join(sections)}]
+    closing = [f"# Current {name}\n\n```python\n{context.files.get(name, '')}\n```" for name in recipe.editable]
+    closing.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
+                   f"{recipe.metric} {better}. Answer in the required form.")
+    fixed_tokens = estimate_tokens(SYSTEM_PROMPT + "\n\n".join(sections + closing))
+    history = format_history(context.lineage, max(MIN_HISTORY_TOKENS, context.token_budget - fixed_tokens))
+    user = "\n\n".join(sections + history + closing)
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def estimate_tokens(text: str) -> int:
+    return len(text) // CHARS_PER_TOKEN + 1
+
+
+def format_history(lineage: tuple[LineageEntry, ...], budget_tokens: int) -> list[str]:
+    """The lineage and the recent failures' logs, as detailed as budget_tokens allows."""
+    sections: list[str] = []
+    for rows, tails, tail_lines in HISTORY_LEVELS:
+        sections = ["# Experiments so far\n\n" + format_lineage(lineage, rows)]
+        failures = format_failures(lineage, tails, tail_lines)
+        if failures:
+            sections.append("# Recent failures, with the end of their logs\n\n" + failures)
+        if estimate_tokens("\n\n".join(sections)) <= budget_tokens:
+            break
+    return sections
 
 
 def format_noise(context: AgentContext) -> str:
@@ -109,29 +140,73 @@ def format_noise(context: AgentContext) -> str:
             f"deviation over {context.noise_runs} seeds); a smaller difference is seed luck, not progress.{margin}\n")
 
 
-def format_lineage(lineage: tuple[LineageEntry, ...]) -> str:
+def format_lineage(lineage: tuple[LineageEntry, ...], rows: int = LINEAGE_ROWS) -> str:
+    """The last `rows` experiments one by one, after a summary of the ones before them."""
     if not lineage:
         return "None yet."
-    rows = ["| # | outcome | metric | delta vs best before | description |", "|---|---|---|---|---|"]
-    for entry in lineage[-LINEAGE_ROWS:]:
-        outcome = f"{entry.outcome}: {entry.reason}" if entry.reason else entry.outcome
-        metric = f"{entry.metric:.6g}" if entry.metric is not None else "-"
-        delta = f"{entry.delta:+.4g}" if entry.delta is not None else "-"
-        rows.append(f"| {entry.number} | {outcome} | {metric} | {delta} | {entry.description} |")
-    hidden = len(lineage) - LINEAGE_ROWS
-    if hidden > 0:
-        rows.insert(0, f"({hidden} earlier experiments are not listed.)")
-    return "\n".join(rows)
+    recent = lineage[-rows:] if rows > 0 else ()
+    older = lineage[:len(lineage) - len(recent)]
+    parts = [summarize_lineage(older)] if older else []
+    if recent:
+        table = ["| # | outcome | metric | delta vs best before | description |", "|---|---|---|---|---|"]
+        for entry in recent:
+            outcome = _clip(f"{entry.outcome}: {entry.reason}" if entry.reason else entry.outcome)
+            metric = f"{entry.metric:.6g}" if entry.metric is not None else "-"
+            delta = f"{entry.delta:+.4g}" if entry.delta is not None else "-"
+            table.append(f"| {entry.number} | {outcome} | {metric} | {delta} | {_clip(entry.description)} |")
+        parts.append("\n".join(table))
+    return "\n\n".join(parts)
 
 
-def format_failures(lineage: tuple[LineageEntry, ...]) -> str:
-    failed = [e for e in lineage if e.outcome in ("crash", "timeout") and e.log_tail][-FAILURE_TAILS:]
+def summarize_lineage(entries: tuple[LineageEntry, ...]) -> str:
+    """Experiments too old to list: how many ended how (and why), and the best kept changes."""
+    counts: dict[str, dict[str, int]] = {}
+    for entry in entries:
+        kinds = counts.setdefault(entry.outcome, {})
+        kind = reason_kind(entry.outcome, entry.reason)
+        if kind:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        kinds[""] = kinds.get("", 0) + 1
+    described = []
+    for outcome, kinds in sorted(counts.items(), key=lambda item: -item[1][""]):
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda item: -item[1]) if k)
+        described.append(f"{kinds['']} {outcome}" + (f" ({detail})" if detail else ""))
+    lines = [f"Experiments {entries[0].number} to {entries[-1].number}, summarised: {'; '.join(described)}."]
+    kept = [e for e in entries if e.outcome == "keep" and e.delta is not None]
+    best = sorted(kept, key=lambda e: abs(e.delta), reverse=True)[:SUMMARY_BEST_KEPT]
+    if best:
+        lines.append("Largest kept gains among them: " + "; ".join(
+            f"#{e.number} ({e.delta:+.4g}) {_clip(e.description)}" for e in sorted(best, key=lambda e: e.number)) + ".")
+    return "\n".join(lines)
+
+
+def reason_kind(outcome: str, reason: str | None) -> str:
+    """The type of a failure, to count alike ones together: oom, nan, duplicate, edit did not apply..."""
+    if not reason or outcome in ("keep", "discard"):
+        return ""
+    text = reason.lower()
+    for kind in ("oom", "nan", "duplicate", "edit did not apply", "does not compile", "touched"):
+        if text.startswith(kind):
+            return kind
+    return "other" if outcome in ("crash", "invalid") else ""
+
+
+def format_failures(lineage: tuple[LineageEntry, ...], count: int = FAILURE_TAILS,
+                    lines: int = FAILURE_TAIL_LINES) -> str:
+    if count <= 0:
+        return ""
+    failed = [e for e in lineage if e.outcome in ("crash", "timeout") and e.log_tail][-count:]
     parts = []
     for entry in failed:
-        tail = "\n".join(entry.log_tail.splitlines()[-FAILURE_TAIL_LINES:])
-        parts.append(f"Experiment {entry.number} ({entry.outcome}: {entry.reason or 'no reason'}): "
-                     f"{entry.description}\n```\n{tail}\n```")
+        tail = "\n".join(line[-TAIL_LINE_CHARS:] for line in entry.log_tail.splitlines()[-lines:])
+        parts.append(f"Experiment {entry.number} ({entry.outcome}: {_clip(entry.reason or 'no reason')}): "
+                     f"{_clip(entry.description)}\n```\n{tail}\n```")
     return "\n\n".join(parts)
+
+
+def _clip(text: str, limit: int = ENTRY_TEXT_CHARS) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def repair_message(error: str) -> dict:

@@ -1,0 +1,130 @@
+"""What every fault test needs: a faulty proposal, a run with small limits, and the invariants.
+
+A fault is injected the way it would arrive overnight: the (fake, HTTP) agent proposes a change to
+the synthetic recipe's train.py that misbehaves. Then a good change follows, to show the run went on.
+The invariants after any fault: the branch is at the best kept commit, every experiment's commit is
+reachable under its ref, the worktree is clean, and no process of the run is alive.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from conftest import git, reply
+
+from autoresearch.agents import LLMAgent
+from autoresearch.console import Reporter
+from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.runner import LocalExecutor
+from autoresearch.workspace import Workspace
+
+TAG = "t"
+EVALUATE_LINE = "loss = evaluate(LEARNING_RATE, WIDTH)"
+BETTER = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")
+KILL_WAIT = 0.5  # seconds between SIGTERM and SIGKILL in these tests (3 s in real runs)
+
+
+def inject(description: str, code: str) -> str:
+    """A reply that adds top-level code to train.py just before its evaluation."""
+    return reply(description, EVALUATE_LINE, f"{code.strip()}\n{EVALUATE_LINE}")
+
+
+class RecordingReporter(Reporter):
+    """Keeps the notes a run reports (the loop's one channel to the person)."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def make_loop(fake_llm, script: list, kill_wait: float = KILL_WAIT, **agent_options) -> ResearchLoop:
+    fake_llm.set_script(script)
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, **{"max_retries": 0, "request_timeout": 5,
+                                                                        **agent_options})
+    return ResearchLoop(Workspace.find(), agent, reporter=RecordingReporter(),
+                        executor=LocalExecutor(kill_wait_seconds=kill_wait))
+
+
+def test_options(**options) -> RunOptions:
+    """Small limits: no noise or confirmation runs, a backoff of hundredths of a second."""
+    return RunOptions(**{"noise_runs": 0, "confirm_runs": 0, "agent_backoff_seconds": 0.01, **options})
+
+
+def run_with(fake_llm, script: list, max_experiments: int = 3, kill_wait: float = KILL_WAIT, **options):
+    """A fresh run `t` of the synthetic recipe; returns (loop, its experiment rows)."""
+    loop = make_loop(fake_llm, script, kill_wait)
+    loop.start(test_options(tag=TAG, max_experiments=max_experiments, **options))
+    return loop, loop.ledger.experiments(TAG)
+
+
+def resume_with(fake_llm, script: list, max_experiments: int = 1, **options):
+    """Go on with run `t`; returns (loop, its experiment rows)."""
+    loop = make_loop(fake_llm, script)
+    loop.resume(TAG, test_options(max_experiments=max_experiments, **options))
+    return loop, loop.ledger.experiments(TAG)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie holds nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def pids_with_cmdline(marker: str) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as handle:
+                    if marker.encode() in handle.read() and alive(int(name)):
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+def run_processes(workspace: Path, tag: str = TAG) -> list[int]:
+    """Live processes whose environment says they belong to the run (training and all it spawned)."""
+    marker = f"AUTORESEARCH_RUN={(workspace / 'runs' / tag).resolve()}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/environ", "rb") as handle:
+                    if marker in handle.read().split(b"\0") and alive(int(name)):
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def assert_consistent(workspace: Path, rows: list[dict], tag: str = TAG) -> None:
+    """The invariants every fault must leave intact."""
+    kept = [row for row in rows if row["outcome"] == "keep"]
+    assert kept, "the baseline is kept"
+    assert git(workspace, "rev-parse", f"autoresearch/{tag}") == kept[-1]["commit_sha"]
+    assert all(row["outcome"] != "running" for row in rows)
+    assert [row["number"] for row in rows] == list(range(len(rows)))
+    for row in rows[1:]:
+        if row["commit_sha"]:
+            assert git(workspace, "rev-parse", f"refs/autoresearch/{tag}/{row['number']}") == row["commit_sha"]
+    worktree = workspace / "runs" / tag / "worktree"
+    assert git(worktree, "status", "--porcelain", "--untracked-files=no") == ""
+    assert git(worktree, "rev-parse", "HEAD") == kept[-1]["commit_sha"]
+    assert run_processes(workspace, tag) == []

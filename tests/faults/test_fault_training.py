@@ -1,0 +1,319 @@
+"""Faults of the training script: each is typed in the ledger, cleaned up, and the run goes on.
+
+Every test runs the baseline, the faulty experiment and then a good change (kept), in a real git
+repository with real subprocesses, and checks the invariants of faultkit.assert_consistent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from conftest import git
+from faultkit import BETTER, TAG, assert_consistent, inject, pids_with_cmdline, resume_with, run_with
+
+from autoresearch.ledger import Ledger
+
+
+def fault_row(rows):
+    """The faulty experiment, after which the good change was still tried and kept."""
+    assert rows[2]["outcome"] == "keep", rows[2]
+    return rows[1]
+
+
+# --- the script does not run
+
+def test_syntax_error_is_invalid_and_never_trained(workspace, fake_llm):
+    _, rows = run_with(fake_llm, [inject("typo", "x = (1,"), BETTER])
+    row = fault_row(rows)
+    assert row["outcome"] == "invalid" and row["reason"].startswith("does not compile: train.py line")
+    assert not (workspace / "runs/t/1.log").exists()
+    assert_consistent(workspace, rows)
+
+
+def test_import_error_is_a_crash_with_the_missing_module(workspace, fake_llm):
+    _, rows = run_with(fake_llm, [inject("new dependency", "import no_such_module_xyz"), BETTER])
+    row = fault_row(rows)
+    assert row["outcome"] == "crash"
+    assert "ModuleNotFoundError" in row["reason"] and "no_such_module_xyz" in row["reason"]
+    assert "no_such_module_xyz" in row["log_tail"]
+    assert_consistent(workspace, rows)
+
+
+def test_exception_on_the_first_step(workspace, fake_llm):
+    _, rows = run_with(fake_llm, [inject("bad shape", "raise ValueError('shapes (3,) and (4,) do not match')"),
+                                  BETTER])
+    row = fault_row(rows)
+    assert row["outcome"] == "crash"
+    assert "ValueError: shapes (3,) and (4,) do not match" in row["reason"]
+    assert_consistent(workspace, rows)
+
+
+def test_exception_after_training_a_while(workspace, fake_llm):
+    """A crash late in training (scaled down from "after the first minute") keeps its progress lines."""
+    code = """
+    for step in range(10):
+        print(f"step {step} loss {2.0 - step / 10:.3f}", flush=True)
+        time.sleep(0.1)
+    raise RuntimeError("index out of range in self")
+    """
+    _, rows = run_with(fake_llm, [inject("longer schedule", textwrap.dedent(code)), BETTER])
+    row = fault_row(rows)
+    assert row["outcome"] == "crash" and "RuntimeError: index out of range in self" in row["reason"]
+    assert row["train_seconds"] >= 1.0
+    assert "step 9 loss" in row["log_tail"]
+    assert_consistent(workspace, rows)
+
+
+# --- numbers that are not numbers
+
+@pytest.mark.parametrize("code", [
+    "LEARNING_RATE = float('nan')",
+    "LEARNING_RATE = float('inf')",
+], ids=["nan", "inf"])
+def test_non_finite_metric_is_a_crash_nan(workspace, fake_llm, code):
+    _, rows = run_with(fake_llm, [inject("diverge", code), BETTER])
+    row = fault_row(rows)
+    assert (row["outcome"], row["reason"], row["metric"]) == ("crash", "nan", None)
+    assert_consistent(workspace, rows)
+
+
+def test_recipe_that_fails_fast_on_a_nan_loss_is_a_crash_nan(workspace, fake_llm):
+    code = """
+    import math, sys
+    loss_value = float("nan")
+    if math.isnan(loss_value):
+        print("step 3: loss is nan, stopping", flush=True)
+        sys.exit(1)
+    """
+    _, rows = run_with(fake_llm, [inject("huge lr", textwrap.dedent(code)), BETTER])
+    assert (fault_row(rows)["outcome"], fault_row(rows)["reason"]) == ("crash", "nan")
+    assert_consistent(workspace, rows)
+
+
+@pytest.mark.parametrize("code", [
+    "big = bytearray(1 << 50)",  # a real allocation failure: Python's MemoryError
+    "raise RuntimeError('CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total capacity)')",
+], ids=["MemoryError", "cuda-message"])
+def test_out_of_memory_is_a_crash_oom(workspace, fake_llm, code):
+    _, rows = run_with(fake_llm, [inject("bigger batch", code), BETTER])
+    row = fault_row(rows)
+    assert (row["outcome"], row["reason"]) == ("crash", "oom")
+    assert_consistent(workspace, rows)
+
+
+# --- processes that will not end
+
+def test_hang_is_killed_at_the_limit_as_timeout(workspace, fake_llm):
+    started = time.monotonic()
+    _, rows = run_with(fake_llm, [inject("wait for data", "while True:\n    time.sleep(1)"), BETTER],
+                       budget_seconds=1)
+    row = fault_row(rows)
+    assert row["outcome"] == "timeout" and "budget 1s" in row["reason"]
+    # budget 1 s + grace 1 s, then killed; the whole run of three experiments stays short
+    assert 2.0 <= row["train_seconds"] < 4.0
+    assert time.monotonic() - started < 15
+    assert_consistent(workspace, rows)
+
+
+def test_script_that_ignores_sigterm_is_killed_with_sigkill(workspace, fake_llm):
+    code = """
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ignoring SIGTERM", flush=True)
+    while True:
+        time.sleep(0.1)
+    """
+    _, rows = run_with(fake_llm, [inject("stubborn", textwrap.dedent(code)), BETTER], budget_seconds=1)
+    row = fault_row(rows)
+    assert row["outcome"] == "timeout"
+    # SIGTERM at 2 s, ignored; SIGKILL after the kill wait (0.5 s in tests)
+    assert row["train_seconds"] < 2.0 + 0.5 + 1.5
+    assert_consistent(workspace, rows)
+
+
+def test_children_and_grandchildren_that_leave_the_group_are_killed(workspace, fake_llm):
+    """A shell backgrounding a setsid'd sleep and a double-forked daemon: neither is in the process group."""
+    code = """
+    import subprocess
+    subprocess.Popen("setsid sleep 987601 &", shell=True)
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.execvp("sleep", ["sleep", "987602"])
+        os._exit(0)
+    subprocess.Popen(["sleep", "987603"])
+    while True:
+        time.sleep(0.1)
+    """
+    _, rows = run_with(fake_llm, [inject("prefetch in background", textwrap.dedent(code)), BETTER],
+                       budget_seconds=1)
+    assert fault_row(rows)["outcome"] == "timeout"
+    for marker in ("987601", "987602", "987603"):
+        assert pids_with_cmdline(marker) == [], marker
+    assert_consistent(workspace, rows)
+
+
+def test_grandchild_holding_the_pipe_after_a_normal_exit_does_not_stall_the_run(workspace, fake_llm):
+    """The script exits with its metric, but a setsid'd grandchild keeps its stdout open."""
+    code = 'import subprocess\nsubprocess.Popen("setsid sleep 987604 &", shell=True)'
+    started = time.monotonic()
+    _, rows = run_with(fake_llm, [inject("warm the cache", code), BETTER])
+    row = rows[1]
+    assert row["outcome"] in ("keep", "discard") and row["metric"] is not None
+    assert row["train_seconds"] < 2.0
+    assert time.monotonic() - started < 10
+    assert pids_with_cmdline("987604") == []
+    assert_consistent(workspace, rows)
+
+
+def test_dataloader_workers_are_killed_with_the_script(workspace, fake_llm):
+    code = """
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset
+
+    class Endless(IterableDataset):
+        def __iter__(self):
+            while True:
+                time.sleep(0.01)
+                yield torch.zeros(1)
+
+    for batch in DataLoader(Endless(), batch_size=1, num_workers=2):
+        pass
+    """
+    _, rows = run_with(fake_llm, [inject("parallel loading", textwrap.dedent(code)), BETTER], budget_seconds=3)
+    assert fault_row(rows)["outcome"] == "timeout"
+    assert_consistent(workspace, rows)
+
+
+# --- output
+
+def test_flood_of_output_keeps_the_log_bounded_and_the_metric(workspace, fake_llm):
+    code = """
+    import sys
+    line = b"x" * 1023 + b"\\n"
+    block = line * 1024
+    for _ in range(200):  # 200 MB
+        sys.stdout.buffer.write(block)
+    sys.stdout.flush()
+    """
+    _, rows = run_with(fake_llm, [inject("verbose", textwrap.dedent(code)), BETTER], max_experiments=3)
+    row = rows[1]
+    assert row["outcome"] == "discard" and row["metric"] is not None  # its metric was still read
+    log = workspace / "runs/t/1.log"
+    assert log.stat().st_size < 2_100_000  # 1 MB head + 1 MB tail + a note
+    text = log.read_bytes()
+    assert b"bytes of output left out here" in text and b"val_loss: " in text[-1000:]
+    assert_consistent(workspace, rows)
+
+
+def test_flood_of_output_keeps_the_tool_memory_flat(tmp_path):
+    """The executor reads 300 MB of output in a fresh process whose peak memory is measured."""
+    probe = textwrap.dedent(f"""
+        import resource, sys
+        from pathlib import Path
+        from autoresearch.runner import LocalExecutor, TrainingJob
+        flood = "import sys\\nblock = (b'y' * 99 + b'\\\\n') * 10000\\nfor _ in range(300): sys.stdout.buffer.write(block)\\nprint('val: 1.5')"
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = LocalExecutor().run(TrainingJob(command=f"python -c \\"{{flood}}\\"", cwd=Path({str(tmp_path)!r}),
+                                                 log_path=Path({str(tmp_path / 'flood.log')!r}), budget_seconds=60,
+                                                 grace_seconds=5))
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(result.log_bytes, result.summary.get("val"), after - before)
+    """)
+    output = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parents[2]).stdout.split()
+    total, metric, growth_kb = int(output[0]), float(output[1]), int(output[2])
+    assert total >= 300_000_000 and metric == 1.5
+    assert growth_kb < 40_000, f"the tool grew by {growth_kb} kB reading {total} bytes"
+    assert (tmp_path / "flood.log").stat().st_size < 2_100_000
+
+
+@pytest.mark.parametrize("code,reason", [
+    ('print("val_loss: 0.01abc")\nraise SystemExit(0)', "no val_loss line in the output"),
+    ('print("val_loss = 0.01")\nraise SystemExit(0)', "no val_loss line in the output"),
+    ('print("step 5 val_loss: 0.01 lr: 0.1")\nraise SystemExit(0)', "no val_loss line in the output"),
+    ("raise SystemExit(0)", "no val_loss line in the output"),
+], ids=["trailing-garbage", "equals-sign", "inside-a-progress-line", "no-summary-at-all"])
+def test_malformed_or_missing_metric_is_a_crash(workspace, fake_llm, code, reason):
+    _, rows = run_with(fake_llm, [inject("quiet", code), BETTER])
+    row = fault_row(rows)
+    assert (row["outcome"], row["reason"]) == ("crash", reason)
+    assert_consistent(workspace, rows)
+
+
+def test_metric_printed_before_a_crash_is_not_trusted(workspace, fake_llm):
+    code = 'print("val_loss: 0.0001", flush=True)\nraise RuntimeError("died after printing")'
+    _, rows = run_with(fake_llm, [inject("early report", code), BETTER])
+    row = fault_row(rows)
+    assert row["outcome"] == "crash" and row["metric"] is None and "died after printing" in row["reason"]
+    assert_consistent(workspace, rows)
+
+
+# --- the script reaches outside its own files
+
+@pytest.mark.parametrize("code", [
+    'open("prepare.py", "a").write("\\ndef evaluate(learning_rate, width):\\n    return 0.0\\n")',
+    'os.remove("prepare.py")',
+], ids=["writes", "deletes"])
+def test_script_that_changes_a_fixed_file_is_invalid_and_the_file_restored(workspace, fake_llm, code):
+    _, rows = run_with(fake_llm, [inject("better eval", code), BETTER])
+    row = fault_row(rows)
+    assert (row["outcome"], row["reason"]) == ("invalid", "touched prepare.py during training")
+    prepare = workspace / "runs/t/worktree/recipes/synth/prepare.py"
+    assert prepare.read_text() == (workspace / "recipes/synth/prepare.py").read_text()
+    assert rows[2]["metric"] == pytest.approx(0.25)  # the next experiment was evaluated by the real prepare.py
+    assert_consistent(workspace, rows)
+
+
+@pytest.mark.parametrize("code", [
+    'open("../../../../ledger.db", "r+b").write(b"garbage" * 1000)',
+    'os.remove("../../../../ledger.db")',
+    'import sqlite3\ndb = sqlite3.connect("../../../../ledger.db")\ndb.execute("DELETE FROM experiments")\ndb.commit()',
+], ids=["overwrites", "deletes", "rewrites-rows"])
+def test_script_that_touches_the_ledger_cannot_lose_a_row(workspace, fake_llm, code):
+    loop, rows = run_with(fake_llm, [inject("clean up", code), BETTER])
+    row = fault_row(rows)
+    assert (row["outcome"], row["reason"]) == ("invalid", "touched the ledger during training")
+    # read afresh from the file: every row is there, in order, with its outcome
+    on_disk = Ledger(workspace / "runs/ledger.db").experiments(TAG)
+    assert [(r["number"], r["outcome"]) for r in on_disk] == [(0, "keep"), (1, "invalid"), (2, "keep")]
+    assert_consistent(workspace, on_disk)
+
+
+def test_script_that_commits_on_the_run_branch_is_invalid_and_undone(workspace, fake_llm):
+    code = """
+    import subprocess
+    open("train.py", "a").write("# sneaky\\n")
+    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "sneaky"], check=True)
+    """
+    _, rows = run_with(fake_llm, [inject("self-edit", textwrap.dedent(code)), BETTER])
+    row = fault_row(rows)
+    assert (row["outcome"], row["reason"]) == ("invalid", "touched the run branch during training")
+    assert "sneaky" not in git(workspace, "log", "--format=%s", "autoresearch/t")
+    assert_consistent(workspace, rows)
+
+
+def test_script_that_edits_its_own_file_leaves_the_worktree_clean(workspace, fake_llm):
+    code = 'open("train.py", "a").write("# written during training\\n")'
+    _, rows = run_with(fake_llm, [inject("self-edit", code), BETTER])
+    assert rows[1]["outcome"] in ("keep", "discard")
+    assert "written during training" not in (workspace / "runs/t/worktree/recipes/synth/train.py").read_text()
+    assert_consistent(workspace, rows)
+
+
+# --- the disk
+
+def test_log_that_cannot_be_written_does_not_stop_the_run(workspace, fake_llm):
+    """The disk is full when the log is written: /dev/full answers every write with ENOSPC."""
+    run_with(fake_llm, [], max_experiments=1)  # the baseline
+    os.symlink("/dev/full", workspace / "runs/t/1.log")
+    loop, rows = resume_with(fake_llm, [BETTER], max_experiments=1)
+    assert (rows[1]["outcome"], rows[1]["metric"]) == ("keep", pytest.approx(0.25))
+    assert any("1.log: cannot write the log: No space left on device" in note for note in loop.reporter.notes)
+    assert_consistent(workspace, rows)
