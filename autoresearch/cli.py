@@ -119,7 +119,7 @@ def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (defa
         workspace = Workspace.find()
         ledger = Ledger(workspace.ledger_path)
         tag = pick_tag(ledger, tag)
-        records = experiment_records(ledger, tag, load_price_table(workspace.root))
+        records = experiment_records(ledger, tag, load_price_table(workspace.root), nested=as_json or as_tsv)
         shown = filter_records(records, outcome, last)
         if as_json or as_tsv:
             _emit(rows_json(shown) if as_json else rows_tsv(shown))

@@ -2,12 +2,14 @@
 
 Domain code never prints: the loop calls a Reporter. `PlainReporter` writes one line per event to
 stderr (log files, nohup, CI); `LiveReporter` keeps a live panel: the run, the experiment and its
-phase, a progress bar of the training budget with the latest line the training printed, the best
-so far and the counts of outcomes, and the last few experiments.
+phase, a progress bar of the training budget with the latest values the training printed
+(`name: value`, `name=value` or `| name value |`), the best so far and its gain over the baseline,
+the counts of outcomes, the tokens and dollars spent on the LLM so far, and the last few experiments.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import Counter, deque
@@ -19,6 +21,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+MAX_PROGRESS_VALUES = 6
 OUTCOME_STYLES = {"keep": "green", "discard": "yellow", "crash": "red", "timeout": "magenta",
                   "invalid": "bright_black", "interrupted": "cyan", "running": "blue"}
 
@@ -34,6 +37,59 @@ def format_noise(std: float | None, runs: int) -> str:
     if std == 0:
         return f"0 (the same value under {runs} seeds)"
     return f"±{std:.3g} (std over {runs} seeded runs)"
+
+
+def format_tokens(count: int | None) -> str:
+    if not count:
+        return "-"
+    if count < 1000:
+        return str(count)
+    return f"{count / 1000:.1f}k" if count < 1_000_000 else f"{count / 1e6:.2f}M"
+
+
+def format_cost(cost: float | None, tokens: int = 1) -> str:
+    """Dollars; `-` when nothing was spent or the model has no price (a local endpoint)."""
+    if cost is None or not tokens:
+        return "-"
+    return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
+
+
+PROGRESS_PAIR = re.compile(r"([A-Za-z_][\w./-]*)\s*[:=]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?%?)(?![\w.])")
+PROGRESS_SEGMENT = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s+([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[%\w/]*)\s*$")
+
+
+def progress_values(line: str) -> dict[str, str]:
+    """The named numbers in one progress line: `loss: 3.2`, `lr=1e-3`, or `step 120 | loss 3.2` segments."""
+    values = {match.group(1): match.group(2) for match in PROGRESS_PAIR.finditer(line)}
+    if not values and "|" in line:
+        for segment in line.split("|"):
+            match = PROGRESS_SEGMENT.match(segment)
+            if match:
+                values[match.group(1)] = match.group(2)
+    return values
+
+
+class TokenTally:
+    """The LLM tokens and dollars of a run so far; the cost is unknown once a call had no price."""
+
+    def __init__(self):
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.cost: float | None = 0.0
+
+    def add(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        if cost is None:
+            if prompt_tokens or completion_tokens:
+                self.cost = None
+        elif self.cost is not None:
+            self.cost += cost
+
+    def describe(self) -> str:
+        tokens = self.prompt_tokens + self.completion_tokens
+        return (f"tokens {format_tokens(tokens)} ({format_tokens(self.prompt_tokens)} in, "
+                f"{format_tokens(self.completion_tokens)} out), cost {format_cost(self.cost, tokens)}")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -54,6 +110,7 @@ class Reporter:
     def training_output(self, line: str) -> None: ...
     def experiment_finished(self, row: dict, best: float | None, baseline: float | None) -> None: ...
     def noise_floor(self, std: float | None, runs: int) -> None: ...
+    def tokens_used(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None: ...
     def note(self, text: str) -> None: ...
     def close(self) -> None: ...
 
@@ -68,6 +125,7 @@ class PlainReporter(Reporter):
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.number = 0
+        self.tally = TokenTally()
 
     def _line(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
@@ -89,6 +147,11 @@ class PlainReporter(Reporter):
     def noise_floor(self, std, runs):
         self._line(f"noise floor: {format_noise(std, runs)}")
 
+    def tokens_used(self, prompt_tokens, completion_tokens, cost):
+        self.tally.add(prompt_tokens, completion_tokens, cost)
+        self._line(f"experiment {self.number}: LLM call, {prompt_tokens} + {completion_tokens} tokens, "
+                   f"{format_cost(cost, prompt_tokens + completion_tokens)}; run so far: {self.tally.describe()}")
+
     def note(self, text):
         self._line(text)
 
@@ -106,6 +169,8 @@ class LiveReporter(Reporter):
         self.budget = 0.0
         self.phase_started = time.monotonic()
         self.last_output = ""
+        self.progress: dict[str, str] = {}
+        self.tally = TokenTally()
         self.best: float | None = None
         self.baseline: float | None = None
         self.noise: str | None = None
@@ -123,6 +188,7 @@ class LiveReporter(Reporter):
         self.number = number
         self.description = "the unmodified recipe (baseline)" if number == 0 else ""
         self.last_output = ""
+        self.progress = {}
 
     def phase(self, name, description=None, budget=None):
         self.phase_name = name
@@ -134,6 +200,16 @@ class LiveReporter(Reporter):
 
     def training_output(self, line):
         self.last_output = line.strip()[:200]
+        values = progress_values(line)
+        if values:
+            for name in values:  # the names seen last come last, and the panel keeps the last few
+                self.progress.pop(name, None)
+            self.progress.update(values)
+            while len(self.progress) > MAX_PROGRESS_VALUES:
+                self.progress.pop(next(iter(self.progress)))
+
+    def tokens_used(self, prompt_tokens, completion_tokens, cost):
+        self.tally.add(prompt_tokens, completion_tokens, cost)
 
     def experiment_finished(self, row, best, baseline):
         self.best, self.baseline = best, baseline
@@ -159,8 +235,9 @@ class LiveReporter(Reporter):
         if self.phase_name == "training" and self.budget:
             elapsed = time.monotonic() - self.phase_started
             bar = Table.grid(padding=(0, 1))
+            latest = "  ".join(f"{name} {value}" for name, value in self.progress.items()) or self.last_output
             bar.add_row(ProgressBar(total=self.budget, completed=min(elapsed, self.budget), width=40),
-                        f"{elapsed:.0f}/{self.budget:g}s", Text(self.last_output, overflow="ellipsis", no_wrap=True))
+                        f"{elapsed:.0f}/{self.budget:g}s", Text(latest, overflow="ellipsis", no_wrap=True))
             lines.append(bar)
         gain = ""
         if self.best is not None and self.baseline is not None:
@@ -170,6 +247,8 @@ class LiveReporter(Reporter):
                            if self.counts[k])
         noise = f"   noise {self.noise}" if self.noise else ""
         lines.append(Text(f"best {self.metric} {format_metric(self.best)}{gain}{noise}   {counts}"))
+        if self.tally.prompt_tokens or self.tally.completion_tokens:
+            lines.append(Text(f"LLM {self.tally.describe()}", style="dim"))
         if self.recent:
             recent = Table(show_header=False, box=None, padding=(0, 1))
             for row in self.recent:

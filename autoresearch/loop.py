@@ -27,6 +27,7 @@ from autoresearch.recipe import Recipe, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import load_price_table
 from autoresearch.recovery import LedgerGuard, reconcile, run_marker
+from autoresearch.review import run_usage
 from autoresearch.runlock import RunLock
 from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, TrainingJob, TrainingResult, is_finite
 from autoresearch.spending import SpendingCap, run_spending
@@ -206,6 +207,9 @@ class ResearchLoop:
         self.tag = state.tag
         self.reporter.run_started(state.tag, recipe.name, recipe.metric, recipe.direction, state.budget_seconds,
                                   self.agent.name)
+        spent = run_usage(self.ledger, state.tag, load_price_table(self.workspace.root))
+        if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
+            self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
         started = time.monotonic()
         ran = 0
         stop_reason = ""
@@ -326,6 +330,10 @@ class ResearchLoop:
     def _record_call(self, tag: str, number: int, call: LLMCall) -> None:
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
                                     call.prompt_tokens, call.completion_tokens, call.latency_seconds)
+        prices = load_price_table(self.workspace.root)  # read per call: an edited price applies at once
+        prompt_tokens, completion_tokens = call.prompt_tokens or 0, call.completion_tokens or 0
+        cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None
+        self.reporter.tokens_used(prompt_tokens, completion_tokens, cost)
 
     def _train(self, state: RunState, options: RunOptions, number: int, description: str, attempt: int = 0,
                kind: str = "first") -> tuple[TrainingResult, list[str]]:

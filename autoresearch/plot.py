@@ -65,7 +65,7 @@ def render_plot(records: list[dict], summary: dict) -> bytes:
             axes.scatter(numbers, [0.015] * len(numbers), transform=on_axis, marker=marker, s=size * 1.4,
                          color=OUTCOME_COLORS[outcome], linewidths=1.2, zorder=5, clip_on=False)
 
-    labelled = _labelled(kept, lower)
+    labelled = labelled_experiments(kept, lower)
     for record in labelled:
         text = _short(record["description"] or f"experiment {record['number']}")
         axes.annotate(f"{record['number']}: {text}", (record["number"], record["metric"]), xytext=(5, 7),
@@ -144,7 +144,7 @@ def _y_range(kept: list[float], measured: list[float]) -> tuple[float, float]:
     return low - pad * 1.6, high + pad * 2.5  # room below for the marks on the axis, above for the labels
 
 
-def _labelled(kept: list[dict], lower: bool) -> list[dict]:
+def labelled_experiments(kept: list[dict], lower: bool) -> list[dict]:
     """Every kept experiment, or past MAX_LABELS the baseline and the largest gains."""
     if len(kept) <= MAX_LABELS:
         return kept

@@ -12,9 +12,9 @@ import base64
 from html import escape
 from pathlib import Path
 
-from autoresearch.console import format_duration, format_metric
+from autoresearch.console import format_cost, format_duration, format_metric, format_tokens
 from autoresearch.review import explain_outcome
-from autoresearch.views import better_word, format_cost, format_delta, format_local_time, format_tokens
+from autoresearch.views import better_word, format_delta, format_local_time
 
 MAX_DIFF_LINES = 400
 OUTCOME_CLASSES = ("keep", "discard", "crash", "timeout", "invalid", "interrupted", "running")

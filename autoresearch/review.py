@@ -32,10 +32,15 @@ def pick_tag(ledger: Ledger, tag: str | None) -> str:
     return latest
 
 
-def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = None) -> list[dict]:
-    """One dict per experiment of the run, in order: the row shape of every JSON and TSV output."""
+def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = None, nested: bool = True) -> list[dict]:
+    """One dict per experiment of the run, in order: the row shape of every JSON and TSV output.
+
+    nested=False skips decoding the summary and decision of each row (empty in the records): the
+    text listing shows neither, and on 10,000 experiments the decoding is a good part of its time.
+    """
     usage = usage_by_experiment(ledger.token_usage(tag), prices)
-    return [experiment_record(row, usage.get(row["number"])) for row in ledger.experiments(tag, LISTING_COLUMNS)]
+    columns = LISTING_COLUMNS if nested else tuple(c for c in LISTING_COLUMNS if not c.endswith("_json"))
+    return [experiment_record(row, usage.get(row["number"])) for row in ledger.experiments(tag, columns)]
 
 
 def experiment_record(row: dict, usage: dict | None = None) -> dict:
@@ -55,7 +60,7 @@ def experiment_record(row: dict, usage: dict | None = None) -> dict:
         "best_before": row["best_before"],
         "delta": delta,
         "description": row["description"],
-        "summary": row["summary"],
+        "summary": row.get("summary", {}),
         "seed": row["seed"],
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],
@@ -66,26 +71,52 @@ def experiment_record(row: dict, usage: dict | None = None) -> dict:
         "completion_tokens": usage["completion_tokens"],
         "cost_usd": usage["cost_usd"],
         "log_path": row["log_path"],
+        "decision": row.get("decision"),  # the keep rule's numbers: gain, margin, noise, each run's metric and seed
     }
 
 
 def usage_by_experiment(usage_rows: list[dict], prices: PriceTable | None) -> dict[int, dict]:
     """Tokens and cost per experiment number; cost is None where a model has no price (a local endpoint)."""
     totals: dict[int, dict] = {}
+    pricer = _Pricer(prices)
     for row in usage_rows:
         total = totals.setdefault(row["experiment"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
-        _add_usage(total, row, prices)
+        _add_usage(total, row, pricer)
     return totals
 
 
-def _add_usage(total: dict, row: dict, prices: PriceTable | None) -> None:
+def run_usage(ledger: Ledger, tag: str, prices: PriceTable | None) -> dict:
+    """Prompt tokens, completion tokens and cost of every LLM call of a run (cost None if one had no price)."""
+    total = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    pricer = _Pricer(prices)
+    for row in ledger.token_usage(tag):
+        _add_usage(total, row, pricer)
+    return total
+
+
+class _Pricer:
+    """Dollars for tokens, each model's price looked up once (the lookup normalizes the name)."""
+
+    def __init__(self, prices: PriceTable | None):
+        self.prices = prices
+        self._by_model: dict[str | None, tuple[float, float] | None] = {}
+
+    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if model not in self._by_model:
+            self._by_model[model] = self.prices.price(model) if self.prices is not None else None
+        price = self._by_model[model]
+        return None if price is None else (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+
+
+def _add_usage(total: dict, row: dict, pricer: _Pricer) -> None:
     total["prompt_tokens"] += row["prompt_tokens"]
     total["completion_tokens"] += row["completion_tokens"]
-    if prices is None or not prices.is_known(row["model"]):
+    cost = pricer.cost(row["model"], row["prompt_tokens"], row["completion_tokens"])
+    if cost is None:
         if row["prompt_tokens"] or row["completion_tokens"]:
             total["cost_usd"] = None
     elif total["cost_usd"] is not None:
-        total["cost_usd"] += prices.cost(row["model"], row["prompt_tokens"], row["completion_tokens"])
+        total["cost_usd"] += cost
 
 
 def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, prices: PriceTable | None = None) -> dict:
@@ -100,7 +131,9 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
     usage = {"prompt_tokens": sum(r["prompt_tokens"] for r in records),
              "completion_tokens": sum(r["completion_tokens"] for r in records),
              "cost_usd": None if None in costs else sum(costs)}
-    return _summary(run, counts, kept[0]["metric"] if kept else None, kept[-1]["metric"] if kept else None, usage)
+    summary = _summary(run, counts, kept[0]["metric"] if kept else None, kept[-1]["metric"] if kept else None, usage)
+    summary["verification"] = verification_record(ledger.latest_verification(tag))
+    return summary
 
 
 def run_summaries(ledger: Ledger, prices: PriceTable | None = None) -> list[dict]:
@@ -108,12 +141,26 @@ def run_summaries(ledger: Ledger, prices: PriceTable | None = None) -> list[dict
     counts = ledger.outcome_counts()
     kept = ledger.kept_metrics()
     usage: dict[str, dict] = {}
+    pricer = _Pricer(prices)
     for row in ledger.token_usage():
         total = usage.setdefault(row["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
-        _add_usage(total, row, prices)
-    return [_summary(run, counts.get(run["tag"], {}), *kept.get(run["tag"], (None, None)),
-                     usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}))
-            for run in ledger.runs()]
+        _add_usage(total, row, pricer)
+    verifications = ledger.latest_verifications()
+    summaries = [_summary(run, counts.get(run["tag"], {}), *kept.get(run["tag"], (None, None)),
+                          usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}))
+                 for run in ledger.runs()]
+    for summary in summaries:
+        summary["verification"] = verification_record(verifications.get(summary["tag"]))
+    return summaries
+
+
+def verification_record(verification: dict | None) -> dict | None:
+    """The latest `verify` of a run as summaries carry it: verdict, gains with their 95% intervals."""
+    if verification is None:
+        return None
+    return {key: verification[key] for key in ("verdict", "message", "val_gain", "val_low", "val_high", "test_gain",
+                                               "test_low", "test_high", "confidence", "seeds", "best_commit",
+                                               "baseline_commit", "created_at")}
 
 
 def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: float | None, usage: dict) -> dict:
@@ -143,6 +190,8 @@ def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: fl
         "prompt_tokens": usage["prompt_tokens"],
         "completion_tokens": usage["completion_tokens"],
         "cost_usd": usage["cost_usd"],
+        "noise_std": run.get("noise_std"),  # the measured run-to-run spread of the metric (docs/noise.md)
+        "noise_runs": run.get("noise_runs"),
     }
 
 

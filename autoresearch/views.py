@@ -15,10 +15,10 @@ from rich.color import ColorSystem
 from rich.console import Console, Group, RenderableType
 from rich.rule import Rule
 from rich.style import Style
-from rich.syntax import Syntax
 from rich.text import Text
 
-from autoresearch.console import OUTCOME_STYLES, format_duration, format_metric
+from autoresearch.console import (OUTCOME_STYLES, format_cost, format_duration, format_metric, format_noise,
+                                  format_tokens)
 from autoresearch.review import explain_outcome
 
 Paint = Callable[[str, str], str]
@@ -31,7 +31,7 @@ def painter(console: Console) -> Paint:
     """A function that colours a string for this console: ANSI on a colour terminal, nothing elsewhere."""
     system = _COLOR_SYSTEMS.get(console.color_system or "") if console.is_terminal else None
     if system is None:
-        return lambda text, style: text
+        return no_paint
     cache: dict[str, Style] = {}
 
     def paint(text: str, style: str) -> str:
@@ -54,21 +54,6 @@ def format_delta(value: float | None) -> str:
     return "" if value is None else f"{value:+.4g}"
 
 
-def format_tokens(count: int | None) -> str:
-    if not count:
-        return "-"
-    if count < 1000:
-        return str(count)
-    return f"{count / 1000:.1f}k" if count < 1_000_000 else f"{count / 1e6:.2f}M"
-
-
-def format_cost(cost: float | None, tokens: int = 1) -> str:
-    """Dollars; `-` when nothing was spent or the model has no price (a local endpoint)."""
-    if cost is None or not tokens:
-        return "-"
-    return f"${cost:.4f}" if cost < 1 else f"${cost:.2f}"
-
-
 def format_local_time(iso: str | None) -> str:
     if not iso:
         return "-"
@@ -87,28 +72,24 @@ def better_word(direction: str) -> str:
 def aligned_lines(header: list[str], rows: list[list[str]], right: set[int], styles: list[list[str]] | None = None,
                   paint: Paint = no_paint, width: int | None = None) -> list[str]:
     """Columns padded to their widest cell, two spaces apart; the last column is free text cut to `width`."""
-    widths = [len(name) for name in header[:-1]]
-    for row in rows:
-        for index in range(len(widths)):
-            if len(row[index]) > widths[index]:
-                widths[index] = len(row[index])
-    prefix = sum(widths) + 2 * len(widths)
-    room = None if width is None else max(10, width - prefix)
+    columns = list(zip(header, *rows))
+    widths = [max(map(len, column)) for column in columns[:-1]]
+    room = None if width is None else max(10, width - sum(widths) - 2 * len(widths))
 
-    def line(cells: list[str], cell_styles: list[str] | None) -> str:
-        parts = []
-        for index, cell in enumerate(cells):
-            if index < len(widths):
-                cell = cell.rjust(widths[index]) if index in right else cell.ljust(widths[index])
-            elif room is not None and len(cell) > room:
-                cell = cell[:room - 1] + "…"
-            parts.append(paint(cell, cell_styles[index]) if cell_styles else cell)
+    def cut(text: str) -> str:
+        return text if room is None or len(text) <= room else text[:room - 1] + "…"
+
+    if paint is no_paint or styles is None:
+        template = "  ".join(("{:>%d}" if index in right else "{:<%d}") % w for index, w in enumerate(widths)) + "  {}"
+        return [template.format(*cells[:-1], cut(cells[-1])).rstrip() for cells in [header, *rows]]
+
+    def line(cells: list[str], cell_styles: list[str]) -> str:
+        parts = [paint(cell.rjust(w) if index in right else cell.ljust(w), cell_styles[index])
+                 for index, (cell, w) in enumerate(zip(cells, widths))]
+        parts.append(paint(cut(cells[-1]), cell_styles[-1]))
         return "  ".join(parts).rstrip()
 
-    lines = [line(header, ["bold"] * len(header))]
-    for index, row in enumerate(rows):
-        lines.append(line(row, styles[index] if styles else None))
-    return lines
+    return [line(header, ["bold"] * len(header))] + [line(row, row_styles) for row, row_styles in zip(rows, styles)]
 
 
 # --- log
@@ -132,10 +113,12 @@ def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width
                      format_metric(record["metric"]), format_delta(record["delta"]),
                      format_duration(record["duration_seconds"]), format_tokens(tokens),
                      format_cost(record["cost_usd"], tokens), description])
-        outcome_style = OUTCOME_STYLES.get(record["outcome"], "")
-        styles.append(["", "dim", outcome_style, "bold" if record["outcome"] == "keep" else "", "", "dim", "dim", "dim",
-                       "" if record["outcome"] in ("keep", "discard") else outcome_style])
-    lines = [paint(log_title(summary), "bold"), *aligned_lines(header, rows, {0, 3, 4, 5, 6, 7}, styles, paint, width)]
+        if paint is not no_paint:
+            outcome_style = OUTCOME_STYLES.get(record["outcome"], "")
+            styles.append(["", "dim", outcome_style, "bold" if record["outcome"] == "keep" else "", "", "dim", "dim",
+                           "dim", "" if record["outcome"] in ("keep", "discard") else outcome_style])
+    lines = [paint(log_title(summary), "bold"),
+             *aligned_lines(header, rows, {0, 3, 4, 5, 6, 7}, styles or None, paint, width)]
     lines.append(totals_line(summary, shown=len(records)))
     return lines
 
@@ -147,24 +130,40 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
     return (f"{summary['experiments']} experiments{showing}, {summary['kept']} kept, {summary['discarded']} discarded, "
             f"{summary['crashes']} crashed, {summary['invalid']} invalid; best {summary['metric']} "
             f"{format_metric(summary['best_metric'])}, gain over baseline {gain}; tokens {format_tokens(tokens)}, "
-            f"cost {format_cost(summary['cost_usd'], tokens)}")
+            f"cost {format_cost(summary['cost_usd'], tokens)}"
+            + (f"; noise floor {format_noise(summary['noise_std'], summary['noise_runs'])}"
+               if summary.get("noise_runs") else ""))
 
 
 # --- runs
 
 def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
     """Every run of the workspace, one line each, oldest first."""
-    header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "status"]
+    header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "status",
+              "verify"]
     rows, styles = [], []
     for summary in summaries:
         tokens = summary["prompt_tokens"] + summary["completion_tokens"]
         rows.append([summary["tag"], format_local_time(summary["started_at"]), format_duration(summary["duration_seconds"]),
                      str(summary["experiments"]), str(summary["kept"]), str(summary["crashes"]), summary["metric"],
                      format_metric(summary["best_metric"]), format_delta(summary["gain"]) or "-",
-                     format_cost(summary["cost_usd"], tokens), summary["status"]])
+                     format_cost(summary["cost_usd"], tokens), summary["status"],
+                     format_verification(summary.get("verification"))])
         styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "",
-                       STATUS_STYLES.get(summary["status"], "")])
+                       STATUS_STYLES.get(summary["status"], ""), VERDICT_STYLES.get(
+                           (summary.get("verification") or {}).get("verdict"), "")])
     return aligned_lines(header, rows, {2, 3, 4, 5, 7, 8, 9}, styles, paint)
+
+
+VERDICT_STYLES = {"holds": "green", "overfit": "red", "noise": "red", "inconclusive": "yellow", "failed": "magenta"}
+
+
+def format_verification(verification: dict | None) -> str:
+    """The latest `verify` of a run: its verdict and the gain on test, e.g. `holds (test +0.021)`."""
+    if not verification:
+        return "-"
+    test = f" (test {format_delta(verification['test_gain'])})" if verification.get("test_gain") is not None else ""
+    return f"{verification['verdict']}{test}"
 
 
 # --- show
@@ -208,6 +207,8 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
 
     parts.append(_section("diff against its parent"))
     if detail["diff"]:
+        from rich.syntax import Syntax  # pygments' lexers: only `show` pays for them
+
         parts.append(Syntax(detail["diff"].rstrip("\n"), "diff", theme="ansi_dark", background_color="default",
                             word_wrap=True))
     elif detail["number"] == 0:

@@ -1,0 +1,459 @@
+"""The morning review on a ledger made by real runs: log, runs, show, plot, report, and the live view.
+
+One module-wide workspace holds two runs made through the real loop against the fake endpoint
+(reporting fixed token usage, so costs are exact): `night` tries one change of every outcome
+(keep, discard, crash, invalid, timeout, keep) with gpt-5-mini, and `local` runs a model with no
+price and is stopped by Ctrl-C in its third experiment. Only the clock is pinned afterwards (the
+timestamps and durations in the ledger), so that text output can be compared whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_workspace, reply
+from fake_llm import FakeLLM
+from typer.testing import CliRunner
+
+from autoresearch.agents import LLMAgent
+from autoresearch.cli import app
+from autoresearch.console import LiveReporter, PlainReporter, Reporter, progress_values
+from autoresearch.ledger import Ledger
+from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.plot import MAX_LABELS, labelled_experiments
+from autoresearch.workspace import Workspace
+
+runner = CliRunner()
+USAGE = {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200}
+CALL_COST = (1000 * 0.25 + 200 * 2.0) / 1e6  # gpt-5-mini's default price, per call
+NIGHT_SCRIPT = [
+    reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3"),
+    reply("halve the width", "WIDTH = 4", "WIDTH = 2"),
+    reply("divide by zero", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = 1 / 0"),
+    reply("edit the evaluation", "    return (learning_rate - 0.3) ** 2 + 1.0 / width", "    return 0.0",
+          filename="prepare.py"),
+    reply("sleep past the budget", "SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 30.0"),
+    reply("double the width", "WIDTH = 4", "WIDTH = 8"),
+]
+
+
+class CtrlCAtExperiment(Reporter):
+    """Raises KeyboardInterrupt when an experiment starts proposing, as Ctrl-C would at that moment."""
+
+    def __init__(self, number: int):
+        self.number = self.current = number
+
+    def experiment_started(self, number):
+        self.current = number
+
+    def phase(self, name, description=None, budget=None):
+        if self.current == self.number:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def night(tmp_path_factory):
+    """The workspace with runs `night` and `local`; yields its root (tests chdir there)."""
+    root = tmp_path_factory.mktemp("review") / "ws"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AUTORESEARCH_MODEL"):
+            patch.delenv(name, raising=False)
+        patch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
+        patch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+        make_workspace(root)
+        patch.chdir(root)
+        fake = FakeLLM()
+        try:
+            fake.set_script([{"content": text, "usage": USAGE} for text in NIGHT_SCRIPT])
+            patch.setenv("OPENAI_BASE_URL", fake.base_url)
+            result = runner.invoke(app, ["run", "--tag", "night", "--max-experiments", "7", "--model", "gpt-5-mini",
+                                         "--budget", "1"], catch_exceptions=False)
+            assert result.exit_code == 0, result.output
+            fake.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
+            loop = ResearchLoop(Workspace.find(), LLMAgent(model="llama-local", base_url=fake.base_url, max_retries=0),
+                                CtrlCAtExperiment(2))
+            with pytest.raises(KeyboardInterrupt):
+                loop.start(RunOptions(tag="local", max_experiments=5, budget_seconds=1))
+        finally:
+            fake.close()
+        pin_clock(root / "runs" / "ledger.db")
+    return root
+
+
+def pin_clock(path: Path) -> None:
+    """Fixed timestamps and durations in place of the real ones (nothing else is touched)."""
+    db = sqlite3.connect(path)
+    db.execute("UPDATE runs SET started_at = '2026-11-23T01:00:00+00:00', finished_at = '2026-11-23T01:42:05+00:00'"
+               " WHERE tag = 'night'")
+    db.execute("UPDATE runs SET started_at = '2026-11-23T03:00:00+00:00', finished_at = '2026-11-23T03:12:00+00:00'"
+               " WHERE tag = 'local'")
+    db.execute("UPDATE experiments SET started_at = '2026-11-23T01:00:00+00:00', finished_at = '2026-11-23T01:05:00+00:00',"
+               " propose_seconds = CASE WHEN propose_seconds IS NULL THEN NULL ELSE 12.5 END,"
+               " train_seconds = CASE WHEN train_seconds IS NULL THEN NULL ELSE 60.0 + number END,"
+               " total_seconds = CASE WHEN total_seconds IS NULL THEN NULL ELSE 75.0 + number END")
+    db.execute("UPDATE training_runs SET seconds = 60.0 + experiment WHERE seconds IS NOT NULL")
+    db.commit()
+    db.close()
+
+
+@pytest.fixture
+def in_night(night, monkeypatch):
+    monkeypatch.chdir(night)
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield night
+    monkeypatch.undo()
+    time.tzset()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def ledger_rows(root: Path, tag: str) -> list[dict]:
+    return Ledger(root / "runs" / "ledger.db").experiments(tag)
+
+
+# --- log
+
+def test_log_prints_every_experiment_with_its_cost(in_night):
+    rows = ledger_rows(in_night, "night")
+    shas = [(row["commit_sha"] or "-")[:7] for row in rows]
+    result = invoke("log", "--tag", "night")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"""\
+run night · recipes/synth · val_loss (lower is better) · agent llm (gpt-5-mini) · finished
+#  commit   outcome  val_loss   delta   time  tokens     cost  description
+0  {shas[0]}  keep         0.29          1m15s       -        -  baseline: the unmodified recipe
+1  {shas[1]}  keep         0.25   -0.04  1m16s    1.2k  $0.0006  lower the learning rate
+2  {shas[2]}  discard       0.5   +0.25  1m17s    1.2k  $0.0006  halve the width
+3  {shas[3]}  crash           -          1m18s    1.2k  $0.0006  divide by zero — exit code 1: ZeroDivisionError: division by zero
+4  -        invalid         -          1m19s    1.2k  $0.0006  edit the evaluation — touched prepare.py
+5  {shas[5]}  timeout         -          1m20s    1.2k  $0.0006  sleep past the budget — {rows[5]['reason']}
+6  {shas[6]}  keep        0.125  -0.125  1m21s    1.2k  $0.0006  double the width
+7 experiments, 3 kept, 1 discarded, 2 crashed, 1 invalid; best val_loss 0.125, gain over baseline +0.165; \
+tokens 7.2k, cost $0.0039; noise floor 0 (the same value under 3 seeds)
+"""
+
+
+def test_log_filters_by_outcome_and_last(in_night):
+    kept = invoke("log", "--tag", "night", "--outcome", "keep", "--last", "2").stdout.splitlines()
+    assert [line.split()[0] for line in kept[2:-1]] == ["1", "6"]
+    assert kept[-1].startswith("7 experiments (showing 2), 3 kept")
+    crashes = json.loads(invoke("log", "--tag", "night", "--outcome", "crash", "--json").stdout)
+    assert [row["number"] for row in crashes] == [3]
+    assert [row["number"] for row in json.loads(invoke("log", "--tag", "night", "--last", "3", "--json").stdout)] == [4, 5, 6]
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--outcome", "kept"), "--outcome must be one of keep, discard, crash, timeout, invalid"),
+    (("--last", "0"), "--last must be at least 1"),
+    (("--json", "--tsv"), "choose one of --json and --tsv"),
+    (("--tag", "nope"), "no run tagged 'nope'"),
+])
+def test_log_refuses_bad_options_in_one_line(in_night, args, message):
+    result = invoke("log", *args)
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [f"error: {message}" + result.output.strip().split(message, 1)[1]]
+
+
+def test_log_json_tsv_and_show_json_share_one_row_shape(in_night):
+    rows = json.loads(invoke("log", "--tag", "night", "--json").stdout)
+    tsv = list(csv.DictReader(io.StringIO(invoke("log", "--tag", "night", "--tsv").stdout), delimiter="\t"))
+    assert [row["number"] for row in rows] == list(range(7))
+    assert list(tsv[0]) == list(rows[0])
+    for row, line in zip(rows, tsv):
+        for key, value in row.items():
+            if isinstance(value, (dict, list)):
+                assert json.loads(line[key]) == value
+            elif value is None:
+                assert line[key] == ""
+            else:
+                assert type(value)(line[key]) == value, key
+    assert rows[1]["cost_usd"] == pytest.approx(CALL_COST)
+    assert rows[1]["prompt_tokens"] == 1000 and rows[1]["completion_tokens"] == 200
+    assert rows[0]["summary"]["val_loss"] == pytest.approx(0.29)
+    detail = json.loads(invoke("show", "2", "--tag", "night", "--json").stdout)
+    assert {key: detail[key] for key in rows[2]} == rows[2]
+    assert "WIDTH = 2" in detail["diff"]
+
+
+# --- runs
+
+def test_runs_lists_every_run(in_night):
+    result = invoke("runs")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == """\
+tag    started           duration  experiments  kept  crashes  metric     best    gain     cost  status       verify
+night  2026-11-23 01:00    42m05s            7     3        2  val_loss  0.125  +0.165  $0.0039  finished     -
+local  2026-11-23 03:00    12m00s            3     2        0  val_loss   0.25   +0.04        -  interrupted  -
+"""
+    summaries = json.loads(invoke("runs", "--json").stdout)
+    assert [(s["tag"], s["status"], s["experiments"], s["interrupted"]) for s in summaries] == [
+        ("night", "finished", 7, 0), ("local", "interrupted", 3, 1)]
+    assert summaries[0]["cost_usd"] == pytest.approx(6 * CALL_COST)
+    assert summaries[1]["cost_usd"] is None and summaries[1]["prompt_tokens"] == 1000
+
+
+def test_runs_prices_a_local_model_from_the_workspace_config(in_night):
+    (in_night / "autoresearch.yaml").write_text("prices:\n  llama-local: {input: 1.0, output: 1.0}\n")
+    try:
+        local = json.loads(invoke("runs", "--json").stdout)[1]
+        assert local["cost_usd"] == pytest.approx(1200 / 1e6)
+        assert "$0.0012  interrupted" in invoke("runs").stdout.splitlines()[2]
+    finally:
+        (in_night / "autoresearch.yaml").unlink()
+
+
+# --- show
+
+def test_show_a_discarded_experiment_whole(in_night):
+    rows = ledger_rows(in_night, "night")
+    result = invoke("show", "2", "--tag", "night")
+    assert result.exit_code == 0, result.output
+    rule = "─" * 200
+    assert result.stdout == f"""\
+experiment 2 of run night · recipes/synth
+description  halve the width
+outcome      discard: val_loss 0.5 is not better than the best before it, 0.25 (lower is better)
+metric       val_loss 0.5 (+0.25 against the best before it, 0.25)
+commit       {rows[2]['commit_sha']} (parent {rows[1]['commit_sha'][:12]})
+timings      proposing 12s, training 1m02s, in all 1m17s; started 2026-11-23 01:00
+tokens       1000 prompt + 200 completion in 1 LLM call; cost $0.0006
+seed         0
+summary {rule[:192]}
+peak_memory_mb  512
+seed            0
+val_loss        0.5
+training runs {rule[:186]}
+attempt  kind   seed  outcome  metric   time  reason
+      0  first     0  ok          0.5  1m02s
+diff against its parent {rule[:176]}
+--- a/train.py
++++ b/train.py
+@@ -5,7 +5,7 @@
+ from prepare import evaluate
+ 
+ LEARNING_RATE = 0.3
+-WIDTH = 4
++WIDTH = 2
+ SLEEP_SECONDS = 0.0
+ 
+ # --- training
+log tail ({rows[2]['log_path']}) {rule[:200 - 12 - len(rows[2]['log_path'])]}
+---
+val_loss: 0.500000
+peak_memory_mb: 512.0
+seed: 0
+"""
+
+
+def test_show_a_crash_gives_its_reason_and_log_tail(in_night):
+    out = invoke("show", "3", "--tag", "night").stdout
+    assert "outcome      crash: exit code 1: ZeroDivisionError: division by zero" in out
+    assert "loss = 1 / 0" in out.split("log tail", 1)[1] and "+loss = 1 / 0" in out
+
+
+def test_show_prompt_prints_the_exact_prompt_and_reply(in_night):
+    calls = Ledger(in_night / "runs" / "ledger.db").llm_calls("night", 4)
+    out = invoke("show", "4", "--tag", "night", "--prompt").stdout
+    assert "outcome      invalid: touched prepare.py" in out
+    assert "+    return 0.0" in out  # the diff of an invalid proposal is kept too
+    for message in calls[0]["messages"]:
+        assert message["content"] in out
+    assert calls[0]["reply"] in out
+    assert "LLM call 1 · gpt-5-mini · 1000+200 tokens" in out
+
+
+def test_show_the_baseline_lists_its_noise_runs(in_night):
+    out = invoke("show", "0", "--tag", "night").stdout
+    assert "none: the baseline is the unmodified recipe" in out
+    runs = out.split("training runs", 1)[1].split("diff against", 1)[0].strip().splitlines()[1:]
+    assert [line.split()[1] for line in runs[1:]] == ["first", "noise", "noise"]
+
+
+def test_show_an_unknown_experiment_is_one_line(in_night):
+    result = invoke("show", "42", "--tag", "night")
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: run night has no experiment 42 (it has 0 to 6)"
+
+
+# --- plot
+
+def test_plot_writes_a_png_of_the_run(in_night, tmp_path):
+    target = tmp_path / "night.png"
+    result = invoke("plot", "--tag", "night", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(target)
+    width, height = png_size(target)
+    assert (width, height) == (1200, 650)
+    assert 10_000 < target.stat().st_size < 300_000
+    pixels = read_png(target)
+    assert has_colour(pixels, (0x1f, 0x9e, 0x48))  # the kept points and the running best
+    assert has_colour(pixels, (0xd9, 0x30, 0x25))  # the crash marked on the axis
+
+
+def test_plot_defaults_to_the_run_folder(in_night):
+    result = invoke("plot")
+    assert Path(result.stdout.strip()) == in_night / "runs" / "local" / "progress.png"
+    assert png_size(Path(result.stdout.strip())) == (1200, 650)
+
+
+def test_plot_labels_every_kept_experiment_up_to_a_limit():
+    kept, metric = [], 2.0
+    for number in range(60):  # every 7th kept experiment gains five times as much as the others
+        metric -= 0.05 if number and number % 7 == 0 else 0.01
+        kept.append({"number": number, "metric": metric})
+    chosen = labelled_experiments(kept, lower=True)
+    assert len(chosen) == MAX_LABELS and chosen[0] is kept[0]
+    assert {7, 14, 21, 28, 35, 42, 49, 56} <= {r["number"] for r in chosen}
+    assert labelled_experiments(kept[:5], lower=True) == kept[:5]
+
+
+# --- report
+
+def test_report_is_one_self_contained_page(in_night, tmp_path):
+    target = tmp_path / "night.html"
+    result = invoke("report", "--tag", "night", "-o", str(target))
+    assert result.exit_code == 0, result.output
+    page = target.read_text()
+    assert page.count("<details") == 7 and page.count("<tr class=") == 7
+    assert "data:image/png;base64," in page
+    for needle in ("http://", "https://", "<script", "<link", "@import"):
+        assert needle not in page
+    assert "halve the width" in page and "+WIDTH = 2" in page and "ZeroDivisionError" in page
+    assert "&lt;" not in page.split("<body>", 1)[0]
+
+
+def chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.mark.skipif(chromium_binary() is None, reason="no chromium binary (apt-get install chromium)")
+def test_report_renders_in_headless_chromium(in_night, tmp_path):
+    page = tmp_path / "night.html"
+    invoke("report", "--tag", "night", "-o", str(page))
+    shot = tmp_path / "night.png"
+    command = [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               "--window-size=1280,1800", f"--screenshot={shot}", page.as_uri()]
+    subprocess.run(command, capture_output=True, timeout=120, check=True)
+    assert png_size(shot) == (1280, 1800)
+    pixels = read_png(shot)
+    assert has_colour(pixels, (0x1f, 0x9e, 0x48))  # the plot was decoded and drawn from its data: URI
+    assert has_colour(pixels, (0xfc, 0xe8, 0xe6))  # the diff of the opened best experiment, its removed line
+    dom = subprocess.run([*command[:-2], "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert dom.count("<details") == 7 and "<details id=\"experiment-6\" open=\"\">" in dom
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def read_png(path: Path):
+    from matplotlib.image import imread
+
+    return imread(path)
+
+
+def has_colour(pixels, rgb: tuple[int, int, int], tolerance: int = 6) -> bool:
+    import numpy
+
+    target = numpy.array(rgb) / 255
+    distance = numpy.abs(pixels[..., :3] - target).max(axis=-1)
+    return bool((distance <= tolerance / 255).sum() >= 20)
+
+
+# --- the live view
+
+def test_progress_values_from_the_common_shapes():
+    assert progress_values("step    5 |   1.0s | loss 3.2100 | lr 1.00e-03 | 12.3k bytes/s") == {
+        "step": "5", "loss": "3.2100", "lr": "1.00e-03"}
+    assert progress_values("epoch 3/10 loss: 0.5, acc=91.2%") == {"loss": "0.5", "acc": "91.2%"}
+    assert progress_values("12:30:01 warming up") == {}
+
+
+def test_live_panel_tells_where_the_run_stands():
+    screen = io.StringIO()
+    live = LiveReporter(console_for(screen))
+    try:
+        live.run_started("night", "synth", "val_loss", "lower", 60.0, "llm")
+        live.experiment_started(0)
+        live.experiment_finished({"number": 0, "outcome": "keep", "reason": None, "metric": 0.29,
+                                  "description": "baseline: the unmodified recipe"}, 0.29, 0.29)
+        live.experiment_started(1)
+        live.tokens_used(1000, 200, CALL_COST)
+        live.experiment_finished({"number": 1, "outcome": "crash", "reason": "oom", "metric": None,
+                                  "description": "wider model"}, 0.29, 0.29)
+        live.experiment_started(2)
+        live.tokens_used(1500, 300, 0.001)
+        live.phase("training", "lower the learning rate", budget=60.0)
+        live.training_output("step  120 | 3.0s | loss 3.2100 | lr 1.00e-03")
+        live.training_output("val_loss: 0.27")
+        panel = render(live)
+    finally:
+        live.close()
+    assert "run night" in panel and "elapsed" in panel
+    assert "experiment 2 · training · lower the learning rate" in panel
+    assert "/60s" in panel and "step 120  loss 3.2100  lr 1.00e-03  val_loss 0.27" in panel
+    assert "best val_loss 0.29 (gain +0 over baseline)" in panel and "1 keep, 1 crash" in panel
+    assert "LLM tokens 3.0k (2.5k in, 500 out), cost $0.0016" in panel
+    assert "crash: oom" in panel and "wider model" in panel
+
+
+def test_plain_lines_off_a_terminal_include_tokens_and_cost():
+    stream = io.StringIO()
+    plain = PlainReporter(stream)
+    plain.experiment_started(3)
+    plain.tokens_used(1000, 200, CALL_COST)
+    plain.tokens_used(10, 5, None)
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert lines == ["experiment 3: started",
+                     "experiment 3: LLM call, 1000 + 200 tokens, $0.0006; run so far: tokens 1.2k (1.0k in, 200 out),"
+                     " cost $0.0006",
+                     "experiment 3: LLM call, 10 + 5 tokens, -; run so far: tokens 1.2k (1.0k in, 205 out), cost -"]
+
+
+def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):
+    class Tokens(Reporter):
+        def __init__(self):
+            self.calls = []
+
+        def tokens_used(self, prompt_tokens, completion_tokens, cost):
+            self.calls.append((prompt_tokens, completion_tokens, cost))
+
+    fake_llm.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
+    reporter = Tokens()
+    loop = ResearchLoop(Workspace.find(), LLMAgent(model="gpt-5-mini", base_url=fake_llm.base_url, max_retries=0),
+                        reporter)
+    loop.start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
+    assert reporter.calls == [(1000, 200, pytest.approx(CALL_COST))]
+
+
+def console_for(stream):
+    from rich.console import Console
+
+    return Console(file=stream, force_terminal=True, width=140, color_system=None)
+
+
+def render(live: LiveReporter) -> str:
+    from rich.console import Console
+
+    out = Console(file=io.StringIO(), width=140, color_system=None)
+    out.print(live._render())
+    return out.file.getvalue()
