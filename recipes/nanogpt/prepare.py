@@ -1,0 +1,596 @@
+"""Data and evaluation for the nanogpt recipe. FIXED: the agent never edits this file.
+
+    python prepare.py                   # 16 training shards, the pinned validation and test shards, the tokenizer
+    python prepare.py --num-shards 40   # more training data (a shard is ~250M characters, ~90 MB on disk)
+
+Run it once before the first experiment. Everything lands in the cache; a second run only fills what is missing,
+and an interrupted download resumes where it stopped.
+
+1. Download. Parquet shards of FineWeb-Edu (the shuffled repack karpathy/fineweb-edu-100b-shuffle: 1823 shards of
+   whole documents in a `text` column) over plain HTTP, several at a time. A partial file is resumed with a Range
+   request; a finished file is checked (it must be readable parquet with a `text` column) and renamed into place
+   atomically, so a shard that exists is complete. Shard 1822 is the pinned validation split and shard 1821 the
+   pinned test split; training reads shards 0..N-1.
+2. Tokenizer. Byte-level BPE with 8192 tokens (one of them the beginning-of-document token <|bos|>), trained with the
+   `tokenizers` library on the first ~1B characters of the training shards and cached as tokenizer.json.
+3. Evaluation rows. The validation rows that evaluate_bpb reads are packed once and cached.
+
+What train.py uses:
+    MAX_SEQ_LEN                               context length of the evaluation rows
+    load_tokenizer()                          .vocab_size, .bos_id, .encode(texts), .decode(ids), .token_bytes
+    make_dataloader(split, B, T, device)      packed batches (x, y) of shape (B, T); endless for "train"
+    evaluate_bpb(model, split="val")          bits per byte; model(x, y, reduction="none") must return the
+                                              per-token loss in nats, shape (B, T)
+
+Packing: every row holds T+1 tokens and starts at a document's <|bos|>. Documents are taken best-fit from a buffer
+(the longest that still fits the room left); when none fits, the shortest is cropped to fill the row, so no token
+is padding. evaluate_bpb runs at MAX_SEQ_LEN on a fixed number of validation tokens (EVAL_TOKENS) in batches of a
+fixed size (EVAL_BATCH_SIZE), whatever the training batch is; bits per byte divide the summed loss by the UTF-8
+bytes of the predicted tokens, so the number does not depend on the vocabulary.
+
+Environment variables:
+    AUTORESEARCH_CACHE              cache root (default ~/.cache/autoresearch); this recipe uses <root>/nanogpt
+    AUTORESEARCH_NANOGPT_DATA_URL   base URL of the shards, read as <base>/shard_NNNNN.parquet
+                                    (default https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main)
+    AUTORESEARCH_EVAL_TEST          1 lets the held-out test split out; only `autoresearch verify` sets it
+    AUTORESEARCH_NANOGPT_TINY       1 shrinks the evaluation (128-token rows, 2048 tokens) for CPU smoke tests;
+                                    such numbers are not comparable with a full run
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import bisect
+import hashlib
+import http.client
+import math
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+try:
+    import pyarrow.parquet as pq
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+except ImportError as exc:  # the tool's core does not need these; the recipe does
+    raise ImportError(f"the nanogpt recipe needs tokenizers and pyarrow: pip install 'autoresearch[nanogpt]' ({exc})") from exc
+
+# ---------------------------------------------------------------------------------------------------------------
+# Constants (fixed: changing any of them changes the metric)
+
+DEFAULT_DATA_URL = "https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main"
+VAL_SHARD = 1822  # the last shard of the repack
+TEST_SHARD = 1821
+DEFAULT_NUM_SHARDS = 16  # ~4B characters, ~1B tokens: about twice what a 5-minute H100 run reads
+TEXT_COLUMN = "text"
+
+VOCAB_SIZE = 8192
+BOS_TOKEN = "<|bos|>"
+# GPT-4-style pre-tokenization, numbers in groups of at most two digits (a small vocabulary has no room for more)
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+TOKENIZER_TRAIN_CHARS = 1_000_000_000
+TOKENIZER_DOC_CHARS = 10_000  # long documents would only repeat their own words
+
+TINY = os.environ.get("AUTORESEARCH_NANOGPT_TINY") == "1"
+MAX_SEQ_LEN = 128 if TINY else 2048
+EVAL_TOKENS = 16 * 128 if TINY else 20 * 524_288  # predicted tokens per evaluation (~10.5M)
+EVAL_BATCH_SIZE = 8 if TINY else 16  # rows per evaluation batch, independent of training
+PACK_BUFFER_DOCS = 1000
+DOC_CHARS_PER_TOKEN = 8  # a row never uses more than T+1 tokens of a document: cut its text at 8 chars per token
+
+DOWNLOAD_ATTEMPTS = 6
+RETRY_SECONDS = 2.0  # doubled after every failed attempt
+HTTP_TIMEOUT = 60
+CHUNK_BYTES = 1 << 20
+SPLITS = ("train", "val", "test")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Places
+
+def cache_root() -> Path:
+    return Path(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch").expanduser() / "nanogpt"
+
+
+def data_dir() -> Path:
+    return cache_root() / "data"
+
+
+def tokenizer_path() -> Path:
+    return cache_root() / "tokenizer" / "tokenizer.json"
+
+
+def data_url() -> str:
+    return (os.environ.get("AUTORESEARCH_NANOGPT_DATA_URL") or DEFAULT_DATA_URL).rstrip("/")
+
+
+def shard_name(index: int) -> str:
+    return f"shard_{index:05d}.parquet"
+
+
+def shard_path(index: int) -> Path:
+    return data_dir() / shard_name(index)
+
+
+def check_split(split: str) -> None:
+    """Refuse unknown splits, and the test split unless AUTORESEARCH_EVAL_TEST=1."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if split == "test" and os.environ.get("AUTORESEARCH_EVAL_TEST") != "1":
+        raise PermissionError("the test split is held out: only `autoresearch verify` (AUTORESEARCH_EVAL_TEST=1) reads it")
+
+
+def train_shards() -> list[Path]:
+    paths = []
+    for path in sorted(data_dir().glob("shard_*.parquet")):
+        try:
+            index = int(path.stem.split("_")[1])
+        except (IndexError, ValueError):
+            continue
+        if index not in (VAL_SHARD, TEST_SHARD):
+            paths.append(path)
+    return paths
+
+
+def split_paths(split: str) -> list[Path]:
+    check_split(split)
+    paths = train_shards() if split == "train" else [shard_path(VAL_SHARD if split == "val" else TEST_SHARD)]
+    if not paths or not all(p.is_file() for p in paths):
+        raise FileNotFoundError(f"no {split} data in {data_dir()}: run `python prepare.py` in the recipe folder first")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Download (standard library only: urllib, Range requests to resume, atomic renames)
+
+class DownloadError(RuntimeError):
+    """A download that retrying will not fix."""
+
+
+def download_file(url: str, dest: Path, attempts: int = DOWNLOAD_ATTEMPTS, log=print) -> bool:
+    """Fetch url into dest, resuming dest.partial; True if it downloaded, False if dest was already there."""
+    if dest.exists():
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = dest.with_name(dest.name + ".partial")
+    for attempt in range(1, attempts + 1):
+        try:
+            _fetch(url, partial)
+            _check_parquet(partial)
+            os.replace(partial, dest)
+            return True
+        except DownloadError:
+            raise
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
+            if attempt == attempts:
+                raise DownloadError(f"{url}: gave up after {attempts} attempts: {exc}") from exc
+            wait = RETRY_SECONDS * 2 ** (attempt - 1)
+            log(f"  {dest.name}: {exc}; retrying in {wait:g}s")
+            time.sleep(wait)
+    return False  # not reached
+
+
+def _fetch(url: str, partial: Path) -> None:
+    have = partial.stat().st_size if partial.exists() else 0
+    headers = {"User-Agent": "autoresearch-nanogpt"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=HTTP_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # nothing past what we hold: the parquet check decides whether it is whole
+            return
+        if exc.code in (401, 403, 404, 410):
+            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+        raise
+    with response:
+        mode = "wb"
+        if have and response.status == 206:
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {have}-"):
+                partial.unlink(missing_ok=True)
+                raise OSError(f"the server answered range {content_range!r} to bytes={have}-; starting over")
+            mode = "ab"
+        else:
+            have = 0  # the server sent the whole file (it ignores ranges): start over
+        length = response.headers.get("Content-Length")
+        expected = have + int(length) if length is not None else None
+        with open(partial, mode) as f:
+            while chunk := response.read(CHUNK_BYTES):
+                f.write(chunk)
+    size = partial.stat().st_size
+    if expected is not None and size != expected:
+        raise OSError(f"connection closed at {size} of {expected} bytes")
+
+
+def _check_parquet(path: Path) -> None:
+    try:
+        names = pq.read_schema(path).names
+    except Exception as exc:  # truncated or not parquet: throw it away, the next attempt starts over
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{path.name} is not a complete parquet file ({exc})") from exc
+    if TEXT_COLUMN not in names:
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"{path.name} has no {TEXT_COLUMN!r} column (it has {', '.join(names)})")
+
+
+def download_shards(num_shards: int = DEFAULT_NUM_SHARDS, workers: int = 8, log=print) -> None:
+    """Training shards 0..num_shards-1 plus the pinned validation and test shards."""
+    indices = list(range(max(0, min(num_shards, TEST_SHARD)))) + [VAL_SHARD, TEST_SHARD]
+    missing = [i for i in indices if not shard_path(i).exists()]
+    log(f"data: {len(indices) - len(missing)} of {len(indices)} shards already in {data_dir()}")
+    if not missing:
+        return
+    base = data_url()
+    errors = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        futures = {pool.submit(download_file, f"{base}/{shard_name(i)}", shard_path(i), log=log): i for i in missing}
+        for done, future in enumerate(as_completed(futures), 1):
+            index = futures[future]
+            try:
+                future.result()
+                size = shard_path(index).stat().st_size / 1e6
+                log(f"  [{done}/{len(missing)}] {shard_name(index)} ({size:.1f} MB)")
+            except Exception as exc:
+                errors.append(f"{shard_name(index)}: {exc}")
+    if errors:
+        raise DownloadError("some shards did not download:\n  " + "\n  ".join(errors))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Documents
+
+def iter_texts(paths: list[Path], loop: bool = False):
+    """(epoch, texts): one parquet row group of documents at a time, shards in order; forever when loop."""
+    epoch = 1
+    while True:
+        for path in paths:
+            with pq.ParquetFile(path) as parquet:
+                for group in range(parquet.num_row_groups):
+                    texts = parquet.read_row_group(group, columns=[TEXT_COLUMN]).column(0).to_pylist()
+                    yield epoch, [t for t in texts if t]
+        if not loop:
+            return
+        epoch += 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tokenizer
+
+class BPETokenizer:
+    """The trained tokenizer: encode/decode plus the UTF-8 length of every token (for bits per byte)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tok = tokenizer
+        if hasattr(tokenizer, "encode_special_tokens"):
+            tokenizer.encode_special_tokens = True  # a literal "<|bos|>" in the text is text, not a boundary
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.bos_id = tokenizer.token_to_id(BOS_TOKEN)
+        if self.bos_id is None:
+            raise ValueError(f"the tokenizer has no {BOS_TOKEN} token")
+        byte_chars = set(pre_tokenizers.ByteLevel.alphabet())  # byte-level BPE spells each byte as one character
+        token_bytes = [0] * self.vocab_size
+        for token, index in tokenizer.get_vocab().items():
+            if token == BOS_TOKEN:
+                continue  # special tokens stand for no bytes and are left out of bits per byte
+            if not all(c in byte_chars for c in token):
+                raise ValueError(f"token {index} ({token!r}) is not byte-level BPE")
+            token_bytes[index] = len(token)  # one character per byte
+        self.token_bytes = token_bytes
+        self._encode_batch = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, without <|bos|> (the packer adds it)."""
+        return [e.ids for e in self._encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+
+def train_tokenizer(max_chars: int = TOKENIZER_TRAIN_CHARS, log=print) -> BPETokenizer:
+    """Train byte-level BPE on the first max_chars characters of the training shards and cache it."""
+    paths = split_paths("train")
+
+    def batches():
+        seen = 0
+        for _, texts in iter_texts(paths):
+            batch = []
+            for text in texts:
+                batch.append(text[:TOKENIZER_DOC_CHARS])
+                seen += len(batch[-1])
+                if seen >= max_chars:
+                    break
+            yield batch
+            if seen >= max_chars:
+                return
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, show_progress=False, special_tokens=[BOS_TOKEN],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    start = time.time()
+    tokenizer.train_from_iterator(batches(), trainer=trainer)
+    path = tokenizer_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tokenizer.save(str(tmp))
+    os.replace(tmp, path)
+    _TOKENIZERS.pop(path, None)
+    log(f"tokenizer: {tokenizer.get_vocab_size()} tokens trained in {time.time() - start:.1f}s -> {path}")
+    return load_tokenizer()
+
+
+_TOKENIZERS: dict[Path, BPETokenizer] = {}
+
+
+def load_tokenizer() -> BPETokenizer:
+    path = tokenizer_path()
+    if path not in _TOKENIZERS:
+        if not path.is_file():
+            raise FileNotFoundError(f"no tokenizer at {path}: run `python prepare.py` in the recipe folder first")
+        _TOKENIZERS[path] = BPETokenizer(Tokenizer.from_file(str(path)))
+    return _TOKENIZERS[path]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packing and the data loader
+
+def _by_length(entry):
+    return entry[0]
+
+
+def _by_length_then_age(entry):
+    return entry[0], entry[1]
+
+
+def pack_rows(docs, row_len: int, buffer_docs: int = PACK_BUFFER_DOCS):
+    """Rows of exactly row_len tokens from token documents that each start with <|bos|>, so every row starts at a
+    document start. Best fit: the longest buffered document that fits the room left goes in; when none fits, the
+    shortest is cropped to fill the row (its tail is dropped). No padding. Ends when the documents run out."""
+    docs = iter(docs)
+    pool: list[tuple[int, int, torch.Tensor]] = []  # (length, arrival, tokens), sorted
+    arrivals = 0
+    exhausted = False
+    while True:
+        parts, room = [], row_len
+        while room:
+            while not exhausted and len(pool) < buffer_docs:
+                doc = next(docs, None)
+                if doc is None:
+                    exhausted = True
+                elif len(doc):
+                    bisect.insort(pool, (len(doc), arrivals, doc), key=_by_length_then_age)
+                    arrivals += 1
+            if not pool:
+                return  # the last, unfinished row is dropped
+            i = bisect.bisect_right(pool, room, key=_by_length) - 1
+            if i >= 0:
+                length, _, doc = pool.pop(i)
+                parts.append(doc)
+                room -= length
+            else:
+                _, _, doc = pool.pop(0)
+                parts.append(doc[:room])
+                room = 0
+        yield torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def documents_as_tensors(bos_id: int, token_lists: list[list[int]]) -> list[torch.Tensor]:
+    """One int32 tensor per document, <|bos|> first: views into one flat buffer (far faster than a tensor per list)."""
+    flat, offsets = array.array("i"), [0]
+    for ids in token_lists:
+        flat.append(bos_id)
+        flat.extend(ids)
+        offsets.append(len(flat))
+    if not flat:
+        return []
+    tokens = torch.frombuffer(flat, dtype=torch.int32)
+    return [tokens[a:b] for a, b in zip(offsets, offsets[1:])]
+
+
+def token_documents(tokenizer: BPETokenizer, text_batches, row_len: int):
+    """Token tensors of the documents, one by one (see documents_as_tensors)."""
+    cap = row_len * DOC_CHARS_PER_TOKEN
+    for texts in text_batches:
+        yield from documents_as_tensors(tokenizer.bos_id, tokenizer.encode([t[:cap] for t in texts]))
+
+
+class PackedLoader:
+    """Batches (x, y), each (B, T) int64, y shifted by one from x, cut from packed rows of T+1 tokens.
+
+    Two background threads keep a few batches ready: one reads parquet and tokenizes (tokenizers encodes on all
+    cores and releases the GIL), the other turns tokens into tensors and packs rows. On CUDA the batches sit in
+    pinned memory and go to the GPU with non_blocking=True.
+    """
+
+    def __init__(self, split: str, batch_size: int, seq_len: int = MAX_SEQ_LEN, device="cpu", prefetch: int = 4):
+        self.split = split
+        self.paths = split_paths(split)
+        self.tokenizer = load_tokenizer()
+        self.batch_size, self.seq_len = batch_size, seq_len
+        self.device = torch.device(device)
+        self.epoch = 1
+        self._pin = self.device.type == "cuda"
+        self._tokens: queue.Queue = queue.Queue(maxsize=4)
+        self._batches: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self._stop = threading.Event()
+        self._done = False
+        self._threads = [threading.Thread(target=self._tokenize, name=f"nanogpt-{split}-tokenize", daemon=True),
+                         threading.Thread(target=self._pack, name=f"nanogpt-{split}-pack", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _tokenize(self) -> None:
+        cap = (self.seq_len + 1) * DOC_CHARS_PER_TOKEN
+        try:
+            for epoch, texts in iter_texts(self.paths, loop=self.split == "train"):
+                self._put(self._tokens, (epoch, self.tokenizer.encode([t[:cap] for t in texts])))
+                if self._stop.is_set():
+                    return
+            self._put(self._tokens, None)
+        except BaseException as exc:
+            self._put(self._tokens, exc)
+
+    def _documents(self):
+        while True:
+            item = self._tokens.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            self.epoch, token_lists = item
+            yield from documents_as_tensors(self.tokenizer.bos_id, token_lists)
+
+    def _pack(self) -> None:
+        try:
+            rows = pack_rows(self._documents(), self.seq_len + 1)
+            while not self._stop.is_set():
+                batch = torch.empty((2, self.batch_size, self.seq_len), dtype=torch.int64, pin_memory=self._pin)
+                for b in range(self.batch_size):
+                    row = next(rows, None)
+                    if row is None:
+                        self._put(self._batches, None)
+                        return
+                    batch[0, b] = row[:-1]
+                    batch[1, b] = row[1:]
+                self._put(self._batches, batch)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(self._batches, exc)
+
+    def _put(self, target: queue.Queue, item) -> None:
+        while not self._stop.is_set():
+            try:
+                target.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._done:
+            raise StopIteration
+        item = self._batches.get()
+        if item is None:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._done = True
+            raise RuntimeError(f"the {self.split} data loader failed: {item}") from item
+        item = item.to(self.device, non_blocking=True)
+        return item[0], item[1]
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def make_dataloader(split: str, batch_size: int, seq_len: int = MAX_SEQ_LEN, device="cpu") -> PackedLoader:
+    """Packed (x, y) batches of the split; "train" cycles through its shards forever (loader.epoch counts)."""
+    return PackedLoader(split, batch_size, seq_len, device)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+def eval_rows(split: str = "val") -> torch.Tensor:
+    """The fixed evaluation rows of a split, (EVAL_TOKENS // MAX_SEQ_LEN, MAX_SEQ_LEN + 1) int32, packed once."""
+    check_split(split)
+    paths = split_paths(split)
+    n_rows, row_len = EVAL_TOKENS // MAX_SEQ_LEN, MAX_SEQ_LEN + 1
+    key = hashlib.sha256(tokenizer_path().read_bytes())
+    key.update(f"{paths[0].stat().st_size}".encode())
+    path = cache_root() / "eval" / f"{split}_{n_rows}x{row_len}_{key.hexdigest()[:12]}.pt"
+    if path.is_file():
+        return torch.load(path)
+    texts = (t for _, t in iter_texts(paths))
+    rows = []
+    for row in pack_rows(token_documents(load_tokenizer(), texts, row_len), row_len):
+        rows.append(row)
+        if len(rows) == n_rows:
+            break
+    if len(rows) < n_rows:
+        raise RuntimeError(f"the {split} shard gives only {len(rows)} rows of {row_len} tokens; evaluation needs {n_rows}")
+    table = torch.stack(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    torch.save(table, tmp)
+    os.replace(tmp, path)
+    return table
+
+
+@torch.no_grad()
+def evaluate_bpb(model, split: str = "val") -> float:
+    """Bits per byte of the split's fixed evaluation rows: summed loss in nats over the predicted tokens, divided
+    by ln 2 times their UTF-8 bytes. <|bos|> targets have no bytes and are left out. bf16 autocast on GPUs that
+    have it. model(x, y, reduction="none") returns per-token nats (B, T)."""
+    check_split(split)
+    rows = eval_rows(split)
+    device = next(model.parameters()).device
+    token_bytes = torch.tensor(load_tokenizer().token_bytes, dtype=torch.int64, device=device)
+    bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
+    was_training = model.training
+    model.eval()
+    total_nats, total_bytes = 0.0, 0
+    try:
+        for start in range(0, len(rows), EVAL_BATCH_SIZE):
+            batch = rows[start:start + EVAL_BATCH_SIZE].long()
+            if device.type == "cuda":
+                batch = batch.pin_memory()
+            batch = batch.to(device, non_blocking=True)
+            x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+            with autocast:
+                nats = model(x, y, reduction="none")
+            nbytes = token_bytes[y]
+            total_nats += (nats.float().reshape(nbytes.shape) * (nbytes > 0)).sum().item()
+            total_bytes += int(nbytes.sum().item())
+    finally:
+        model.train(was_training)
+    return total_nats / (math.log(2) * total_bytes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+def disk_usage(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Download the data and train the tokenizer of the nanogpt recipe.")
+    parser.add_argument("--num-shards", type=int, default=DEFAULT_NUM_SHARDS,
+                        help=f"training shards to download (default {DEFAULT_NUM_SHARDS}, at most {TEST_SHARD})")
+    parser.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    args = parser.parse_args(argv)
+    start = time.time()
+    print(f"cache: {cache_root()}")
+    print(f"source: {data_url()}")
+    download_shards(args.num_shards, args.workers)
+    print(f"downloaded in {time.time() - start:.0f}s")
+    if tokenizer_path().is_file():
+        print(f"tokenizer: cached at {tokenizer_path()}")
+    else:
+        train_tokenizer()
+    tokenizer = load_tokenizer()
+    step = time.time()
+    rows = eval_rows("val")
+    print(f"validation: {rows.shape[0]} rows of {rows.shape[1]} tokens ({time.time() - step:.1f}s), vocab {tokenizer.vocab_size}")
+    print(f"disk: {disk_usage(cache_root()) / 1e9:.2f} GB in {cache_root()}")
+    print(f"ready in {time.time() - start:.0f}s; now run `python train.py` (or `autoresearch run`)")
+
+
+if __name__ == "__main__":
+    main()
