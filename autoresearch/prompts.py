@@ -137,7 +137,8 @@ def format_noise(context: AgentContext) -> str:
     margin = (f" A change is kept only when it beats the best by more than {context.keep_margin:.3g} and the gain "
               "holds on other seeds (the tool re-runs it with new seeds)." if context.keep_margin is not None else "")
     return (f"- run-to-run noise: the unmodified recipe's {metric} varies by {context.noise_std:.3g} (standard "
-            f"deviation over {context.noise_runs} seeds); a smaller difference is seed luck, not progress.{margin}\n")
+            f"deviation over {context.noise_runs} runs with different seeds); a smaller difference is seed luck, "
+            f"not progress.{margin}\n")
 
 
 def format_lineage(lineage: tuple[LineageEntry, ...], rows: int = LINEAGE_ROWS) -> str:

@@ -1,0 +1,156 @@
+"""`autoresearch verify`: do a run's gains hold on new seeds, and on a test split no experiment saw?
+
+The run's baseline commit and its best commit are trained again, N new seeds each (seeds the run
+never used), in a throwaway detached worktree under runs/<tag>/, with AUTORESEARCH_EVAL_TEST=1 so
+the recipe measures its metric on validation and `test_<metric>` on the held-out test split. The
+two commits alternate seed by seed, so a machine that slows down during the night hurts both alike.
+
+For validation and for test, the gain of the best over the baseline comes with a 95% Welch t
+interval, and one verdict says what they mean together:
+
+- `holds`: the gain is real on validation and on test;
+- `overfit`: real on validation, but on test it is gone or less than half as large with an interval
+  that includes zero: the kept changes fit the validation split rather than the task;
+- `inconclusive`: real on validation, about as large on test but not yet certain there (more seeds);
+- `noise`: not real even on validation under new seeds: the kept changes were seed luck;
+- `failed`: too few trainings succeeded to say (two per commit are needed).
+
+Each verification is stored in the ledger (`verifications`), with every training's seed and numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from autoresearch.errors import UserError
+from autoresearch.ledger import Ledger
+from autoresearch.loop import classify
+from autoresearch.noise import CONFIDENCE, GainInterval, gain_interval, verify_seed
+from autoresearch.recipe import load_recipe
+from autoresearch.runner import Executor, LocalExecutor, TrainingJob
+from autoresearch.workspace import Workspace
+
+DEFAULT_SEEDS = 3
+VERIFY_WORKTREE = "verify-worktree"
+VERIFY_LOGS = "verify"
+ROLES = ("baseline", "best")
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What one `verify` found."""
+
+    id: int
+    tag: str
+    baseline_commit: str
+    best_commit: str
+    metric: str
+    test_metric: str
+    direction: str
+    seeds: list[int]
+    runs: list[dict]
+    val: GainInterval | None
+    test: GainInterval | None
+    verdict: str
+    message: str
+
+
+def verify_run(workspace: Workspace, ledger: Ledger, tag: str, seeds: int = DEFAULT_SEEDS,
+               executor: Executor | None = None, on_progress: Callable[[str], None] | None = None,
+               budget_seconds: float | None = None) -> Verification:
+    """Train the run's baseline and best commits with `seeds` new seeds each, on validation and test; record it."""
+    if seeds < 2:
+        raise UserError("--seeds must be at least 2: an interval needs two trainings of each commit")
+    run = ledger.run(tag)
+    if run is None:
+        raise UserError(f"no run tagged {tag!r}; `autoresearch runs` lists them")
+    kept = [row for row in ledger.experiments(tag) if row["outcome"] == "keep"]
+    if not kept:
+        raise UserError(f"run {tag} has no baseline yet: nothing to verify")
+    if len(kept) == 1:
+        raise UserError(f"run {tag} kept no change over its baseline: nothing to verify")
+    baseline_commit, best_commit = kept[0]["commit_sha"], kept[-1]["commit_sha"]
+    progress = on_progress or (lambda text: None)
+    executor = executor or LocalExecutor()
+    earlier = sum(len(v["seeds"]) for v in ledger.verifications(tag))
+    run_seed = int(run["config"].get("seed", 0))
+    chosen_seeds = [verify_seed(run_seed, earlier + index) for index in range(seeds)]
+    number = len(ledger.verifications(tag)) + 1
+    logs = workspace.run_dir(tag) / VERIFY_LOGS
+    worktree_path = workspace.run_dir(tag) / VERIFY_WORKTREE
+    if worktree_path.exists():  # left by a verify that was killed
+        workspace.repo.remove_worktree(worktree_path)
+    worktree = workspace.repo.add_detached_worktree(worktree_path, baseline_commit)
+    try:
+        recipe = load_recipe(worktree.root / run["recipe"])
+        if not recipe.test_metric:
+            raise UserError(f"the recipe {run['recipe']} names no test_metric in recipe.yaml, so it cannot measure "
+                            "the test split (see docs/recipe-contract.md)")
+        budget = budget_seconds or run["budget_seconds"]
+        runs = []
+        total = 2 * seeds
+        for index, seed in enumerate(chosen_seeds):
+            for role, commit in zip(ROLES, (baseline_commit, best_commit)):
+                worktree.checkout_detached(commit)
+                progress(f"training {len(runs) + 1} of {total}: the {role} commit {commit[:7]}, seed {seed}")
+                job = TrainingJob(command=recipe.command, cwd=worktree.root / run["recipe"],
+                                  log_path=logs / f"{number}-{role}-{index}.log", budget_seconds=budget,
+                                  grace_seconds=recipe.grace(budget),
+                                  env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "1"})
+                runs.append(_training(executor.run(job), role, commit, seed, recipe.metric, recipe.test_metric,
+                                      budget))
+    finally:
+        workspace.repo.remove_worktree(worktree_path)
+    val = _interval(runs, "metric", run["direction"])
+    test = _interval(runs, "test_metric", run["direction"])
+    verdict, message = judge(val, test, runs)
+    fields = {"baseline_commit": baseline_commit, "best_commit": best_commit, "metric": recipe.metric,
+              "test_metric": recipe.test_metric, "confidence": CONFIDENCE, "seeds": chosen_seeds, "runs": runs,
+              "verdict": verdict, "message": message}
+    for name, interval in (("val", val), ("test", test)):
+        if interval is not None:
+            fields.update({f"{name}_gain": interval.gain, f"{name}_low": interval.low, f"{name}_high": interval.high})
+    verification_id = ledger.record_verification(tag, **fields)
+    return Verification(id=verification_id, tag=tag, baseline_commit=baseline_commit, best_commit=best_commit,
+                        metric=recipe.metric, test_metric=recipe.test_metric, direction=run["direction"],
+                        seeds=chosen_seeds, runs=runs, val=val, test=test, verdict=verdict, message=message)
+
+
+def _training(result, role: str, commit: str, seed: int, metric: str, test_metric: str, budget: float) -> dict:
+    """One verify training as the ledger keeps it; a missing test line makes it a failure."""
+    outcome, reason, value = classify(result, metric, [], budget)
+    test_value = result.summary.get(test_metric)
+    if outcome is None and test_value is None:
+        outcome, reason = "crash", f"no {test_metric} line in the output (AUTORESEARCH_EVAL_TEST=1 was set)"
+    return {"role": role, "commit": commit, "seed": seed, "outcome": outcome or "ok", "reason": reason,
+            "metric": value if outcome is None else None, "test_metric": test_value if outcome is None else None,
+            "seconds": result.seconds, "log_path": str(result.log_path)}
+
+
+def _interval(runs: list[dict], key: str, direction: str) -> GainInterval | None:
+    by_role = {role: [r[key] for r in runs if r["role"] == role and r["outcome"] == "ok"] for role in ROLES}
+    return gain_interval(by_role["baseline"], by_role["best"], direction)
+
+
+def judge(val: GainInterval | None, test: GainInterval | None, runs: list[dict] | None = None) -> tuple[str, str]:
+    """The verdict and one plain sentence for it (see the module docstring)."""
+    if val is None or test is None:
+        failed = [r for r in runs or [] if r["outcome"] != "ok"]
+        first = f"; first failure: {failed[0]['role']} seed {failed[0]['seed']}: {failed[0]['reason']}" if failed else ""
+        return "failed", f"too few trainings succeeded to compute an interval (two per commit are needed){first}"
+    if not val.excludes_zero:
+        return "noise", "the gain does not hold on new seeds even on validation: the kept changes look like seed luck"
+    if test.excludes_zero:
+        smaller = ", though less than half as large as on validation" if test.gain < val.gain / 2 else ""
+        return "holds", f"the gain holds on the test split{smaller}"
+    if test.gain <= val.gain / 2:
+        return "overfit", ("the gain is real on validation but not on the test split: it looks like overfitting "
+                           "to validation")
+    return "inconclusive", ("the gain is real on validation and about as large on test, but not certain there yet: "
+                            "verify again with more --seeds")
+
+
+def format_interval(interval: GainInterval) -> str:
+    """`gain +0.0123 (95% CI +0.0051 to +0.0195)`."""
+    return f"gain {interval.gain:+.4g} (95% CI {interval.low:+.4g} to {interval.high:+.4g})"

@@ -1,0 +1,122 @@
+"""`autoresearch verify`: the run's baseline and best commits on new seeds, on validation and on test."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import git, reply
+from noisy_recipe import make_noisy_workspace
+from typer.testing import CliRunner
+
+from autoresearch.agents import LLMAgent
+from autoresearch.cli import app
+from autoresearch.errors import UserError
+from autoresearch.ledger import Ledger
+from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.noise import GainInterval
+from autoresearch.review import run_summaries, run_summary
+from autoresearch.verify import judge, verify_run
+from autoresearch.workspace import Workspace
+
+REAL_GAIN = reply("double the width", "WIDTH = 4", "WIDTH = 8")  # val and test loss 0.125 lower: 12 sd
+VAL_ONLY_GAIN = reply("memorize the validation set", "MEMORIZE = 0.0", "MEMORIZE = 1.0")
+WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")
+
+
+@pytest.fixture
+def noisy(tmp_path, monkeypatch):
+    root = make_noisy_workspace(tmp_path / "ws")
+    monkeypatch.chdir(root)
+    return root
+
+
+def run_loop(fake_llm, script, max_experiments=2, tag="t"):
+    fake_llm.set_script(script)
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    ResearchLoop(Workspace.find(), agent).start(RunOptions(tag=tag, max_experiments=max_experiments))
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_a_real_gain_holds_on_test(noisy, fake_llm):
+    run_loop(fake_llm, [REAL_GAIN])
+    result = invoke("verify", "--seeds", "3")
+    assert result.exit_code == 0, result.output
+    assert "verdict: holds" in result.stdout
+    assert "validation val_loss: gain +0.1" in result.stdout and "test       test_loss: gain +0.1" in result.stdout
+    ledger = Ledger(noisy / "runs/ledger.db")
+    [verification] = ledger.verifications("t")
+    assert verification["verdict"] == "holds"
+    assert verification["val_gain"] == pytest.approx(0.125, abs=0.02)
+    assert verification["test_low"] > 0
+    rows = ledger.experiments("t")
+    assert verification["baseline_commit"] == rows[0]["commit_sha"]
+    assert verification["best_commit"] == rows[1]["commit_sha"]
+    runs = verification["runs"]
+    assert [r["role"] for r in runs] == ["baseline", "best"] * 3  # alternating, seed by seed
+    used = {r["seed"] for r in ledger.training_runs("t")}
+    assert len(set(verification["seeds"])) == 3 and not used & set(verification["seeds"])
+    assert all(r["outcome"] == "ok" and r["test_metric"] is not None for r in runs)
+    # the throwaway worktree is gone, the person's checkout untouched
+    assert not (noisy / "runs/t/verify-worktree").exists()
+    assert "runs/t/verify-worktree" not in git(noisy, "worktree", "list")
+    assert "WIDTH = 4" in (noisy / "recipes/synth/train.py").read_text()
+    # runs and run summaries carry the verdict
+    assert run_summary(ledger, "t")["verification"]["verdict"] == "holds"
+    assert run_summaries(ledger)[0]["verification"]["verdict"] == "holds"
+
+
+def test_a_gain_on_validation_only_looks_like_overfitting(noisy, fake_llm):
+    run_loop(fake_llm, [VAL_ONLY_GAIN])
+    assert Ledger(noisy / "runs/ledger.db").experiments("t")[1]["outcome"] == "keep"
+    result = invoke("verify", "--seeds", "4", "--json")
+    assert result.exit_code == 0, result.output
+    verification = json.loads(result.stdout)
+    assert verification["verdict"] == "overfit"
+    assert "overfitting to validation" in verification["message"]
+    assert verification["val_low"] > 0 and verification["test_low"] <= 0
+
+
+def test_verify_again_uses_new_seeds(noisy, fake_llm):
+    run_loop(fake_llm, [REAL_GAIN])
+    ledger = Ledger(noisy / "runs/ledger.db")
+    first = verify_run(Workspace.find(), ledger, "t", seeds=2)
+    second = verify_run(Workspace.find(), ledger, "t", seeds=2)
+    assert not set(first.seeds) & set(second.seeds)
+    assert [v["id"] for v in ledger.verifications("t")] == [first.id, second.id]
+
+
+def test_verify_needs_a_kept_change_and_a_test_metric(noisy, fake_llm):
+    run_loop(fake_llm, [WORSE])
+    result = invoke("verify")
+    assert result.exit_code == 1 and "kept no change" in result.output
+    with pytest.raises(UserError, match="at least 2"):
+        verify_run(Workspace.find(), Ledger(noisy / "runs/ledger.db"), "t", seeds=1)
+
+
+def test_verify_says_when_the_recipe_has_no_test_metric(workspace, fake_llm):
+    run_loop(fake_llm, [reply("lower lr", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")])
+    result = invoke("verify")
+    assert result.exit_code == 1 and "test_metric" in result.output
+    assert not (workspace / "runs/t/verify-worktree").exists()
+
+
+def interval(gain, low, high):
+    return GainInterval(gain, low, high, 4, 1.0, 1.0 - gain, 3, 3)
+
+
+@pytest.mark.parametrize("val, test, verdict", [
+    (interval(0.04, 0.02, 0.06), interval(0.035, 0.01, 0.06), "holds"),
+    (interval(0.04, 0.02, 0.06), interval(0.001, -0.02, 0.022), "overfit"),
+    (interval(0.04, 0.02, 0.06), interval(-0.01, -0.03, 0.01), "overfit"),
+    (interval(0.04, 0.02, 0.06), interval(0.03, -0.01, 0.07), "inconclusive"),
+    (interval(0.01, -0.01, 0.03), interval(0.02, 0.001, 0.04), "noise"),
+    (None, interval(0.02, 0.001, 0.04), "failed"),
+])
+def test_the_verdict_says_plainly_what_the_intervals_mean(val, test, verdict):
+    found, message = judge(val, test)
+    assert found == verdict
+    assert message
