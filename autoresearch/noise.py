@@ -6,16 +6,16 @@ The rule, in full in docs/noise.md:
   first runs are paired with the baseline's); every other run gets a seed derived from the run's
   seed, the experiment number and the attempt, which the training script cannot predict.
 - The noise floor `sigma` is the sample standard deviation of the metric over the baseline's runs:
-  its first run and `--noise-runs` more with other seeds. Three runs say little (the estimate is
-  off by a factor of two or more one time in ten), so it is refined as the run goes: every commit
-  that ran on several seeds (its confirmation runs) adds its spread, pooled within commits. A
-  confirmation is asked for after a lucky-looking first run, which widens the spread a little:
+  its first run and `--noise-runs` more with other seeds. Three runs say little (about one time
+  in four the estimate is off by a factor of two or more), so it is refined as the run goes: every
+  commit that ran on several seeds (its confirmation runs) adds its spread, pooled within commits.
+  A confirmation is asked for after a lucky-looking first run, which widens the spread a little:
   the refinement errs on the cautious side.
 - A candidate with n_c runs is compared with the best commit's n_b runs (reused, never re-run):
   `gain` is the improvement of the candidate's mean over the best's mean, and `noise` is the
   standard error of that difference, sigma * sqrt(1/n_c + 1/n_b). The margin is
   max(noise_multiple * noise, min_delta).
-  * gain <= noise, or gain <= min_delta: discarded at once (no gain at all: a plain discard).
+  * gain <= 0: discarded. gain <= noise, or gain <= min_delta: discarded as within the noise.
   * gain > margin: kept, but only once it holds over at least two seeds: a single run above the
     margin gets one confirmation run first (unless --confirm-runs is 0).
   * in between: confirmation runs with new seeds (at most --confirm-runs), deciding again after each.
