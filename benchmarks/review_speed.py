@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,17 +80,24 @@ def synthesize(root: Path, experiments: int) -> None:
     ledger.close()
 
 
-def time_command(root: Path, args: list[str], repeat: int) -> tuple[float, float, int]:
-    """Median and worst wall-clock seconds of `autoresearch ARGS`, and the bytes it printed."""
+def time_command(root: Path, args: list[str], repeat: int) -> tuple[float, float, float, int]:
+    """Median and worst wall-clock seconds of `autoresearch ARGS`, median CPU seconds, and the bytes it printed.
+
+    The CPU time (user + system of the child) says what the command costs when other work shares
+    the machine; the wall clock is what a person waits.
+    """
     command = [str(Path(sys.executable).parent / "autoresearch"), *args]
-    seconds, size = [], 0
+    seconds, cpu, size = [], [], 0
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, cwd=root, capture_output=True, check=True,
                               env={**os.environ, "COLUMNS": "160"})
         seconds.append(time.perf_counter() - started)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
         size = len(done.stdout)
-    return statistics.median(seconds), max(seconds), size
+    return statistics.median(seconds), max(seconds), statistics.median(cpu), size
 
 
 def main() -> None:
@@ -109,8 +117,8 @@ def main() -> None:
                                ("log --last 20", ["log", "--tag", "big", "--last", "20"]),
                                ("log --outcome keep", ["log", "--tag", "big", "--outcome", "keep"]),
                                ("runs", ["runs"]), ("runs --json", ["runs", "--json"])):
-            median, worst, size = time_command(root, command, args.repeat)
-            print(f"{label:<20} median {median:.3f}s  max {worst:.3f}s  ({size / 1e6:.1f} MB of output)")
+            median, worst, cpu, size = time_command(root, command, args.repeat)
+            print(f"{label:<20} median {median:.3f}s  max {worst:.3f}s  cpu {cpu:.3f}s  ({size / 1e6:.1f} MB of output)")
 
 
 if __name__ == "__main__":
