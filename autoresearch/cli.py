@@ -18,6 +18,7 @@ from rich.console import Console
 from autoresearch.console import format_metric, make_reporter
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
+from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.pricing import load_price_table
 from autoresearch.recipe import builtin_recipes
 from autoresearch.review import (experiment_detail, experiment_records, filter_records, pick_tag, row_json, rows_json,
@@ -70,6 +71,12 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         max_experiments: Optional[int] = typer.Option(None, "--max-experiments", help="Stop after N experiments, the baseline included."),
         hours: Optional[float] = typer.Option(None, "--hours", help="Start no new experiment after H hours."),
         min_delta: float = typer.Option(0.0, "--min-delta", help="Keep only gains larger than this."),
+        noise_runs: int = typer.Option(DEFAULT_NOISE_RUNS, "--noise-runs", help="Train the unmodified recipe N more "
+                                       "times with other seeds to measure the noise floor (0: off; docs/noise.md)."),
+        noise_multiple: float = typer.Option(DEFAULT_NOISE_MULTIPLE, "--noise-multiple", help="Keep only gains larger "
+                                             "than this many standard errors of the noise."),
+        confirm_runs: int = typer.Option(DEFAULT_CONFIRM_RUNS, "--confirm-runs", help="At most N more runs with new "
+                                         "seeds for a candidate whose gain is not clearly past the noise."),
         seed: int = typer.Option(0, "--seed", help="Seed handed to training (AUTORESEARCH_SEED) and to the mutate agent."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Go on with the run of this tag."),
         max_agent_failures: int = typer.Option(5, "--max-agent-failures", help="Stop after this many failed LLM calls in a row.")):
@@ -82,10 +89,13 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             raise UserError("--budget must be positive")
         if agent not in ("llm", "mutate"):
             raise UserError(f"--agent must be llm or mutate, not {agent!r}")
+        if noise_runs < 0 or confirm_runs < 0 or noise_multiple < 0:
+            raise UserError("--noise-runs, --confirm-runs and --noise-multiple cannot be negative")
         workspace = Workspace.find()
         chosen = MutateAgent(seed=seed) if agent == "mutate" else LLMAgent(model=model, base_url=base_url)
         options = RunOptions(recipe=recipe, tag=tag, budget_seconds=budget, max_experiments=max_experiments,
-                             hours=hours, min_delta=min_delta, seed=seed, max_agent_failures=max_agent_failures)
+                             hours=hours, min_delta=min_delta, seed=seed, max_agent_failures=max_agent_failures,
+                             noise_runs=noise_runs, noise_multiple=noise_multiple, confirm_runs=confirm_runs)
         reporter = make_reporter(stderr)
         loop = ResearchLoop(workspace, chosen, reporter)
         try:
