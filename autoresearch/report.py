@@ -77,7 +77,7 @@ def render_report(summary: dict, details: list[dict], plot_png: bytes | None, ge
         "<div class=\"cards\">\n",
     ]
     cards = [("experiments", str(summary["experiments"])), ("kept", str(summary["kept"])),
-             ("discarded", str(summary["discarded"])), ("crashed", str(summary["crashes"])),
+             ("discarded", str(summary["discarded"])), ("crashed or timed out", str(summary["crashes"])),
              ("invalid", str(summary["invalid"])), (f"baseline {metric}", format_metric(summary["baseline_metric"])),
              (f"best {metric}", format_metric(summary["best_metric"])),
              ("gain over baseline", format_delta(summary["gain"]) or "-"),

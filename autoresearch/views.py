@@ -128,7 +128,7 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     showing = f" (showing {shown})" if shown is not None and shown != summary["experiments"] else ""
     return (f"{summary['experiments']} experiments{showing}, {summary['kept']} kept, {summary['discarded']} discarded, "
-            f"{summary['crashes']} crashed, {summary['invalid']} invalid; best {summary['metric']} "
+            f"{summary['crashes']} crashed or timed out, {summary['invalid']} invalid; best {summary['metric']} "
             f"{format_metric(summary['best_metric'])}, gain over baseline {gain}; tokens {format_tokens(tokens)}, "
             f"cost {format_cost(summary['cost_usd'], tokens)}"
             + (f"; noise floor {format_noise(summary['noise_std'], summary['noise_runs'])}"

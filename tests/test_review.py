@@ -140,7 +140,7 @@ run night · recipes/synth · val_loss (lower is better) · agent llm (gpt-5-min
 4  -        invalid         -          1m19s    1.2k  $0.0006  edit the evaluation — touched prepare.py
 5  {shas[5]}  timeout         -          1m20s    1.2k  $0.0006  sleep past the budget — {rows[5]['reason']}
 6  {shas[6]}  keep        0.125  -0.125  1m21s    1.2k  $0.0006  double the width
-7 experiments, 3 kept, 1 discarded, 2 crashed, 1 invalid; best val_loss 0.125, gain over baseline +0.165; \
+7 experiments, 3 kept, 1 discarded, 2 crashed or timed out, 1 invalid; best val_loss 0.125, gain over baseline +0.165; \
 tokens 7.2k, cost $0.0039; noise floor 0 (the same value under 3 seeds)
 """
 
