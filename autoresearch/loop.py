@@ -352,9 +352,8 @@ class ResearchLoop:
                           budget_seconds=state.budget_seconds, grace_seconds=recipe.grace(state.budget_seconds),
                           env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "0",
                                RUN_MARKER: run_marker(self.workspace.run_dir(state.tag))})
-        run_id = self.ledger.start_training_run(state.tag, number, attempt, kind, seed, state.worktree.head_commit(),
-                                                str(log_path))
         head = state.worktree.head_commit()
+        run_id = self.ledger.start_training_run(state.tag, number, attempt, kind, seed, head, str(log_path))
         ledger_guard = LedgerGuard(self.ledger, self.workspace.run_dir(state.tag), state.tag)
         ledger_guard.before()
         try:
