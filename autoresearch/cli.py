@@ -134,7 +134,7 @@ def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (defa
         if as_json or as_tsv:
             _emit(rows_json(shown) if as_json else rows_tsv(shown))
             return
-        summary = run_summary(ledger, tag, records)
+        summary = run_summary(ledger, tag, records, runs_dir=workspace.runs_dir)
     _emit("\n".join(log_lines(shown, summary, painter(stdout), stdout.width if stdout.is_terminal else None)))
 
 
@@ -143,7 +143,7 @@ def runs(as_json: bool = typer.Option(False, "--json", help="Print the run summa
     """Every run in the workspace: start, duration, experiments, kept, crashes, best, gain, cost, status."""
     with user_errors():
         workspace = Workspace.find()
-        summaries = run_summaries(Ledger(workspace.ledger_path), load_price_table(workspace.root))
+        summaries = run_summaries(Ledger(workspace.ledger_path), load_price_table(workspace.root), workspace.runs_dir)
     if as_json:
         _emit(rows_json(summaries))
     elif not summaries:
@@ -167,7 +167,7 @@ def show(number: int = typer.Argument(..., help="Experiment number, as in `autor
         if as_json:
             _emit(row_json(detail))
             return
-        summary = run_summary(ledger, tag, prices=prices)
+        summary = run_summary(ledger, tag, prices=prices, runs_dir=workspace.runs_dir)
     stdout.print(experiment_view(detail, summary, with_prompt=prompt), highlight=False)
 
 
@@ -184,7 +184,7 @@ def plot(tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: th
         records = experiment_records(ledger, tag, load_price_table(workspace.root))
         path = output or workspace.run_dir(tag) / "progress.png"
         try:
-            write_plot(records, run_summary(ledger, tag, records), path)
+            write_plot(records, run_summary(ledger, tag, records, runs_dir=workspace.runs_dir), path)
         except OSError as exc:
             raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     _emit(str(path))
@@ -203,7 +203,7 @@ def report(tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: 
         ledger = Ledger(workspace.ledger_path)
         tag = pick_tag(ledger, tag)
         details = run_details(ledger, tag, load_price_table(workspace.root))
-        summary = run_summary(ledger, tag, details)
+        summary = run_summary(ledger, tag, details, runs_dir=workspace.runs_dir)
         path = output or workspace.run_dir(tag) / "report.html"
         try:
             write_report(summary, details, render_plot(details, summary), path, generated_at=now_iso())

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 from autoresearch.errors import UserError
 from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger
 from autoresearch.pricing import PriceTable
+from autoresearch.runlock import LOCK_FILE
 
 OUTCOMES = ("keep", "discard", "crash", "timeout", "invalid")
 # What listings read of each experiment: everything but the diff, the log tail and the files' hash.
@@ -119,9 +121,14 @@ def _add_usage(total: dict, row: dict, pricer: _Pricer) -> None:
         total["cost_usd"] += cost
 
 
-def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, prices: PriceTable | None = None) -> dict:
-    """Counts, best metric and its gain over the baseline, duration, tokens and cost of one run."""
-    run = ledger.run(tag)
+def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, prices: PriceTable | None = None,
+                runs_dir: Path | None = None) -> dict:
+    """Counts, best metric and its gain over the baseline, duration, tokens and cost of one run.
+
+    With the workspace's runs folder, a run the ledger calls `running` whose process is gone says
+    `interrupted` (see live_status).
+    """
+    run = _with_live_status(ledger.run(tag), runs_dir)
     records = experiment_records(ledger, tag, prices) if records is None else records
     kept = [r for r in records if r["outcome"] == "keep"]
     counts: dict[str, int] = {}
@@ -136,7 +143,7 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
     return summary
 
 
-def run_summaries(ledger: Ledger, prices: PriceTable | None = None) -> list[dict]:
+def run_summaries(ledger: Ledger, prices: PriceTable | None = None, runs_dir: Path | None = None) -> list[dict]:
     """The summary of every run in the workspace, oldest first, from aggregates (fast on big ledgers)."""
     counts = ledger.outcome_counts()
     kept = ledger.kept_metrics()
@@ -148,7 +155,7 @@ def run_summaries(ledger: Ledger, prices: PriceTable | None = None) -> list[dict
     verifications = ledger.latest_verifications()
     summaries = [_summary(run, counts.get(run["tag"], {}), *kept.get(run["tag"], (None, None)),
                           usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}))
-                 for run in ledger.runs()]
+                 for run in (_with_live_status(run, runs_dir) for run in ledger.runs())]
     for summary in summaries:
         summary["verification"] = verification_record(verifications.get(summary["tag"]))
     return summaries
@@ -195,8 +202,37 @@ def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: fl
     }
 
 
+def live_status(status: str, run_dir: Path) -> str:
+    """The ledger's status of a run, except that `running` with no live process holding the run is `interrupted`.
+
+    A run killed outright (kill -9, a reboot, the machine's OOM killer) leaves `running` in the
+    ledger until it is resumed; the run's lock file names the process that held it.
+    """
+    if status != "running":
+        return status
+    try:
+        pid = int((run_dir / LOCK_FILE).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return status  # no lock file: a run from before the lock existed, or one just starting
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:
+        pass  # alive, under another user
+    return status
+
+
+def _with_live_status(run: dict, runs_dir: Path | None) -> dict:
+    if runs_dir is None or run["status"] != "running":
+        return run
+    return {**run, "status": live_status(run["status"], Path(runs_dir) / run["tag"])}
+
+
 def run_duration(run: dict, now: datetime | None = None) -> float | None:
-    """Seconds from start to finish; a run still going counts up to now."""
+    """Seconds from start to finish; a run still going counts up to now, a killed one is unknown (None)."""
+    if not run["finished_at"] and run["status"] != "running":
+        return None  # stopped without a record of when (killed): unknown
     try:
         started = datetime.fromisoformat(run["started_at"])
         ended = datetime.fromisoformat(run["finished_at"]) if run["finished_at"] else (now or datetime.now(timezone.utc))

@@ -183,6 +183,9 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
         if detail["delta"] is not None:
             against = f" ({format_delta(detail['delta'])} against the best before it, {format_metric(detail['best_before'])})"
         facts.append(("metric", f"{metric} {format_metric(detail['metric'])}{against}", "bold"))
+    decision = describe_decision(detail.get("decision"))
+    if decision:
+        facts.append(("decision", decision, ""))
     commit = detail["commit"] or "-"
     if detail["parent"]:
         commit += f" (parent {detail['parent'][:12]})"
@@ -236,6 +239,25 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
             parts.append(_section("prompt"))
             parts.append(Text("no LLM call for this experiment", style="dim"))
     return Group(*parts)
+
+
+def describe_decision(decision: dict | None) -> str | None:
+    """The keep rule's numbers for one experiment: gain against the margin, the noise, each run's metric."""
+    if not decision:
+        return None
+    parts = [str(decision.get("verdict") or "-")]
+    if decision.get("gain") is not None:
+        parts.append(f"gain {decision['gain']:+.4g}")
+    if decision.get("margin") is not None:
+        parts.append(f"margin {decision['margin']:.4g}")
+    if decision.get("noise") is not None:
+        parts.append(f"standard error {decision['noise']:.3g}")
+    runs = decision.get("metrics") or []
+    if runs:
+        best = decision.get("best_runs")
+        against = f" (best commit: {best} run{'s' if best != 1 else ''})" if best else ""
+        parts.append(f"runs: {', '.join(map(format_metric, runs))}{against}")
+    return ", ".join(parts)
 
 
 def training_run_lines(runs: list[dict]) -> list[str]:

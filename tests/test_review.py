@@ -14,13 +14,15 @@ import io
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import make_workspace, reply
+from conftest import SYNTH_TRAIN, make_workspace, reply
 from fake_llm import FakeLLM
 from typer.testing import CliRunner
 
@@ -214,6 +216,27 @@ def test_runs_prices_a_local_model_from_the_workspace_config(in_night):
         (in_night / "autoresearch.yaml").unlink()
 
 
+def test_a_run_killed_outright_shows_as_interrupted(tmp_path, monkeypatch):
+    root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 60.0"))
+    monkeypatch.chdir(root)
+    cli = Path(sys.executable).parent / "autoresearch"
+    process = subprocess.Popen([str(cli), "run", "--agent", "mutate", "--tag", "killed", "--budget", "100"], cwd=root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (root / "runs" / "killed" / "0.log").exists():  # training has started
+            assert time.monotonic() < deadline and process.poll() is None
+            time.sleep(0.1)
+        assert invoke("runs").stdout.split()[-2:] == ["running", "-"]
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the tool and its training, with no chance to record anything
+        process.wait()
+    assert Ledger(root / "runs" / "ledger.db").run("killed")["status"] == "running"
+    line = invoke("runs").stdout.splitlines()[1].split()
+    assert (line[0], line[3], line[-2]) == ("killed", "-", "interrupted")
+    assert invoke("log").stdout.splitlines()[0].endswith("· interrupted")
+
+
 # --- show
 
 def test_show_a_discarded_experiment_whole(in_night):
@@ -226,6 +249,7 @@ experiment 2 of run night · recipes/synth
 description  halve the width
 outcome      discard: val_loss 0.5 is not better than the best before it, 0.25 (lower is better)
 metric       val_loss 0.5 (+0.25 against the best before it, 0.25)
+decision     discard, gain -0.25, margin 0, runs: 0.5 (best commit: 1 run)
 commit       {rows[2]['commit_sha']} (parent {rows[1]['commit_sha'][:12]})
 timings      proposing 12s, training 1m02s, in all 1m17s; started 2026-11-23 01:00
 tokens       1000 prompt + 200 completion in 1 LLM call; cost $0.0006
