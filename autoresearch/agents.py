@@ -117,7 +117,7 @@ class LLMAgent:
                 return Candidate(description=parsed.description, changed=changed)
             except EditError as exc:
                 error = str(exc)
-                if cut_off and "cut off" not in error:
+                if cut_off and "length limit" not in error:
                     error = f"the reply was cut off at the model's length limit; {error}"
                 messages = messages + [{"role": "assistant", "content": shorten(reply, KEPT_REPLY_CHARS)},
                                        repair_message(error)]
@@ -143,6 +143,10 @@ class LLMAgent:
                                 time.monotonic() - started))
             raise AgentUnavailable(_api_error(exc)) from None
         choice = response.choices[0] if getattr(response, "choices", None) else None
+        if choice is None:  # a 200 without a completion (a proxy's error page): the server's fault
+            record_call(LLMCall(attempt, self.model, messages, None, "the answer has no completion", None, None,
+                                time.monotonic() - started))
+            raise AgentUnavailable("the endpoint answered without a completion")
         reply = getattr(getattr(choice, "message", None), "content", None) or ""
         usage = getattr(response, "usage", None)
         record_call(LLMCall(attempt, self.model, messages, shorten(reply, MAX_REPLY_CHARS), None,

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from autoresearch.console import format_metric, make_reporter
 from autoresearch.errors import UserError
+from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.pricing import load_price_table
@@ -79,7 +80,13 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
                                          "seeds for a candidate whose gain is not clearly past the noise."),
         seed: int = typer.Option(0, "--seed", help="Seed handed to training (AUTORESEARCH_SEED) and to the mutate agent."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Go on with the run of this tag."),
-        max_agent_failures: int = typer.Option(5, "--max-agent-failures", help="Stop after this many failed LLM calls in a row.")):
+        max_agent_failures: int = typer.Option(5, "--max-agent-failures", help="Stop after this many failed LLM calls in a row."),
+        agent_backoff: float = typer.Option(5.0, "--agent-backoff", help="Seconds to wait after a failed LLM call; "
+                                            "doubles with each failure in a row, up to 5 minutes."),
+        max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
+                                                 "the run's LLM spending past this many dollars (prices: autoresearch.yaml)."),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop before an experiment that would take "
+                                                 "the run's LLM tokens (prompt and completion) past this.")):
     """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
     from autoresearch.agents import LLMAgent, MutateAgent
     from autoresearch.loop import ResearchLoop, RunOptions, StopRun
@@ -95,11 +102,18 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         chosen = MutateAgent(seed=seed) if agent == "mutate" else LLMAgent(model=model, base_url=base_url)
         options = RunOptions(recipe=recipe, tag=tag, budget_seconds=budget, max_experiments=max_experiments,
                              hours=hours, min_delta=min_delta, seed=seed, max_agent_failures=max_agent_failures,
-                             noise_runs=noise_runs, noise_multiple=noise_multiple, confirm_runs=confirm_runs)
+                             noise_runs=noise_runs, noise_multiple=noise_multiple, confirm_runs=confirm_runs,
+                             agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens)
         reporter = make_reporter(stderr)
         loop = ResearchLoop(workspace, chosen, reporter)
+
+        def second_interrupt() -> str:
+            return (f"interrupted again: stopped at once. `autoresearch run --resume {loop.tag or tag or 'TAG'}` "
+                    "puts the run straight and goes on")
+
         try:
-            summary = loop.resume(resume, options) if resume else loop.start(options)
+            with two_stage_interrupts(second_interrupt):
+                summary = loop.resume(resume, options) if resume else loop.start(options)
         except KeyboardInterrupt:
             reporter.close()
             stderr.print(f"interrupted; the branch is at the best commit. Resume with: "
@@ -107,7 +121,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             raise typer.Exit(130) from None
         except StopRun as exc:
             reporter.close()
-            raise UserError(str(exc)) from None
+            raise UserError(f"{exc}; after fixing it, go on with: autoresearch run --resume {loop.tag}") from None
         reporter.close()
     gain = summary.best_metric - summary.baseline_metric if summary.best_metric is not None else None
     stderr.print(f"run {summary.tag} done ({summary.stop_reason}): {summary.experiments} experiments, "

@@ -2,7 +2,8 @@
 
 Each entry of the script answers one request, in order: a string is the reply's content; a dict
 may instead give an HTTP `status` (and `body`) to return, `delay` seconds to wait first, or the
-`content` with the `usage` to report (else usage is a quarter of the characters); a
+`content` with the `usage` to report (else usage is a quarter of the characters) and the
+`finish_reason` (else "stop"; "length" says the reply was cut at the model's limit); a
 callable receives the request's JSON and returns either. When the script runs out, the last entry
 repeats. Every request's JSON is kept in `requests`.
 """
@@ -58,9 +59,10 @@ class FakeLLM:
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
                 entry = fake.next_entry(request)
-                usage = None
+                usage, finish_reason = None, "stop"
                 if isinstance(entry, dict):
                     usage = entry.get("usage")
+                    finish_reason = entry.get("finish_reason", finish_reason)
                     time.sleep(entry.get("delay", 0))
                     if "status" in entry:
                         body = json.dumps(entry.get("body", {"error": {"message": "scripted failure"}})).encode()
@@ -72,7 +74,7 @@ class FakeLLM:
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": request.get("model", "fake"),
-                    "choices": [{"index": 0, "finish_reason": "stop",
+                    "choices": [{"index": 0, "finish_reason": finish_reason,
                                  "message": {"role": "assistant", "content": entry}}],
                     "usage": usage or {"prompt_tokens": len(json.dumps(request.get("messages", []))) // 4,
                                        "completion_tokens": len(entry) // 4,

@@ -9,6 +9,9 @@ reachable under its ref, the worktree is clean, and no process of the run is ali
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,7 +52,7 @@ def make_loop(fake_llm, script: list, kill_wait: float = KILL_WAIT, **agent_opti
                         executor=LocalExecutor(kill_wait_seconds=kill_wait))
 
 
-def test_options(**options) -> RunOptions:
+def small_options(**options) -> RunOptions:
     """Small limits: no noise or confirmation runs, a backoff of hundredths of a second."""
     return RunOptions(**{"noise_runs": 0, "confirm_runs": 0, "agent_backoff_seconds": 0.01, **options})
 
@@ -57,14 +60,14 @@ def test_options(**options) -> RunOptions:
 def run_with(fake_llm, script: list, max_experiments: int = 3, kill_wait: float = KILL_WAIT, **options):
     """A fresh run `t` of the synthetic recipe; returns (loop, its experiment rows)."""
     loop = make_loop(fake_llm, script, kill_wait)
-    loop.start(test_options(tag=TAG, max_experiments=max_experiments, **options))
+    loop.start(small_options(tag=TAG, max_experiments=max_experiments, **options))
     return loop, loop.ledger.experiments(TAG)
 
 
 def resume_with(fake_llm, script: list, max_experiments: int = 1, **options):
     """Go on with run `t`; returns (loop, its experiment rows)."""
     loop = make_loop(fake_llm, script)
-    loop.resume(TAG, test_options(max_experiments=max_experiments, **options))
+    loop.resume(TAG, small_options(max_experiments=max_experiments, **options))
     return loop, loop.ledger.experiments(TAG)
 
 
@@ -121,10 +124,63 @@ def assert_consistent(workspace: Path, rows: list[dict], tag: str = TAG) -> None
     assert git(workspace, "rev-parse", f"autoresearch/{tag}") == kept[-1]["commit_sha"]
     assert all(row["outcome"] != "running" for row in rows)
     assert [row["number"] for row in rows] == list(range(len(rows)))
+    base_commit = rows[0]["commit_sha"]  # the baseline's
     for row in rows[1:]:
-        if row["commit_sha"]:
+        if row["commit_sha"] and row["commit_sha"] != base_commit:
             assert git(workspace, "rev-parse", f"refs/autoresearch/{tag}/{row['number']}") == row["commit_sha"]
     worktree = workspace / "runs" / tag / "worktree"
     assert git(worktree, "status", "--porcelain", "--untracked-files=no") == ""
     assert git(worktree, "rev-parse", "HEAD") == kept[-1]["commit_sha"]
     assert run_processes(workspace, tag) == []
+
+
+# --- the tool as a person runs it: a real process, stopped with real signals
+
+CLI = "from autoresearch.cli import app; app()"
+
+
+class ToolProcess:
+    """`autoresearch ARGS` in its own session (as a shell job), its stderr collected in a file."""
+
+    def __init__(self, workspace: Path, *args: str, env: dict[str, str] | None = None):
+        self.stderr_path = workspace.parent / f"tool-{time.monotonic_ns()}.err"
+        self._stderr = open(self.stderr_path, "wb")
+        self.process = subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=workspace,
+                                        env={**os.environ, "COLUMNS": "200", **(env or {})},
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                        start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, seconds: float = 20.0) -> bool:
+        return wait_until(lambda: text in self.stderr() or self.process.poll() is not None, seconds) \
+            and text in self.stderr()
+
+    def interrupt(self) -> None:
+        """Ctrl-C at a terminal: SIGINT to the foreground job (the tool and any git it runs)."""
+        os.killpg(self.process.pid, signal.SIGINT)
+
+    def kill(self, whole_group: bool = False) -> None:
+        """kill -9 of the tool (or of its whole job, git children included)."""
+        if whole_group:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.send_signal(signal.SIGKILL)
+
+    def wait(self, seconds: float = 30.0) -> int:
+        try:
+            return self.process.wait(timeout=seconds)
+        finally:
+            self._stderr.close()
+
+
+def tool_env(fake_llm) -> dict[str, str]:
+    return {"OPENAI_BASE_URL": fake_llm.base_url, "OPENAI_API_KEY": "test"}
+
+
+RUN_FLAGS = ("--noise-runs", "0", "--confirm-runs", "0", "--agent-backoff", "0.01", "--model", "fake-model")

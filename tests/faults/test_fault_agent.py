@@ -1,0 +1,182 @@
+"""Faults of the agent's side: the endpoint fails, or answers with something that cannot be trained.
+
+A failing endpoint is retried with backoff (hundredths of a second here) and, after a set number of
+failed calls in a row, the run stops cleanly with one line; a reply that cannot be trained is
+`invalid` with a reason the agent is shown next time. Nothing here spends a training run on a
+proposal that is not a real, new change.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from conftest import reply
+from faultkit import BETTER, TAG, assert_consistent, make_loop, run_with, small_options
+from typer.testing import CliRunner
+
+from autoresearch.agents import MAX_REPLY_CHARS
+from autoresearch.cli import app
+from autoresearch.ledger import Ledger
+from autoresearch.loop import StopRun
+
+WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def stopped_run(workspace, loop_factory, **options):
+    """Start a run that is expected to stop; returns (the StopRun message, the rows, the run row)."""
+    loop = loop_factory()
+    with pytest.raises(StopRun) as stopped:
+        loop.start(small_options(tag=TAG, max_experiments=5, **options))
+    ledger = Ledger(workspace / "runs/ledger.db")
+    return str(stopped.value), ledger.experiments(TAG), ledger.run(TAG)
+
+
+def prompt_of(request: dict) -> str:
+    return request["messages"][1]["content"]
+
+
+# --- the endpoint fails
+
+def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls(workspace, fake_llm):
+    url = closed_port_url()
+
+    def loop_factory():
+        loop = make_loop(fake_llm, [])
+        loop.agent.client = loop.agent.client.with_options(base_url=url)
+        return loop
+
+    message, rows, run = stopped_run(workspace, loop_factory, max_agent_failures=3)
+    assert message.startswith("run t stopped: the LLM endpoint failed 3 times in a row (last: Connection error")
+    assert len(message.splitlines()) == 1
+    assert run["status"] == "stopped"
+    assert [r["outcome"] for r in rows] == ["keep", "interrupted"]
+    assert "failed 3 times in a row" in rows[1]["reason"]
+    calls = Ledger(workspace / "runs/ledger.db").llm_calls(TAG, 1)
+    assert len(calls) == 3 and all(c["error"] for c in calls)
+    assert_consistent(workspace, rows)
+
+
+def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm):
+    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [
+        {"status": 401, "body": {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}}]))
+    assert "refused the API key" in message and "Incorrect API key provided" in message
+    assert len(fake_llm.requests) == 1
+    assert run["status"] == "stopped" and rows[1]["outcome"] == "interrupted"
+    assert_consistent(workspace, rows)
+
+
+@pytest.mark.parametrize("failure", [
+    {"status": 429, "body": {"error": {"message": "Rate limit reached", "type": "requests"}}},
+    {"status": 500, "body": {"error": {"message": "The server had an error"}}},
+    {"status": 503, "body": "upstream connect error"},
+    {"status": 200, "body": "<html>not a completion</html>"},
+], ids=["429", "500", "503", "200-without-completion"])
+def test_endpoint_failures_are_retried_and_the_run_goes_on(workspace, fake_llm, failure):
+    loop, rows = run_with(fake_llm, [failure, failure, BETTER], max_experiments=2, max_agent_failures=3)
+    assert [r["outcome"] for r in rows] == ["keep", "keep"]
+    calls = loop.ledger.llm_calls(TAG, 1)
+    assert [bool(c["error"]) for c in calls] == [True, True, False]
+    assert sum("trying again in" in note for note in loop.reporter.notes) == 2
+    assert_consistent(workspace, rows)
+
+
+def test_endpoint_that_keeps_failing_with_500_stops_the_run(workspace, fake_llm):
+    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
+                                     max_agent_failures=4)
+    assert "failed 4 times in a row (last: 500" in message
+    assert len(fake_llm.requests) == 4
+    assert_consistent(workspace, rows)
+
+
+def test_endpoint_slower_than_the_timeout_is_retried(workspace, fake_llm):
+    fake_llm.set_script([{"delay": 3, "content": WORSE}, BETTER])
+    loop = make_loop(fake_llm, [{"delay": 3, "content": WORSE}, BETTER], request_timeout=0.5)
+    loop.start(small_options(tag=TAG, max_experiments=2))
+    rows = loop.ledger.experiments(TAG)
+    assert rows[1]["outcome"] == "keep" and rows[1]["description"] == "lower the learning rate"
+    calls = loop.ledger.llm_calls(TAG, 1)
+    assert "timed out" in calls[0]["error"].lower() and calls[0]["latency_seconds"] < 2
+    assert_consistent(workspace, rows)
+
+
+def test_backoff_doubles_and_is_capped(workspace, fake_llm):
+    from autoresearch.loop import MAX_BACKOFF_SECONDS
+    loop, _ = run_with(fake_llm, [{"status": 500}, {"status": 500}, {"status": 500}, BETTER], max_experiments=2,
+                       agent_backoff_seconds=0.05)
+    waits = [note.rsplit("trying again in ", 1)[1] for note in loop.reporter.notes if "trying again in" in note]
+    assert waits == ["0.05s", "0.1s", "0.2s"]
+    assert MAX_BACKOFF_SECONDS == 300
+
+
+def test_cli_says_in_one_line_why_the_run_stopped_and_how_to_go_on(workspace, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", closed_port_url())
+    result = CliRunner().invoke(app, ["run", "--tag", TAG, "--max-agent-failures", "2", "--agent-backoff", "0.01",
+                                      "--noise-runs", "0"], catch_exceptions=False)
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: run t stopped: the LLM endpoint failed 2 times in a row")
+    assert last.endswith("go on with: autoresearch run --resume t")
+
+
+# --- the reply cannot be trained
+
+@pytest.mark.parametrize("answer,reason", [
+    ("", "edit did not apply: the reply was empty"),
+    ({"content": "", "finish_reason": "length"}, "edit did not apply: the reply was empty (cut off at the model's"),
+    (BETTER[:BETTER.index("=======")], "edit did not apply: a block is cut off"),
+    ({"content": BETTER[:BETTER.index("=======")], "finish_reason": "length"},
+     "edit did not apply: the reply was cut off at the model's length limit; a block is cut off"),
+    ("DESCRIPTION: lower the learning rate\nI would lower it to 0.3.", "edit did not apply: the reply has no SEARCH"),
+    (reply("new file", "import torch", "import torch.nn", filename="model.py"),
+     "edit did not apply: block 1 names 'model.py'; the files are: prepare.py,"),
+    (reply("better eval", "    return (learning_rate - 0.3) ** 2 + 1.0 / width", "    return 0.0",
+           filename="prepare.py"), "touched prepare.py"),
+    (BETTER + "\n" + "x" * (MAX_REPLY_CHARS + 1), "edit did not apply: the reply is"),
+], ids=["empty", "empty-cut-off", "truncated", "truncated-length", "no-blocks", "unknown-file", "fixed-file",
+        "enormous"])
+def test_reply_that_cannot_be_trained_is_invalid_and_the_reason_reaches_the_agent(workspace, fake_llm, answer,
+                                                                                  reason):
+    attempts = 1 if reason.startswith("touched") else 3  # a reply that applies is not asked again
+    script = [answer] * attempts + [BETTER]
+    loop, rows = run_with(fake_llm, script, max_experiments=3)
+    assert rows[1]["outcome"] == "invalid" and rows[1]["reason"].startswith(reason), rows[1]["reason"]
+    assert rows[1]["commit_sha"] is None and rows[1]["train_seconds"] is None
+    assert not (workspace / "runs/t/1.log").exists()
+    assert rows[2]["outcome"] == "keep"
+    # the next proposal is told what went wrong, in the lineage table
+    assert f"| 1 | invalid: {rows[1]['reason'][:60]}" in prompt_of(fake_llm.requests[-1])
+    assert_consistent(workspace, rows)
+
+
+def test_enormous_reply_is_not_sent_back_or_stored_whole(workspace, fake_llm):
+    enormous = BETTER + "\n" + "x" * 2_000_000
+    loop, rows = run_with(fake_llm, [enormous, enormous, enormous, BETTER], max_experiments=2)
+    assert rows[1]["outcome"] == "invalid"
+    repair_request = json.dumps(fake_llm.requests[1]["messages"])
+    assert len(repair_request) < 100_000 and "characters left out" in repair_request
+    stored = loop.ledger.llm_calls(TAG, 1)
+    assert all(len(call["reply"]) <= MAX_REPLY_CHARS + 100 for call in stored)
+
+
+def test_same_change_as_an_earlier_experiment_is_a_duplicate_without_training(workspace, fake_llm):
+    _, rows = run_with(fake_llm, [WORSE, WORSE, BETTER], max_experiments=4)
+    assert (rows[2]["outcome"], rows[2]["reason"]) == ("invalid", "duplicate of experiment 1")
+    assert rows[2]["commit_sha"] is None and not (workspace / "runs/t/2.log").exists()
+    assert rows[3]["outcome"] == "keep"
+    assert_consistent(workspace, rows)
+
+
+def test_reverting_to_the_baseline_is_a_duplicate_of_it(workspace, fake_llm):
+    back = reply("back to 0.5", "LEARNING_RATE = 0.3", "LEARNING_RATE = 0.5")
+    _, rows = run_with(fake_llm, [BETTER, back], max_experiments=3)
+    assert (rows[2]["outcome"], rows[2]["reason"]) == ("invalid", "duplicate of experiment 0")
+    assert_consistent(workspace, rows)
