@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -269,10 +271,10 @@ def row_json(row: dict) -> str:
 
 
 def _json_line(row: dict) -> str:
-    try:
-        return json.dumps(row, allow_nan=False, default=_json_default)
-    except ValueError:  # a nan or inf somewhere (a crashed run's summary): null in JSON
-        return json.dumps(_finite(row), allow_nan=False, default=_json_default)
+    line = json.dumps(row, default=_json_default)
+    if "NaN" in line or "Infinity" in line:  # a crashed run's summary can hold them: null in JSON
+        line = json.dumps(_finite(row), allow_nan=False, default=_json_default)
+    return line
 
 
 def _finite(value):
@@ -286,24 +288,20 @@ def _finite(value):
 
 
 def rows_tsv(rows: list[dict]) -> str:
-    """The same rows as tab-separated values: a header of the keys, nested values as compact JSON."""
+    """The same rows as tab-separated values: a header of the keys, nested values as compact JSON, None empty.
+
+    Cells holding a tab, a newline or a quote are quoted the way spreadsheets and Python's csv
+    module read them back.
+    """
     if not rows:
         return ""
-    keys = list(rows[0])
-    lines = ["\t".join(keys)]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(rows[0])
     for row in rows:
-        lines.append("\t".join(_tsv_cell(row[key]) for key in keys))
-    return "\n".join(lines)
-
-
-def _tsv_cell(value) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else str(value)
-    return str(value).replace("\t", " ").replace("\r", " ").replace("\n", " ")
+        writer.writerow([json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+                         for value in row.values()])
+    return buffer.getvalue().rstrip("\n")
 
 
 def _json_default(value):
