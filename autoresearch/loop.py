@@ -428,9 +428,11 @@ class ResearchLoop:
         metrics, seeds = [first_metric], [derive_seed(options.seed, number, 0)]
         best_runs = state.best_runs or [state.best_metric]
         while True:
-            decision = decide(metrics, best_runs, state.recipe.direction, state.noise.std, options.keep_rule)
+            # Once the candidate has several runs, its own spread joins the pooled noise floor.
+            noise = NoiseFloor.pooled(state.noise_groups + [metrics]) if state.noise.known else state.noise
+            decision = decide(metrics, best_runs, state.recipe.direction, noise.std, options.keep_rule)
             record = {**decision.as_dict(), "metrics": metrics, "seeds": seeds, "best_metrics": best_runs,
-                      "noise_std": state.noise.std}
+                      "noise_std": noise.std}
             if decision.verdict != "confirm":
                 break
             attempt = len(metrics)

@@ -8,7 +8,8 @@ The rule, in full in docs/noise.md:
 - The noise floor `sigma` is the sample standard deviation of the metric over the baseline's runs:
   its first run and `--noise-runs` more with other seeds. Three runs say little (about one time
   in four the estimate is off by a factor of two or more), so it is refined as the run goes: every
-  commit that ran on several seeds (its confirmation runs) adds its spread, pooled within commits.
+  commit that ran on several seeds (its confirmation runs) adds its spread, pooled within commits,
+  the candidate being decided included.
   A confirmation is asked for after a lucky-looking first run, which widens the spread a little:
   the refinement errs on the cautious side.
 - A candidate with n_c runs is compared with the best commit's n_b runs (reused, never re-run):

@@ -23,6 +23,7 @@ is called in-process, so thousands of runs take seconds.
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import statistics
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autoresearch.noise import (DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS,  # noqa: E402
-                                KeepRule, NoiseFloor, decide, mean)
+                                KeepRule, decide, mean)
 
 SIGMA = 1.0
 
@@ -102,26 +103,35 @@ def noise_aware_run(proposals: list[Proposal], noise: random.Random, rule: KeepR
     best_runs = [true_loss + noise.gauss(0, SIGMA) for _ in range(1 + noise_runs)]
     outcome.training_runs = len(best_runs)
     baseline_measured = mean(best_runs)
-    groups = [list(best_runs)]
-    floor = NoiseFloor.pooled(groups)
+    # The noise floor pooled over every commit trained on several seeds, as the loop pools it
+    # (NoiseFloor.pooled), kept as running sums so that thousands of runs stay fast.
+    settled = _squares(best_runs)
     for proposal in proposals:
         candidate_true = true_loss - proposal.effect
         runs = []
         while True:
             runs.append(candidate_true + noise.gauss(0, SIGMA))
             outcome.training_runs += 1
-            decision = decide(runs, best_runs, "lower", floor.std, rule)
+            squares, dof = settled
+            if len(runs) > 1:
+                squares, dof = squares + _squares(runs)[0], dof + len(runs) - 1
+            decision = decide(runs, best_runs, "lower", math.sqrt(squares / dof) if dof else None, rule)
             if decision.verdict != "confirm":
                 break
         if len(runs) > 1:
-            groups.append(runs)
-            floor = NoiseFloor.pooled(groups)
+            settled = (settled[0] + _squares(runs)[0], settled[1] + len(runs) - 1)
         if decision.verdict == "keep":
             true_loss, best_runs = candidate_true, runs
             outcome.kept.append(proposal.kind)
             outcome.true_gain += proposal.effect
     outcome.claimed_gain = baseline_measured - mean(best_runs)
     return outcome
+
+
+def _squares(values: list[float]) -> tuple[float, int]:
+    """The sum of squared deviations from the mean, and the degrees of freedom."""
+    centre = mean(values)
+    return sum((value - centre) ** 2 for value in values), len(values) - 1
 
 
 def summarize(outcomes: list[Outcome], experiments: int) -> dict:
