@@ -81,6 +81,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         seed: int = typer.Option(0, "--seed", help="Seed handed to training (AUTORESEARCH_SEED) and to the mutate agent."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Go on with the run of this tag."),
         max_agent_failures: int = typer.Option(5, "--max-agent-failures", help="Stop after this many failed LLM calls in a row."),
+        llm_timeout: float = typer.Option(600.0, "--llm-timeout", help="Seconds one LLM request may take before it "
+                                          "counts as a failed call."),
         agent_backoff: float = typer.Option(5.0, "--agent-backoff", help="Seconds to wait after a failed LLM call; "
                                             "doubles with each failure in a row, up to 5 minutes."),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
@@ -99,7 +101,10 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         if noise_runs < 0 or confirm_runs < 0 or noise_multiple < 0:
             raise UserError("--noise-runs, --confirm-runs and --noise-multiple cannot be negative")
         workspace = Workspace.find()
-        chosen = MutateAgent(seed=seed) if agent == "mutate" else LLMAgent(model=model, base_url=base_url)
+        if llm_timeout <= 0 or agent_backoff < 0:
+            raise UserError("--llm-timeout must be positive and --agent-backoff cannot be negative")
+        chosen = (MutateAgent(seed=seed) if agent == "mutate"
+                  else LLMAgent(model=model, base_url=base_url, request_timeout=llm_timeout))
         options = RunOptions(recipe=recipe, tag=tag, budget_seconds=budget, max_experiments=max_experiments,
                              hours=hours, min_delta=min_delta, seed=seed, max_agent_failures=max_agent_failures,
                              noise_runs=noise_runs, noise_multiple=noise_multiple, confirm_runs=confirm_runs,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import random
 import re
-import sqlite3
 import sys
 import time
 from pathlib import Path

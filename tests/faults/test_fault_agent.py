@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 
 import pytest
 from conftest import reply
@@ -98,7 +99,6 @@ def test_endpoint_that_keeps_failing_with_500_stops_the_run(workspace, fake_llm)
 
 
 def test_endpoint_slower_than_the_timeout_is_retried(workspace, fake_llm):
-    fake_llm.set_script([{"delay": 3, "content": WORSE}, BETTER])
     loop = make_loop(fake_llm, [{"delay": 3, "content": WORSE}, BETTER], request_timeout=0.5)
     loop.start(small_options(tag=TAG, max_experiments=2))
     rows = loop.ledger.experiments(TAG)
@@ -180,3 +180,13 @@ def test_reverting_to_the_baseline_is_a_duplicate_of_it(workspace, fake_llm):
     _, rows = run_with(fake_llm, [BETTER, back], max_experiments=3)
     assert (rows[2]["outcome"], rows[2]["reason"]) == ("invalid", "duplicate of experiment 0")
     assert_consistent(workspace, rows)
+
+
+def test_cli_llm_timeout_bounds_a_slow_endpoint(workspace, fake_llm, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
+    fake_llm.set_script([{"delay": 5, "content": BETTER}])
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["run", "--tag", TAG, "--llm-timeout", "0.3", "--max-agent-failures", "2",
+                                      "--agent-backoff", "0.01", "--noise-runs", "0"], catch_exceptions=False)
+    assert result.exit_code == 1 and "failed 2 times in a row (last: Request timed out" in result.output
+    assert time.monotonic() - started < 5

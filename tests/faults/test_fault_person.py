@@ -6,18 +6,16 @@ Ctrl-C and kill -9 are real signals to the real CLI in its own process, as from 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import git, reply
 from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, inject, make_loop, pids_with_cmdline,
                       resume_with, run_processes, run_with, small_options, tool_env, wait_until)
 
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
-from autoresearch.repo import TOOL_IDENTITY
 
 HANG = inject("wait for the data", "while True:\n    time.sleep(0.1)")
 STUBBORN = inject("stubborn", "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -236,5 +234,4 @@ def test_program_md_removed_mid_run_the_last_version_serves(workspace, fake_llm)
 
 
 def reply_worse() -> str:
-    from conftest import reply
     return reply("raise the learning rate", "LEARNING_RATE = 0.3", "LEARNING_RATE = 0.9")
