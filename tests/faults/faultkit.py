@@ -142,10 +142,12 @@ CLI = "from autoresearch.cli import app; app()"
 class ToolProcess:
     """`autoresearch ARGS` in its own session (as a shell job), its stderr collected in a file."""
 
-    def __init__(self, workspace: Path, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, workspace: Path, *args: str, env: dict[str, str] | None = None, ignore_sighup: bool = False):
         self.stderr_path = workspace.parent / f"tool-{time.monotonic_ns()}.err"
         self._stderr = open(self.stderr_path, "wb")
-        self.process = subprocess.Popen([sys.executable, "-c", CLI, *args], cwd=workspace,
+        # nohup starts its command with SIGHUP ignored; so does this, when asked
+        command = f"import signal; signal.signal(signal.SIGHUP, signal.SIG_IGN); {CLI}" if ignore_sighup else CLI
+        self.process = subprocess.Popen([sys.executable, "-c", command, *args], cwd=workspace,
                                         env={**os.environ, "COLUMNS": "200", **(env or {})},
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
                                         start_new_session=True)

@@ -6,6 +6,7 @@ Ctrl-C and kill -9 are real signals to the real CLI in its own process, as from 
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -235,3 +236,15 @@ def test_program_md_removed_mid_run_the_last_version_serves(workspace, fake_llm)
 
 def reply_worse() -> str:
     return reply("raise the learning rate", "LEARNING_RATE = 0.3", "LEARNING_RATE = 0.9")
+
+
+def test_sighup_is_left_ignored_under_nohup(workspace, fake_llm):
+    """`nohup autoresearch run` must survive its terminal closing (SIGHUP)."""
+    fake_llm.set_script([HANG])
+    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, env=tool_env(fake_llm), ignore_sighup=True)
+    assert tool.wait_for("experiment 1: training"), tool.stderr()
+    tool.process.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    assert tool.process.poll() is None, tool.stderr()
+    tool.interrupt()
+    assert tool.wait(10) == 130
