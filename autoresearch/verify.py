@@ -12,7 +12,8 @@ interval, and one verdict says what they mean together:
 - `overfit`: real on validation, but on test it is gone or less than half as large with an interval
   that includes zero: the kept changes fit the validation split rather than the task;
 - `inconclusive`: real on validation, about as large on test but not yet certain there (more seeds);
-- `noise`: not real even on validation under new seeds: the kept changes were seed luck;
+- `unconfirmed`: on new seeds the gain on validation is positive but its interval includes zero;
+- `noise`: on new seeds there is no gain even on validation: the kept changes were seed luck;
 - `failed`: too few trainings succeeded to say (two per commit are needed).
 
 Each verification is stored in the ledger (`verifications`), with every training's seed and numbers.
@@ -139,8 +140,11 @@ def judge(val: GainInterval | None, test: GainInterval | None, runs: list[dict] 
         failed = [r for r in runs or [] if r["outcome"] != "ok"]
         first = f"; first failure: {failed[0]['role']} seed {failed[0]['seed']}: {failed[0]['reason']}" if failed else ""
         return "failed", f"too few trainings succeeded to compute an interval (two per commit are needed){first}"
+    if val.gain <= 0:
+        return "noise", "the gain is gone on new seeds, even on validation: the kept changes were seed luck"
     if not val.excludes_zero:
-        return "noise", "the gain does not hold on new seeds even on validation: the kept changes look like seed luck"
+        return "unconfirmed", ("on new seeds the validation gain's interval includes zero: it may be seed luck; "
+                               "verify again with more --seeds to tell")
     if test.excludes_zero:
         smaller = ", though less than half as large as on validation" if test.gain < val.gain / 2 else ""
         return "holds", f"the gain holds on the test split{smaller}"

@@ -155,7 +155,8 @@ def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
     return aligned_lines(header, rows, {2, 3, 4, 5, 7, 8, 9}, styles, paint)
 
 
-VERDICT_STYLES = {"holds": "green", "overfit": "red", "noise": "red", "inconclusive": "yellow", "failed": "magenta"}
+VERDICT_STYLES = {"holds": "green", "overfit": "red", "noise": "red", "inconclusive": "yellow", "unconfirmed": "yellow",
+                  "failed": "magenta"}
 
 
 def format_verification(verification: dict | None) -> str:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import git, reply
-from noisy_recipe import make_noisy_workspace
+from noisy_recipe import make_noisy_workspace, val_noise
 from typer.testing import CliRunner
 
 from autoresearch.agents import LLMAgent
@@ -80,6 +80,19 @@ def test_a_gain_on_validation_only_looks_like_overfitting(noisy, fake_llm):
     assert verification["val_low"] > 0 and verification["test_low"] <= 0
 
 
+def test_a_lucky_keep_of_the_naive_rule_does_not_survive_verify(noisy, fake_llm):
+    # A change with no real effect, picked so that it looks better under the run's seed.
+    value = next(f"0.500000{i}" for i in range(1, 100) if val_noise(0, float(f"0.500000{i}")) < val_noise(0) - 0.005)
+    lucky = reply("a better learning rate", "LEARNING_RATE = 0.5", f"LEARNING_RATE = {value}")
+    fake_llm.set_script([lucky])
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    ResearchLoop(Workspace.find(), agent).start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
+    assert Ledger(noisy / "runs/ledger.db").experiments("t")[1]["outcome"] == "keep"  # the naive rule kept it
+    result = invoke("verify", "--seeds", "5")
+    assert result.exit_code == 0, result.output
+    assert "verdict: noise" in result.stdout or "verdict: unconfirmed" in result.stdout
+
+
 def test_verify_again_uses_new_seeds(noisy, fake_llm):
     run_loop(fake_llm, [REAL_GAIN])
     ledger = Ledger(noisy / "runs/ledger.db")
@@ -113,7 +126,8 @@ def interval(gain, low, high):
     (interval(0.04, 0.02, 0.06), interval(0.001, -0.02, 0.022), "overfit"),
     (interval(0.04, 0.02, 0.06), interval(-0.01, -0.03, 0.01), "overfit"),
     (interval(0.04, 0.02, 0.06), interval(0.03, -0.01, 0.07), "inconclusive"),
-    (interval(0.01, -0.01, 0.03), interval(0.02, 0.001, 0.04), "noise"),
+    (interval(0.01, -0.01, 0.03), interval(0.02, 0.001, 0.04), "unconfirmed"),
+    (interval(-0.01, -0.03, 0.01), interval(0.0, -0.02, 0.02), "noise"),
     (None, interval(0.02, 0.001, 0.04), "failed"),
 ])
 def test_the_verdict_says_plainly_what_the_intervals_mean(val, test, verdict):
