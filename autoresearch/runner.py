@@ -90,7 +90,6 @@ class TrainingResult:
     log_tail: str
     log_bytes: int = 0
     log_error: str | None = None
-    stray_processes: int = 0
 
 
 class Executor(Protocol):
@@ -246,7 +245,6 @@ class LocalExecutor:
         reader = _OutputReader(process.stdout.fileno(), log, on_output)
         reader.start()
         timed_out = False
-        strays = 0
         try:
             deadline = started + job.budget_seconds + job.grace_seconds
             next_sample = 0.0
@@ -259,11 +257,11 @@ class LocalExecutor:
                     tree.sample()
                     next_sample = now + TREE_SAMPLE_SECONDS
                 time.sleep(POLL_SECONDS)
+            seconds = time.monotonic() - started  # the training's own time, not the cleanup's
         finally:
             # Always, also on Ctrl-C: the job's processes must not outlive it, whatever they did.
             tree.sample()
             survivors = tree.members() | find_marked_processes(JOB_MARKER, marker) | find_group(process.pid)
-            strays = len([p for p in survivors if p.pid != process.pid])
             stop_processes(survivors, self.kill_wait_seconds, also_group=process.pid)
             _reap(process)
             reader.finish()
@@ -272,13 +270,12 @@ class LocalExecutor:
         return TrainingResult(
             exit_code=process.returncode,
             timed_out=timed_out,
-            seconds=time.monotonic() - started,
+            seconds=seconds,
             summary=reader.summary,
             log_path=job.log_path,
             log_tail=log.tail_text(),
             log_bytes=log.total_bytes,
             log_error=log.error,
-            stray_processes=strays,
         )
 
 
