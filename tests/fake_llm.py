@@ -21,6 +21,7 @@ class FakeLLM:
         self.script: list = []
         self.requests: list[dict] = []
         self._lock = threading.Lock()
+        self._closed = threading.Event()  # wakes handlers still waiting out a scripted delay
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -45,6 +46,7 @@ class FakeLLM:
         return entry(request) if callable(entry) else entry
 
     def close(self) -> None:
+        self._closed.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -63,7 +65,7 @@ class FakeLLM:
                 if isinstance(entry, dict):
                     usage = entry.get("usage")
                     finish_reason = entry.get("finish_reason", finish_reason)
-                    time.sleep(entry.get("delay", 0))
+                    fake._closed.wait(entry.get("delay", 0))
                     if "status" in entry:
                         body = json.dumps(entry.get("body", {"error": {"message": "scripted failure"}})).encode()
                         self._send(entry["status"], body)
