@@ -355,7 +355,9 @@ class ResearchLoop:
         head = state.worktree.head_commit()
         run_id = self.ledger.start_training_run(state.tag, number, attempt, kind, seed, head, str(log_path))
         ledger_guard = LedgerGuard(self.ledger, self.workspace.run_dir(state.tag), state.tag)
-        ledger_guard.before()
+        problem = ledger_guard.before()
+        if problem:
+            self.reporter.note(problem)
         try:
             result = self.executor.run(job, on_output=self.reporter.training_output)
         except BaseException:

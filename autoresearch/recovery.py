@@ -17,6 +17,7 @@ read back through a fresh connection after it; a ledger that changed is put back
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +101,15 @@ class LedgerGuard:
         self.backup_path = Path(run_dir) / LEDGER_BACKUP_FILE
         self._rows: list[dict] | None = None
 
-    def before(self) -> None:
-        self.ledger.backup_to(self.backup_path)
+    def before(self) -> str | None:
+        """Copy the ledger; returns why it could not be copied (a full disk), and then guards nothing."""
+        self._rows = None
+        try:
+            self.ledger.backup_to(self.backup_path)
+        except (OSError, sqlite3.Error) as exc:
+            return f"could not copy the ledger to {self.backup_path} ({exc}); this training runs without the copy"
         self._rows = self.ledger.experiments(self.tag)
+        return None
 
     def after(self) -> bool:
         """True when the ledger had been touched and was put back."""

@@ -317,3 +317,14 @@ def test_log_that_cannot_be_written_does_not_stop_the_run(workspace, fake_llm):
     assert (rows[1]["outcome"], rows[1]["metric"]) == ("keep", pytest.approx(0.25))
     assert any("1.log: cannot write the log: No space left on device" in note for note in loop.reporter.notes)
     assert_consistent(workspace, rows)
+
+
+def test_ledger_copy_that_cannot_be_written_does_not_stop_the_run(workspace, fake_llm):
+    """The disk is full when the ledger's safety copy is written: the training runs without it."""
+    run_with(fake_llm, [], max_experiments=1)
+    (workspace / "runs/t/ledger-backup.db").unlink(missing_ok=True)
+    os.symlink("/dev/full", workspace / "runs/t/ledger-backup.db")
+    loop, rows = resume_with(fake_llm, [BETTER], max_experiments=1)
+    assert rows[1]["outcome"] == "keep"
+    assert any("could not copy the ledger" in note for note in loop.reporter.notes)
+    assert_consistent(workspace, rows)
