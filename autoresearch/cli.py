@@ -22,7 +22,7 @@ from autoresearch.ledger import Ledger
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.pricing import load_price_table
 from autoresearch.recipe import builtin_recipes
-from autoresearch.review import (experiment_detail, experiment_records, filter_records, pick_tag, row_json, rows_json,
+from autoresearch.review import (experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
 from autoresearch.views import experiment_view, log_lines, painter, runs_lines
 from autoresearch.workspace import Workspace, init_workspace
@@ -148,13 +148,14 @@ def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (defa
         workspace = Workspace.find()
         ledger = Ledger(workspace.ledger_path)
         tag = pick_tag(ledger, tag)
-        records = experiment_records(ledger, tag, load_price_table(workspace.root), nested=as_json or as_tsv)
-        shown = filter_records(records, outcome, last)
+        prices = load_price_table(workspace.root)
+        records = experiment_records(ledger, tag, prices, nested=as_json or as_tsv, outcome=outcome, last=last)
         if as_json or as_tsv:
-            _emit(rows_json(shown) if as_json else rows_tsv(shown))
+            _emit(rows_json(records) if as_json else rows_tsv(records))
             return
-        summary = run_summary(ledger, tag, records, runs_dir=workspace.runs_dir)
-    _emit("\n".join(log_lines(shown, summary, painter(stdout), stdout.width if stdout.is_terminal else None)))
+        everything = outcome is None and last is None  # else the totals come from the ledger's indexes
+        summary = run_summary(ledger, tag, records if everything else None, prices, workspace.runs_dir)
+    _emit("\n".join(log_lines(records, summary, painter(stdout), stdout.width if stdout.is_terminal else None)))
 
 
 @app.command()

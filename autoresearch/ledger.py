@@ -253,12 +253,19 @@ class Ledger:
         self._db.execute(f"UPDATE experiments SET {assignments} WHERE tag = ? AND number = ?",
                          [*fields.values(), tag, number])
 
-    def experiments(self, tag: str, columns: tuple[str, ...] | None = None) -> list[dict]:
-        """Every experiment of a run in order; `columns` fetches only those (listings skip diffs and logs)."""
+    def experiments(self, tag: str, columns: tuple[str, ...] | None = None, outcome: str | None = None,
+                    last: int | None = None) -> list[dict]:
+        """Every experiment of a run in order; `columns` fetches only those (listings skip diffs and logs),
+        `outcome` only the experiments of that outcome, `last` only the last N of them."""
         selected = "*" if columns is None else ", ".join(c for c in columns if c in EXPERIMENT_COLUMNS)
+        query, params = f"SELECT {selected} FROM experiments WHERE tag = ?", [tag]
+        if outcome is not None:
+            query, params = query + " AND outcome = ?", params + [outcome]
+        if last is not None:
+            query, params = f"SELECT * FROM ({query} ORDER BY number DESC LIMIT ?)", params + [last]
         cursor = self._db.cursor()
         cursor.row_factory = None  # plain tuples zipped with the names: a third faster than sqlite3.Row on big runs
-        cursor.execute(f"SELECT {selected} FROM experiments WHERE tag = ? ORDER BY number", (tag,))
+        cursor.execute(query + " ORDER BY number", params)
         names = [column[0] for column in cursor.description]
         return [_experiment_dict(dict(zip(names, row))) for row in cursor]
 
@@ -358,12 +365,24 @@ class Ledger:
                                 " FROM llm_calls WHERE tag = ? GROUP BY experiment", (tag,))
         return {row[0]: (row[1], row[2]) for row in rows}
 
-    def token_usage(self, tag: str | None = None) -> list[dict]:
-        """Prompt and completion tokens summed per run, experiment and model (to price them per model)."""
-        where, params = ("WHERE tag = ?", (tag,)) if tag is not None else ("", ())
+    def token_usage(self, tag: str | None = None, between: tuple[int, int] | None = None) -> list[dict]:
+        """Prompt and completion tokens summed per run, experiment and model (to price them per model).
+
+        `between` (first, last) keeps the experiments numbered from first to last.
+        """
+        where, params = ("WHERE tag = ?", [tag]) if tag is not None else ("", [])
+        if tag is not None and between is not None:
+            where, params = where + " AND experiment BETWEEN ? AND ?", params + list(between)
         rows = self._db.execute("SELECT tag, experiment, model, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
                                 " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COUNT(*) AS calls"
                                 f" FROM llm_calls {where} GROUP BY tag, experiment, model", params)
+        return [dict(row) for row in rows]
+
+    def token_usage_by_model(self) -> list[dict]:
+        """Prompt and completion tokens summed per run and model: a run's cost without a row per experiment."""
+        rows = self._db.execute("SELECT tag, model, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
+                                " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COUNT(*) AS calls"
+                                " FROM llm_calls GROUP BY tag, model")
         return [dict(row) for row in rows]
 
     def outcome_counts(self) -> dict[str, dict[str, int]]:

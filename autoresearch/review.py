@@ -36,15 +36,21 @@ def pick_tag(ledger: Ledger, tag: str | None) -> str:
     return latest
 
 
-def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = None, nested: bool = True) -> list[dict]:
+def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = None, nested: bool = True,
+                       outcome: str | None = None, last: int | None = None) -> list[dict]:
     """One dict per experiment of the run, in order: the row shape of every JSON and TSV output.
 
-    nested=False skips decoding the summary and decision of each row (empty in the records): the
-    text listing shows neither, and on 10,000 experiments the decoding is a good part of its time.
+    `outcome` keeps the experiments of one outcome, `last` the last N of them (both in SQL: the
+    last 20 of 10,000 read 20 rows). nested=False skips decoding each row's summary and decision
+    (empty in the records): the text listing shows neither, and on 10,000 experiments the decoding
+    is a good part of its time.
     """
-    usage = usage_by_experiment(ledger.token_usage(tag), prices)
+    check_filters(outcome, last)
     columns = LISTING_COLUMNS if nested else tuple(c for c in LISTING_COLUMNS if not c.endswith("_json"))
-    return [experiment_record(row, usage.get(row["number"])) for row in ledger.experiments(tag, columns)]
+    rows = ledger.experiments(tag, columns, outcome=outcome, last=last)
+    between = (rows[0]["number"], rows[-1]["number"]) if rows and (outcome or last) else None
+    usage = usage_by_experiment(ledger.token_usage(tag, between), prices)
+    return [experiment_record(row, usage.get(row["number"])) for row in rows]
 
 
 def experiment_record(row: dict, usage: dict | None = None) -> dict:
@@ -130,8 +136,9 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
     With the workspace's runs folder, a run the ledger calls `running` whose process is gone says
     `interrupted` (see live_status).
     """
+    if records is None:  # from the indexes, without reading the experiments
+        return next(summary for summary in run_summaries(ledger, prices, runs_dir) if summary["tag"] == tag)
     run = _with_live_status(ledger.run(tag), runs_dir)
-    records = experiment_records(ledger, tag, prices) if records is None else records
     kept = [r for r in records if r["outcome"] == "keep"]
     counts: dict[str, int] = {}
     for record in records:
@@ -151,7 +158,7 @@ def run_summaries(ledger: Ledger, prices: PriceTable | None = None, runs_dir: Pa
     kept = ledger.kept_metrics()
     usage: dict[str, dict] = {}
     pricer = _Pricer(prices)
-    for row in ledger.token_usage():
+    for row in ledger.token_usage_by_model():  # prices are per token: per run and model is exact
         total = usage.setdefault(row["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
         _add_usage(total, row, pricer)
     verifications = ledger.latest_verifications()
@@ -245,17 +252,11 @@ def run_duration(run: dict, now: datetime | None = None) -> float | None:
 
 # --- filters and machine-readable output
 
-def filter_records(records: list[dict], outcome: str | None = None, last: int | None = None) -> list[dict]:
-    """The records of one outcome, then the last N of them."""
-    if outcome is not None:
-        if outcome not in OUTCOMES:
-            raise UserError(f"--outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
-        records = [r for r in records if r["outcome"] == outcome]
-    if last is not None:
-        if last < 1:
-            raise UserError("--last must be at least 1")
-        records = records[-last:]
-    return records
+def check_filters(outcome: str | None, last: int | None) -> None:
+    if outcome is not None and outcome not in OUTCOMES:
+        raise UserError(f"--outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
+    if last is not None and last < 1:
+        raise UserError("--last must be at least 1")
 
 
 def rows_json(rows: list[dict]) -> str:
