@@ -189,6 +189,30 @@ def test_log_json_tsv_and_show_json_share_one_row_shape(in_night):
     assert "WIDTH = 2" in detail["diff"]
 
 
+def test_json_stays_valid_when_a_training_printed_nan(workspace, fake_llm, monkeypatch):
+    fake_llm.set_script([reply("make it nan", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = float('nan')")])
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
+    assert invoke("run", "--tag", "nan", "--max-experiments", "2", "--noise-runs", "0").exit_code == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    rows = json.loads(invoke("log", "--json").stdout, parse_constant=refuse)
+    assert rows[1]["outcome"] == "crash" and rows[1]["reason"] == "nan" and rows[1]["summary"]["val_loss"] is None
+    assert json.loads(invoke("show", "1", "--json").stdout, parse_constant=refuse)["summary"]["val_loss"] is None
+
+
+def test_review_commands_without_runs(workspace):
+    result = invoke("runs")
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "no runs yet" in result.output
+    for command in ("log", "show", "plot", "report"):
+        args = [command, "0"] if command == "show" else [command]
+        result = invoke(*args)
+        assert result.exit_code == 1, command
+        assert result.output.strip() == "error: no runs yet in this workspace; start one with `autoresearch run`"
+
+
 # --- runs
 
 def test_runs_lists_every_run(in_night):
