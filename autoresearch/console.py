@@ -15,10 +15,6 @@ import time
 from collections import Counter, deque
 
 from rich.console import Console, Group
-from rich.live import Live
-from rich.panel import Panel
-from rich.progress_bar import ProgressBar
-from rich.table import Table
 from rich.text import Text
 
 MAX_PROGRESS_VALUES = 6
@@ -177,6 +173,8 @@ class LiveReporter(Reporter):
         self.direction = "lower"
         self.counts: Counter[str] = Counter()
         self.recent: deque[dict] = deque(maxlen=5)
+        from rich.live import Live  # the panel's modules load only when there is a panel (not for log or runs)
+
         self.live = Live(get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False)
         self.live.start()
 
@@ -226,6 +224,10 @@ class LiveReporter(Reporter):
         self.live.stop()
 
     def _render(self):
+        from rich.panel import Panel
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
         header = Table.grid(padding=(0, 2))
         header.add_row(Text(f"run {self.tag}", style="bold"), f"recipe {self.recipe}", f"agent {self.agent}",
                        f"elapsed {format_duration(time.monotonic() - self.started)}")

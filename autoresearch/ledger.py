@@ -408,8 +408,8 @@ def _run_dict(row: sqlite3.Row) -> dict:
     return data
 
 
-def _experiment_dict(row: sqlite3.Row) -> dict:
-    data = dict(row)
+def _experiment_dict(row: sqlite3.Row | dict) -> dict:
+    data = row if isinstance(row, dict) else dict(row)
     if "summary_json" in data:
         data["summary"] = json.loads(data.pop("summary_json") or "{}")
     if "decision_json" in data:
