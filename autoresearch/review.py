@@ -337,19 +337,9 @@ def experiment_detail(ledger: Ledger, tag: str, number: int, prices: PriceTable 
             diff = None
     detail["diff"] = diff or None
     detail["log_tail"] = row["log_tail"] or read_log_tail(row["log_path"])
-    detail["training_runs"] = training_runs_of(ledger, tag, number)
+    detail["training_runs"] = ledger.training_runs(tag, number)  # the first, noise and confirmation runs
     detail["llm_calls"] = [_call_record(call, prices, with_prompt) for call in calls]
     return detail
-
-
-def training_runs_of(ledger: Ledger, tag: str, number: int) -> list[dict]:
-    """HOOK for confirmation runs: every training run of one experiment, once the ledger records them.
-
-    Until the ledger has a `training_runs(tag, number)` reader this is empty and `show` prints the
-    experiment's own metric and summary only.
-    """
-    reader = getattr(ledger, "training_runs", None)
-    return [dict(run) for run in reader(tag, number)] if callable(reader) else []
 
 
 def _call_record(call: dict, prices: PriceTable | None, with_prompt: bool) -> dict:
