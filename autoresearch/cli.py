@@ -43,6 +43,13 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
+def open_run(tag: str | None) -> tuple[Workspace, Ledger, str]:
+    """The workspace around the current folder, its ledger, and the asked-for run (or the latest)."""
+    workspace = Workspace.find()
+    ledger = Ledger(workspace.ledger_path)
+    return workspace, ledger, pick_tag(ledger, tag)
+
+
 @app.command()
 def init(directory: Path = typer.Argument(..., help="Folder to make a workspace (created if needed)."),
          recipe: str = typer.Option("tiny", "--recipe", help="Built-in recipe to copy (see `autoresearch recipes`).")):
@@ -145,9 +152,7 @@ def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (defa
     with user_errors():
         if as_json and as_tsv:
             raise UserError("choose one of --json and --tsv")
-        workspace = Workspace.find()
-        ledger = Ledger(workspace.ledger_path)
-        tag = pick_tag(ledger, tag)
+        workspace, ledger, tag = open_run(tag)
         prices = load_price_table(workspace.root)
         records = experiment_records(ledger, tag, prices, nested=as_json or as_tsv, outcome=outcome, last=last)
         if as_json or as_tsv:
@@ -179,9 +184,7 @@ def show(number: int = typer.Argument(..., help="Experiment number, as in `autor
          as_json: bool = typer.Option(False, "--json", help="Print it as JSON (the log row plus the details).")):
     """One experiment whole: outcome and why, every number, timings, cost, its diff and its log tail."""
     with user_errors():
-        workspace = Workspace.find()
-        ledger = Ledger(workspace.ledger_path)
-        tag = pick_tag(ledger, tag)
+        workspace, ledger, tag = open_run(tag)
         prices = load_price_table(workspace.root)
         detail = experiment_detail(ledger, tag, number, prices, with_prompt=prompt, repo=workspace.repo)
         if as_json:
@@ -198,9 +201,7 @@ def plot(tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: th
     from autoresearch.plot import write_plot
 
     with user_errors():
-        workspace = Workspace.find()
-        ledger = Ledger(workspace.ledger_path)
-        tag = pick_tag(ledger, tag)
+        workspace, ledger, tag = open_run(tag)
         records = experiment_records(ledger, tag, load_price_table(workspace.root))
         path = output or workspace.run_dir(tag) / "progress.png"
         try:
@@ -219,9 +220,7 @@ def report(tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: 
     from autoresearch.report import write_report
 
     with user_errors():
-        workspace = Workspace.find()
-        ledger = Ledger(workspace.ledger_path)
-        tag = pick_tag(ledger, tag)
+        workspace, ledger, tag = open_run(tag)
         details = run_details(ledger, tag, load_price_table(workspace.root))
         summary = run_summary(ledger, tag, details, runs_dir=workspace.runs_dir)
         path = output or workspace.run_dir(tag) / "report.html"
@@ -243,9 +242,7 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
     with user_errors():
         if budget is not None and budget <= 0:
             raise UserError("--budget must be positive")
-        workspace = Workspace.find()
-        ledger = Ledger(workspace.ledger_path)
-        tag = pick_tag(ledger, tag)
+        workspace, ledger, tag = open_run(tag)
         try:
             result = verify_run(workspace, ledger, tag, seeds=seeds, budget_seconds=budget,
                                 on_progress=lambda text: stderr.print(f"verify {tag}: {text}", highlight=False))
