@@ -65,7 +65,7 @@ def recipes():
     """List the built-in recipes."""
     with user_errors():
         for recipe in builtin_recipes():
-            stdout.print(f"{recipe.name:<10} {recipe.description}", highlight=False)
+            stdout.print(f"{recipe.name:<10} {recipe.description}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -27,6 +27,13 @@ def test_init_makes_a_committed_workspace(tmp_path):
     assert "recipes/tiny/train.py" in git(target, "ls-files")
 
 
+def test_init_with_the_gpu_recipe(tmp_path):
+    target = tmp_path / "gpu"
+    result = invoke("init", str(target), "--recipe", "nanogpt")
+    assert result.exit_code == 0, result.output
+    assert "recipes/nanogpt/train.py" in git(target, "ls-files")
+
+
 def test_init_refuses_to_overwrite(tmp_path):
     target = tmp_path / "ws"
     invoke("init", str(target), "--recipe", "tiny")
@@ -46,7 +53,8 @@ def test_init_unknown_recipe_lists_the_known_ones(tmp_path):
 def test_recipes_lists_each_with_a_line():
     result = invoke("recipes")
     assert result.exit_code == 0
-    assert any(line.startswith("tiny") for line in result.output.splitlines())
+    names = [line.split()[0] for line in result.output.splitlines() if line.strip()]
+    assert names == ["nanogpt", "tiny"]
 
 
 def test_run_without_key_or_base_url_says_what_to_set(workspace):
