@@ -76,7 +76,8 @@ def main() -> None:
         summary = run_recipe(args.budget, seed)
         runs.append((seed, summary))
         print(f"seed {seed}: val_bpb {summary['val_bpb']:.4f}  steps {summary['num_steps']:.0f}  "
-              f"training {summary['training_seconds']:.1f}s  total {summary['total_seconds']:.1f}s", flush=True)
+              f"training {summary['training_seconds']:.1f}s  stolen {summary.get('stolen_seconds', 0):.1f}s  "
+              f"total {summary['total_seconds']:.1f}s", flush=True)
 
     same_seed = [summary["val_bpb"] for seed, summary in runs[: args.repeats]]
     every_run = [summary["val_bpb"] for _, summary in runs]

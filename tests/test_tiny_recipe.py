@@ -135,6 +135,39 @@ def test_evaluate_bpb_scores_the_same_bytes_for_any_seq_len(cache, seq_len):
     assert prepare.evaluate_bpb(UniformModel(), seq_len) == pytest.approx(8.0)
 
 
+def test_stolen_seconds_reads_the_hosts_steal_time():
+    stolen = prepare.stolen_seconds()
+    assert stolen >= 0
+    if Path("/proc/stat").exists():
+        per_cpu = [line.split() for line in Path("/proc/stat").read_text().splitlines()
+                   if line.startswith("cpu") and not line.startswith("cpu ")]
+        worst = max(int(fields[8]) for fields in per_cpu) / os.sysconf("SC_CLK_TCK")
+        assert worst <= prepare.stolen_seconds() <= worst + 1.0
+
+
+def test_training_clock_leaves_out_stolen_time_up_to_a_wall_limit():
+    stolen = [100.0]
+    clock = prepare.TrainingClock(0.4, read_stolen=lambda: stolen[0])
+    assert clock.wall_limit == pytest.approx(0.5)
+    assert 0 <= clock.seconds() < 0.1 and not clock.expired()
+    stolen[0] += 0.3  # the hypervisor ran someone else for 0.3 s of our wall time
+    while clock.wall_seconds() < 0.4:
+        pass
+    assert clock.stolen_seconds() == pytest.approx(0.3)
+    assert clock.seconds() == pytest.approx(clock.wall_seconds() - 0.3, abs=0.01)
+    assert not clock.expired()  # 0.4 s of wall, only about 0.1 s of it ours
+    while clock.wall_seconds() < 0.5:
+        pass
+    assert clock.expired()  # the wall limit, although the training seconds are short of the budget
+    assert clock.seconds() < 0.4
+
+    idle = prepare.TrainingClock(0.2, read_stolen=lambda: 7.0)
+    while not idle.expired():
+        pass
+    assert 0.2 <= idle.wall_seconds() < 0.3 and idle.stolen_seconds() == 0
+    assert prepare.TrainingClock(600).wall_limit == 615  # a quarter of the budget, at most 15 s
+
+
 # ---------------------------------------------------------------------------------------------
 # train.py end to end
 
@@ -147,7 +180,9 @@ def test_training_prints_the_summary(cache):
     assert "test_bpb" not in summary
     assert math.isfinite(summary["val_bpb"]) and 0 < summary["val_bpb"] < 8.5
     assert summary["num_steps"] >= 1 and summary["num_params_M"] > 0
-    assert 2 <= summary["training_seconds"] < 10
+    # Wall time is training time plus stolen time: at least the budget, at most a quarter over it.
+    wall_seconds = summary["training_seconds"] + summary["stolen_seconds"]
+    assert summary["stolen_seconds"] >= 0 and 2 <= wall_seconds < 3.5
 
 
 def test_training_with_eval_test_prints_test_bpb(cache):

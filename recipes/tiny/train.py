@@ -5,12 +5,14 @@ Run:  python train.py
       cache on first use)
 
 This is the file the agent edits. It trains until the time budget is spent, with a learning-rate
-schedule that follows elapsed time, then measures validation bits per byte with prepare.py's
+schedule that follows elapsed time (prepare.py's clock, which leaves out time a cloud host's
+hypervisor gave to other tenants), then measures validation bits per byte with prepare.py's
 fixed evaluation and prints a summary block (`---`, then `name: value` lines).
 
 The model: a small pre-norm transformer with rotary positions, QK-norm and a ReLU-squared MLP,
-plus hashed bigram and trigram embeddings (a byte model learns short contexts from them far
-faster than from attention alone). Muon updates the block matrices, AdamW the rest.
+plus hashed embeddings of the last 2 to NGRAM_ORDER bytes (a byte model learns short contexts
+from them far faster than from attention alone: orders up to 5 took val_bpb from 2.19 to 2.08).
+Muon updates the block matrices, AdamW the rest.
 """
 
 import math
@@ -24,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import VOCAB_SIZE, TrainBatches, evaluate_bpb, test_split_enabled
+from prepare import VOCAB_SIZE, TrainBatches, TrainingClock, evaluate_bpb, test_split_enabled
 
 # ---------------------------------------------------------------------------------------------
 # Hyperparameters
@@ -35,9 +37,10 @@ N_HEAD = 4
 MLP_RATIO = 4
 SEQ_LEN = 128
 BATCH_SIZE = 8
-NGRAM_ORDER = 3
+NGRAM_ORDER = 5
 NGRAM_BUCKETS = 8192
 LEARNING_RATE = 2e-2
+NGRAM_LR = 5e-2  # each n-gram row is seen rarely, so it learns faster than the rest
 ADAM_BETA1 = 0.9
 ADAM_BETA2 = 0.99
 MUON_LR = 0.01
@@ -46,7 +49,7 @@ NS_STEPS = 3
 WARMUP_FRACTION = 0.02
 WARMDOWN_FRACTION = 0.4
 FINAL_LR_FRACTION = 0.0
-GRAD_CLIP = 1.0
+GRAD_CLIP = 0.0  # 0 turns clipping off
 ROPE_BASE = 10000
 LOG_EVERY_SECONDS = 5
 CPU_THREADS = 2
@@ -205,13 +208,19 @@ class Muon(torch.optim.Optimizer):
                 parameter.add_(update, alpha=-group["lr"] * scale)
 
 
-# Muon for the matrices inside the blocks; AdamW for embeddings, n-gram tables and the head.
-block_matrices = [p for name, p in model.named_parameters() if p.dim() == 2 and name.startswith("blocks.")]
-other_parameters = [p for name, p in model.named_parameters() if not (p.dim() == 2 and name.startswith("blocks."))]
+# Muon for the matrices inside the blocks; AdamW for the embeddings, the n-gram tables and the head.
+block_matrices, ngram_tables, other_parameters = [], [], []
+for name, parameter in model.named_parameters():
+    if parameter.dim() == 2 and name.startswith("blocks."):
+        block_matrices.append(parameter)
+    elif name.startswith("ngrams."):
+        ngram_tables.append(parameter)
+    else:
+        other_parameters.append(parameter)
 optimizers = [
     Muon(block_matrices, lr=MUON_LR, momentum=MUON_MOMENTUM),
-    torch.optim.AdamW(other_parameters, lr=LEARNING_RATE, betas=(ADAM_BETA1, ADAM_BETA2), weight_decay=0.0,
-                      fused=True),
+    torch.optim.AdamW([dict(params=other_parameters), dict(params=ngram_tables, lr=NGRAM_LR)], lr=LEARNING_RATE,
+                      betas=(ADAM_BETA1, ADAM_BETA2), weight_decay=0.0, fused=True),
 ]
 for optimizer in optimizers:
     for group in optimizer.param_groups:
@@ -237,8 +246,8 @@ print(f"device {device} | params {num_params / 1e6:.2f}M | budget {time_budget:g
 step = 0
 training_seconds = 0.0
 last_log = 0.0
-training_started = time.perf_counter()
-while training_seconds < time_budget:
+clock = TrainingClock(time_budget)  # wall time less what the hypervisor stole (prepare.py)
+while not clock.expired():
     multiplier = lr_multiplier(training_seconds / time_budget)
     for optimizer in optimizers:
         for group in optimizer.param_groups:
@@ -251,12 +260,13 @@ while training_seconds < time_budget:
     if not math.isfinite(loss_value):
         print(f"loss is {loss_value} at step {step}", flush=True)
         sys.exit(1)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    if GRAD_CLIP > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
     for optimizer in optimizers:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     step += 1
-    training_seconds = time.perf_counter() - training_started
+    training_seconds = clock.seconds()
     if training_seconds - last_log >= LOG_EVERY_SECONDS:
         last_log = training_seconds
         bytes_per_second = step * BATCH_SIZE * SEQ_LEN / training_seconds
@@ -281,6 +291,7 @@ print(f"val_bpb: {val_bpb:.6f}")
 if test_bpb is not None:
     print(f"test_bpb: {test_bpb:.6f}")
 print(f"training_seconds: {training_seconds:.1f}")
+print(f"stolen_seconds: {clock.stolen_seconds():.1f}")
 print(f"total_seconds: {time.perf_counter() - script_started:.1f}")
 print(f"peak_memory_mb: {peak_memory_mb:.1f}")
 print(f"num_steps: {step}")
