@@ -273,6 +273,8 @@ while not clock.expired():
         print(f"step {step:5d} | {training_seconds:5.1f}s | loss {loss_value:.4f} | "
               f"lr x{multiplier:.2f} | {bytes_per_second / 1e3:.1f}k bytes/s", flush=True)
 
+stolen_seconds = clock.stolen_seconds()
+
 # ---------------------------------------------------------------------------------------------
 # Evaluation and summary
 
@@ -291,7 +293,7 @@ print(f"val_bpb: {val_bpb:.6f}")
 if test_bpb is not None:
     print(f"test_bpb: {test_bpb:.6f}")
 print(f"training_seconds: {training_seconds:.1f}")
-print(f"stolen_seconds: {clock.stolen_seconds():.1f}")
+print(f"stolen_seconds: {stolen_seconds:.1f}")
 print(f"total_seconds: {time.perf_counter() - script_started:.1f}")
 print(f"peak_memory_mb: {peak_memory_mb:.1f}")
 print(f"num_steps: {step}")
