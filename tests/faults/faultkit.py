@@ -139,6 +139,14 @@ def assert_consistent(workspace: Path, rows: list[dict], tag: str = TAG) -> None
 CLI = "from autoresearch.cli import app; app()"
 
 
+def as_a_terminal_job() -> None:
+    """Signal dispositions of a job started at an interactive shell. Tests launched as a background
+    job of a non-interactive shell (`nohup ... &`) inherit SIGINT ignored, and an ignored signal
+    stays ignored in the tool by design; the Ctrl-C tests must not depend on how pytest was started."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class ToolProcess:
     """`autoresearch ARGS` in its own session (as a shell job), its stderr collected in a file."""
 
@@ -150,7 +158,7 @@ class ToolProcess:
         self.process = subprocess.Popen([sys.executable, "-c", command, *args], cwd=workspace,
                                         env={**os.environ, "COLUMNS": "200", **(env or {})},
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=as_a_terminal_job)
 
     @property
     def pid(self) -> int:
