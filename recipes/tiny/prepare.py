@@ -281,7 +281,8 @@ class TrainingClock:
         return self.wall_seconds() - self.stolen_seconds()
 
     def expired(self) -> bool:
-        return self.seconds() >= self.budget_seconds or self.wall_seconds() >= self.wall_limit
+        wall = self.wall_seconds()  # one reading of each clock, so both tests see the same moment
+        return wall - self.stolen_seconds() >= self.budget_seconds or wall >= self.wall_limit
 
 
 # ---------------------------------------------------------------------------------------------
