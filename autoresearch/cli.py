@@ -17,6 +17,7 @@ from rich.console import Console
 
 from autoresearch.console import format_metric, make_reporter
 from autoresearch.errors import UserError
+from autoresearch.gains import gain_or_none
 from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
@@ -135,10 +136,10 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             reporter.close()
             raise UserError(f"{exc}; after fixing it, go on with: autoresearch run --resume {loop.tag}") from None
         reporter.close()
-    gain = summary.best_metric - summary.baseline_metric if summary.best_metric is not None else None
+    gain = gain_or_none(summary.best_metric, summary.baseline_metric, summary.direction)
     stderr.print(f"run {summary.tag} done ({summary.stop_reason}): {summary.experiments} experiments, "
                  f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
-                 + (f" ({gain:+.4g} against the baseline)" if gain is not None else "")
+                 + (f" (gain {gain:+.4g} over the baseline)" if gain is not None else "")
                  + f". See: autoresearch log --tag {summary.tag}", highlight=False)
 
 

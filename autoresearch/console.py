@@ -17,6 +17,8 @@ from collections import Counter, deque
 from rich.console import Console, Group
 from rich.text import Text
 
+from autoresearch import gains
+
 MAX_PROGRESS_VALUES = 6
 OUTCOME_STYLES = {"keep": "green", "discard": "yellow", "crash": "red", "timeout": "magenta",
                   "invalid": "bright_black", "interrupted": "cyan", "running": "blue"}
@@ -243,8 +245,7 @@ class LiveReporter(Reporter):
             lines.append(bar)
         gain = ""
         if self.best is not None and self.baseline is not None:
-            delta = self.baseline - self.best if self.direction == "lower" else self.best - self.baseline
-            gain = f" (gain {delta:+.4g} over baseline)"
+            gain = f" (gain {gains.gain(self.best, self.baseline, self.direction):+.4g} over baseline)"
         counts = ", ".join(f"{self.counts[k]} {k}" for k in ("keep", "discard", "crash", "timeout", "invalid")
                            if self.counts[k])
         noise = f"   noise {self.noise}" if self.noise else ""

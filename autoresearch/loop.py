@@ -18,6 +18,7 @@ from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCal
 from autoresearch.console import Reporter
 from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
+from autoresearch.gains import gain_or_none
 from autoresearch.guard import changed_fixed_files, check_candidate, files_hash, hash_fixed_files
 from autoresearch.ledger import Ledger, now_iso
 from autoresearch.noise import (DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule, NoiseFloor,
@@ -97,6 +98,7 @@ class RunSummary:
     kept: int
     best_metric: float | None
     baseline_metric: float | None
+    direction: str
     stop_reason: str
 
 
@@ -243,7 +245,8 @@ class ResearchLoop:
         self.ledger.set_run_status(state.tag, "finished")
         rows = self.ledger.experiments(state.tag)
         return RunSummary(tag=state.tag, experiments=len(rows), kept=sum(r["outcome"] == "keep" for r in rows),
-                          best_metric=state.best_metric, baseline_metric=state.baseline_metric, stop_reason=stop_reason)
+                          best_metric=state.best_metric, baseline_metric=state.baseline_metric,
+                          direction=state.recipe.direction, stop_reason=stop_reason)
 
     def _baseline(self, state: RunState, options: RunOptions) -> None:
         """The unmodified recipe at the start commit: the reference every experiment must beat."""
@@ -545,14 +548,13 @@ class ResearchLoop:
 
     def _lineage(self, tag: str) -> tuple[LineageEntry, ...]:
         entries = []
+        direction = self.ledger.run(tag)["direction"]
         for row in self.ledger.experiments(tag):
             if row["outcome"] == "running":
                 continue
-            delta = None
-            if row["metric"] is not None and row["best_before"] is not None:
-                delta = row["metric"] - row["best_before"]
             entries.append(LineageEntry(number=row["number"], outcome=row["outcome"], reason=row["reason"],
-                                        metric=row["metric"], delta=delta, description=row["description"] or "",
+                                        metric=row["metric"],
+                                        gain=gain_or_none(row["metric"], row["best_before"], direction), description=row["description"] or "",
                                         log_tail=row["log_tail"] or ""))
         return tuple(entries)
 

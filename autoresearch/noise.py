@@ -39,6 +39,8 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
+from autoresearch import gains
+
 DEFAULT_NOISE_RUNS = 2
 DEFAULT_NOISE_MULTIPLE = 2.0
 DEFAULT_CONFIRM_RUNS = 3  # benchmarks/noise_rule.py: 3 or 4 beat 2 on gain and on honesty, at +1% runs
@@ -82,11 +84,6 @@ def sample_std(values: list[float]) -> float | None:
         return None
     centre = mean(values)
     return math.sqrt(sum((value - centre) ** 2 for value in values) / (len(values) - 1))
-
-
-def improvement(candidate: float, reference: float, direction: str) -> float:
-    """Signed gain of candidate over reference; positive means better."""
-    return reference - candidate if direction == "lower" else candidate - reference
 
 
 @dataclass(frozen=True)
@@ -146,7 +143,7 @@ class Decision:
 def decide(candidate: list[float], best: list[float], direction: str, noise_std: float | None,
            rule: KeepRule) -> Decision:
     """Keep, discard or confirm a candidate given its runs' metrics and the best commit's."""
-    gain = improvement(mean(candidate), mean(best), direction)
+    gain = gains.gain(mean(candidate), mean(best), direction)
     n_candidate, n_best = len(candidate), len(best)
     if noise_std is None or noise_std <= 0:
         verdict = "keep" if gain > rule.min_delta else "discard"
@@ -288,7 +285,7 @@ def gain_interval(reference: list[float], candidate: list[float], direction: str
     """
     if len(reference) < 2 or len(candidate) < 2:
         return None
-    gain = improvement(mean(candidate), mean(reference), direction)
+    gain = gains.gain(mean(candidate), mean(reference), direction)
     dof = len(reference) + len(candidate) - 2
     pooled = NoiseFloor.pooled([reference, candidate]).std
     half_width = t_quantile_95(dof) * pooled * math.sqrt(1 / len(reference) + 1 / len(candidate))

@@ -14,6 +14,8 @@ import io
 import math
 from pathlib import Path
 
+from autoresearch.gains import better_word, gain
+
 OUTCOME_COLORS = {"keep": "#1f9e48", "discard": "#9aa0a6", "crash": "#d93025", "timeout": "#9334e6",
                   "invalid": "#bdc1c6", "interrupted": "#12b5cb"}
 AXIS_MARKS = {"crash": "x", "timeout": "v", "invalid": "+", "interrupted": "."}
@@ -65,7 +67,7 @@ def render_plot(records: list[dict], summary: dict) -> bytes:
             axes.scatter(numbers, [0.015] * len(numbers), transform=on_axis, marker=marker, s=size * 1.4,
                          color=OUTCOME_COLORS[outcome], linewidths=1.2, zorder=5, clip_on=False)
 
-    labelled = labelled_experiments(kept, lower)
+    labelled = labelled_experiments(kept, summary["direction"])
     for record in labelled:
         text = _short(record["description"] or f"experiment {record['number']}")
         axes.annotate(f"{record['number']}: {text}", (record["number"], record["metric"]), xytext=(5, 7),
@@ -77,7 +79,7 @@ def render_plot(records: list[dict], summary: dict) -> bytes:
     axes.set_xlim(-0.5 - last_number * 0.01, last_number + 0.5 + max(1.0, last_number * 0.12))
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("experiment")
-    axes.set_ylabel(f"{summary['metric']} ({'lower' if lower else 'higher'} is better)")
+    axes.set_ylabel(f"{summary['metric']} ({better_word(summary['direction'])} is better)")
     axes.grid(True, color="#e8eaed", linewidth=0.8, zorder=0)
     axes.set_axisbelow(True)
     for side in ("top", "right"):
@@ -144,14 +146,13 @@ def _y_range(kept: list[float], measured: list[float]) -> tuple[float, float]:
     return low - pad * 1.6, high + pad * 2.5  # room below for the marks on the axis, above for the labels
 
 
-def labelled_experiments(kept: list[dict], lower: bool) -> list[dict]:
+def labelled_experiments(kept: list[dict], direction: str) -> list[dict]:
     """Every kept experiment, or past MAX_LABELS the baseline and the largest gains."""
     if len(kept) <= MAX_LABELS:
         return kept
     gains = []
     for previous, record in zip(kept, kept[1:]):
-        gain = previous["metric"] - record["metric"] if lower else record["metric"] - previous["metric"]
-        gains.append((gain, record["number"]))
+        gains.append((gain(record["metric"], previous["metric"], direction), record["number"]))
     chosen = {number for _, number in sorted(gains, reverse=True)[:MAX_LABELS - 1]} | {kept[0]["number"]}
     return [r for r in kept if r["number"] in chosen]
 

@@ -1,7 +1,7 @@
 """What the LLM agent is told: the tool, the reply contract, program.md, the recipe and the lineage.
 
-The lineage is what earlier experiments found: outcome (typed, with its reason), metric, delta
-against the best before it and description for the most recent ones, and the log tail of recent
+The lineage is what earlier experiments found: outcome (typed, with its reason), metric, gain
+over the best before it and description for the most recent ones, and the log tail of recent
 failures, so the agent repairs near-misses instead of repeating them.
 
 The prompt stays within a token budget however long the run is: what grows with the run (the
@@ -64,7 +64,7 @@ class LineageEntry:
     outcome: str
     reason: str | None
     metric: float | None
-    delta: float | None
+    gain: float | None  # over the best before it; positive is better
     description: str
     log_tail: str = ""
 
@@ -149,12 +149,12 @@ def format_lineage(lineage: tuple[LineageEntry, ...], rows: int = LINEAGE_ROWS) 
     older = lineage[:len(lineage) - len(recent)]
     parts = [summarize_lineage(older)] if older else []
     if recent:
-        table = ["| # | outcome | metric | delta vs best before | description |", "|---|---|---|---|---|"]
+        table = ["| # | outcome | metric | gain over the best before (+ is better) | description |", "|---|---|---|---|---|"]
         for entry in recent:
             outcome = _clip(f"{entry.outcome}: {entry.reason}" if entry.reason else entry.outcome)
             metric = f"{entry.metric:.6g}" if entry.metric is not None else "-"
-            delta = f"{entry.delta:+.4g}" if entry.delta is not None else "-"
-            table.append(f"| {entry.number} | {outcome} | {metric} | {delta} | {_clip(entry.description)} |")
+            gain = f"{entry.gain:+.4g}" if entry.gain is not None else "-"
+            table.append(f"| {entry.number} | {outcome} | {metric} | {gain} | {_clip(entry.description)} |")
         parts.append("\n".join(table))
     return "\n\n".join(parts)
 
@@ -173,11 +173,11 @@ def summarize_lineage(entries: tuple[LineageEntry, ...]) -> str:
         detail = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda item: -item[1]) if k)
         described.append(f"{kinds['']} {outcome}" + (f" ({detail})" if detail else ""))
     lines = [f"Experiments {entries[0].number} to {entries[-1].number}, summarised: {'; '.join(described)}."]
-    kept = [e for e in entries if e.outcome == "keep" and e.delta is not None]
-    best = sorted(kept, key=lambda e: abs(e.delta), reverse=True)[:SUMMARY_BEST_KEPT]
+    kept = [e for e in entries if e.outcome == "keep" and e.gain is not None]
+    best = sorted(kept, key=lambda e: e.gain, reverse=True)[:SUMMARY_BEST_KEPT]
     if best:
         lines.append("Largest kept gains among them: " + "; ".join(
-            f"#{e.number} ({e.delta:+.4g}) {_clip(e.description)}" for e in sorted(best, key=lambda e: e.number)) + ".")
+            f"#{e.number} ({e.gain:+.4g}) {_clip(e.description)}" for e in sorted(best, key=lambda e: e.number)) + ".")
     return "\n".join(lines)
 
 

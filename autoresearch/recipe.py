@@ -13,9 +13,9 @@ from pathlib import Path
 import yaml
 
 from autoresearch.errors import UserError
+from autoresearch.gains import DIRECTIONS
 
 RECIPE_FILE = "recipe.yaml"
-DIRECTIONS = ("lower", "higher")
 
 
 @dataclass(frozen=True)
@@ -40,16 +40,6 @@ class Recipe:
         if self.grace_seconds is not None:
             return float(self.grace_seconds)
         return max(30.0, budget_seconds / 4)
-
-    def is_better(self, candidate: float, reference: float, margin: float = 0.0) -> bool:
-        """True when candidate beats reference by more than margin in the recipe's direction."""
-        if self.direction == "lower":
-            return candidate < reference - margin
-        return candidate > reference + margin
-
-    def improvement(self, candidate: float, reference: float) -> float:
-        """Signed gain of candidate over reference; positive means better."""
-        return reference - candidate if self.direction == "lower" else candidate - reference
 
 
 def load_recipe(path: Path) -> Recipe:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from autoresearch.console import format_cost, format_duration, format_metric, format_tokens
 from autoresearch.review import explain_outcome
-from autoresearch.views import better_word, format_delta, format_local_time
+from autoresearch.gains import better_word
+from autoresearch.views import format_gain, format_local_time
 
 MAX_DIFF_LINES = 400
 OUTCOME_CLASSES = ("keep", "discard", "crash", "timeout", "invalid", "interrupted", "running")
@@ -80,7 +81,7 @@ def render_report(summary: dict, details: list[dict], plot_png: bytes | None, ge
              ("discarded", str(summary["discarded"])), ("crashed or timed out", str(summary["crashes"])),
              ("invalid", str(summary["invalid"])), (f"baseline {metric}", format_metric(summary["baseline_metric"])),
              (f"best {metric}", format_metric(summary["best_metric"])),
-             ("gain over baseline", format_delta(summary["gain"]) or "-"),
+             ("gain over baseline", format_gain(summary["gain"]) or "-"),
              ("tokens", format_tokens(tokens)), ("cost", format_cost(summary["cost_usd"], tokens))]
     for label, value in cards:
         parts.append(f"<div class=\"card\"><div class=\"value\">{escape(value)}</div>"
@@ -111,7 +112,7 @@ def write_report(summary: dict, details: list[dict], plot_png: bytes | None, pat
 
 def _experiments_table(details: list[dict], metric: str) -> str:
     rows = [f"<h2>Experiments</h2>\n<table class=\"experiments\">\n<thead><tr><th>#</th><th>outcome</th>"
-            f"<th>{escape(metric)}</th><th>delta</th><th>time</th><th>cost</th><th>description</th></tr></thead>\n<tbody>\n"]
+            f"<th>{escape(metric)}</th><th>gain</th><th>time</th><th>cost</th><th>description</th></tr></thead>\n<tbody>\n"]
     for detail in details:
         outcome = detail["outcome"]
         tokens = detail["prompt_tokens"] + detail["completion_tokens"]
@@ -119,7 +120,7 @@ def _experiments_table(details: list[dict], metric: str) -> str:
         rows.append(f"<tr class=\"row-{escape(outcome)}\"><td class=\"num\"><a href=\"#experiment-{detail['number']}\">"
                     f"{detail['number']}</a></td><td class=\"outcome o-{escape(outcome)}\">{escape(outcome)}</td>"
                     f"<td class=\"num\">{format_metric(detail['metric'])}</td>"
-                    f"<td class=\"num\">{escape(format_delta(detail['delta']))}</td>"
+                    f"<td class=\"num\">{escape(format_gain(detail['gain']))}</td>"
                     f"<td class=\"num\">{escape(format_duration(detail['duration_seconds']))}</td>"
                     f"<td class=\"num\">{escape(format_cost(detail['cost_usd'], tokens))}</td>"
                     f"<td>{escape(detail['description'] or '')}{reason}</td></tr>\n")

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from autoresearch.errors import UserError
+from autoresearch.gains import gain_or_none
 from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger
 from autoresearch.pricing import PriceTable
 from autoresearch.runlock import LOCK_FILE
@@ -50,14 +51,20 @@ def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = Non
     rows = ledger.experiments(tag, columns, outcome=outcome, last=last)
     between = (rows[0]["number"], rows[-1]["number"]) if rows and (outcome or last) else None
     usage = usage_by_experiment(ledger.token_usage(tag, between), prices)
-    return [experiment_record(row, usage.get(row["number"])) for row in rows]
+    direction = run_direction(ledger, tag)
+    return [experiment_record(row, direction, usage.get(row["number"])) for row in rows]
 
 
-def experiment_record(row: dict, usage: dict | None = None) -> dict:
-    """The shared row shape of one experiment, from its ledger row and its summed LLM usage."""
-    delta = None
-    if row["metric"] is not None and row["best_before"] is not None:
-        delta = row["metric"] - row["best_before"]
+def run_direction(ledger: Ledger, tag: str) -> str:
+    run = ledger.run(tag)
+    return run["direction"] if run else "lower"
+
+
+def experiment_record(row: dict, direction: str, usage: dict | None = None) -> dict:
+    """The shared row shape of one experiment, from its ledger row and its summed LLM usage.
+
+    `gain` is the metric's gain over the best before it (positive is better, whatever the direction).
+    """
     usage = usage or {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
     return {
         "tag": row["tag"],
@@ -68,7 +75,7 @@ def experiment_record(row: dict, usage: dict | None = None) -> dict:
         "reason": row["reason"],
         "metric": row["metric"],
         "best_before": row["best_before"],
-        "delta": delta,
+        "gain": gain_or_none(row["metric"], row["best_before"], direction),
         "description": row["description"],
         "summary": row.get("summary", {}),
         "seed": row["seed"],
@@ -180,9 +187,6 @@ def verification_record(verification: dict | None) -> dict | None:
 
 
 def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: float | None, usage: dict) -> dict:
-    gain = None
-    if best is not None and baseline is not None:
-        gain = baseline - best if run["direction"] == "lower" else best - baseline
     return {
         "tag": run["tag"],
         "recipe": run["recipe"],
@@ -202,7 +206,7 @@ def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: fl
         "interrupted": counts.get("interrupted", 0),
         "baseline_metric": baseline,
         "best_metric": best,
-        "gain": gain,
+        "gain": gain_or_none(best, baseline, run["direction"]),
         "prompt_tokens": usage["prompt_tokens"],
         "completion_tokens": usage["completion_tokens"],
         "cost_usd": usage["cost_usd"],
@@ -328,7 +332,7 @@ def experiment_detail(ledger: Ledger, tag: str, number: int, prices: PriceTable 
         raise UserError(f"run {tag} has no experiment {number} ({known})")
     calls = ledger.llm_calls(tag, number)
     usage = usage_by_experiment(ledger.token_usage(tag), prices).get(number)
-    detail = experiment_record(row, usage)
+    detail = experiment_record(row, run_direction(ledger, tag), usage)
     diff = row["diff"]
     if not diff and repo is not None and row["commit_sha"] and row["parent_sha"]:
         try:
@@ -390,8 +394,9 @@ def run_details(ledger: Ledger, tag: str, prices: PriceTable | None = None) -> l
     """Every experiment's record with its diff and log tail, in order (for the HTML report)."""
     usage = usage_by_experiment(ledger.token_usage(tag), prices)
     details = []
+    direction = run_direction(ledger, tag)
     for row in ledger.experiments(tag):
-        detail = experiment_record(row, usage.get(row["number"]))
+        detail = experiment_record(row, direction, usage.get(row["number"]))
         detail["diff"] = row["diff"] or None
         detail["log_tail"] = row["log_tail"] or read_log_tail(row["log_path"])
         details.append(detail)

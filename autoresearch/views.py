@@ -19,6 +19,7 @@ from rich.text import Text
 
 from autoresearch.console import (OUTCOME_STYLES, format_cost, format_duration, format_metric, format_noise,
                                   format_tokens)
+from autoresearch.gains import better_word
 from autoresearch.review import explain_outcome
 
 Paint = Callable[[str, str], str]
@@ -50,7 +51,7 @@ def no_paint(text: str, style: str) -> str:
 
 # --- small formats
 
-def format_delta(value: float | None) -> str:
+def format_gain(value: float | None) -> str:
     return "" if value is None else f"{value:+.4g}"
 
 
@@ -61,10 +62,6 @@ def format_local_time(iso: str | None) -> str:
         return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M")
     except ValueError:
         return iso
-
-
-def better_word(direction: str) -> str:
-    return "lower" if direction == "lower" else "higher"
 
 
 # --- aligned plain-text tables
@@ -102,7 +99,7 @@ def log_title(summary: dict) -> str:
 
 def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width: int | None = None) -> list[str]:
     """The listing of experiments: one line each, then a line of totals."""
-    header = ["#", "commit", "outcome", summary["metric"], "delta", "time", "tokens", "cost", "description"]
+    header = ["#", "commit", "outcome", summary["metric"], "gain", "time", "tokens", "cost", "description"]
     rows, styles = [], []
     for record in records:
         tokens = record["prompt_tokens"] + record["completion_tokens"]
@@ -110,7 +107,7 @@ def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width
         if record["reason"]:
             description = f"{description} — {record['reason']}" if description else record["reason"]
         rows.append([str(record["number"]), (record["commit"] or "-")[:7], record["outcome"],
-                     format_metric(record["metric"]), format_delta(record["delta"]),
+                     format_metric(record["metric"]), format_gain(record["gain"]),
                      format_duration(record["duration_seconds"]), format_tokens(tokens),
                      format_cost(record["cost_usd"], tokens), description])
         if paint is not no_paint:
@@ -124,7 +121,7 @@ def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width
 
 
 def totals_line(summary: dict, shown: int | None = None) -> str:
-    gain = format_delta(summary["gain"]) or "-"
+    gain = format_gain(summary["gain"]) or "-"
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     showing = f" (showing {shown})" if shown is not None and shown != summary["experiments"] else ""
     return (f"{summary['experiments']} experiments{showing}, {summary['kept']} kept, {summary['discarded']} discarded, "
@@ -146,7 +143,7 @@ def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
         tokens = summary["prompt_tokens"] + summary["completion_tokens"]
         rows.append([summary["tag"], format_local_time(summary["started_at"]), format_duration(summary["duration_seconds"]),
                      str(summary["experiments"]), str(summary["kept"]), str(summary["crashes"]), summary["metric"],
-                     format_metric(summary["best_metric"]), format_delta(summary["gain"]) or "-",
+                     format_metric(summary["best_metric"]), format_gain(summary["gain"]) or "-",
                      format_cost(summary["cost_usd"], tokens), summary["status"],
                      format_verification(summary.get("verification"))])
         styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "",
@@ -163,7 +160,7 @@ def format_verification(verification: dict | None) -> str:
     """The latest `verify` of a run: its verdict and the gain on test, e.g. `holds (test +0.021)`."""
     if not verification:
         return "-"
-    test = f" (test {format_delta(verification['test_gain'])})" if verification.get("test_gain") is not None else ""
+    test = f" (test {format_gain(verification['test_gain'])})" if verification.get("test_gain") is not None else ""
     return f"{verification['verdict']}{test}"
 
 
@@ -181,8 +178,9 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
     ]
     if detail["metric"] is not None:
         against = ""
-        if detail["delta"] is not None:
-            against = f" ({format_delta(detail['delta'])} against the best before it, {format_metric(detail['best_before'])})"
+        if detail["gain"] is not None:
+            against = (f" (gain {format_gain(detail['gain'])} over the best before it, "
+                       f"{format_metric(detail['best_before'])})")
         facts.append(("metric", f"{metric} {format_metric(detail['metric'])}{against}", "bold"))
     decision = describe_decision(detail.get("decision"))
     if decision:

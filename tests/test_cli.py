@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import git, reply
 from typer.testing import CliRunner
 
@@ -75,7 +77,7 @@ def test_run_with_mutate_then_log_and_log_json(workspace):
     rows = json.loads(invoke("log", "--tag", "m1", "--json").stdout)
     assert [row["number"] for row in rows] == [0, 1, 2]
     assert rows[0]["outcome"] == "keep" and rows[0]["metric"] > 0
-    assert {"commit", "outcome", "reason", "metric", "delta", "duration_seconds", "description"} <= set(rows[0])
+    assert {"commit", "outcome", "reason", "metric", "gain", "duration_seconds", "description"} <= set(rows[0])
 
 
 def test_run_through_the_cli_with_an_endpoint(workspace, fake_llm, monkeypatch):
@@ -98,3 +100,25 @@ def test_log_without_runs_is_one_line(workspace):
 def test_bad_budget_is_one_line(workspace):
     result = invoke("run", "--agent", "mutate", "--budget", "-3")
     assert result.exit_code == 1 and "--budget" in result.output
+
+
+def test_every_gain_has_the_same_sign(workspace, fake_llm, monkeypatch):
+    """run's last line, log's column and totals, runs and show agree: a lower val_loss is a positive gain."""
+    fake_llm.set_script([reply("lower lr", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")])
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
+    done = invoke("run", "--max-experiments", "2", "--tag", "g", "--noise-runs", "0")
+    assert done.exit_code == 0, done.output
+    assert "gain +0.04 over the baseline" in done.output
+    rows = json.loads(invoke("log", "--json").stdout)
+    assert rows[1]["gain"] == pytest.approx(0.04)
+    assert "gain over baseline +0.04" in invoke("log").stdout
+    assert json.loads(invoke("runs", "--json").stdout)[0]["gain"] == pytest.approx(0.04)
+    assert "gain +0.04 over the best before it" in invoke("show", "1").stdout
+
+
+def test_gain_is_positive_for_the_better_value_in_both_directions():
+    from autoresearch.gains import gain
+
+    assert gain(0.25, 0.29, "lower") == pytest.approx(0.04)
+    assert gain(0.75, 0.70, "higher") == pytest.approx(0.05)
+    assert gain(0.30, 0.29, "lower") < 0 and gain(0.6, 0.7, "higher") < 0

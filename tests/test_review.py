@@ -134,14 +134,14 @@ def test_log_prints_every_experiment_with_its_cost(in_night):
     assert result.exit_code == 0, result.output
     assert result.stdout == f"""\
 run night · recipes/synth · val_loss (lower is better) · agent llm (gpt-5-mini) · finished
-#  commit   outcome  val_loss   delta   time  tokens     cost  description
+#  commit   outcome  val_loss    gain   time  tokens     cost  description
 0  {shas[0]}  keep         0.29          1m15s       -        -  baseline: the unmodified recipe
-1  {shas[1]}  keep         0.25   -0.04  1m16s    1.2k  $0.0006  lower the learning rate
-2  {shas[2]}  discard       0.5   +0.25  1m17s    1.2k  $0.0006  halve the width
+1  {shas[1]}  keep         0.25   +0.04  1m16s    1.2k  $0.0006  lower the learning rate
+2  {shas[2]}  discard       0.5   -0.25  1m17s    1.2k  $0.0006  halve the width
 3  {shas[3]}  crash           -          1m18s    1.2k  $0.0006  divide by zero — exit code 1: ZeroDivisionError: division by zero
 4  -        invalid         -          1m19s    1.2k  $0.0006  edit the evaluation — touched prepare.py
 5  {shas[5]}  timeout         -          1m20s    1.2k  $0.0006  sleep past the budget — {rows[5]['reason']}
-6  {shas[6]}  keep        0.125  -0.125  1m21s    1.2k  $0.0006  double the width
+6  {shas[6]}  keep        0.125  +0.125  1m21s    1.2k  $0.0006  double the width
 7 experiments, 3 kept, 1 discarded, 2 crashed or timed out, 1 invalid; best val_loss 0.125, gain over baseline +0.165; \
 tokens 7.2k, cost $0.0039; noise floor 0 (the same value under 3 seeds)
 """
@@ -272,7 +272,7 @@ def test_show_a_discarded_experiment_whole(in_night):
 experiment 2 of run night · recipes/synth
 description  halve the width
 outcome      discard: val_loss 0.5 is not better than the best before it, 0.25 (lower is better)
-metric       val_loss 0.5 (+0.25 against the best before it, 0.25)
+metric       val_loss 0.5 (gain -0.25 over the best before it, 0.25)
 decision     discard, gain -0.25, margin 0, runs: 0.5 (best commit: 1 run)
 commit       {rows[2]['commit_sha']} (parent {rows[1]['commit_sha'][:12]})
 timings      proposing 12s, training 1m02s, in all 1m17s; started 2026-11-23 01:00
@@ -361,10 +361,10 @@ def test_plot_labels_every_kept_experiment_up_to_a_limit():
     for number in range(60):  # every 7th kept experiment gains five times as much as the others
         metric -= 0.05 if number and number % 7 == 0 else 0.01
         kept.append({"number": number, "metric": metric})
-    chosen = labelled_experiments(kept, lower=True)
+    chosen = labelled_experiments(kept, "lower")
     assert len(chosen) == MAX_LABELS and chosen[0] is kept[0]
     assert {7, 14, 21, 28, 35, 42, 49, 56} <= {r["number"] for r in chosen}
-    assert labelled_experiments(kept[:5], lower=True) == kept[:5]
+    assert labelled_experiments(kept[:5], "lower") == kept[:5]
 
 
 # --- report
