@@ -19,8 +19,9 @@ from typing import Callable, Protocol
 
 from autoresearch.edits import EditError, apply_blocks, parse_reply
 from autoresearch.errors import UserError
-from autoresearch.guard import files_hash
+from autoresearch.guard import editable_digest
 from autoresearch.prompts import AgentContext, build_messages, repair_message
+from autoresearch.recipe import TOP_LEVEL_CONSTANT, Tunable
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REQUEST_TIMEOUT = 600.0
@@ -180,14 +181,16 @@ def _api_error(exc: Exception) -> str:
 
 # --- the mutate agent
 
-TOP_LEVEL_CONSTANT = re.compile(
-    r"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*(?::\s*\w+\s*)?=\s*)(?P<value>[-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
-    r"(?P<rest>\s*(?:#.*)?)$", re.MULTILINE)
 MAX_MUTATION_TRIES = 100
 
 
 class MutateAgent:
-    """Offline proposals: scale a float by 0.5 to 2 or step an integer, one or two at a time."""
+    """Offline proposals: change one or two of the recipe's tunable constants, inside their ranges.
+
+    The recipe's `tunable:` says which constants and which values (docs/recipe-contract.md); a
+    recipe without it lets every upper-case numeric constant at the top of its first editable file
+    be scaled by 0.5 to 2 (floats) or stepped (integers).
+    """
 
     name = "mutate"
 
@@ -197,9 +200,12 @@ class MutateAgent:
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         target = context.recipe.editable[0]
         source = context.files[target]
-        constants = list(TOP_LEVEL_CONSTANT.finditer(source))
+        tunables = {tunable.name: tunable for tunable in context.recipe.tunable}
+        constants = [match for match in TOP_LEVEL_CONSTANT.finditer(source)
+                     if not tunables or match.group("name") in tunables]
         if not constants:
-            raise InvalidProposal(f"no upper-case numeric constants at the top level of {target} to mutate")
+            what = "tunable constants (recipe.yaml `tunable:`)" if tunables else "upper-case numeric constants"
+            raise InvalidProposal(f"no {what} at the top level of {target} to mutate")
         rng = random.Random(f"{self.seed}:{context.number}")
         for _ in range(MAX_MUTATION_TRIES):
             chosen = rng.sample(constants, k=min(len(constants), rng.choice((1, 1, 2))))
@@ -207,8 +213,8 @@ class MutateAgent:
             new_source, changes = source, []
             for match in reversed(chosen):
                 old_text = match.group("value")
-                new_text = mutate_number(old_text, rng)
-                if new_text == old_text:
+                new_text = mutate_number(old_text, rng, tunables.get(match.group("name")))
+                if float(new_text) == float(old_text.replace("_", "")):
                     continue
                 line = match.group("name") + match.group("eq") + new_text + match.group("rest")
                 new_source = new_source[:match.start()] + line + new_source[match.end():]
@@ -216,31 +222,50 @@ class MutateAgent:
             if not changes:
                 continue
             changed = {target: new_source}
-            if files_hash({**context.files, **changed}) in context.seen_hashes:
+            if editable_digest(context.recipe, {**context.files, **changed}) in context.seen_hashes:
                 continue
             return Candidate(description=", ".join(changes), changed=changed)
         raise InvalidProposal("duplicate: every mutation tried was already run")
 
 
-def mutate_number(text: str, rng: random.Random) -> str:
-    """A float scaled by a factor in [0.5, 2] (log-uniform), or an integer stepped up or down."""
-    is_float = any(ch in text for ch in ".eE")
+def mutate_number(text: str, rng: random.Random, tunable: Tunable | None = None) -> str:
+    """A new value for a constant written as text: inside the tunable's range or choices when given.
+
+    Without a tunable, a float is scaled by a factor in [0.5, 2] (log-uniform) and an integer
+    stepped up or down by a quarter (at least 1).
+    """
+    if tunable is not None and tunable.choices:
+        current = float(text.replace("_", ""))
+        others = [choice for choice in tunable.choices if choice != current]
+        return _format_value(rng.choice(others), tunable.integer)
+    is_float = any(ch in text for ch in ".eE") and not (tunable is not None and tunable.integer)
+    value = float(text.replace("_", ""))
     if is_float:
-        value = float(text)
-        if value == 0:
+        if tunable is not None and tunable.low <= 0:  # a range through zero: a step of up to a quarter of it
+            new_value = value + rng.uniform(-1, 1) * (tunable.high - tunable.low) / 4
+        elif value == 0:
             return text
-        scaled = value * 2 ** rng.uniform(-1, 1)
-        return _format_float(scaled)
-    value = int(text.replace("_", ""))
+        else:
+            new_value = value * 2 ** rng.uniform(-1, 1)
+        if tunable is not None:
+            new_value = min(max(new_value, tunable.low), tunable.high)
+        return _format_value(new_value, integer=False)
+    value = int(value)
     step = max(1, round(abs(value) * 0.25))
     new_value = value + rng.choice((-step, step))
-    if value > 0 and new_value < 1:
+    if tunable is not None:
+        new_value = int(min(max(new_value, tunable.low), tunable.high))
+    elif value > 0 and new_value < 1:
         new_value = value + step
     return str(new_value)
 
 
-def _format_float(value: float) -> str:
-    """Three significant digits, written the way a person would write a constant."""
+def _format_value(value: float, integer: bool) -> str:
+    """An integer as digits; a float with three significant digits, as a person writes a constant."""
+    if integer:
+        return str(int(value))
+    if value == 0:
+        return "0.0"
     digits = 3 - int(math.floor(math.log10(abs(value)))) - 1
     rounded = round(value, digits)
     text = f"{rounded:.{max(digits, 0)}f}" if 1e-4 <= abs(rounded) < 1e6 else f"{rounded:.2e}"

@@ -14,11 +14,20 @@ from autoresearch.recipe import Recipe
 
 
 def files_hash(files: dict[str, str]) -> str:
-    """One digest for a snapshot of files (name and content), used to spot duplicate proposals."""
+    """One digest for a snapshot of files (name and content)."""
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(name.encode() + b"\0" + files[name].encode() + b"\0")
     return digest.hexdigest()
+
+
+def editable_digest(recipe: Recipe, files: dict[str, str]) -> str:
+    """What makes two experiments the same: the content of the recipe's editable files.
+
+    The one digest the loop records and checks for duplicates and the mutate agent avoids; fixed
+    files are never part of it (they cannot differ between experiments of a run).
+    """
+    return files_hash({name: files[name] for name in recipe.editable})
 
 
 def hash_fixed_files(recipe_dir: Path, names: tuple[str, ...]) -> dict[str, str | None]:

@@ -19,12 +19,12 @@ from autoresearch.console import Reporter
 from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
-from autoresearch.guard import changed_fixed_files, check_candidate, files_hash, hash_fixed_files
+from autoresearch.guard import changed_fixed_files, check_candidate, editable_digest, hash_fixed_files
 from autoresearch.ledger import Ledger, now_iso
 from autoresearch.noise import (DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule, NoiseFloor,
                                 decide, derive_seed, harness_tampering, ignores_harness_seed, mean)
 from autoresearch.prompts import AgentContext, LineageEntry
-from autoresearch.recipe import Recipe, load_recipe
+from autoresearch.recipe import Recipe, check_tunables, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import load_price_table
 from autoresearch.recovery import LedgerGuard, reconcile, run_marker
@@ -130,6 +130,7 @@ class ResearchLoop:
             raise UserError(f"{recipe_path} has uncommitted changes ({', '.join(pending[:3])}); commit or stash "
                             "them first (a run starts from the last commit)")
         recipe = load_recipe(workspace.root / recipe_path)
+        check_tunables(recipe)
         taken = {run["tag"] for run in self.ledger.runs()}
         tag = options.tag or workspace.new_tag(taken)
         branch = RUN_BRANCH_PREFIX + tag
@@ -254,7 +255,7 @@ class ResearchLoop:
                                        commit_sha=state.best_commit)
         with self._closing_on_interrupt(state, number):
             files = self._read_files(state, state.recipe.editable)
-            self.ledger.update_experiment(state.tag, number, files_hash=files_hash(files))
+            self.ledger.update_experiment(state.tag, number, files_hash=editable_digest(state.recipe, files))
             result, tampered = self._train(state, options, number, BASELINE_DESCRIPTION)
             outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
             decision = None
@@ -287,7 +288,7 @@ class ResearchLoop:
                 return
             propose_seconds = time.monotonic() - propose_started
             new_editable = {name: candidate.changed.get(name, files[name]) for name in state.recipe.editable}
-            digest = files_hash(new_editable)
+            digest = editable_digest(state.recipe, new_editable)
             self.ledger.update_experiment(state.tag, number, description=candidate.description,
                                           files_hash=digest, propose_seconds=propose_seconds,
                                           diff=unified_diff({n: files[n] for n in candidate.changed}, candidate.changed))
@@ -498,7 +499,7 @@ class ResearchLoop:
                                       best_before=best_before, finished_at=now_iso(),
                                       total_seconds=time.monotonic() - self._started, **fields)
         if files is not None:
-            state.seen_hashes.setdefault(files_hash(files), number)
+            state.seen_hashes.setdefault(editable_digest(state.recipe, files), number)
         if outcome == "keep":
             state.best_commit = commit or state.best_commit
             state.best_metric = metric

@@ -6,7 +6,9 @@ folder and ship inside the wheel as `autoresearch/_recipes`.
 
 from __future__ import annotations
 
+import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,25 @@ from autoresearch.errors import UserError
 from autoresearch.gains import DIRECTIONS
 
 RECIPE_FILE = "recipe.yaml"
+
+
+@dataclass(frozen=True)
+class Tunable:
+    """One constant the offline mutate agent may change, and the values it may take.
+
+    Either a range (`low` to `high`; integers stay integers) or a list of `choices`.
+    """
+
+    name: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[float, ...] = ()
+    integer: bool = False
+
+    def contains(self, value: float) -> bool:
+        if self.choices:
+            return value in self.choices
+        return self.low <= value <= self.high
 
 
 @dataclass(frozen=True)
@@ -33,7 +54,8 @@ class Recipe:
     description: str = ""
     grace_seconds: float | None = None
     test_metric: str | None = None
-    extra: dict = field(default_factory=dict)
+    env: tuple[str, ...] = ()  # environment variables passed through to the training by name
+    tunable: tuple[Tunable, ...] = ()  # what mutate may change; empty: every upper-case numeric constant
 
     def grace(self, budget_seconds: float) -> float:
         """Time past the budget before the training is killed: the recipe's, else max(30, budget/4)."""
@@ -42,8 +64,18 @@ class Recipe:
         return max(30.0, budget_seconds / 4)
 
 
+KNOWN_KEYS = ("name", "description", "command", "metric", "direction", "budget_seconds", "grace_seconds",
+              "editable", "fixed", "test_metric", "env", "tunable")
+REQUIRED_KEYS = ("command", "metric", "direction", "budget_seconds", "editable")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# `NAME = 12`, `NAME: float = 3e-4  # why`: the constants a tunable may name (and mutate may change)
+TOP_LEVEL_CONSTANT = re.compile(
+    r"^(?P<name>[A-Z][A-Z0-9_]*)(?P<eq>\s*(?::\s*\w+\s*)?=\s*)(?P<value>[-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+    r"(?P<rest>\s*(?:#.*)?)$", re.MULTILINE)
+
+
 def load_recipe(path: Path) -> Recipe:
-    """Read and validate recipe.yaml in the folder `path`."""
+    """Read and validate recipe.yaml in the folder `path`; every mistake is one UserError line."""
     path = Path(path)
     spec_path = path / RECIPE_FILE
     if not spec_path.is_file():
@@ -54,19 +86,26 @@ def load_recipe(path: Path) -> Recipe:
         raise UserError(f"{spec_path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(spec, dict):
         raise UserError(f"{spec_path} must be a mapping of keys to values")
-    missing = [key for key in ("command", "metric", "direction", "budget_seconds", "editable") if key not in spec]
+    for key in spec:
+        if key not in KNOWN_KEYS:
+            near = difflib.get_close_matches(str(key), KNOWN_KEYS, n=1)
+            hint = f"; did you mean {near[0]}?" if near else f"; the keys are: {', '.join(KNOWN_KEYS)}"
+            raise UserError(f"{spec_path}: unknown key {key!r}{hint}")
+    missing = [key for key in REQUIRED_KEYS if key not in spec]
     if missing:
         raise UserError(f"{spec_path} lacks {', '.join(missing)}")
+    for key in ("command", "metric", "name", "description", "test_metric"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            shape = "a list" if isinstance(spec[key], list) else type(spec[key]).__name__
+            raise UserError(f"{spec_path}: {key} must be one string, not {shape}"
+                            + (" (write the command line as you would type it)" if key == "command" else ""))
+    if not spec["command"].strip():
+        raise UserError(f"{spec_path}: command is empty")
     direction = str(spec["direction"]).lower()
     if direction not in DIRECTIONS:
         raise UserError(f"{spec_path}: direction must be lower or higher, not {spec['direction']!r}")
-    try:
-        budget = float(spec["budget_seconds"])
-        grace = None if spec.get("grace_seconds") is None else float(spec["grace_seconds"])
-    except (TypeError, ValueError):
-        raise UserError(f"{spec_path}: budget_seconds and grace_seconds must be numbers") from None
-    if not math.isfinite(budget) or budget <= 0:
-        raise UserError(f"{spec_path}: budget_seconds must be positive")
+    budget = _number(spec, "budget_seconds", spec_path)
+    grace = None if spec.get("grace_seconds") is None else _number(spec, "grace_seconds", spec_path, allow_zero=True)
     editable = _file_list(spec, "editable", spec_path)
     fixed = _file_list(spec, "fixed", spec_path)
     if RECIPE_FILE not in fixed:
@@ -74,16 +113,20 @@ def load_recipe(path: Path) -> Recipe:
     overlap = set(editable) & set(fixed)
     if overlap:
         raise UserError(f"{spec_path}: {', '.join(sorted(overlap))} cannot be both editable and fixed")
+    if not editable:
+        raise UserError(f"{spec_path}: editable must name at least one file")
     for name in editable + fixed:
         if not (path / name).is_file():
             raise UserError(f"{spec_path} names {name}, which is not in {path}")
-    known = {"name", "description", "command", "metric", "direction", "budget_seconds", "grace_seconds",
-             "editable", "fixed", "test_metric"}
+    env = _file_list(spec, "env", spec_path, check_paths=False)
+    bad_names = [name for name in env if not ENV_NAME.match(name)]
+    if bad_names:
+        raise UserError(f"{spec_path}: env lists names of environment variables, not {bad_names[0]!r}")
     return Recipe(
         path=path,
         name=str(spec.get("name") or path.name),
-        command=str(spec["command"]),
-        metric=str(spec["metric"]),
+        command=spec["command"],
+        metric=spec["metric"],
         direction=direction,
         budget_seconds=budget,
         grace_seconds=grace,
@@ -91,17 +134,74 @@ def load_recipe(path: Path) -> Recipe:
         fixed=fixed,
         description=str(spec.get("description") or ""),
         test_metric=spec.get("test_metric"),
-        extra={k: v for k, v in spec.items() if k not in known},
+        env=env,
+        tunable=_tunables(spec.get("tunable"), spec_path),
     )
 
 
-def _file_list(spec: dict, key: str, spec_path: Path) -> tuple[str, ...]:
+def check_tunables(recipe: Recipe) -> None:
+    """Every tunable names a numeric constant at the top level of the first editable file.
+
+    Checked when a run starts (a typo would leave a knob that mutate never turns); not at every
+    load, since an agent's kept edit may later remove a constant.
+    """
+    target = recipe.editable[0]
+    source = (recipe.path / target).read_text()
+    found = {match.group("name") for match in TOP_LEVEL_CONSTANT.finditer(source)}
+    for tunable in recipe.tunable:
+        if tunable.name not in found:
+            near = difflib.get_close_matches(tunable.name, sorted(found), n=1)
+            raise UserError(f"{recipe.path / RECIPE_FILE}: tunable {tunable.name} is not a numeric constant at the "
+                            f"top level of {target}" + (f"; did you mean {near[0]}?" if near else ""))
+
+
+def _number(spec: dict, key: str, spec_path: Path, allow_zero: bool = False) -> float:
+    value = spec[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{spec_path}: {key} must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{spec_path}: {key} must be {'zero or more' if allow_zero else 'positive'}, not {value!r}")
+    return float(value)
+
+
+def _tunables(spec, spec_path: Path) -> tuple[Tunable, ...]:
+    """`tunable:` maps a constant's name to `[low, high]` or `{choices: [...]}` (or `{low: .., high: ..}`)."""
+    if spec is None:
+        return ()
+    if not isinstance(spec, dict):
+        raise UserError(f"{spec_path}: tunable maps constant names to [low, high] or {{choices: [...]}}")
+    tunables = []
+    for name, entry in spec.items():
+        where = f"{spec_path}: tunable {name}"
+        if isinstance(entry, dict) and set(entry) <= {"low", "high"} and len(entry) == 2:
+            entry = [entry["low"], entry["high"]]
+        if isinstance(entry, dict) and set(entry) == {"choices"}:
+            choices = entry["choices"]
+            if not isinstance(choices, list) or len(choices) < 2 or not all(_is_number(c) for c in choices):
+                raise UserError(f"{where}: choices must be a list of at least two numbers")
+            tunables.append(Tunable(str(name), choices=tuple(choices),
+                                    integer=all(isinstance(c, int) for c in choices)))
+            continue
+        if not isinstance(entry, list) or len(entry) != 2 or not all(_is_number(v) for v in entry):
+            raise UserError(f"{where}: give [low, high] or {{choices: [...]}}, not {entry!r}")
+        low, high = entry
+        if not low < high:
+            raise UserError(f"{where}: low must be below high, not {low} and {high}")
+        tunables.append(Tunable(str(name), low=low, high=high, integer=isinstance(low, int) and isinstance(high, int)))
+    return tuple(tunables)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _file_list(spec: dict, key: str, spec_path: Path, check_paths: bool = True) -> tuple[str, ...]:
     value = spec.get(key) or []
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise UserError(f"{spec_path}: {key} must be a list of file names")
-    for name in value:
+        raise UserError(f"{spec_path}: {key} must be a list of {'file names' if check_paths else 'names'}")
+    for name in value if check_paths else ():
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise UserError(f"{spec_path}: {key} entries must be paths inside the recipe, not {name}")
     return tuple(value)

@@ -200,3 +200,19 @@ def test_run_tag_that_exists_is_refused(workspace, fake_llm):
     from autoresearch.errors import UserError
     with pytest.raises(UserError, match="--resume t"):
         run_loop(fake_llm, [BETTER], max_experiments=1)
+
+
+def test_mutate_never_proposes_what_the_run_already_trained(tmp_path, monkeypatch):
+    """The agent and the loop use one digest: with three values of one knob, no experiment is wasted as a duplicate."""
+    from conftest import SYNTH_RECIPE, make_workspace
+
+    root = make_workspace(tmp_path / "small", recipe_yaml=SYNTH_RECIPE + "tunable:\n  WIDTH: {choices: [2, 4, 8]}\n")
+    monkeypatch.chdir(root)
+    loop = ResearchLoop(Workspace.find(), MutateAgent(seed=0))
+    loop.start(RunOptions(tag="t", max_experiments=5, noise_runs=0, confirm_runs=0))
+    rows = loop.ledger.experiments("t")
+    reasons = [row["reason"] or "" for row in rows]
+    assert not any(reason.startswith("duplicate of experiment") for reason in reasons), reasons
+    trained = [row["files_hash"] for row in rows if row["outcome"] in ("keep", "discard")]
+    assert len(trained) == len(set(trained)) == 3  # the baseline's WIDTH 4, then 2 and 8
+    assert rows[-1]["reason"] == "duplicate: every mutation tried was already run"

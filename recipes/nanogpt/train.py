@@ -53,7 +53,7 @@ LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap): no runaway logits ear
 
 # batch
 SEQ_LEN = MAX_SEQ_LEN  # training context; evaluation always runs at prepare.MAX_SEQ_LEN
-TOTAL_BATCH_SIZE = 2**19  # tokens per optimizer step
+TOTAL_BATCH_SIZE = 524_288  # tokens per optimizer step (2**19)
 DEVICE_BATCH_SIZE = 64  # rows per micro-step (~40 GB at the default size); accumulation makes up the rest
 
 # optimizers: Muon for the block matrices, AdamW for embeddings, head and scalars
