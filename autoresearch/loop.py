@@ -30,7 +30,7 @@ from autoresearch.pricing import load_price_table
 from autoresearch.recovery import LedgerGuard, reconcile, run_marker
 from autoresearch.review import run_usage
 from autoresearch.runlock import RunLock
-from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, TrainingJob, TrainingResult, is_finite
+from autoresearch.runner import Executor, LocalExecutor, TrainingResult, is_finite, recipe_job
 from autoresearch.spending import SpendingCap, run_spending
 from autoresearch.workspace import Workspace
 
@@ -351,11 +351,8 @@ class ResearchLoop:
         self.reporter.phase("training", description, budget=state.budget_seconds)
         seed = derive_seed(options.seed, number, attempt)
         log_path = self.workspace.run_dir(state.tag) / (f"{number}.log" if attempt == 0 else f"{number}.{attempt}.log")
-        # The test split is for `verify` only, whatever the person's shell exports.
-        job = TrainingJob(command=recipe.command, cwd=state.recipe_dir, log_path=log_path,
-                          budget_seconds=state.budget_seconds, grace_seconds=recipe.grace(state.budget_seconds),
-                          env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "0",
-                               RUN_MARKER: run_marker(self.workspace.run_dir(state.tag))})
+        job = recipe_job(recipe, state.recipe_dir, log_path, state.budget_seconds, seed,
+                         run_marker(self.workspace.run_dir(state.tag)))
         head = state.worktree.head_commit()
         run_id = self.ledger.start_training_run(state.tag, number, attempt, kind, seed, head, str(log_path))
         ledger_guard = LedgerGuard(self.ledger, self.workspace.run_dir(state.tag), state.tag)

@@ -38,6 +38,8 @@ from typing import Callable, Iterable, Protocol
 
 import psutil
 
+from autoresearch.recipe import Recipe
+
 SUMMARY_LINE = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*:\s*([-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|nan|inf|infinity))\s*$",
                           re.IGNORECASE)
 LOG_HEAD_BYTES = 1_000_000
@@ -50,6 +52,12 @@ POLL_SECONDS = 0.05
 TREE_SAMPLE_SECONDS = 0.25
 JOB_MARKER = "AUTORESEARCH_JOB"
 RUN_MARKER = "AUTORESEARCH_RUN"  # set by the loop: which run a training process belongs to
+# What of the tool's environment a training sees (docs/recipe-contract.md): enough to find its
+# interpreter, its home and cache, the locale and the GPU; never a secret such as OPENAI_API_KEY.
+ALLOWED_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "TZ", "LANG", "LANGUAGE",
+                               "LD_LIBRARY_PATH", "AUTORESEARCH_CACHE"})
+ALLOWED_ENV_PREFIXES = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "TORCH_", "PYTORCH_", "TORCHINDUCTOR_", "TRITON_", "OMP_",
+                        "MKL_", "OPENBLAS_")
 
 # Runs the real command with exec after asking the kernel to SIGKILL it when its parent (the tool)
 # dies; exits at once if the parent is already gone. argv: parent pid, then the command.
@@ -75,7 +83,8 @@ class TrainingJob:
     log_path: Path
     budget_seconds: float
     grace_seconds: float
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # set for the training on top of the allowlist
+    passthrough: tuple[str, ...] = ()  # more names of the tool's environment to hand through (recipe `env:`)
 
 
 @dataclass
@@ -90,6 +99,19 @@ class TrainingResult:
     log_tail: str
     log_bytes: int = 0
     log_error: str | None = None
+
+
+def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float, seed: int, run_marker: str,
+               eval_test: bool = False) -> TrainingJob:
+    """The job that trains a recipe once: for the loop's experiments and for `verify` alike.
+
+    Every such job carries its run's marker, so a resume (or the next verify) finds what a killed
+    tool left running; only `verify` asks for the held-out test split.
+    """
+    return TrainingJob(command=recipe.command, cwd=cwd, log_path=log_path, budget_seconds=budget_seconds,
+                       grace_seconds=recipe.grace(budget_seconds), passthrough=recipe.env,
+                       env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "1" if eval_test else "0",
+                            RUN_MARKER: run_marker})
 
 
 class Executor(Protocol):
@@ -112,6 +134,12 @@ def parse_summary(text: str) -> dict[str, float]:
         if parsed:
             summary[parsed[0]] = parsed[1]
     return summary
+
+
+def training_environment(parent: dict[str, str], passthrough: tuple[str, ...] = ()) -> dict[str, str]:
+    """The part of the tool's environment a training may see: the allowlist and the recipe's own names."""
+    return {name: value for name, value in parent.items()
+            if name in ALLOWED_ENV_NAMES or name.startswith(ALLOWED_ENV_PREFIXES) or name in passthrough}
 
 
 def resolve_command(command: str) -> list[str]:
@@ -225,7 +253,8 @@ class LocalExecutor:
 
     def run(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> TrainingResult:
         marker = uuid.uuid4().hex
-        env = {**os.environ, **job.env, "AUTORESEARCH_TIME_BUDGET": f"{job.budget_seconds:g}",
+        env = {**training_environment(dict(os.environ), job.passthrough), **job.env,
+               "AUTORESEARCH_TIME_BUDGET": f"{job.budget_seconds:g}",
                "PYTHONUNBUFFERED": "1", JOB_MARKER: marker}
         log = BoundedLog(job.log_path, self.log_head_bytes, self.log_tail_bytes)
         started = time.monotonic()

@@ -5,8 +5,9 @@ never used), in a throwaway detached worktree under runs/<tag>/, with AUTORESEAR
 the recipe measures its metric on validation and `test_<metric>` on the held-out test split. The
 two commits alternate seed by seed, so a machine that slows down during the night hurts both alike.
 
-For validation and for test, the gain of the best over the baseline comes with a 95% Welch t
-interval, and one verdict says what they mean together:
+For validation and for test, the gain of the best over the baseline comes with a 95% Student t
+interval on the pooled spread of the two commits (`noise.gain_interval` says why not Welch's), and
+one verdict says what they mean together:
 
 - `holds`: the gain is real on validation and on test;
 - `overfit`: real on validation, but on test it is gone or less than half as large with an interval
@@ -17,6 +18,9 @@ interval, and one verdict says what they mean together:
 - `failed`: too few trainings succeeded to say (two per commit are needed).
 
 Each verification is stored in the ledger (`verifications`), with every training's seed and numbers.
+It holds the run's lock while it trains (a run going on, or another verify of it, is refused), and
+its trainings carry the run's marker: whatever a killed verify leaves running is stopped by the next
+verify or `run --resume`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from autoresearch.ledger import Ledger
 from autoresearch.loop import classify
 from autoresearch.noise import CONFIDENCE, GainInterval, gain_interval, verify_seed
 from autoresearch.recipe import load_recipe
-from autoresearch.runner import Executor, LocalExecutor, TrainingJob
+from autoresearch.recovery import run_marker
+from autoresearch.runlock import RunLock
+from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, recipe_job, stop_processes_marked
 from autoresearch.workspace import Workspace
 
 DEFAULT_SEEDS = 3
@@ -71,6 +77,19 @@ def verify_run(workspace: Workspace, ledger: Ledger, tag: str, seeds: int = DEFA
         raise UserError(f"run {tag} has no baseline yet: nothing to verify")
     if len(kept) == 1:
         raise UserError(f"run {tag} kept no change over its baseline: nothing to verify")
+    lock = RunLock(workspace.run_dir(tag), tag).acquire()
+    try:
+        return _verify_locked(workspace, ledger, run, kept, seeds, executor, on_progress, budget_seconds)
+    finally:
+        lock.release()
+
+
+def _verify_locked(workspace: Workspace, ledger: Ledger, run: dict, kept: list[dict], seeds: int,
+                   executor: Executor | None, on_progress: Callable[[str], None] | None,
+                   budget_seconds: float | None) -> Verification:
+    tag = run["tag"]
+    marker = run_marker(workspace.run_dir(tag))
+    stop_processes_marked(RUN_MARKER, marker)  # what a killed verify or run of this tag left behind
     baseline_commit, best_commit = kept[0]["commit_sha"], kept[-1]["commit_sha"]
     progress = on_progress or (lambda text: None)
     executor = executor or LocalExecutor()
@@ -95,10 +114,8 @@ def verify_run(workspace: Workspace, ledger: Ledger, tag: str, seeds: int = DEFA
             for role, commit in zip(ROLES, (baseline_commit, best_commit)):
                 worktree.checkout_detached(commit)
                 progress(f"training {len(runs) + 1} of {total}: the {role} commit {commit[:7]}, seed {seed}")
-                job = TrainingJob(command=recipe.command, cwd=worktree.root / run["recipe"],
-                                  log_path=logs / f"{number}-{role}-{index}.log", budget_seconds=budget,
-                                  grace_seconds=recipe.grace(budget),
-                                  env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "1"})
+                job = recipe_job(recipe, worktree.root / run["recipe"], logs / f"{number}-{role}-{index}.log",
+                                 budget, seed, marker, eval_test=True)
                 runs.append(_training(executor.run(job), role, commit, seed, recipe.metric, recipe.test_metric,
                                       budget))
     finally:

@@ -134,3 +134,33 @@ def test_the_verdict_says_plainly_what_the_intervals_mean(val, test, verdict):
     found, message = judge(val, test)
     assert found == verdict
     assert message
+
+
+def test_verify_holds_the_runs_lock(noisy, fake_llm):
+    from autoresearch.runlock import RunLock
+
+    run_loop(fake_llm, [REAL_GAIN])
+    held = RunLock(noisy / "runs/t", "t").acquire()
+    try:
+        with pytest.raises(UserError, match="going on in another process"):
+            verify_run(Workspace.find(), Ledger(noisy / "runs/ledger.db"), "t", seeds=2)
+    finally:
+        held.release()
+
+
+def test_verify_stops_what_a_killed_verify_left_running(noisy, fake_llm):
+    """Its trainings carry the run's marker, so a leftover is found; a verify killed mid-training leaves one."""
+    import os
+    import subprocess
+    import sys
+
+    from autoresearch.recovery import run_marker
+
+    run_loop(fake_llm, [REAL_GAIN])
+    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True,
+                                env={**os.environ, "AUTORESEARCH_RUN": run_marker(noisy / "runs/t")})
+    try:
+        verify_run(Workspace.find(), Ledger(noisy / "runs/ledger.db"), "t", seeds=2)
+        assert leftover.wait(timeout=10) is not None
+    finally:
+        leftover.kill()

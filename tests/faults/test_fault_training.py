@@ -328,3 +328,25 @@ def test_ledger_copy_that_cannot_be_written_does_not_stop_the_run(workspace, fak
     assert rows[1]["outcome"] == "keep"
     assert any("could not copy the ledger" in note for note in loop.reporter.notes)
     assert_consistent(workspace, rows)
+
+
+# --- what the training can see
+
+def test_no_secret_of_the_tool_reaches_the_training(tmp_path, fake_llm, monkeypatch):
+    """The environment is an allowlist: the API key stays out, the locale and the recipe's own names come in."""
+    from conftest import SYNTH_RECIPE, make_workspace
+
+    root = make_workspace(tmp_path / "env", recipe_yaml=SYNTH_RECIPE + "env: [MY_SETTING]\n")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-123")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-456")
+    monkeypatch.setenv("MY_SETTING", "handed-through")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    probe = "import os\nprint('SEEN', sorted(os.environ))\nprint('MINE', os.environ.get('MY_SETTING'))"
+    _, rows = run_with(fake_llm, [inject("look around", probe), BETTER])
+    log = (root / "runs/t/1.log").read_text()
+    assert "sk-secret-123" not in log and "aws-secret-456" not in log
+    assert "'OPENAI_API_KEY'" not in log and "'AWS_SECRET_ACCESS_KEY'" not in log
+    assert "MINE handed-through" in log and "'LC_ALL'" in log and "'PATH'" in log
+    assert "'AUTORESEARCH_SEED'" in log and "'AUTORESEARCH_TIME_BUDGET'" in log
+    assert_consistent(root, rows)
