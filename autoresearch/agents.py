@@ -74,7 +74,17 @@ class LLMCall:
 class Agent(Protocol):
     name: str
 
+    def check(self) -> None:
+        """Before anything trains: can the agent work at all (an endpoint reachable, a model served)?"""
+
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate: ...
+
+
+def make_agent(options) -> "Agent":
+    """The agent a run's settings (settings.RunOptions) ask for."""
+    if options.agent == "mutate":
+        return MutateAgent(seed=options.seed)
+    return LLMAgent(model=options.model, base_url=options.base_url, request_timeout=options.llm_timeout)
 
 
 # --- the LLM agent
@@ -101,6 +111,9 @@ class LLMAgent:
         # Local servers ignore the key but the client insists on one.
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
                                     timeout=request_timeout, max_retries=max_retries)
+
+    def check(self) -> None:
+        pass
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         messages = build_messages(context)
@@ -196,6 +209,9 @@ class MutateAgent:
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+
+    def check(self) -> None:
+        """Nothing to reach: the mutate agent needs no endpoint."""
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         target = context.recipe.editable[0]

@@ -14,18 +14,21 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from autoresearch.console import format_metric, make_reporter
+from autoresearch.console import format_metric, make_reporter, plural
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
+from autoresearch.runlock import WorkspaceBusy
+from autoresearch.settings import DEFAULT_MODEL, InvalidSetting, check_options
 from autoresearch.pricing import load_price_table
 from autoresearch.recipe import builtin_recipes
 from autoresearch.review import (experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
-from autoresearch.views import experiment_view, log_lines, painter, runs_lines
+from autoresearch.views import RULE_WIDTH, experiment_lines, log_lines, painter, runs_lines
 from autoresearch.workspace import Workspace, init_workspace
 
 app = typer.Typer(help="Overnight ML research on one GPU box: an agent proposes, the tool trains, keeps or reverts.",
@@ -36,12 +39,25 @@ stderr = Console(stderr=True)
 
 @contextlib.contextmanager
 def user_errors():
-    """UserError -> one line on stderr and exit 1."""
+    """UserError -> one line on stderr and exit 1; a setting's error is worded with its flag."""
     try:
         yield
+    except InvalidSetting as exc:
+        _error(f"{flag_of(exc.setting)} {exc.problem}")
+    except WorkspaceBusy as exc:
+        _error(f"{exc}, or pass --allow-concurrent to train both at once")
     except UserError as exc:
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _error(str(exc))
+
+
+def say(text: str) -> None:
+    """One line for the person on stderr: no markup read into it, never wrapped (a nohup log keeps it whole)."""
+    stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _error(text: str) -> None:
+    stderr.print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
 
 
 def open_run(tag: str | None) -> tuple[Workspace, Ledger, str]:
@@ -57,8 +73,8 @@ def init(directory: Path = typer.Argument(..., help="Folder to make a workspace 
     """Make DIRECTORY a workspace: a git repository with program.md and a recipe."""
     with user_errors():
         target = init_workspace(directory, recipe)
-    stderr.print(f"workspace ready: {target} and {directory / 'program.md'}; next: "
-                 f"cd {directory} && autoresearch run --agent mutate --budget 30 --max-experiments 5", highlight=False)
+    say(f"workspace ready: {target} and {directory / 'program.md'}; next: "
+                 f"cd {directory} && autoresearch run --agent mutate --budget 30 --max-experiments 5")
 
 
 @app.command()
@@ -66,81 +82,127 @@ def recipes():
     """List the built-in recipes."""
     with user_errors():
         for recipe in builtin_recipes():
-            stdout.print(f"{recipe.name:<10} {recipe.description}", highlight=False, soft_wrap=True)
+            _emit(f"{recipe.name:<10} {recipe.description}")
+
+
+RESUME_NOTE = " On --resume, the run's own setting unless given again."
+# The flag of each setting whose name differs from it (settings.RunOptions); the rest are --the-name.
+SETTING_FLAGS = {"budget_seconds": "--budget", "agent_backoff_seconds": "--agent-backoff"}
+
+
+def flag_of(setting: str) -> str:
+    return SETTING_FLAGS.get(setting, "--" + setting.replace("_", "-"))
 
 
 @app.command()
 def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe folder (default: the only one)."),
         tag: Optional[str] = typer.Option(None, "--tag", help="Run name (default: from the date, made unique)."),
-        agent: str = typer.Option("llm", "--agent", help="llm (an OpenAI-compatible endpoint) or mutate (offline)."),
-        model: str = typer.Option(os.environ.get("AUTORESEARCH_MODEL", "gpt-5-mini"), "--model",
-                                  help="Model name for the llm agent (env AUTORESEARCH_MODEL)."),
-        base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint URL (else OPENAI_BASE_URL)."),
-        budget: Optional[float] = typer.Option(None, "--budget", help="Training seconds per experiment (default: the recipe's)."),
-        max_experiments: Optional[int] = typer.Option(None, "--max-experiments", help="Stop after N experiments, the baseline included."),
-        hours: Optional[float] = typer.Option(None, "--hours", help="Start no new experiment after H hours."),
-        min_delta: float = typer.Option(0.0, "--min-delta", help="Keep only gains larger than this."),
-        noise_runs: int = typer.Option(DEFAULT_NOISE_RUNS, "--noise-runs", help="Train the unmodified recipe N more "
-                                       "times with other seeds to measure the noise floor (0: off; docs/noise.md)."),
-        noise_multiple: float = typer.Option(DEFAULT_NOISE_MULTIPLE, "--noise-multiple", help="Keep only gains larger "
-                                             "than this many standard errors of the noise."),
-        confirm_runs: int = typer.Option(DEFAULT_CONFIRM_RUNS, "--confirm-runs", help="At most N more runs with new "
-                                         "seeds for a candidate whose gain is not clearly past the noise."),
-        seed: int = typer.Option(0, "--seed", help="Seed handed to training (AUTORESEARCH_SEED) and to the mutate agent."),
-        resume: Optional[str] = typer.Option(None, "--resume", help="Go on with the run of this tag."),
-        max_agent_failures: int = typer.Option(5, "--max-agent-failures", help="Stop after this many failed LLM calls in a row."),
-        llm_timeout: float = typer.Option(600.0, "--llm-timeout", help="Seconds one LLM request may take before it "
-                                          "counts as a failed call."),
-        agent_backoff: float = typer.Option(5.0, "--agent-backoff", help="Seconds to wait after a failed LLM call; "
-                                            "doubles with each failure in a row, up to 5 minutes."),
+        agent: Optional[str] = typer.Option(None, "--agent", help="llm (an OpenAI-compatible endpoint; the default) "
+                                            "or mutate (offline)." + RESUME_NOTE),
+        model: Optional[str] = typer.Option(None, "--model", help=f"Model name for the llm agent (default "
+                                            f"AUTORESEARCH_MODEL, else {DEFAULT_MODEL})." + RESUME_NOTE),
+        base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint URL (default OPENAI_BASE_URL, "
+                                               "else OpenAI's)." + RESUME_NOTE),
+        budget: Optional[float] = typer.Option(None, "--budget", help="Training seconds per experiment (default: the "
+                                               "recipe's)." + RESUME_NOTE),
+        max_experiments: Optional[int] = typer.Option(None, "--max-experiments", help="Stop after N experiments, the "
+                                                      "baseline included; on --resume N counts the run's experiments "
+                                                      "so far (interrupted ones not)." + RESUME_NOTE),
+        hours: Optional[float] = typer.Option(None, "--hours", help="Start no new experiment after H hours; on "
+                                              "--resume the hours the run has been going count (not the time it "
+                                              "was stopped)." + RESUME_NOTE),
+        min_delta: Optional[float] = typer.Option(None, "--min-delta", help="Keep only gains larger than this "
+                                                  "(default 0)." + RESUME_NOTE),
+        noise_runs: Optional[int] = typer.Option(None, "--noise-runs", help=f"Train the unmodified recipe N more "
+                                                 f"times with other seeds to measure the noise floor (default "
+                                                 f"{DEFAULT_NOISE_RUNS}; 0: off; docs/noise.md)." + RESUME_NOTE),
+        noise_multiple: Optional[float] = typer.Option(None, "--noise-multiple", help=f"Keep only gains larger than "
+                                                       f"this many standard errors of the noise (default "
+                                                       f"{DEFAULT_NOISE_MULTIPLE:g})." + RESUME_NOTE),
+        confirm_runs: Optional[int] = typer.Option(None, "--confirm-runs", help=f"At most N more runs with new seeds "
+                                                   f"for a candidate whose gain is not clearly past the noise "
+                                                   f"(default {DEFAULT_CONFIRM_RUNS})." + RESUME_NOTE),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed handed to training (AUTORESEARCH_SEED) and to "
+                                           "the mutate agent (default 0)." + RESUME_NOTE),
+        resume: Optional[str] = typer.Option(None, "--resume", help="Go on with the run of this tag, with its own "
+                                             "settings; a flag given with it overrides that one setting."),
+        max_agent_failures: Optional[int] = typer.Option(None, "--max-agent-failures", help="Stop after this many "
+                                                         "failed LLM calls in a row (default 5)." + RESUME_NOTE),
+        llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", help="Seconds one LLM request may take "
+                                                    "before it counts as a failed call (default 600)." + RESUME_NOTE),
+        agent_backoff: Optional[float] = typer.Option(None, "--agent-backoff", help="Seconds to wait after a failed "
+                                                      "LLM call; doubles with each failure in a row, up to 5 minutes "
+                                                      "(default 5)." + RESUME_NOTE),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
-                                                 "the run's LLM spending past this many dollars (prices: autoresearch.yaml)."),
-        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop before an experiment that would take "
-                                                 "the run's LLM tokens (prompt and completion) past this.")):
+                                                 "the run's LLM spending past this many dollars (prices: "
+                                                 "autoresearch.yaml)." + RESUME_NOTE),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop before an experiment that would "
+                                                 "take the run's LLM tokens (prompt and completion) past this."
+                                                 + RESUME_NOTE),
+        allow_concurrent: bool = typer.Option(False, "--allow-concurrent", help="Train although another run trains "
+                                              "in this workspace (they will share the machine).")):
     """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
-    from autoresearch.agents import LLMAgent, MutateAgent
-    from autoresearch.loop import ResearchLoop, RunOptions, StopRun
+    from autoresearch.agents import make_agent
+    from autoresearch.loop import ResearchLoop, StopRun
+    from autoresearch.settings import RunOptions, resumed_options
 
+    given = {name: value for name, value in dict(
+        agent=agent, model=model, base_url=base_url, budget_seconds=budget, max_experiments=max_experiments,
+        hours=hours, min_delta=min_delta, noise_runs=noise_runs, noise_multiple=noise_multiple,
+        confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
+        agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens).items() if value is not None}
     with user_errors():
-        if budget is not None and budget <= 0:
-            raise UserError("--budget must be positive")
-        if agent not in ("llm", "mutate"):
-            raise UserError(f"--agent must be llm or mutate, not {agent!r}")
-        if noise_runs < 0 or confirm_runs < 0 or noise_multiple < 0:
-            raise UserError("--noise-runs, --confirm-runs and --noise-multiple cannot be negative")
         workspace = Workspace.find()
-        if llm_timeout <= 0 or agent_backoff < 0:
-            raise UserError("--llm-timeout must be positive and --agent-backoff cannot be negative")
-        chosen = (MutateAgent(seed=seed) if agent == "mutate"
-                  else LLMAgent(model=model, base_url=base_url, request_timeout=llm_timeout))
-        options = RunOptions(recipe=recipe, tag=tag, budget_seconds=budget, max_experiments=max_experiments,
-                             hours=hours, min_delta=min_delta, seed=seed, max_agent_failures=max_agent_failures,
-                             noise_runs=noise_runs, noise_multiple=noise_multiple, confirm_runs=confirm_runs,
-                             agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens)
+        if resume:
+            if recipe is not None or tag is not None:
+                raise UserError("--resume goes on with the run's own recipe and tag; drop --recipe and --tag")
+            stored = Ledger(workspace.ledger_path).run(resume)
+            if stored is None:
+                raise UserError(f"no run tagged {resume!r} in {workspace.ledger_path}; `autoresearch runs` lists them")
+            options = resumed_options(stored, given)
+            for override in options.overrides:
+                say(f"run {resume}: {flag_of(override.setting)} {override.after} overrides the run's "
+                             f"{override.before}")
+        else:
+            # Where the person's shell points now is part of the run: a resume goes on with the same.
+            given.setdefault("model", os.environ.get("AUTORESEARCH_MODEL") or DEFAULT_MODEL)
+            if os.environ.get("OPENAI_BASE_URL"):
+                given.setdefault("base_url", os.environ["OPENAI_BASE_URL"])
+            options = RunOptions(recipe=recipe, tag=tag, **given)
+        options.allow_concurrent = allow_concurrent
+        check_options(options)
+        chosen = make_agent(options)
         reporter = make_reporter(stderr)
         loop = ResearchLoop(workspace, chosen, reporter)
 
+        def resume_command() -> str:
+            return f"autoresearch run --resume {loop.tag or tag or resume or 'TAG'}"
+
         def second_interrupt() -> str:
-            return (f"interrupted again: stopped at once. `autoresearch run --resume {loop.tag or tag or 'TAG'}` "
-                    "puts the run straight and goes on")
+            return f"interrupted again: stopped at once. `{resume_command()}` puts the run straight and goes on"
 
         try:
             with two_stage_interrupts(second_interrupt):
                 summary = loop.resume(resume, options) if resume else loop.start(options)
         except KeyboardInterrupt:
             reporter.close()
-            stderr.print(f"interrupted; the branch is at the best commit. Resume with: "
-                         f"autoresearch run --resume {loop.tag or tag or 'TAG'}", highlight=False)
+            say(f"interrupted; the branch is at the best commit. Resume with: {resume_command()}")
             raise typer.Exit(130) from None
         except StopRun as exc:
             reporter.close()
-            raise UserError(f"{exc}; after fixing it, go on with: autoresearch run --resume {loop.tag}") from None
+            if exc.baseline_failed:
+                raise UserError(f"{exc}; fix the recipe and commit the fix, then `{resume_command()}` trains the "
+                                "baseline again from the workspace's last commit") from None
+            raise UserError(f"{exc}; after fixing it, go on with: {resume_command()}") from None
+        except BaseException:
+            reporter.close()
+            raise
         reporter.close()
     gain = gain_or_none(summary.best_metric, summary.baseline_metric, summary.direction)
-    stderr.print(f"run {summary.tag} done ({summary.stop_reason}): {summary.experiments} experiments, "
+    say(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}, "
                  f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
                  + (f" (gain {gain:+.4g} over the baseline)" if gain is not None else "")
-                 + f". See: autoresearch log --tag {summary.tag}", highlight=False)
+                 + f". See: autoresearch log --tag {summary.tag}")
 
 
 @app.command()
@@ -173,7 +235,7 @@ def runs(as_json: bool = typer.Option(False, "--json", help="Print the run summa
     if as_json:
         _emit(rows_json(summaries))
     elif not summaries:
-        stderr.print("no runs yet in this workspace; start one with `autoresearch run`", highlight=False)
+        say("no runs yet in this workspace; start one with `autoresearch run`")
     else:
         _emit("\n".join(runs_lines(summaries, painter(stdout))))
 
@@ -192,7 +254,8 @@ def show(number: int = typer.Argument(..., help="Experiment number, as in `autor
             _emit(row_json(detail))
             return
         summary = run_summary(ledger, tag, prices=prices, runs_dir=workspace.runs_dir)
-    stdout.print(experiment_view(detail, summary, with_prompt=prompt), highlight=False)
+    _emit("\n".join(experiment_lines(detail, summary, with_prompt=prompt, paint=painter(stdout),
+                                      width=stdout.width if stdout.is_terminal else RULE_WIDTH)))
 
 
 @app.command()
@@ -236,7 +299,9 @@ def report(tag: Optional[str] = typer.Option(None, "--tag", help="Run (default: 
 def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify (default: the latest)."),
            seeds: int = typer.Option(3, "--seeds", help="New seeds for each of the two commits (at least 2)."),
            budget: Optional[float] = typer.Option(None, "--budget", help="Training seconds (default: the run's)."),
-           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON.")):
+           as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+           allow_concurrent: bool = typer.Option(False, "--allow-concurrent", help="Train although a run trains in "
+                                                 "this workspace (they will share the machine).")):
     """Do the run's gains hold? Re-train its baseline and best commits on new seeds, on validation and test."""
     from autoresearch.verify import format_interval, verify_run
 
@@ -246,9 +311,10 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
         workspace, ledger, tag = open_run(tag)
         try:
             result = verify_run(workspace, ledger, tag, seeds=seeds, budget_seconds=budget,
-                                on_progress=lambda text: stderr.print(f"verify {tag}: {text}", highlight=False))
+                                allow_concurrent=allow_concurrent,
+                                on_progress=lambda text: say(f"verify {tag}: {text}"))
         except KeyboardInterrupt:
-            stderr.print("verify interrupted; nothing was recorded", highlight=False)
+            say("verify interrupted; nothing was recorded")
             raise typer.Exit(130) from None
     if as_json:
         _emit(row_json(ledger.verifications(tag)[-1]))

@@ -24,6 +24,11 @@ OUTCOME_STYLES = {"keep": "green", "discard": "yellow", "crash": "red", "timeout
                   "invalid": "bright_black", "interrupted": "cyan", "running": "blue"}
 
 
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """`1 experiment`, `2 experiments`: a count with its noun, as the person reads it."""
+    return f"{count} {noun if count == 1 else (many or noun + 's')}"
+
+
 def format_metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.6g}"
 

@@ -126,12 +126,20 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX verifications_by_tag ON verifications(tag, id);
     """,
+    # 4: a run's settings survive a resume (config_json holds them all, overrides included), --hours counts
+    # the time the run has been going across resumes, and each experiment says which agent and model made it
+    """
+    ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0;
+    ALTER TABLE experiments ADD COLUMN agent TEXT;
+    ALTER TABLE experiments ADD COLUMN model TEXT;
+    CREATE INDEX experiments_by_agent ON experiments(tag, agent, model, number);
+    """,
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
                       "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
                       "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds",
-                      "decision_json")
+                      "decision_json", "agent", "model")
 TRAINING_RUN_KINDS = ("first", "noise", "confirm")  # the baseline's extra runs are `noise`, a candidate's `confirm`
 
 
@@ -220,6 +228,18 @@ class Ledger:
     def set_run_status(self, tag: str, status: str) -> None:
         finished = None if status == "running" else now_iso()
         self._db.execute("UPDATE runs SET status = ?, finished_at = ? WHERE tag = ?", (status, finished, tag))
+
+    def set_run_config(self, tag: str, config: dict) -> None:
+        """The run's settings as they are now (a resume's overrides included)."""
+        self._db.execute("UPDATE runs SET config_json = ? WHERE tag = ?", (json.dumps(config, sort_keys=True), tag))
+
+    def add_active_seconds(self, tag: str, seconds: float) -> None:
+        """Time the run has been going, summed over its invocations (what --hours counts)."""
+        self._db.execute("UPDATE runs SET active_seconds = active_seconds + ? WHERE tag = ?", (seconds, tag))
+
+    def rebase_run(self, tag: str, base_commit: str) -> None:
+        """A run that has no baseline yet starts again from another commit (its recipe was fixed)."""
+        self._db.execute("UPDATE runs SET base_commit = ? WHERE tag = ?", (base_commit, tag))
 
     def run(self, tag: str) -> dict | None:
         row = self._db.execute("SELECT * FROM runs WHERE tag = ?", (tag,)).fetchone()
@@ -384,6 +404,23 @@ class Ledger:
                                 " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COUNT(*) AS calls"
                                 " FROM llm_calls GROUP BY tag, model")
         return [dict(row) for row in rows]
+
+    def agents_by_run(self, tag: str | None = None) -> dict[str, list[dict]]:
+        """Which agent and model made which experiments, per run: stretches of experiment numbers in order.
+
+        Each stretch is {agent, model, first, last}; a run resumed with another agent has several.
+        """
+        where, params = ("AND tag = ?", [tag]) if tag is not None else ("", [])
+        rows = self._db.execute(f"SELECT tag, number, agent, model FROM experiments WHERE agent IS NOT NULL {where}"
+                                " ORDER BY tag, number", params)
+        found: dict[str, list[dict]] = {}
+        for run_tag, number, agent, model in rows:
+            stretches = found.setdefault(run_tag, [])
+            if stretches and (stretches[-1]["agent"], stretches[-1]["model"]) == (agent, model):
+                stretches[-1]["last"] = number
+            else:
+                stretches.append({"agent": agent, "model": model, "first": number, "last": number})
+        return found
 
     def outcome_counts(self) -> dict[str, dict[str, int]]:
         """Experiments per run and outcome, from an index alone."""

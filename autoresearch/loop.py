@@ -11,7 +11,7 @@ the ledger, which is what makes `--resume` possible.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall
@@ -21,15 +21,15 @@ from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.guard import changed_fixed_files, check_candidate, editable_digest, hash_fixed_files
 from autoresearch.ledger import Ledger, now_iso
-from autoresearch.noise import (DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule, NoiseFloor,
-                                decide, derive_seed, harness_tampering, ignores_harness_seed, mean)
+from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
 from autoresearch.prompts import AgentContext, LineageEntry
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
-from autoresearch.pricing import load_price_table
+from autoresearch.pricing import LivePrices
 from autoresearch.recovery import LedgerGuard, reconcile, run_marker
 from autoresearch.review import run_usage
-from autoresearch.runlock import RunLock
+from autoresearch.runlock import RunLock, WorkspaceLock
+from autoresearch.settings import RunOptions, check_options, override_records, stored_settings
 from autoresearch.runner import Executor, LocalExecutor, TrainingResult, is_finite, recipe_job
 from autoresearch.spending import SpendingCap, run_spending
 from autoresearch.workspace import Workspace
@@ -40,32 +40,16 @@ BASELINE_DESCRIPTION = "baseline: the unmodified recipe"
 MAX_BACKOFF_SECONDS = 300.0
 
 
-@dataclass
-class RunOptions:
-    """What a person chose for this invocation of `run`."""
-
-    recipe: str | None = None
-    tag: str | None = None
-    budget_seconds: float | None = None
-    max_experiments: int | None = None
-    hours: float | None = None
-    min_delta: float = 0.0
-    seed: int = 0
-    max_agent_failures: int = 5
-    agent_backoff_seconds: float = 5.0  # the first wait after a failed LLM call; doubles, up to MAX_BACKOFF_SECONDS
-    max_cost: float | None = None  # dollars of LLM calls for the whole run
-    max_tokens: int | None = None  # prompt and completion tokens for the whole run
-    noise_runs: int = DEFAULT_NOISE_RUNS
-    noise_multiple: float = DEFAULT_NOISE_MULTIPLE
-    confirm_runs: int = DEFAULT_CONFIRM_RUNS
-
-    @property
-    def keep_rule(self) -> KeepRule:
-        return KeepRule(noise_multiple=self.noise_multiple, min_delta=self.min_delta, confirm_runs=self.confirm_runs)
-
-
 class StopRun(Exception):
-    """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person."""
+    """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person.
+
+    `baseline_failed` tells the caller the recipe itself is broken: a resume after the fix is
+    committed starts again from the workspace's last commit.
+    """
+
+    def __init__(self, message: str, baseline_failed: bool = False):
+        super().__init__(message)
+        self.baseline_failed = baseline_failed
 
 
 @dataclass
@@ -112,27 +96,45 @@ class ResearchLoop:
         self.reporter = reporter or Reporter()
         self.executor = executor or LocalExecutor()
         self.ledger = ledger or Ledger(workspace.ledger_path)
+        self.prices = LivePrices(workspace.root, self.reporter.note)
         self.program = ""
         self.tag: str | None = None
-        self._lock: RunLock | None = None
+        self._locks: list[RunLock | WorkspaceLock] = []
 
     # --- starting and resuming
 
     def start(self, options: RunOptions) -> RunSummary:
         """A new run from the workspace's HEAD."""
+        return self._loop(*self._holding_locks_on_failure(self._new_run, options))
+
+    def resume(self, tag: str, options: RunOptions) -> RunSummary:
+        """Go on with a run (with `options`, normally its own settings: settings.resumed_options).
+
+        Lost experiments become `interrupted` and the branch goes back to the best commit. A run whose
+        baseline never succeeded starts again from the workspace's last commit, so a recipe fixed
+        and committed since is what it trains.
+        """
+        return self._loop(*self._holding_locks_on_failure(self._resumed_run, tag, options))
+
+    def _holding_locks_on_failure(self, prepare, *args):
+        """What `prepare` returns; the locks it took are let go if it fails (nothing then runs)."""
+        try:
+            return prepare(*args)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _new_run(self, options: RunOptions) -> tuple[RunState, RunOptions]:
+        check_options(options)
         workspace = self.workspace
         self.program = workspace.read_program()
         recipe_path = workspace.resolve_recipe(options.recipe)
-        if not workspace.repo.has_commits() or not workspace.repo.is_tracked(recipe_path):
-            raise UserError(f"{recipe_path} is not committed; commit it first (a run starts from the last commit)")
-        pending = workspace.repo.uncommitted_paths(recipe_path)
-        if pending:
-            raise UserError(f"{recipe_path} has uncommitted changes ({', '.join(pending[:3])}); commit or stash "
-                            "them first (a run starts from the last commit)")
+        self._check_committed(recipe_path)
         recipe = load_recipe(workspace.root / recipe_path)
         check_tunables(recipe)
         taken = {run["tag"] for run in self.ledger.runs()}
         tag = options.tag or workspace.new_tag(taken)
+        self.tag = tag
         branch = RUN_BRANCH_PREFIX + tag
         if tag in taken:
             raise UserError(f"a run tagged {tag!r} already exists; resume it with --resume {tag} or choose another --tag")
@@ -140,36 +142,38 @@ class ResearchLoop:
             raise UserError(f"branch {branch} or folder {workspace.run_dir(tag)} already exists but no run of this "
                             f"ledger made it; choose another --tag, or remove them (git branch -D {branch})")
         self._check_caps(options)
+        self.agent.check()
         base_commit = workspace.repo.head_commit()
-        self._lock = RunLock(workspace.run_dir(tag), tag).acquire()
+        self._hold_workspace(options, tag)  # before anything of the new run is made
+        self._locks.append(RunLock(workspace.run_dir(tag), tag).acquire())
         budget = options.budget_seconds or recipe.budget_seconds
+        options = replace(options, budget_seconds=budget)
         # The ledger row comes first: a tool killed while the worktree is made leaves a run to resume.
         worktree_path = workspace.run_dir(tag) / WORKTREE_DIR
         self.ledger.create_run(tag, recipe=recipe_path, branch=branch, worktree=str(worktree_path),
                                base_commit=base_commit, agent=self.agent.name, model=getattr(self.agent, "model", None),
                                metric=recipe.metric, direction=recipe.direction, budget_seconds=budget,
-                               config={"min_delta": options.min_delta, "seed": options.seed,
-                                       "noise_runs": options.noise_runs, "noise_multiple": options.noise_multiple,
-                                       "confirm_runs": options.confirm_runs})
+                               config=stored_settings(options))
         worktree = workspace.repo.add_worktree(worktree_path, branch, base_commit)
         state = RunState(tag=tag, recipe_path=recipe_path, worktree=worktree,
                          recipe=load_recipe(worktree.root / recipe_path), budget_seconds=budget, best_commit=base_commit)
-        return self._loop(state, options)
+        return state, options
 
-    def resume(self, tag: str, options: RunOptions) -> RunSummary:
-        """Go on with a run: lost experiments become `interrupted`, the branch goes back to the best commit."""
-        run = self.ledger.run(tag)
-        if run is None:
-            raise UserError(f"no run tagged {tag!r} in {self.workspace.ledger_path}")
+    def _resumed_run(self, tag: str, options: RunOptions) -> tuple[RunState, RunOptions]:
+        check_options(options)
+        self.tag = tag
         self.program = self.workspace.read_program()
         self._check_caps(options)
-        self._lock = RunLock(self.workspace.run_dir(tag), tag).acquire()
-        worktree, reconciled = reconcile(self.ledger, self.workspace.repo, run, self.workspace.run_dir(tag))
-        if reconciled.describe():
-            self.reporter.note(f"run {tag}: {reconciled.describe()}")
+        self.agent.check()
+        worktree, run = self.put_straight(tag, options)
         rows = self.ledger.experiments(tag)
         kept = [row for row in rows if row["outcome"] == "keep"]
+        if not kept:
+            run = self._rebase_without_baseline(run, worktree)
         budget = options.budget_seconds or run["budget_seconds"]
+        config = stored_settings(replace(options, budget_seconds=budget))
+        config["overrides"] = run["config"].get("overrides", []) + override_records(options, now_iso())
+        self.ledger.set_run_config(tag, config)
         state = RunState(tag=tag, recipe_path=run["recipe"], worktree=worktree,
                          recipe=load_recipe(worktree.root / run["recipe"]), budget_seconds=budget,
                          best_commit=kept[-1]["commit_sha"] if kept else run["base_commit"],
@@ -182,26 +186,87 @@ class ResearchLoop:
         self._restore_noise(state, run, kept)
         worktree.reset_hard(state.best_commit)
         self.ledger.set_run_status(tag, "running")
-        return self._loop(state, options)
+        return state, options
+
+    def put_straight(self, tag: str, options: RunOptions | None = None) -> tuple[Repo, dict]:
+        """Take the run's lock and bring it back to a state it can go on from (recovery.reconcile).
+
+        With `options` (a resume that will train), the workspace's training lock is taken too,
+        before anything is changed. Returns the run's worktree and its ledger row; the locks stay
+        held until the loop ends or `close` is called.
+        """
+        run = self.ledger.run(tag)
+        if run is None:
+            raise UserError(f"no run tagged {tag!r} in {self.workspace.ledger_path}")
+        self._locks.append(RunLock(self.workspace.run_dir(tag), tag).acquire())
+        try:
+            if options is not None:
+                self._hold_workspace(options, tag)
+            worktree, reconciled = reconcile(self.ledger, self.workspace.repo, run, self.workspace.run_dir(tag))
+            self.ledger.mark_unfinished_training_runs_interrupted(tag)
+        except BaseException:
+            self._release_lock()
+            raise
+        if reconciled.describe():
+            self.reporter.note(f"run {tag}: {reconciled.describe()}")
+        return worktree, run
+
+    def close(self) -> None:
+        """Let go of the run (after `put_straight` without a loop)."""
+        self._release_lock()
+
+    def _check_committed(self, recipe_path: str) -> None:
+        """A run starts from the last commit: the recipe must be committed, with nothing pending."""
+        repo = self.workspace.repo
+        if not repo.has_commits() or not repo.is_tracked(recipe_path):
+            raise UserError(f"{recipe_path} is not committed; commit it first (a run starts from the last commit)")
+        pending = repo.uncommitted_paths(recipe_path)
+        if pending:
+            raise UserError(f"{recipe_path} has uncommitted changes ({', '.join(pending[:3])}); commit or stash "
+                            "them first (a run starts from the last commit)")
+
+    def _rebase_without_baseline(self, run: dict, worktree: Repo) -> dict:
+        """A run with no baseline yet starts again from the workspace's last commit, if that changed the recipe.
+
+        The baseline is what every experiment is measured against; until one succeeded, nothing of the
+        run depends on its start commit, so a fix of the recipe committed since is taken.
+        """
+        try:
+            self._check_committed(run["recipe"])
+        except UserError as exc:
+            raise UserError(f"run {run['tag']} has no baseline yet, so a resume starts from the workspace's last "
+                            f"commit, but {exc}") from None
+        head = self.workspace.repo.head_commit()
+        if head == run["base_commit"] or not self.workspace.repo.diff(run["base_commit"], head, run["recipe"]).strip():
+            return run
+        self.ledger.rebase_run(run["tag"], head)
+        worktree.reset_hard(head)
+        self.reporter.note(f"run {run['tag']} has no baseline yet: it starts again from the workspace's last commit "
+                           f"{head[:7]}, where {run['recipe']} changed")
+        return self.ledger.run(run["tag"])
+
+    def _hold_workspace(self, options: RunOptions, tag: str) -> None:
+        """One run trains in a workspace at a time, unless the person allows more (runlock.WorkspaceLock)."""
+        if not options.allow_concurrent:
+            self._locks.append(WorkspaceLock(self.workspace.runs_dir).acquire(f"run {tag}"))
 
     def _release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        while self._locks:
+            self._locks.pop().release()
 
     # --- limits a person set on LLM spending
 
     def _check_caps(self, options: RunOptions) -> None:
         cap = SpendingCap(options.max_cost, options.max_tokens)
         if cap.is_set:
-            cap.check_prices(load_price_table(self.workspace.root), getattr(self.agent, "model", None))
+            cap.check_prices(self.prices.table(), getattr(self.agent, "model", None))
 
     def _spending_stop_reason(self, state: RunState, options: RunOptions) -> str | None:
         """Why the next experiment must not start (it would pass --max-cost or --max-tokens), or None."""
         cap = SpendingCap(options.max_cost, options.max_tokens)
         if not cap.is_set or state.best_metric is None:
             return None
-        return cap.stop_reason(run_spending(self.ledger, state.tag, load_price_table(self.workspace.root)))
+        return cap.stop_reason(run_spending(self.ledger, state.tag, self.prices.table()))
 
     # --- the loop
 
@@ -210,44 +275,49 @@ class ResearchLoop:
         self.tag = state.tag
         self.reporter.run_started(state.tag, recipe.name, recipe.metric, recipe.direction, state.budget_seconds,
                                   self.agent.name)
-        spent = run_usage(self.ledger, state.tag, load_price_table(self.workspace.root))
+        spent = run_usage(self.ledger, state.tag, self.prices.table())
         if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
             self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
-        started = time.monotonic()
-        ran = 0
+        clock = _ActiveClock(self.ledger, state.tag)
         stop_reason = ""
         try:
             while True:
-                if options.max_experiments is not None and ran >= options.max_experiments:
-                    stop_reason = f"reached --max-experiments {options.max_experiments}"
-                    break
-                if options.hours is not None and time.monotonic() - started >= options.hours * 3600:
-                    stop_reason = f"reached --hours {options.hours:g}"
-                    break
-                stop_reason = self._spending_stop_reason(state, options) or ""
+                stop_reason = self._limit_reached(state, options, clock) or ""
                 if stop_reason:
                     break
                 if state.best_metric is None:
                     self._baseline(state, options)
                 else:
                     self._experiment(state, options)
-                ran += 1
+                clock.record()
         except KeyboardInterrupt:
             self.ledger.set_run_status(state.tag, "interrupted")
             raise
         except StopRun as exc:
             self.ledger.set_run_status(state.tag, "stopped")
-            raise StopRun(f"run {state.tag} stopped: {exc}") from None
+            raise StopRun(f"run {state.tag} stopped: {exc}", exc.baseline_failed) from None
         except BaseException:
             self.ledger.set_run_status(state.tag, "failed")
             raise
         finally:
+            clock.record()
             self._release_lock()
         self.ledger.set_run_status(state.tag, "finished")
         rows = self.ledger.experiments(state.tag)
         return RunSummary(tag=state.tag, experiments=len(rows), kept=sum(r["outcome"] == "keep" for r in rows),
                           best_metric=state.best_metric, baseline_metric=state.baseline_metric,
                           direction=state.recipe.direction, stop_reason=stop_reason)
+
+    def _limit_reached(self, state: RunState, options: RunOptions, clock: "_ActiveClock") -> str | None:
+        """Why no new experiment may start: a limit of the run (counted over its resumes too), or None."""
+        if options.max_experiments is not None:
+            done = sum(count for outcome, count in self.ledger.outcome_counts().get(state.tag, {}).items()
+                       if outcome != "interrupted")
+            if done >= options.max_experiments:
+                return f"reached --max-experiments {options.max_experiments}"
+        if options.hours is not None and clock.seconds() >= options.hours * 3600:
+            return f"reached --hours {options.hours:g}"
+        return self._spending_stop_reason(state, options)
 
     def _baseline(self, state: RunState, options: RunOptions) -> None:
         """The unmodified recipe at the start commit: the reference every experiment must beat."""
@@ -266,7 +336,7 @@ class ResearchLoop:
                                    commit=state.best_commit, files=files, decision=decision)
         if outcome != "keep":
             raise StopRun(f"the baseline (the unmodified recipe) failed with {outcome}"
-                          f"{': ' + reason if reason else ''}; see {result.log_path}")
+                          f"{': ' + reason if reason else ''}; see {result.log_path}", baseline_failed=True)
 
     def _experiment(self, state: RunState, options: RunOptions) -> None:
         number = self._open_experiment(state, options, parent_sha=state.best_commit)
@@ -334,7 +404,7 @@ class ResearchLoop:
     def _record_call(self, tag: str, number: int, call: LLMCall) -> None:
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
                                     call.prompt_tokens, call.completion_tokens, call.latency_seconds)
-        prices = load_price_table(self.workspace.root)  # read per call: an edited price applies at once
+        prices = self.prices.table()
         prompt_tokens, completion_tokens = call.prompt_tokens or 0, call.completion_tokens or 0
         cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None
         self.reporter.tokens_used(prompt_tokens, completion_tokens, cost)
@@ -464,7 +534,6 @@ class ResearchLoop:
 
     def _restore_noise(self, state: RunState, run: dict, kept: list[dict]) -> None:
         """On resume: the noise floor from the run's row, the best commit's runs from its decision record."""
-        self.ledger.mark_unfinished_training_runs_interrupted(state.tag)
         state.noise = NoiseFloor(std=run.get("noise_std"), runs=run.get("noise_runs") or 0)
         state.noise_groups = [list(row["decision"]["metrics"]) for row in self.ledger.experiments(state.tag)
                               if row["outcome"] in ("keep", "discard") and row.get("decision")
@@ -479,7 +548,8 @@ class ResearchLoop:
     def _open_experiment(self, state: RunState, options: RunOptions, **fields) -> int:
         number = state.next_number
         state.next_number += 1
-        self.ledger.start_experiment(state.tag, number, seed=options.seed, **fields)
+        self.ledger.start_experiment(state.tag, number, seed=options.seed, agent=self.agent.name,
+                                     model=getattr(self.agent, "model", None), **fields)
         self.reporter.experiment_started(number)
         self._started = time.monotonic()
         return number
@@ -557,6 +627,24 @@ class ResearchLoop:
         return tuple(entries)
 
 
+class _ActiveClock:
+    """The time a run has been going: what earlier invocations recorded, plus this one so far."""
+
+    def __init__(self, ledger: Ledger, tag: str):
+        self.ledger, self.tag = ledger, tag
+        self.before = ledger.run(tag).get("active_seconds") or 0.0
+        self.started = self._recorded_at = time.monotonic()
+
+    def seconds(self) -> float:
+        return self.before + time.monotonic() - self.started
+
+    def record(self) -> None:
+        """Add this invocation's time since the last record to the run's row."""
+        now = time.monotonic()
+        self.ledger.add_active_seconds(self.tag, now - self._recorded_at)
+        self._recorded_at = now
+
+
 class _ExperimentGuard:
     """Anything that escapes an experiment (Ctrl-C, a bug) still closes its row and rewinds the branch."""
 
@@ -603,7 +691,9 @@ def classify(result: TrainingResult, metric_name: str, tampered: list[str],
             return "crash", "nan", None
         return "crash", f"exit code {result.exit_code}: {_last_error_line(result.log_tail)}", None
     if metric is None:
-        return "crash", f"no {metric_name} line in the output", None
+        printed = ", ".join(list(result.summary)[:12])
+        return "crash", f"no {metric_name} line in the output (" + (
+            f"it printed: {printed})" if printed else "it printed no `name: value` line)"), None
     if not is_finite(metric):
         return "crash", "nan", None
     return None, None, metric

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -67,6 +68,33 @@ class PriceTable:
         return self.price(model) is not None
 
 
+class LivePrices:
+    """The workspace's price table, read afresh each time (an edited price applies at once).
+
+    A run reads it before every LLM call; a file caught half-saved or broken must not end an
+    overnight run, so the last good table serves and the problem is reported once (`on_problem`).
+    A table that was never good is the person's to fix: that error is raised.
+    """
+
+    def __init__(self, workspace_root: Path, on_problem: Callable[[str], None]):
+        self.workspace_root = workspace_root
+        self.on_problem = on_problem
+        self._good: PriceTable | None = None
+        self._reported: str | None = None
+
+    def table(self) -> PriceTable:
+        try:
+            self._good = load_price_table(self.workspace_root)
+            self._reported = None
+        except UserError as exc:
+            if self._good is None:
+                raise
+            if str(exc) != self._reported:
+                self._reported = str(exc)
+                self.on_problem(f"{exc}; the last good price table serves until it is fixed")
+        return self._good
+
+
 def load_price_table(workspace_root: Path | None = None) -> PriceTable:
     """The defaults, with the workspace's `prices` from autoresearch.yaml on top."""
     prices = dict(DEFAULT_PRICES)
@@ -77,6 +105,10 @@ def load_price_table(workspace_root: Path | None = None) -> PriceTable:
                 config = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
                 raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"{path} cannot be read: {exc}") from None
+            if not isinstance(config, dict) or not isinstance(config.get("prices") or {}, dict):
+                raise UserError(f"{path}: expected `prices:` mapping model names to {{input: .., output: ..}}")
             for model, entry in (config.get("prices") or {}).items():
                 try:
                     prices[str(model).lower()] = (float(entry["input"]), float(entry["output"]))

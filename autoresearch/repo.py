@@ -171,8 +171,8 @@ class Repo:
         except git.GitCommandError:
             return None
 
-    def diff(self, parent: str, commit: str) -> str:
-        return self.git.diff(parent, commit)
+    def diff(self, parent: str, commit: str, *paths: str) -> str:
+        return self.git.diff(parent, commit, "--", *paths)
 
     def show_file(self, commit: str, path: str) -> str:
         return self.git.show(f"{commit}:{path}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from autoresearch.console import format_cost, format_duration, format_metric, format_tokens
 from autoresearch.review import explain_outcome
 from autoresearch.gains import better_word
-from autoresearch.views import format_gain, format_local_time
+from autoresearch.views import describe_agents, format_gain, format_local_time
 
 MAX_DIFF_LINES = 400
 OUTCOME_CLASSES = ("keep", "discard", "crash", "timeout", "invalid", "interrupted", "running")
@@ -64,7 +64,6 @@ footer { color: var(--muted); font-size: 12px; margin-top: 32px; }
 def render_report(summary: dict, details: list[dict], plot_png: bytes | None, generated_at: str = "") -> str:
     """The whole page as one string."""
     metric = summary["metric"]
-    model = f" ({summary['model']})" if summary.get("model") else ""
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     parts = [
         "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
@@ -73,7 +72,7 @@ def render_report(summary: dict, details: list[dict], plot_png: bytes | None, ge
         f"<style>{STYLE}</style>\n</head>\n<body>\n",
         f"<h1>run {escape(summary['tag'])}</h1>\n",
         f"<p class=\"meta\">{escape(summary['recipe'])} · {escape(metric)} ({better_word(summary['direction'])} is "
-        f"better) · agent {escape(summary['agent'])}{escape(model)} · {escape(summary['status'])} · started "
+        f"better) · {escape(describe_agents(summary))} · {escape(summary['status'])} · started "
         f"{escape(format_local_time(summary['started_at']))} · {escape(format_duration(summary['duration_seconds']))}</p>\n",
         "<div class=\"cards\">\n",
     ]

@@ -88,6 +88,8 @@ def experiment_record(row: dict, direction: str, usage: dict | None = None) -> d
         "completion_tokens": usage["completion_tokens"],
         "cost_usd": usage["cost_usd"],
         "log_path": row["log_path"],
+        "agent": row.get("agent"),  # which agent and model proposed it (a resume may switch them)
+        "model": row.get("model"),
         "decision": row.get("decision"),  # the keep rule's numbers: gain, margin, noise, each run's metric and seed
     }
 
@@ -156,6 +158,7 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
              "cost_usd": None if None in costs else sum(costs)}
     summary = _summary(run, counts, kept[0]["metric"] if kept else None, kept[-1]["metric"] if kept else None, usage)
     summary["verification"] = verification_record(ledger.latest_verification(tag))
+    summary["agents"] = ledger.agents_by_run(tag).get(tag, [])
     return summary
 
 
@@ -169,11 +172,13 @@ def run_summaries(ledger: Ledger, prices: PriceTable | None = None, runs_dir: Pa
         total = usage.setdefault(row["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
         _add_usage(total, row, pricer)
     verifications = ledger.latest_verifications()
+    agents = ledger.agents_by_run()
     summaries = [_summary(run, counts.get(run["tag"], {}), *kept.get(run["tag"], (None, None)),
                           usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}))
                  for run in (_with_live_status(run, runs_dir) for run in ledger.runs())]
     for summary in summaries:
         summary["verification"] = verification_record(verifications.get(summary["tag"]))
+        summary["agents"] = agents.get(summary["tag"], [])
     return summaries
 
 

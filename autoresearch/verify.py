@@ -34,7 +34,7 @@ from autoresearch.loop import classify
 from autoresearch.noise import CONFIDENCE, GainInterval, gain_interval, verify_seed
 from autoresearch.recipe import load_recipe
 from autoresearch.recovery import run_marker
-from autoresearch.runlock import RunLock
+from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, recipe_job, stop_processes_marked
 from autoresearch.workspace import Workspace
 
@@ -65,8 +65,11 @@ class Verification:
 
 def verify_run(workspace: Workspace, ledger: Ledger, tag: str, seeds: int = DEFAULT_SEEDS,
                executor: Executor | None = None, on_progress: Callable[[str], None] | None = None,
-               budget_seconds: float | None = None) -> Verification:
-    """Train the run's baseline and best commits with `seeds` new seeds each, on validation and test; record it."""
+               budget_seconds: float | None = None, allow_concurrent: bool = False) -> Verification:
+    """Train the run's baseline and best commits with `seeds` new seeds each, on validation and test; record it.
+
+    Like a run, it trains only when nothing else trains in the workspace, unless `allow_concurrent`.
+    """
     if seeds < 2:
         raise UserError("--seeds must be at least 2: an interval needs two trainings of each commit")
     run = ledger.run(tag)
@@ -77,11 +80,13 @@ def verify_run(workspace: Workspace, ledger: Ledger, tag: str, seeds: int = DEFA
         raise UserError(f"run {tag} has no baseline yet: nothing to verify")
     if len(kept) == 1:
         raise UserError(f"run {tag} kept no change over its baseline: nothing to verify")
-    lock = RunLock(workspace.run_dir(tag), tag).acquire()
+    locks = [] if allow_concurrent else [WorkspaceLock(workspace.runs_dir).acquire(f"verify of run {tag}")]
     try:
+        locks.append(RunLock(workspace.run_dir(tag), tag).acquire())
         return _verify_locked(workspace, ledger, run, kept, seeds, executor, on_progress, budget_seconds)
     finally:
-        lock.release()
+        for lock in reversed(locks):
+            lock.release()
 
 
 def _verify_locked(workspace: Workspace, ledger: Ledger, run: dict, kept: list[dict], seeds: int,

@@ -2,8 +2,9 @@
 
 Listings are laid out here as aligned plain text, one line per row, coloured with ANSI codes only
 when the output is a terminal: a Rich Table measures every cell and takes seconds for 10,000
-experiments, and a listing that long is mostly read through a pager or grep anyway. `show` is a
-handful of Rich renderables (the diff syntax highlighted). Nothing here reads the ledger or prints.
+experiments, and a listing that long is mostly read through a pager or grep anyway. `show` is built
+the same way, its diff coloured by line. Nothing is ever wrapped: what a pipe or a file receives is
+what the ledger holds, line for line. Nothing here reads the ledger or prints.
 """
 
 from __future__ import annotations
@@ -12,17 +13,16 @@ from datetime import datetime
 from typing import Callable
 
 from rich.color import ColorSystem
-from rich.console import Console, Group, RenderableType
-from rich.rule import Rule
+from rich.console import Console
 from rich.style import Style
-from rich.text import Text
 
 from autoresearch.console import (OUTCOME_STYLES, format_cost, format_duration, format_metric, format_noise,
-                                  format_tokens)
+                                  format_tokens, plural)
 from autoresearch.gains import better_word
 from autoresearch.review import explain_outcome
 
 Paint = Callable[[str, str], str]
+RULE_WIDTH = 100  # a section rule's width when the output is not a terminal
 STATUS_STYLES = {"running": "blue", "finished": "green", "interrupted": "cyan", "stopped": "yellow", "failed": "red"}
 _COLOR_SYSTEMS = {"standard": ColorSystem.STANDARD, "256": ColorSystem.EIGHT_BIT, "truecolor": ColorSystem.TRUECOLOR,
                   "windows": ColorSystem.WINDOWS}
@@ -91,10 +91,26 @@ def aligned_lines(header: list[str], rows: list[list[str]], right: set[int], sty
 
 # --- log
 
+def agent_name(agent: str | None, model: str | None) -> str:
+    """`llm (gpt-5-mini)`, `mutate`: an agent as the listings name it."""
+    return (agent or "-") + (f" ({model})" if model and agent != "mutate" else "")
+
+
+def describe_agents(summary: dict, numbers: bool = True) -> str:
+    """Which agent made the run's experiments: `agent llm (gpt-5-mini)`, or each stretch after a switch."""
+    stretches = summary.get("agents") or [{"agent": summary["agent"], "model": summary["model"]}]
+    if len(stretches) == 1:
+        return f"agent {agent_name(stretches[0]['agent'], stretches[0]['model'])}"
+    if not numbers:
+        return "agents " + ", ".join(agent_name(s["agent"], s["model"]) for s in stretches)
+    return "agents " + ", ".join(f"{agent_name(s['agent'], s['model'])} for "
+                                 + (f"{s['first']}" if s["first"] == s["last"] else f"{s['first']}-{s['last']}")
+                                 for s in stretches)
+
+
 def log_title(summary: dict) -> str:
-    model = f" ({summary['model']})" if summary.get("model") else ""
     return (f"run {summary['tag']} · {summary['recipe']} · {summary['metric']} ({better_word(summary['direction'])} is "
-            f"better) · agent {summary['agent']}{model} · {summary['status']}")
+            f"better) · {describe_agents(summary)} · {summary['status']}")
 
 
 def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width: int | None = None) -> list[str]:
@@ -136,17 +152,18 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
 
 def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
     """Every run of the workspace, one line each, oldest first."""
-    header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "status",
-              "verify"]
+    header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "agent",
+              "status", "verify"]
     rows, styles = [], []
     for summary in summaries:
         tokens = summary["prompt_tokens"] + summary["completion_tokens"]
         rows.append([summary["tag"], format_local_time(summary["started_at"]), format_duration(summary["duration_seconds"]),
                      str(summary["experiments"]), str(summary["kept"]), str(summary["crashes"]), summary["metric"],
                      format_metric(summary["best_metric"]), format_gain(summary["gain"]) or "-",
-                     format_cost(summary["cost_usd"], tokens), summary["status"],
+                     format_cost(summary["cost_usd"], tokens),
+                     describe_agents(summary, numbers=False).split(" ", 1)[1], summary["status"],
                      format_verification(summary.get("verification"))])
-        styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "",
+        styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "", "",
                        STATUS_STYLES.get(summary["status"], ""), VERDICT_STYLES.get(
                            (summary.get("verification") or {}).get("verdict"), "")])
     return aligned_lines(header, rows, {2, 3, 4, 5, 7, 8, 9}, styles, paint)
@@ -166,12 +183,15 @@ def format_verification(verification: dict | None) -> str:
 
 # --- show
 
-def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> RenderableType:
-    """One experiment whole: what it tried, what came of it and why, its numbers, its diff and log."""
+def experiment_lines(detail: dict, summary: dict, with_prompt: bool = False, paint: Paint = no_paint,
+                     width: int = RULE_WIDTH) -> list[str]:
+    """One experiment whole: what it tried, what came of it and why, its numbers, its diff and log.
+
+    Plain lines, coloured only by `paint`, never wrapped: a diff line, a log line or a prompt line
+    reaches a pipe or a file as it is (`show --prompt > file` keeps the exact prompt).
+    """
     metric = summary["metric"]
-    parts: list[RenderableType] = [
-        Text(f"experiment {detail['number']} of run {detail['tag']} · {summary['recipe']}", style="bold"),
-    ]
+    lines = [paint(f"experiment {detail['number']} of run {detail['tag']} · {summary['recipe']}", "bold")]
     facts: list[tuple[str, str, str]] = [
         ("description", detail["description"] or "-", ""),
         ("outcome", explain_outcome(detail, metric, summary["direction"]), OUTCOME_STYLES.get(detail["outcome"], "")),
@@ -195,49 +215,71 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
     tokens = detail["prompt_tokens"] + detail["completion_tokens"]
     calls = detail["llm_calls"]
     facts.append(("tokens", f"{detail['prompt_tokens']} prompt + {detail['completion_tokens']} completion in "
-                            f"{len(calls)} LLM call{'s' if len(calls) != 1 else ''}; cost "
-                            f"{format_cost(detail['cost_usd'], tokens)}", ""))
+                            f"{plural(len(calls), 'LLM call')}; cost {format_cost(detail['cost_usd'], tokens)}", ""))
+    facts.append(("agent", agent_name(detail.get("agent"), detail.get("model")), ""))
     facts.append(("seed", "-" if detail["seed"] is None else str(detail["seed"]), ""))
-    parts.append(_facts(facts))
+    lines += fact_lines(facts, paint)
 
     if detail["summary"]:
-        parts.append(_section("summary"))
-        parts.append(_facts([(name, format_metric(value), "") for name, value in detail["summary"].items()]))
+        lines.append(rule("summary", paint, width))
+        lines += fact_lines([(name, format_metric(value), "") for name, value in detail["summary"].items()], paint)
     if detail["training_runs"]:
-        parts.append(_section("training runs"))
-        parts.append(Text("\n".join(training_run_lines(detail["training_runs"]))))
+        lines.append(rule("training runs", paint, width))
+        lines += training_run_lines(detail["training_runs"])
 
-    parts.append(_section("diff against its parent"))
+    lines.append(rule("diff against its parent", paint, width))
     if detail["diff"]:
-        from rich.syntax import Syntax  # pygments' lexers: only `show` pays for them
-
-        parts.append(Syntax(detail["diff"].rstrip("\n"), "diff", theme="ansi_dark", background_color="default",
-                            word_wrap=True))
+        lines += [paint(line, diff_style(line)) for line in detail["diff"].rstrip("\n").splitlines()]
     elif detail["number"] == 0:
-        parts.append(Text("none: the baseline is the unmodified recipe", style="dim"))
+        lines.append(paint("none: the baseline is the unmodified recipe", "dim"))
     else:
-        parts.append(Text("none: no change was proposed that could be applied", style="dim"))
+        lines.append(paint("none: no change was proposed that could be applied", "dim"))
 
-    parts.append(_section("log tail" + (f" ({detail['log_path']})" if detail["log_path"] else "")))
+    lines.append(rule("log tail" + (f" ({detail['log_path']})" if detail["log_path"] else ""), paint, width))
     if detail["log_tail"]:
-        parts.append(Text(detail["log_tail"]))
+        lines += detail["log_tail"].splitlines()
     else:
-        parts.append(Text("the training printed nothing" if detail["log_tail"] == "" else "no log: it never trained",
-                          style="dim"))
+        lines.append(paint("the training printed nothing" if detail["log_tail"] == "" else "no log: it never trained",
+                           "dim"))
 
     if with_prompt:
         for call in calls:
-            parts.append(_section(f"LLM call {call['attempt']} · {call['model']} · "
-                                  f"{call['prompt_tokens'] or 0}+{call['completion_tokens'] or 0} tokens"))
+            lines.append(rule(f"LLM call {call['attempt']} · {call['model']} · "
+                              f"{call['prompt_tokens'] or 0}+{call['completion_tokens'] or 0} tokens", paint, width))
             for message in call.get("messages") or []:
-                parts.append(Text(f"[{message.get('role', '?')}]", style="bold cyan"))
-                parts.append(Text(str(message.get("content", ""))))
-            parts.append(Text("[reply]", style="bold green"))
-            parts.append(Text(call["reply"] if call.get("reply") is not None else f"(no reply: {call['error']})"))
+                lines.append(paint(f"[{message.get('role', '?')}]", "bold cyan"))
+                lines += str(message.get("content", "")).splitlines()
+            lines.append(paint("[reply]", "bold green"))
+            reply = call["reply"] if call.get("reply") is not None else f"(no reply: {call['error']})"
+            lines += reply.splitlines()
         if not calls:
-            parts.append(_section("prompt"))
-            parts.append(Text("no LLM call for this experiment", style="dim"))
-    return Group(*parts)
+            lines.append(rule("prompt", paint, width))
+            lines.append(paint("no LLM call for this experiment", "dim"))
+    return lines
+
+
+def diff_style(line: str) -> str:
+    if line.startswith(("+++", "---", "diff ")):
+        return "bold"
+    if line.startswith("@@"):
+        return "cyan"
+    if line.startswith("+"):
+        return "green"
+    if line.startswith("-"):
+        return "red"
+    return ""
+
+
+def rule(title: str, paint: Paint = no_paint, width: int = RULE_WIDTH) -> str:
+    """A section heading: `── title ───…` as wide as the terminal (a fixed width where there is none)."""
+    head = f"── {title} "
+    return paint(head + "─" * max(3, width - len(head)), "dim")
+
+
+def fact_lines(facts: list[tuple[str, str, str]], paint: Paint = no_paint) -> list[str]:
+    """`name  value` lines with the names padded to one width."""
+    width = max(len(name) for name, _, _ in facts)
+    return [paint(name.ljust(width + 2), "bold") + paint(value, style) for name, value, style in facts]
 
 
 def describe_decision(decision: dict | None) -> str | None:
@@ -272,18 +314,3 @@ def format_seconds(seconds: float | None) -> str:
     if seconds is not None and seconds < 9.95:
         return f"{seconds:.1f}s"
     return format_duration(seconds)
-
-
-def _facts(facts: list[tuple[str, str, str]]) -> Text:
-    width = max(len(name) for name, _, _ in facts)
-    text = Text()
-    for index, (name, value, style) in enumerate(facts):
-        if index:
-            text.append("\n")
-        text.append(name.ljust(width + 2), style="bold")
-        text.append(value, style=style)
-    return text
-
-
-def _section(title: str) -> Rule:
-    return Rule(title, align="left", style="dim")

@@ -143,7 +143,7 @@ def test_resume_keeps_the_noise_floor_and_the_best_runs(noisy, fake_llm):
     run_noisy(fake_llm, [REAL_GAIN], max_experiments=1)
     fake_llm.set_script([REAL_GAIN])
     loop = ResearchLoop(Workspace.find(), LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0))
-    loop.resume("t", RunOptions(max_experiments=1))
+    loop.resume("t", RunOptions(max_experiments=2))
     rows = Ledger(noisy / "runs/ledger.db").experiments("t")
     assert rows[1]["outcome"] == "keep"
     assert rows[1]["decision"]["best_metrics"] == rows[0]["decision"]["metrics"]

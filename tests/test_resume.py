@@ -100,8 +100,11 @@ def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, f
         # a resume that runs nothing puts the run straight; then the invariants must hold
         loop = make_loop(fake_llm, [random_proposer(seed=cycles)])
         try:
-            loop.resume(TAG, small_options(max_experiments=0))
+            worktree, run = loop.put_straight(TAG)
+            kept = loop.ledger.experiments(TAG, outcome="keep")
+            worktree.reset_hard(kept[-1]["commit_sha"] if kept else run["base_commit"])
         finally:
+            loop.close()
             loop.ledger.close()
         rows = check_invariants(workspace, started)
         cycles += 1
@@ -109,6 +112,7 @@ def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, f
     assert any(row["outcome"] == "interrupted" for row in rows), "some kills landed mid-experiment"
     # and it still runs to the end when left alone, going on with the next numbers
     fake_llm.set_script([random_proposer(seed=99)])
-    final = ToolProcess(workspace, "run", "--resume", TAG, "--max-experiments", "2", *RUN_FLAGS, env=env)
+    counted = sum(row["outcome"] != "interrupted" for row in rows)  # what --max-experiments counts on resume
+    final = ToolProcess(workspace, "run", "--resume", TAG, "--max-experiments", str(counted + 2), *RUN_FLAGS, env=env)
     assert final.wait(60) == 0, final.stderr()
     assert len(check_invariants(workspace, started)) == len(rows) + 2

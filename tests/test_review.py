@@ -219,9 +219,9 @@ def test_runs_lists_every_run(in_night):
     result = invoke("runs")
     assert result.exit_code == 0, result.output
     assert result.stdout == """\
-tag    started           duration  experiments  kept  crashes  metric     best    gain     cost  status       verify
-night  2026-11-23 01:00    42m05s            7     3        2  val_loss  0.125  +0.165  $0.0039  finished     -
-local  2026-11-23 03:00    12m00s            3     2        0  val_loss   0.25   +0.04        -  interrupted  -
+tag    started           duration  experiments  kept  crashes  metric     best    gain     cost  agent              status       verify
+night  2026-11-23 01:00    42m05s            7     3        2  val_loss  0.125  +0.165  $0.0039  llm (gpt-5-mini)   finished     -
+local  2026-11-23 03:00    12m00s            3     2        0  val_loss   0.25   +0.04        -  llm (llama-local)  interrupted  -
 """
     summaries = json.loads(invoke("runs", "--json").stdout)
     assert [(s["tag"], s["status"], s["experiments"], s["interrupted"]) for s in summaries] == [
@@ -235,7 +235,7 @@ def test_runs_prices_a_local_model_from_the_workspace_config(in_night):
     try:
         local = json.loads(invoke("runs", "--json").stdout)[1]
         assert local["cost_usd"] == pytest.approx(1200 / 1e6)
-        assert "$0.0012  interrupted" in invoke("runs").stdout.splitlines()[2]
+        assert "$0.0012  llm (llama-local)  interrupted" in invoke("runs").stdout.splitlines()[2]
     finally:
         (in_night / "autoresearch.yaml").unlink()
 
@@ -267,7 +267,9 @@ def test_show_a_discarded_experiment_whole(in_night):
     rows = ledger_rows(in_night, "night")
     result = invoke("show", "2", "--tag", "night")
     assert result.exit_code == 0, result.output
-    rule = "─" * 200
+    def rule(title: str) -> str:  # a section's rule: 100 wide where the output is no terminal
+        return f"── {title} " + "─" * (100 - len(title) - 4)
+
     assert result.stdout == f"""\
 experiment 2 of run night · recipes/synth
 description  halve the width
@@ -277,15 +279,16 @@ decision     discard, gain -0.25, margin 0, runs: 0.5 (best commit: 1 run)
 commit       {rows[2]['commit_sha']} (parent {rows[1]['commit_sha'][:12]})
 timings      proposing 12s, training 1m02s, in all 1m17s; started 2026-11-23 01:00
 tokens       1000 prompt + 200 completion in 1 LLM call; cost $0.0006
+agent        llm (gpt-5-mini)
 seed         0
-summary {rule[:192]}
+{rule('summary')}
 peak_memory_mb  512
 seed            0
 val_loss        0.5
-training runs {rule[:186]}
+{rule('training runs')}
 attempt  kind   seed  outcome  metric   time  reason
       0  first     0  ok          0.5  1m02s
-diff against its parent {rule[:176]}
+{rule('diff against its parent')}
 --- a/train.py
 +++ b/train.py
 @@ -5,7 +5,7 @@
@@ -297,7 +300,7 @@ diff against its parent {rule[:176]}
  SLEEP_SECONDS = 0.0
  
  # --- training
-log tail ({rows[2]['log_path']}) {rule[:200 - 12 - len(rows[2]['log_path'])]}
+{rule(f'log tail ({rows[2]["log_path"]})')}
 ---
 val_loss: 0.500000
 peak_memory_mb: 512.0
@@ -325,7 +328,7 @@ def test_show_prompt_prints_the_exact_prompt_and_reply(in_night):
 def test_show_the_baseline_lists_its_noise_runs(in_night):
     out = invoke("show", "0", "--tag", "night").stdout
     assert "none: the baseline is the unmodified recipe" in out
-    runs = out.split("training runs", 1)[1].split("diff against", 1)[0].strip().splitlines()[1:]
+    runs = out.split("training runs", 1)[1].split("── diff against", 1)[0].strip().splitlines()[1:]
     assert [line.split()[1] for line in runs[1:]] == ["first", "noise", "noise"]
 
 
@@ -505,3 +508,18 @@ def render(live: LiveReporter) -> str:
     out = Console(file=io.StringIO(), width=140, color_system=None)
     out.print(live._render())
     return out.file.getvalue()
+
+
+def test_nothing_a_pipe_or_a_file_gets_is_wrapped(workspace, fake_llm, monkeypatch):
+    """`show N | cat` keeps a diff line whole, `show --prompt > file` every prompt line (COLUMNS is 200 here)."""
+    long_value = "0.5  # " + "why " * 120
+    (workspace / "program.md").write_text("Lower the loss; " + "a long line of direction " * 20 + "\n")
+    fake_llm.set_script([reply("a long comment", "LEARNING_RATE = 0.5", f"LEARNING_RATE = {long_value}")])
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
+    assert invoke("run", "--tag", "w", "--max-experiments", "2", "--noise-runs", "0").exit_code == 0
+    shown = invoke("show", "1").stdout.splitlines()
+    assert f"+LEARNING_RATE = {long_value}" in shown
+    prompt_lines = invoke("show", "1", "--prompt").stdout.splitlines()
+    sent = Ledger(workspace / "runs/ledger.db").llm_calls("w", 1)[0]["messages"][1]["content"]
+    longest = max(sent.splitlines(), key=len)
+    assert len(longest) > 200 and longest in prompt_lines

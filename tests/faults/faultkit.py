@@ -65,9 +65,10 @@ def run_with(fake_llm, script: list, max_experiments: int = 3, kill_wait: float 
 
 
 def resume_with(fake_llm, script: list, max_experiments: int = 1, **options):
-    """Go on with run `t`; returns (loop, its experiment rows)."""
+    """Go on with run `t` for `max_experiments` more experiments; returns (loop, its experiment rows)."""
     loop = make_loop(fake_llm, script)
-    loop.resume(TAG, small_options(max_experiments=max_experiments, **options))
+    done = sum(row["outcome"] not in ("running", "interrupted") for row in loop.ledger.experiments(TAG))
+    loop.resume(TAG, small_options(max_experiments=done + max_experiments, **options))
     return loop, loop.ledger.experiments(TAG)
 
 

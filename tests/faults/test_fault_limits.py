@@ -47,7 +47,7 @@ def lineage(count: int) -> tuple[LineageEntry, ...]:
     for number in range(count):
         outcome, reason = outcomes[number % len(outcomes)]
         entries.append(LineageEntry(number=number, outcome=outcome, reason=reason, metric=1.0 - number / 1e4,
-                                    delta=-0.001 * (number % 11) if outcome == "keep" else 0.01,
+                                    gain=0.001 * (number % 11) if outcome == "keep" else -0.01,
                                     description=f"experiment {number}: " + "a rather long description " * 20,
                                     log_tail="\n".join(f"step {i}: " + "x" * 400 for i in range(40))))
     return tuple(entries)

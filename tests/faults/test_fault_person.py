@@ -104,7 +104,8 @@ def test_kill_9_during_training_then_resume(workspace, fake_llm):
     assert wait_until(lambda: run_processes(workspace) == [], 3), "the training outlived the tool"
     assert ledger_rows(workspace)[1]["outcome"] == "running"  # as the kill left it
     flag.write_text("")
-    resumed = ToolProcess(workspace, "run", "--resume", TAG, "--max-experiments", "1", *RUN_FLAGS,
+    # one more: --max-experiments counts the run's experiments, the interrupted one not
+    resumed = ToolProcess(workspace, "run", "--resume", TAG, "--max-experiments", "2", *RUN_FLAGS,
                           env=tool_env(fake_llm))
     assert resumed.wait(30) == 0, resumed.stderr()
     assert "run t: experiment 1 recorded as interrupted" in resumed.stderr()
@@ -124,6 +125,30 @@ def test_a_second_process_on_the_same_run_is_refused(workspace, fake_llm):
     _, rows = resume_with(fake_llm, [BETTER])  # the kernel released the dead tool's lock
     assert rows[-1]["outcome"] == "keep"
     assert_consistent(workspace, rows)
+
+
+def test_a_second_run_in_the_same_workspace_is_refused_while_one_trains(workspace, fake_llm, monkeypatch):
+    """Two tags would train at once and fight for the machine; the second is told which run holds it."""
+    from typer.testing import CliRunner
+
+    from autoresearch.cli import app
+
+    tool = start_tool_training(workspace, fake_llm, HANG)
+    try:
+        refused = CliRunner().invoke(app, ["run", "--agent", "mutate", "--tag", "other", "--max-experiments", "1"])
+        assert refused.exit_code == 1
+        assert f"run t (pid {tool.pid}) is training in this workspace" in refused.output
+        assert "--allow-concurrent" in refused.output and len(refused.output.strip().splitlines()) == 1
+        assert Ledger(workspace / "runs/ledger.db").run("other") is None
+        allowed = CliRunner().invoke(app, ["run", "--agent", "mutate", "--tag", "other", "--max-experiments", "1",
+                                           "--noise-runs", "0", "--allow-concurrent"])
+        assert allowed.exit_code == 0, allowed.output
+    finally:
+        tool.interrupt()
+        tool.wait(10)
+    after = CliRunner().invoke(app, ["run", "--agent", "mutate", "--tag", "third", "--max-experiments", "1",
+                                     "--noise-runs", "0"])
+    assert after.exit_code == 0, after.output  # the lock went with the first run
 
 
 # --- what a kill can leave behind, put straight by the resume
@@ -174,7 +199,9 @@ def test_worktree_left_half_made_is_made_again(workspace, fake_llm):
 
 def test_run_killed_before_its_branch_existed_can_be_resumed(workspace, fake_llm):
     """The ledger row is written before the worktree and branch: a kill in between is resumable."""
-    run_with(fake_llm, [], max_experiments=0)
+    loop = make_loop(fake_llm, [])
+    loop._new_run(small_options(tag=TAG))  # the row and the worktree, then the tool dies
+    loop.close()
     git(workspace, "worktree", "remove", "--force", "runs/t/worktree")
     git(workspace, "branch", "-D", "autoresearch/t")
     _, rows = resume_with(fake_llm, [BETTER], max_experiments=2)
@@ -248,3 +275,28 @@ def test_sighup_is_left_ignored_under_nohup(workspace, fake_llm):
     assert tool.process.poll() is None, tool.stderr()
     tool.interrupt()
     assert tool.wait(10) == 130
+
+
+def test_a_half_saved_price_table_does_not_end_the_run(workspace, fake_llm):
+    """autoresearch.yaml is read before every LLM call; a broken save mid-run keeps the last good table."""
+    config = workspace / "autoresearch.yaml"
+    config.write_text("prices:\n  fake-model: {input: 1.0, output: 2.0}\n")
+
+    def save_half_then_answer(request):
+        config.write_text("prices:\n  fake-model: {input: 1.0, outp")  # the editor was caught mid-save
+        return BETTER
+
+    loop, rows = run_with(fake_llm, [save_half_then_answer, BETTER], max_experiments=3)
+    assert [row["outcome"] for row in rows][:2] == ["keep", "keep"] and len(rows) == 3
+    assert loop.ledger.run(TAG)["status"] == "finished"
+    broken = [note for note in loop.reporter.notes if "autoresearch.yaml" in note]
+    assert len(broken) == 1 and "the last good price table serves" in broken[0]
+
+
+def test_the_last_line_of_a_run_is_whole_in_a_nohup_log(workspace):
+    """stderr into a file on a narrow terminal: the line a person greps for in the morning is not wrapped."""
+    tool = ToolProcess(workspace, "run", "--agent", "mutate", "--tag", TAG, "--max-experiments", "2",
+                       "--noise-runs", "0", env={"COLUMNS": "40"})
+    assert tool.wait(60) == 0, tool.stderr()
+    last = tool.stderr().strip().splitlines()[-1]
+    assert last.startswith("run t done (reached --max-experiments 2): 2 experiments") and last.endswith("--tag t")

@@ -1,0 +1,133 @@
+"""A run's settings: what a person chose, checked before anything is made, and kept across resumes.
+
+`RunOptions` holds every knob of `run`. A new run stores them all in its ledger row; a resumed run
+goes on with its own stored settings, and only a setting given again on resume overrides one,
+which is recorded (`Override`) and said. `check_options` refuses nonsense numbers (a negative
+budget, zero experiments, a negative --min-delta that would keep regressions) before anything is
+made; its errors name the setting, and the CLI words them with the flag.
+
+What the limits count on a resumed run: `max_experiments` counts the run's experiments so far, the
+baseline included and interrupted ones not; `hours` counts the time the run has been going, summed
+over its invocations (the time it was stopped does not count).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from autoresearch.errors import UserError
+from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
+
+DEFAULT_MODEL = "gpt-5-mini"
+AGENTS = ("llm", "mutate")
+
+
+@dataclass
+class RunOptions:
+    """Every setting of a run; `recipe` and `tag` say which run and are not settings of it."""
+
+    recipe: str | None = None
+    tag: str | None = None
+    agent: str = "llm"
+    model: str = DEFAULT_MODEL
+    base_url: str | None = None  # None: the hosted OpenAI endpoint
+    llm_timeout: float = 600.0  # seconds one LLM request may take
+    budget_seconds: float | None = None  # None: the recipe's
+    max_experiments: int | None = None
+    hours: float | None = None
+    min_delta: float = 0.0
+    seed: int = 0
+    max_agent_failures: int = 5
+    agent_backoff_seconds: float = 5.0  # the first wait after a failed LLM call; doubles, up to 5 minutes
+    max_cost: float | None = None  # dollars of LLM calls for the whole run
+    max_tokens: int | None = None  # prompt and completion tokens for the whole run
+    noise_runs: int = DEFAULT_NOISE_RUNS
+    noise_multiple: float = DEFAULT_NOISE_MULTIPLE
+    confirm_runs: int = DEFAULT_CONFIRM_RUNS
+    overrides: list["Override"] = field(default_factory=list)  # what a resume changed, said and recorded
+    allow_concurrent: bool = False  # train although another run trains in the workspace (this invocation only)
+
+    @property
+    def keep_rule(self) -> KeepRule:
+        return KeepRule(noise_multiple=self.noise_multiple, min_delta=self.min_delta, confirm_runs=self.confirm_runs)
+
+
+SETTINGS = tuple(f.name for f in fields(RunOptions) if f.name not in ("recipe", "tag", "overrides", "allow_concurrent"))
+
+
+@dataclass(frozen=True)
+class Override:
+    """A setting given on resume that differs from the one the run had."""
+
+    setting: str
+    before: object
+    after: object
+
+
+class InvalidSetting(UserError):
+    """A setting with a value that cannot work; `setting` is its name in RunOptions."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+def check_options(options: RunOptions) -> None:
+    """Refuse a value that would make an empty, endless or harmful run; before anything is made."""
+    if options.agent not in AGENTS:
+        raise InvalidSetting("agent", f"must be {' or '.join(AGENTS)}, not {options.agent!r}")
+    _at_least("max_experiments", options.max_experiments, 1)
+    _at_least("max_agent_failures", options.max_agent_failures, 1)
+    _at_least("max_tokens", options.max_tokens, 1)
+    _at_least("noise_runs", options.noise_runs, 0)
+    _at_least("confirm_runs", options.confirm_runs, 0)
+    _at_least("seed", options.seed, 0)
+    for name in ("budget_seconds", "hours", "max_cost", "llm_timeout"):
+        _positive(name, getattr(options, name))
+    for name in ("min_delta", "noise_multiple", "agent_backoff_seconds"):
+        _positive(name, getattr(options, name), zero_allowed=True)
+
+
+def _at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise InvalidSetting(name, f"must be at least {low}, not {value}")
+
+
+def _positive(name: str, value: float | None, zero_allowed: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        raise InvalidSetting(name, f"must be {'zero or more' if zero_allowed else 'more than zero'}, not {value:g}")
+
+
+def stored_settings(options: RunOptions) -> dict:
+    """The settings as the ledger keeps them (the run's `config`)."""
+    return {name: getattr(options, name) for name in SETTINGS}
+
+
+def resumed_options(run: dict, given: dict) -> RunOptions:
+    """The run's own settings from its ledger row, with the ones given again on resume on top.
+
+    Settings a run started before they were stored take today's defaults (and its budget comes from
+    the row). Each given setting that differs from the run's is listed in `overrides`.
+    """
+    config = run.get("config") or {}
+    stored = {name: config[name] for name in SETTINGS if name in config}
+    stored.setdefault("budget_seconds", run.get("budget_seconds"))
+    stored.setdefault("agent", run.get("agent") or "llm")
+    if run.get("model"):
+        stored.setdefault("model", run["model"])
+    options = RunOptions(tag=run["tag"], **stored)
+    unknown = set(given) - set(SETTINGS)
+    if unknown:
+        raise ValueError(f"not settings of a run: {sorted(unknown)}")
+    overrides = [Override(name, getattr(options, name), value) for name, value in given.items()
+                 if getattr(options, name) != value]
+    return replace(options, **given, overrides=overrides)
+
+
+def override_records(options: RunOptions, at: str) -> list[dict]:
+    """What a resume changed, as the run's config keeps it in `overrides`."""
+    return [{**asdict(override), "at": at} for override in options.overrides]
