@@ -108,11 +108,17 @@ class Reporter:
     """The events of a run; this base class ignores them all."""
 
     def run_started(self, tag: str, recipe: str, metric: str, direction: str, budget: float, agent: str) -> None: ...
+    def limits(self, max_experiments: int | None, done: int, seconds_left: float | None) -> None:
+        """The run's limits as they stand when it starts: --max-experiments and the time --hours leaves."""
     def experiment_started(self, number: int) -> None: ...
-    def phase(self, name: str, description: str | None = None, budget: float | None = None) -> None: ...
+    def phase(self, name: str, description: str | None = None, budget: float | None = None,
+              grace: float | None = None) -> None: ...
     def training_output(self, line: str) -> None: ...
     def experiment_finished(self, row: dict, best: float | None, baseline: float | None) -> None: ...
     def noise_floor(self, std: float | None, runs: int) -> None: ...
+    def keep_margin(self, margin: float | None) -> None:
+        """The gain the next change must show over the best to be kept (beside the noise, it says why
+        nothing is kept)."""
     def tokens_used(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None: ...
     def note(self, text: str) -> None: ...
     def close(self) -> None: ...
@@ -122,6 +128,37 @@ def outcome_text(row: dict) -> str:
     return f"{row['outcome']}: {row['reason']}" if row.get("reason") else row["outcome"]
 
 
+def format_margin(margin: float | None) -> str:
+    """Why nothing is kept when changes look better: the gain the next one must show over the best."""
+    return "" if margin is None else f"a change must gain more than {margin:.3g} over the best to be kept"
+
+
+class RunProgress:
+    """Where the run stands against its limits: experiments done of --max-experiments, time left of --hours."""
+
+    def __init__(self):
+        self.max_experiments: int | None = None
+        self.done = 0
+        self.deadline: float | None = None
+
+    def set_limits(self, max_experiments: int | None, done: int, seconds_left: float | None) -> None:
+        self.max_experiments, self.done = max_experiments, done
+        self.deadline = None if seconds_left is None else time.monotonic() + seconds_left
+
+    def finished(self, outcome: str) -> None:
+        if outcome != "interrupted":  # what --max-experiments counts
+            self.done += 1
+
+    def describe(self) -> str:
+        """`experiment 4 of 10, 2h10m left`, or what of it is known; empty without limits."""
+        parts = []
+        if self.max_experiments is not None:
+            parts.append(f"experiment {min(self.done + 1, self.max_experiments)} of {self.max_experiments}")
+        if self.deadline is not None:
+            parts.append(f"{format_duration(max(0.0, self.deadline - time.monotonic()))} left")
+        return ", ".join(parts)
+
+
 class PlainReporter(Reporter):
     """One line per event on stderr."""
 
@@ -129,6 +166,8 @@ class PlainReporter(Reporter):
         self.stream = stream or sys.stderr
         self.number = 0
         self.tally = TokenTally()
+        self.progress = RunProgress()
+        self.margin: float | None = None
 
     def _line(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
@@ -136,19 +175,30 @@ class PlainReporter(Reporter):
     def run_started(self, tag, recipe, metric, direction, budget, agent):
         self._line(f"run {tag}: recipe {recipe}, {metric} ({direction} is better), budget {budget:g}s, agent {agent}")
 
+    def limits(self, max_experiments, done, seconds_left):
+        self.progress.set_limits(max_experiments, done, seconds_left)
+
     def experiment_started(self, number):
         self.number = number
-        self._line(f"experiment {number}: started" + (" (baseline)" if number == 0 else ""))
+        where = self.progress.describe()
+        self._line(f"experiment {number}: started" + (" (baseline)" if number == 0 else "")
+                   + (f"; {where}" if where else ""))
 
-    def phase(self, name, description=None, budget=None):
+    def phase(self, name, description=None, budget=None, grace=None):
         self._line(f"experiment {self.number}: {name}" + (f": {description}" if description else ""))
 
     def experiment_finished(self, row, best, baseline):
+        self.progress.finished(row["outcome"])
         self._line(f"experiment {row['number']}: {outcome_text(row)}, {row['metric_name']} "
                    f"{format_metric(row.get('metric'))}, best {format_metric(best)}")
 
     def noise_floor(self, std, runs):
         self._line(f"noise floor: {format_noise(std, runs)}")
+
+    def keep_margin(self, margin):
+        if margin and margin != self.margin:
+            self._line(f"experiment {self.number}: {format_margin(margin)}")
+        self.margin = margin
 
     def tokens_used(self, prompt_tokens, completion_tokens, cost):
         self.tally.add(prompt_tokens, completion_tokens, cost)
@@ -170,7 +220,11 @@ class LiveReporter(Reporter):
         self.phase_name = "starting"
         self.description = ""
         self.budget = 0.0
+        self.grace: float | None = None
         self.phase_started = time.monotonic()
+        self.training_started: float | None = None  # at the training's first line: start-up is not training
+        self.run_progress = RunProgress()
+        self.margin: float | None = None
         self.last_output = ""
         self.progress: dict[str, str] = {}
         self.tally = TokenTally()
@@ -189,21 +243,31 @@ class LiveReporter(Reporter):
         self.tag, self.recipe, self.metric, self.direction, self.agent = tag, recipe, metric, direction, agent
         self.budget = budget
 
+    def limits(self, max_experiments, done, seconds_left):
+        self.run_progress.set_limits(max_experiments, done, seconds_left)
+
     def experiment_started(self, number):
         self.number = number
         self.description = "the unmodified recipe (baseline)" if number == 0 else ""
         self.last_output = ""
         self.progress = {}
 
-    def phase(self, name, description=None, budget=None):
+    def phase(self, name, description=None, budget=None, grace=None):
         self.phase_name = name
         self.phase_started = time.monotonic()
         if description:
             self.description = description
         if budget is not None:
             self.budget = budget
+        self.grace = grace
+        if name == "training":  # a new training: nothing of the one before stays beside its bar
+            self.training_started = None
+            self.last_output = ""
+            self.progress = {}
 
     def training_output(self, line):
+        if self.training_started is None:
+            self.training_started = time.monotonic()
         self.last_output = line.strip()[:200]
         values = progress_values(line)
         if values:
@@ -218,11 +282,15 @@ class LiveReporter(Reporter):
 
     def experiment_finished(self, row, best, baseline):
         self.best, self.baseline = best, baseline
+        self.run_progress.finished(row["outcome"])
         self.counts[row["outcome"]] += 1
         self.recent.appendleft(row)
 
     def noise_floor(self, std, runs):
         self.noise = format_noise(std, runs)
+
+    def keep_margin(self, margin):
+        self.margin = margin
 
     def note(self, text):
         self.console.print(text)
@@ -236,17 +304,18 @@ class LiveReporter(Reporter):
         from rich.table import Table
 
         header = Table.grid(padding=(0, 2))
+        where = self.run_progress.describe()
         header.add_row(Text(f"run {self.tag}", style="bold"), f"recipe {self.recipe}", f"agent {self.agent}",
-                       f"elapsed {format_duration(time.monotonic() - self.started)}")
+                       f"elapsed {format_duration(time.monotonic() - self.started)}" + (f" · {where}" if where else ""))
         lines = [header]
         if self.number is not None:
             lines.append(Text(f"experiment {self.number} · {self.phase_name} · {self.description}", style="cyan"))
         if self.phase_name == "training" and self.budget:
-            elapsed = time.monotonic() - self.phase_started
             bar = Table.grid(padding=(0, 1))
             latest = "  ".join(f"{name} {value}" for name, value in self.progress.items()) or self.last_output
+            elapsed = 0.0 if self.training_started is None else time.monotonic() - self.training_started
             bar.add_row(ProgressBar(total=self.budget, completed=min(elapsed, self.budget), width=40),
-                        f"{elapsed:.0f}/{self.budget:g}s", Text(latest, overflow="ellipsis", no_wrap=True))
+                        self._training_clock(elapsed), Text(latest, overflow="ellipsis", no_wrap=True))
             lines.append(bar)
         gain = ""
         if self.best is not None and self.baseline is not None:
@@ -254,6 +323,8 @@ class LiveReporter(Reporter):
         counts = ", ".join(f"{self.counts[k]} {k}" for k in ("keep", "discard", "crash", "timeout", "invalid")
                            if self.counts[k])
         noise = f"   noise {self.noise}" if self.noise else ""
+        if self.margin:
+            noise += f" ({format_margin(self.margin)})"
         lines.append(Text(f"best {self.metric} {format_metric(self.best)}{gain}{noise}   {counts}"))
         if self.tally.prompt_tokens or self.tally.completion_tokens:
             lines.append(Text(f"LLM {self.tally.describe()}", style="dim"))
@@ -264,6 +335,17 @@ class LiveReporter(Reporter):
                                format_metric(row.get("metric")), row.get("description") or "")
             lines.append(recent)
         return Panel(Group(*lines), title="autoresearch", border_style="blue")
+
+    def _training_clock(self, elapsed: float) -> str:
+        """`12/60s` while it trains; before its first line it is starting; past the budget it is finishing."""
+        if self.training_started is None:
+            return f"starting ({time.monotonic() - self.phase_started:.0f}s, no output yet)"
+        if elapsed <= self.budget:
+            return f"{elapsed:.0f}/{self.budget:g}s"
+        if self.grace is None:
+            return f"budget spent, finishing (+{elapsed - self.budget:.0f}s)"
+        left = self.phase_started + self.budget + self.grace - time.monotonic()
+        return f"budget spent, finishing (+{elapsed - self.budget:.0f}s; stopped in {max(0.0, left):.0f}s if still going)"
 
 
 def make_reporter(console: Console | None = None) -> Reporter:

@@ -279,6 +279,9 @@ class ResearchLoop:
         if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
             self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
         clock = _ActiveClock(self.ledger, state.tag)
+        done = sum(n for outcome, n in self.ledger.outcome_counts().get(state.tag, {}).items() if outcome != "interrupted")
+        self.reporter.limits(options.max_experiments, done,
+                             None if options.hours is None else options.hours * 3600 - clock.seconds())
         stop_reason = ""
         try:
             while True:
@@ -349,6 +352,7 @@ class ResearchLoop:
                                    baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes),
                                    noise_std=state.noise.std, noise_runs=state.noise.runs,
                                    keep_margin=self._keep_margin(state, options))
+            self.reporter.keep_margin(context.keep_margin)
             propose_started = time.monotonic()
             try:
                 candidate = self._propose(state, options, number, context)
@@ -418,7 +422,8 @@ class ResearchLoop:
         """
         recipe = state.recipe
         before = hash_fixed_files(state.recipe_dir, recipe.fixed)
-        self.reporter.phase("training", description, budget=state.budget_seconds)
+        self.reporter.phase("training", description, budget=state.budget_seconds,
+                            grace=recipe.grace(state.budget_seconds))
         seed = derive_seed(options.seed, number, attempt)
         log_path = self.workspace.run_dir(state.tag) / (f"{number}.log" if attempt == 0 else f"{number}.{attempt}.log")
         job = recipe_job(recipe, state.recipe_dir, log_path, state.budget_seconds, seed,

@@ -99,7 +99,8 @@ def test_log_without_runs_is_one_line(workspace):
 
 def test_bad_budget_is_one_line(workspace):
     result = invoke("run", "--agent", "mutate", "--budget", "-3")
-    assert result.exit_code == 1 and "--budget" in result.output
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == ["error: --budget must be more than zero, not -3"]
 
 
 def test_every_gain_has_the_same_sign(workspace, fake_llm, monkeypatch):

@@ -343,6 +343,7 @@ def _run_train(cache: Path, recipe: Path = RECIPE, budget: str = "2", **extra) -
                           timeout=180)
 
 
+@pytest.mark.slow
 def test_train_tiny_runs_on_cpu_and_prints_the_summary(cache):
     done = _run_train(cache, AUTORESEARCH_EVAL_TEST="1")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -358,6 +359,7 @@ def test_train_tiny_runs_on_cpu_and_prints_the_summary(cache):
     assert lines[lines.index("---") + 1].startswith("val_bpb: ")
 
 
+@pytest.mark.slow
 def test_train_fails_fast_on_a_diverging_loss(cache, tmp_path):
     recipe = tmp_path / "nanogpt"
     shutil.copytree(RECIPE, recipe, ignore=shutil.ignore_patterns("__pycache__"))

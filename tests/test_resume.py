@@ -15,6 +15,8 @@ The whole test is bounded in time (about a minute).
 
 from __future__ import annotations
 
+import pytest
+
 import random
 import re
 import sys
@@ -81,6 +83,7 @@ def check_invariants(workspace: Path, started: set[int]) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, fake_llm):
     rng = random.Random(20240611)
     fake_llm.set_script([random_proposer(seed=7)])

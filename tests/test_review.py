@@ -57,7 +57,7 @@ class CtrlCAtExperiment(Reporter):
     def experiment_started(self, number):
         self.current = number
 
-    def phase(self, name, description=None, budget=None):
+    def phase(self, name, description=None, budget=None, grace=None):
         if self.current == self.number:
             raise KeyboardInterrupt
 
@@ -467,6 +467,29 @@ def test_live_panel_tells_where_the_run_stands():
     assert "crash: oom" in panel and "wider model" in panel
 
 
+def test_live_training_bar_counts_training_only_and_forgets_the_last_training():
+    screen = io.StringIO()
+    live = LiveReporter(console_for(screen))
+    try:
+        live.run_started("night", "synth", "val_loss", "lower", 60.0, "llm")
+        live.limits(10, 3, 7200.0)
+        live.noise_floor(0.01, 3)
+        live.keep_margin(0.0283)
+        live.experiment_started(4)
+        live.phase("training", "wider", budget=0.05, grace=30.0)
+        assert "starting (0s, no output yet)" in render(live)  # start-up is not training
+        live.training_output("step 1 | loss 3.5")
+        time.sleep(0.1)
+        panel = render(live)
+        assert "budget spent, finishing (+0s; stopped in 30s if still going)" in panel
+        assert "experiment 4 of 10, 1h59m left" in panel or "experiment 4 of 10, 2h00m left" in panel
+        assert "a change must gain more than 0.0283 over the best to be kept" in panel
+        live.phase("training", "wider (confirmation run 1)", budget=60.0, grace=30.0)
+        assert "loss 3.5" not in render(live)  # nothing of the training before stays beside the bar
+    finally:
+        live.close()
+
+
 def test_plain_lines_off_a_terminal_include_tokens_and_cost():
     stream = io.StringIO()
     plain = PlainReporter(stream)
@@ -478,6 +501,18 @@ def test_plain_lines_off_a_terminal_include_tokens_and_cost():
                      "experiment 3: LLM call, 1000 + 200 tokens, $0.0006; run so far: tokens 1.2k (1.0k in, 200 out),"
                      " cost $0.0006",
                      "experiment 3: LLM call, 10 + 5 tokens, -; run so far: tokens 1.2k (1.0k in, 205 out), cost -"]
+
+
+def test_plain_lines_say_where_the_run_stands_against_its_limits():
+    stream = io.StringIO()
+    plain = PlainReporter(stream)
+    plain.limits(10, 3, None)
+    plain.experiment_started(4)
+    plain.keep_margin(0.02)
+    plain.keep_margin(0.02)  # said once while it stays the same
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert lines == ["experiment 4: started; experiment 4 of 10",
+                     "experiment 4: a change must gain more than 0.02 over the best to be kept"]
 
 
 def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
@@ -12,6 +13,7 @@ from autoresearch.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_init_then_run_the_tiny_recipe_then_log(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     workspace = tmp_path / "ws"

@@ -171,6 +171,7 @@ def test_training_clock_leaves_out_stolen_time_up_to_a_wall_limit():
 # train.py end to end
 
 
+@pytest.mark.slow
 def test_training_prints_the_summary(cache):
     result = run_training(cache)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -179,11 +180,15 @@ def test_training_prints_the_summary(cache):
     assert "test_bpb" not in summary
     assert math.isfinite(summary["val_bpb"]) and 0 < summary["val_bpb"] < 8.5
     assert summary["num_steps"] >= 1 and summary["num_params_M"] > 0
-    # Wall time is training time plus stolen time: at least the budget, at most a quarter over it.
+    # Wall time is training time plus stolen time: at least the budget. The clock is read between
+    # steps, so training ends at the first step past the budget (or past the wall limit, a quarter
+    # more): it overshoots by about one step, however slow a loaded machine makes a step.
     wall_seconds = summary["training_seconds"] + summary["stolen_seconds"]
-    assert summary["stolen_seconds"] >= 0 and 2 <= wall_seconds < 3.5
+    mean_step = wall_seconds / summary["num_steps"]
+    assert summary["stolen_seconds"] >= 0 and 2 <= wall_seconds < 2.5 + 3 * mean_step + 0.5
 
 
+@pytest.mark.slow
 def test_training_with_eval_test_prints_test_bpb(cache):
     result = run_training(cache, eval_test=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -192,6 +197,7 @@ def test_training_with_eval_test_prints_test_bpb(cache):
     assert math.isfinite(summary["test_bpb"]) and summary["test_bpb"] != summary["val_bpb"]
 
 
+@pytest.mark.slow
 def test_training_stops_on_a_nan_loss(cache, tmp_path):
     shutil.copy(RECIPE_DIR / "prepare.py", tmp_path)
     source = (RECIPE_DIR / "train.py").read_text()

@@ -234,12 +234,17 @@ def test_flood_of_output_keeps_the_tool_memory_flat(tmp_path):
     assert (tmp_path / "flood.log").stat().st_size < 2_100_000
 
 
+NO_METRIC = "no val_loss line in the output (it printed no `name: value` line)"
+
+
 @pytest.mark.parametrize("code,reason", [
-    ('print("val_loss: 0.01abc")\nraise SystemExit(0)', "no val_loss line in the output"),
-    ('print("val_loss = 0.01")\nraise SystemExit(0)', "no val_loss line in the output"),
-    ('print("step 5 val_loss: 0.01 lr: 0.1")\nraise SystemExit(0)', "no val_loss line in the output"),
-    ("raise SystemExit(0)", "no val_loss line in the output"),
-], ids=["trailing-garbage", "equals-sign", "inside-a-progress-line", "no-summary-at-all"])
+    ('print("val_loss: 0.01abc")\nraise SystemExit(0)', NO_METRIC),
+    ('print("val_loss = 0.01")\nraise SystemExit(0)', NO_METRIC),
+    ('print("step 5 val_loss: 0.01 lr: 0.1")\nraise SystemExit(0)', NO_METRIC),
+    ("raise SystemExit(0)", NO_METRIC),
+    ('print("val_los: 0.01")\nprint("steps: 3")\nraise SystemExit(0)',
+     "no val_loss line in the output (it printed: val_los, steps)"),
+], ids=["trailing-garbage", "equals-sign", "inside-a-progress-line", "no-summary-at-all", "a-misspelt-name"])
 def test_malformed_or_missing_metric_is_a_crash(workspace, fake_llm, code, reason):
     _, rows = run_with(fake_llm, [inject("quiet", code), BETTER])
     row = fault_row(rows)
