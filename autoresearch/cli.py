@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from autoresearch import __version__
 from autoresearch.console import format_metric, make_reporter
 from autoresearch.errors import UserError
 from autoresearch.interrupts import two_stage_interrupts
@@ -22,13 +23,12 @@ from autoresearch.ledger import Ledger
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.pricing import load_price_table
 from autoresearch.recipe import builtin_recipes
-from autoresearch.review import (experiment_detail, experiment_records, pick_tag, row_json, rows_json,
+from autoresearch.review import (OUTCOMES, experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
 from autoresearch.views import experiment_view, log_lines, painter, runs_lines
 from autoresearch.workspace import Workspace, init_workspace
 
-app = typer.Typer(help="Overnight ML research on one GPU box: an agent proposes, the tool trains, keeps or reverts.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False)
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -41,6 +41,18 @@ def user_errors():
     except UserError as exc:
         stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+
+
+def show_version(wanted: bool) -> None:
+    if wanted:
+        stdout.print(f"autoresearch {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """Overnight ML research on one GPU box: an agent proposes, the tool trains, keeps or reverts."""
 
 
 def open_run(tag: str | None) -> tuple[Workspace, Ledger, str]:
@@ -144,7 +156,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
 
 @app.command()
 def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (default: the latest)."),
-        outcome: Optional[str] = typer.Option(None, "--outcome", help="Only keep, discard, crash, timeout or invalid."),
+        outcome: Optional[str] = typer.Option(None, "--outcome", help="Only one outcome: "
+                                              + ", ".join(OUTCOMES) + "."),
         last: Optional[int] = typer.Option(None, "--last", help="Only the last N experiments (after --outcome)."),
         as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON (the shape of every JSON output)."),
         as_tsv: bool = typer.Option(False, "--tsv", help="Print the same rows as tab-separated values.")):

@@ -7,6 +7,7 @@ import json
 from conftest import git, reply
 from typer.testing import CliRunner
 
+import autoresearch
 from autoresearch.cli import app
 
 runner = CliRunner()
@@ -98,3 +99,9 @@ def test_log_without_runs_is_one_line(workspace):
 def test_bad_budget_is_one_line(workspace):
     result = invoke("run", "--agent", "mutate", "--budget", "-3")
     assert result.exit_code == 1 and "--budget" in result.output
+
+
+def test_version_prints_the_package_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"autoresearch {autoresearch.__version__}\n"
