@@ -1,7 +1,8 @@
 """The workspace: a git repository holding program.md, one or more recipes and runs/ (ignored).
 
 `init_workspace` makes one; `Workspace` finds one from a folder and knows where its ledger, its
-runs and its recipes are.
+runs and its recipes are. From inside a run's worktree (runs/<tag>/worktree, a linked git
+worktree) the workspace is the one that holds the worktree.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Workspace:
     @classmethod
     def find(cls, start: Path | None = None) -> "Workspace":
         start = Path(start or Path.cwd())
-        root = find_git_root(start)
+        root = find_workspace_root(start)
         if root is None:
             raise UserError(f"{start} is not inside a workspace (a git repository); make one with "
                             "`autoresearch init DIR --recipe tiny`")
@@ -120,6 +121,37 @@ def find_git_root(start: Path) -> Path | None:
         if (folder / ".git").exists():
             return folder
     return None
+
+
+def find_workspace_root(start: Path) -> Path | None:
+    """The workspace holding start (see the module docstring), or None outside any git repository."""
+    top = find_git_root(start)
+    if top is None:
+        return None
+    main = main_working_tree(top)
+    if main is not None and top.is_relative_to(main) and RUNS_DIR in top.relative_to(main).parts:
+        return main  # a run's worktree: the workspace that holds it
+    return top
+
+
+def main_working_tree(top: Path) -> Path | None:
+    """For a linked worktree (`git worktree add`), the repository's main working tree; else None.
+
+    Read from the files git writes (the worktree's `.git` file names its git dir, whose
+    `commondir` names the repository's), without starting git: the review commands use this.
+    """
+    try:
+        pointer = (top / ".git").read_text()
+    except OSError:  # a folder (a main working tree), or unreadable
+        return None
+    if not pointer.startswith("gitdir:"):
+        return None
+    git_dir = top / pointer[len("gitdir:"):].strip()
+    try:
+        common_dir = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+    except OSError:  # no commondir: a submodule, not a linked worktree
+        return None
+    return common_dir.parent if common_dir.name == ".git" else None
 
 
 def init_workspace(directory: Path, recipe_name: str) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from conftest import git, reply
 from typer.testing import CliRunner
@@ -105,3 +107,23 @@ def test_version_prints_the_package_version():
     result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout == f"autoresearch {autoresearch.__version__}\n"
+
+
+def test_review_commands_from_inside_a_runs_worktree_find_the_workspace(workspace, monkeypatch):
+    assert invoke("run", "--agent", "mutate", "--max-experiments", "2", "--tag", "w").exit_code == 0
+    monkeypatch.chdir(workspace / "runs" / "w" / "worktree" / "recipes" / "synth")
+    assert [row["tag"] for row in json.loads(invoke("runs", "--json").stdout)] == ["w"]
+    assert [row["number"] for row in json.loads(invoke("log", "--json").stdout)] == [0, 1]
+    assert "run w done" in invoke("run", "--agent", "mutate", "--resume", "w", "--max-experiments", "1").output
+
+
+def test_log_finds_the_workspace_of_a_worktree_without_loading_gitpython(workspace):
+    """The review commands stay fast: the worktree's owner is read from git's files, not asked of git."""
+    assert invoke("run", "--agent", "mutate", "--max-experiments", "1", "--tag", "w").exit_code == 0
+    probe = ("import sys; from autoresearch.cli import app\n"
+             "try:\n    app(['log', '--tag', 'w', '--json'])\nexcept SystemExit:\n    pass\n"
+             "print('git' in sys.modules, file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=workspace / "runs" / "w" / "worktree",
+                          capture_output=True, text=True)
+    assert json.loads(done.stdout)[0]["tag"] == "w"
+    assert done.stderr.strip() == "False"
