@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,7 @@ from autoresearch.recipe import builtin_recipes
 from autoresearch.review import (OUTCOMES, experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
 from autoresearch.views import experiment_view, log_lines, painter, runs_lines
-from autoresearch.workspace import Workspace, init_workspace
+from autoresearch.workspace import RECIPES_DIR, Workspace, init_workspace
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 stdout = Console()
@@ -65,11 +66,13 @@ def open_run(tag: str | None) -> tuple[Workspace, Ledger, str]:
 @app.command()
 def init(directory: Path = typer.Argument(..., help="Folder to make a workspace (created if needed)."),
          recipe: str = typer.Option("tiny", "--recipe", help="Built-in recipe to copy (see `autoresearch recipes`).")):
-    """Make DIRECTORY a workspace: a git repository with program.md and a recipe."""
+    """Make DIRECTORY a workspace (program.md and a recipe, committed) in a new git repository or the one around it."""
     with user_errors():
         target = init_workspace(directory, recipe)
-    stderr.print(f"workspace ready: {target} and {directory / 'program.md'}; next: "
-                 f"cd {directory} && autoresearch run --agent mutate --budget 30 --max-experiments 5", highlight=False)
+    go_there = "" if target.parent.parent == Path.cwd().resolve() else f"cd {shlex.quote(str(directory))} && "
+    stderr.print(f"workspace ready in {directory}: {RECIPES_DIR}/{recipe} and program.md, committed; next: "
+                 f"{go_there}autoresearch run --agent mutate --budget 30 --max-experiments 5", highlight=False,
+                 soft_wrap=True)
 
 
 @app.command()

@@ -127,7 +127,7 @@ class ResearchLoop:
         if pending:
             raise UserError(f"{recipe_path} has uncommitted changes ({', '.join(pending[:3])}); commit or stash "
                             "them first (a run starts from the last commit)")
-        recipe = load_recipe(workspace.root / recipe_path)
+        recipe = load_recipe(workspace.git_root / recipe_path)
         taken = {run["tag"] for run in self.ledger.runs()}
         tag = options.tag or workspace.new_tag(taken)
         branch = RUN_BRANCH_PREFIX + tag

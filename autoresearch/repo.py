@@ -40,14 +40,6 @@ class Repo:
         git.Repo.init(path, initial_branch="main")
         return cls(path)
 
-    @staticmethod
-    def find_root(path: Path) -> Path | None:
-        """The top of the git working tree holding path, or None."""
-        try:
-            return Path(git.Repo(path, search_parent_directories=True).working_tree_dir)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            return None
-
     @property
     def root(self) -> Path:
         return Path(self._repo.working_tree_dir)
@@ -71,6 +63,13 @@ class Repo:
             self.git.add("-A")
             self.git.commit("--no-verify", "--allow-empty", "-m", message)
         return self.head_commit()
+
+    def unstage(self, paths: list[str]) -> None:
+        """Put the index entries of paths back as HEAD has them (none for a path HEAD lacks)."""
+        if self.has_commits():
+            self.git.reset("-q", "HEAD", "--", *paths)
+        else:
+            self.git.rm("-r", "-q", "--cached", "--ignore-unmatch", "--", *paths)
 
     def uncommitted_paths(self, under: str = ".") -> list[str]:
         """Tracked files changed but not committed, and untracked files, below `under`."""
@@ -180,3 +179,12 @@ class Repo:
     def restore_paths(self, commit: str, paths: list[str]) -> None:
         """Put paths back as they are in commit (used when a run tampers with fixed files)."""
         self.git.checkout(commit, "--", *paths)
+
+
+def git_failure(exc: BaseException) -> str | None:
+    """The line in which git said why a command failed, or None when exc is no git failure."""
+    if not isinstance(exc, git.GitCommandError):
+        return None
+    lines = [line.strip().removeprefix("stderr: '").rstrip("'") for line in str(exc.stderr or "").splitlines()]
+    said = [line for line in lines if line.startswith(("fatal:", "error:"))] or [line for line in lines if line]
+    return f"git {exc.command[1]}: {said[0] if said else f'exit code {exc.status}'}"

@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from conftest import git, reply
+import pytest
+from conftest import git, make_workspace, reply
 from typer.testing import CliRunner
 
 import autoresearch
@@ -19,38 +20,127 @@ def invoke(*args):
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-def test_init_makes_a_committed_workspace(tmp_path):
+@pytest.mark.parametrize("form", ["ws", "./ws", ".", "absolute", "through-a-symlink", "new/parent/ws"])
+def test_init_makes_a_committed_workspace_from_any_path_form(tmp_path, monkeypatch, form):
+    """The path as a person types it, from the folder they are in (the README's own command first)."""
+    monkeypatch.chdir(tmp_path)
     target = tmp_path / "ws"
-    result = invoke("init", str(target), "--recipe", "tiny")
+    argument = {"absolute": str(target), ".": ".", "through-a-symlink": "link/ws"}.get(form, form)
+    if form == ".":
+        target.mkdir()
+        monkeypatch.chdir(target)
+    elif form == "through-a-symlink":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+        target = tmp_path / "elsewhere" / "ws"
+    elif form == "new/parent/ws":
+        target = tmp_path / "new/parent/ws"
+    result = invoke("init", argument, "--recipe", "tiny")
     assert result.exit_code == 0, result.output
     assert (target / "program.md").read_text().strip()
     assert (target / "recipes/tiny/train.py").is_file() and (target / "recipes/tiny/recipe.yaml").is_file()
     assert "runs/" in (target / ".gitignore").read_text()
     assert git(target, "status", "--porcelain") == ""
     assert "recipes/tiny/train.py" in git(target, "ls-files")
+    assert "autoresearch run" in result.output and "Traceback" not in result.output
 
 
-def test_init_with_the_gpu_recipe(tmp_path):
+def test_init_into_a_folder_inside_a_git_repository_makes_that_folder_the_workspace(tmp_path, monkeypatch):
+    """A monorepo: the workspace is the sub-folder; run, log and runs work from inside it."""
+    monorepo = tmp_path / "mono"
+    (monorepo / "service").mkdir(parents=True)
+    (monorepo / "service" / "app.py").write_text("print('mine')\n")
+    git(tmp_path, "init", "-q", "-b", "main", str(monorepo))
+    git(monorepo, "add", "-A")
+    git(monorepo, "commit", "-q", "-m", "the person's code")
+    (monorepo / "notes.txt").write_text("staged, not mine to commit\n")
+    git(monorepo, "add", "notes.txt")
+    monkeypatch.chdir(monorepo)
+    result = invoke("init", "ml", "--recipe", "tiny")
+    assert result.exit_code == 0, result.output
+    assert not (monorepo / "ml" / ".git").exists()
+    assert git(monorepo, "show", "--name-only", "--format=", "HEAD").split() == [
+        "ml/.gitignore", "ml/program.md", "ml/recipes/tiny/prepare.py", "ml/recipes/tiny/recipe.yaml",
+        "ml/recipes/tiny/train.py"]
+    assert git(monorepo, "status", "--porcelain") == "A  notes.txt"  # the person's index is as it was
+    make_workspace(monorepo / "ml", commit=False)  # a fast recipe next to tiny
+    git(monorepo, "add", "ml")
+    git(monorepo, "commit", "-q", "-m", "the synthetic recipe", "--", "ml")
+    monkeypatch.chdir(monorepo / "ml")
+    result = invoke("run", "--agent", "mutate", "--recipe", "recipes/synth", "--max-experiments", "2", "--tag", "m")
+    assert result.exit_code == 0, result.output
+    assert (monorepo / "ml" / "runs" / "ledger.db").is_file() and not (monorepo / "runs").exists()
+    assert [row["number"] for row in json.loads(invoke("log", "--json").stdout)] == [0, 1]
+    monkeypatch.chdir(monorepo / "ml" / "runs" / "m" / "worktree" / "ml" / "recipes")
+    assert [row["tag"] for row in json.loads(invoke("runs", "--json").stdout)] == ["m"]
+    assert git(monorepo, "status", "--porcelain") == "A  notes.txt"
+
+
+def test_init_that_fails_in_a_new_folder_leaves_nothing(tmp_path, monkeypatch):
+    """git cannot write its index (a real failure, at the last step): every folder init made goes."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "no" / "such" / "index"))
+    result = invoke("init", "new/ws", "--recipe", "tiny")
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1 and "nothing of it was left behind" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_init_that_fails_in_a_plain_folder_removes_only_what_it_made(tmp_path, monkeypatch):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "data.csv").write_text("1,2\n")
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("GIT_INDEX_FILE", str(tmp_path / "no" / "such" / "index"))
+    result = invoke("init", ".", "--recipe", "tiny")
+    assert result.exit_code == 1
+    assert sorted(p.name for p in folder.iterdir()) == ["data.csv"]  # no .git, recipes, program.md or .gitignore
+
+
+def test_init_that_fails_in_a_repository_puts_it_back_as_it_was(tmp_path, monkeypatch):
+    """The commit fails after `git add` (the branch is locked): the index, .gitignore and files are as before."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / ".gitignore").write_text("*.tmp\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-q", "-m", "mine")
+    (repo / ".git" / "refs" / "heads" / "main.lock").write_text("")
+    monkeypatch.chdir(repo)
+    result = invoke("init", ".", "--recipe", "tiny")
+    assert result.exit_code == 1
+    assert "nothing of it was left behind" in result.output and len(result.output.strip().splitlines()) == 1
+    assert (repo / ".gitignore").read_text() == "*.tmp\n"
+    assert sorted(p.name for p in repo.iterdir()) == [".git", ".gitignore"]
+    assert git(repo, "status", "--porcelain") == ""
+    assert (repo / ".git" / "refs" / "heads" / "main.lock").exists()  # the lock is not init's to remove
+
+
+def test_init_with_the_gpu_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     target = tmp_path / "gpu"
-    result = invoke("init", str(target), "--recipe", "nanogpt")
+    result = invoke("init", "gpu", "--recipe", "nanogpt")
     assert result.exit_code == 0, result.output
     assert "recipes/nanogpt/train.py" in git(target, "ls-files")
 
 
-def test_init_refuses_to_overwrite(tmp_path):
+def test_init_refuses_to_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     target = tmp_path / "ws"
-    invoke("init", str(target), "--recipe", "tiny")
+    invoke("init", "ws", "--recipe", "tiny")
     (target / "recipes/tiny/train.py").write_text("mine\n")
-    result = invoke("init", str(target), "--recipe", "tiny")
+    result = invoke("init", "ws", "--recipe", "tiny")
     assert result.exit_code == 1
     assert "already exists" in result.output
     assert (target / "recipes/tiny/train.py").read_text() == "mine\n"
 
 
-def test_init_unknown_recipe_lists_the_known_ones(tmp_path):
-    result = invoke("init", str(tmp_path / "ws"), "--recipe", "nope")
+def test_init_unknown_recipe_lists_the_known_ones(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("init", "ws", "--recipe", "nope")
     assert result.exit_code == 1
     assert "tiny" in result.output
+    assert not (tmp_path / "ws").exists()
 
 
 def test_recipes_lists_each_with_a_line():
