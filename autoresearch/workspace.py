@@ -93,7 +93,11 @@ class Workspace:
         return found
 
     def resolve_recipe(self, recipe: str | None) -> str:
-        """The recipe folder, relative to the top of the git repository, as a posix path."""
+        """The recipe folder, relative to the top of the git repository, as a posix path.
+
+        `recipe` is a folder (from the current folder or the workspace), or the bare name of one
+        under recipes/ (`tiny` for recipes/tiny).
+        """
         if recipe is None:
             folders = self.recipe_folders()
             if not folders:
@@ -103,12 +107,14 @@ class Workspace:
                 raise UserError(f"several recipes here ({names}): choose one with --recipe")
             folder = folders[0]
         else:
-            folder = Path(recipe)
-            if not folder.is_absolute():
-                folder = (Path.cwd() / folder) if (Path.cwd() / folder).exists() else self.root / folder
-            folder = folder.resolve()
-            if not (folder / RECIPE_FILE).is_file():
-                raise UserError(f"{recipe} is not a recipe folder (it has no {RECIPE_FILE})")
+            candidates = [Path(recipe)] if Path(recipe).is_absolute() else [
+                Path.cwd() / recipe, self.root / recipe, self.root / RECIPES_DIR / recipe]
+            found = [c.resolve() for c in candidates if (c / RECIPE_FILE).is_file()]
+            if not found:
+                known = ", ".join(str(f.relative_to(self.root)) for f in self.recipe_folders())
+                raise UserError(f"{recipe} is not a recipe folder (it has no {RECIPE_FILE})"
+                                + (f"; the recipes here: {known}" if known else ""))
+            folder = found[0]
         if not folder.is_relative_to(self.root):
             raise UserError(f"the recipe {folder} is outside the workspace {self.root}")
         return folder.relative_to(self.git_root).as_posix()

@@ -199,6 +199,14 @@ def test_version_prints_the_package_version():
     assert result.stdout == f"autoresearch {autoresearch.__version__}\n"
 
 
+def test_run_takes_a_recipe_by_its_bare_name_or_lists_the_recipes(workspace):
+    assert invoke("run", "--agent", "mutate", "--recipe", "synth", "--max-experiments", "1").exit_code == 0
+    result = invoke("run", "--agent", "mutate", "--recipe", "tiny", "--max-experiments", "1")
+    assert result.exit_code == 1
+    assert result.output.strip() == ("error: tiny is not a recipe folder (it has no recipe.yaml); "
+                                     "the recipes here: recipes/synth")
+
+
 def test_review_commands_from_inside_a_runs_worktree_find_the_workspace(workspace, monkeypatch):
     assert invoke("run", "--agent", "mutate", "--max-experiments", "2", "--tag", "w").exit_code == 0
     monkeypatch.chdir(workspace / "runs" / "w" / "worktree" / "recipes" / "synth")
