@@ -27,7 +27,7 @@ from autoresearch.recipe import builtin_recipes
 from autoresearch.review import (OUTCOMES, experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
 from autoresearch.views import experiment_view, log_lines, painter, runs_lines
-from autoresearch.workspace import RECIPES_DIR, Workspace, init_workspace
+from autoresearch.workspace import RECIPES_DIR, Workspace, check_tag, init_workspace
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 stdout = Console()
@@ -58,6 +58,8 @@ def main(version: bool = typer.Option(False, "--version", callback=show_version,
 
 def open_run(tag: str | None) -> tuple[Workspace, Ledger, str]:
     """The workspace around the current folder, its ledger, and the asked-for run (or the latest)."""
+    if tag is not None:
+        check_tag(tag)
     workspace = Workspace.find()
     ledger = Ledger(workspace.ledger_path)
     return workspace, ledger, pick_tag(ledger, tag)
@@ -122,6 +124,9 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             raise UserError(f"--agent must be llm or mutate, not {agent!r}")
         if noise_runs < 0 or confirm_runs < 0 or noise_multiple < 0:
             raise UserError("--noise-runs, --confirm-runs and --noise-multiple cannot be negative")
+        for name in (tag, resume):
+            if name is not None:
+                check_tag(name)
         workspace = Workspace.find()
         if llm_timeout <= 0 or agent_backoff < 0:
             raise UserError("--llm-timeout must be positive and --agent-backoff cannot be negative")
@@ -134,27 +139,29 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         reporter = make_reporter(stderr)
         loop = ResearchLoop(workspace, chosen, reporter)
 
+        def resume_command() -> str:
+            return f"autoresearch run --resume {shlex.quote(loop.tag or resume or tag or 'TAG')}"
+
         def second_interrupt() -> str:
-            return (f"interrupted again: stopped at once. `autoresearch run --resume {loop.tag or tag or 'TAG'}` "
-                    "puts the run straight and goes on")
+            return f"interrupted again: stopped at once. `{resume_command()}` puts the run straight and goes on"
 
         try:
             with two_stage_interrupts(second_interrupt):
                 summary = loop.resume(resume, options) if resume else loop.start(options)
         except KeyboardInterrupt:
             reporter.close()
-            stderr.print(f"interrupted; the branch is at the best commit. Resume with: "
-                         f"autoresearch run --resume {loop.tag or tag or 'TAG'}", highlight=False)
+            stderr.print(f"interrupted; the branch is at the best commit. Resume with: {resume_command()}",
+                         highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except StopRun as exc:
             reporter.close()
-            raise UserError(f"{exc}; after fixing it, go on with: autoresearch run --resume {loop.tag}") from None
+            raise UserError(f"{exc}; after fixing it, go on with: {resume_command()}") from None
         reporter.close()
     gain = summary.best_metric - summary.baseline_metric if summary.best_metric is not None else None
     stderr.print(f"run {summary.tag} done ({summary.stop_reason}): {summary.experiments} experiments, "
                  f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
                  + (f" ({gain:+.4g} against the baseline)" if gain is not None else "")
-                 + f". See: autoresearch log --tag {summary.tag}", highlight=False)
+                 + f". See: autoresearch log --tag {shlex.quote(summary.tag)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -10,6 +10,7 @@ the ledger, which is what makes `--resume` possible.
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from autoresearch.review import run_usage
 from autoresearch.runlock import RunLock
 from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, TrainingJob, TrainingResult, is_finite
 from autoresearch.spending import SpendingCap, run_spending
-from autoresearch.workspace import Workspace
+from autoresearch.workspace import Workspace, check_tag
 
 WORKTREE_DIR = "worktree"
 RESULTS_FILE = "results.tsv"
@@ -129,13 +130,15 @@ class ResearchLoop:
                             "them first (a run starts from the last commit)")
         recipe = load_recipe(workspace.git_root / recipe_path)
         taken = {run["tag"] for run in self.ledger.runs()}
-        tag = options.tag or workspace.new_tag(taken)
+        tag = check_tag(options.tag) if options.tag is not None else workspace.new_tag(taken)
         branch = RUN_BRANCH_PREFIX + tag
         if tag in taken:
-            raise UserError(f"a run tagged {tag!r} already exists; resume it with --resume {tag} or choose another --tag")
+            raise UserError(f"a run tagged {tag!r} already exists; resume it with --resume {shlex.quote(tag)} or "
+                            "choose another --tag")
         if workspace.repo.branch_exists(branch) or workspace.run_dir(tag).exists():
             raise UserError(f"branch {branch} or folder {workspace.run_dir(tag)} already exists but no run of this "
-                            f"ledger made it; choose another --tag, or remove them (git branch -D {branch})")
+                            f"ledger made it; choose another --tag, or remove them (git branch -D "
+                            f"{shlex.quote(branch)})")
         self._check_caps(options)
         base_commit = workspace.repo.head_commit()
         self._lock = RunLock(workspace.run_dir(tag), tag).acquire()
@@ -155,7 +158,7 @@ class ResearchLoop:
 
     def resume(self, tag: str, options: RunOptions) -> RunSummary:
         """Go on with a run: lost experiments become `interrupted`, the branch goes back to the best commit."""
-        run = self.ledger.run(tag)
+        run = self.ledger.run(check_tag(tag))
         if run is None:
             raise UserError(f"no run tagged {tag!r} in {self.workspace.ledger_path}")
         self.program = self.workspace.read_program()

@@ -1,7 +1,7 @@
 """The workspace: the folder holding program.md, one or more recipes and runs/ (ignored), in a git repository.
 
 `init_workspace` makes one; `Workspace` finds one from a folder and knows where its ledger, its
-runs and its recipes are.
+runs and its recipes are; `check_tag` says which names a run may have.
 
 A workspace is usually the top of its own git repository, but it may be a sub-folder of a larger
 one (a monorepo): it is the nearest folder holding program.md, from the current folder up to the
@@ -33,6 +33,9 @@ LEDGER_FILE = "ledger.db"
 PROGRAM_FILE = "program.md"
 RECIPES_DIR = "recipes"
 GITIGNORE_FILE = ".gitignore"
+TAG_MAX_BYTES = 100
+# Characters git refuses in a branch name (git check-ref-format), and `/`: a tag is one folder under runs/.
+TAG_FORBIDDEN = " ~^:?*[\\/"
 
 
 class Workspace:
@@ -129,6 +132,36 @@ class Workspace:
             suffix += 1
             tag = f"{base}-{suffix}"
         return tag
+
+
+def check_tag(tag: str) -> str:
+    """The tag, if a run may be called so; else a UserError saying why.
+
+    A tag names the branch autoresearch/<tag> and the folder runs/<tag>, so it follows git's rules
+    for one part of a branch name (`git check-ref-format`) and has no `/`; it may not begin with
+    `-` (it would read as an option), be longer than TAG_MAX_BYTES, or take the name of the
+    ledger's own files under runs/.
+    """
+    reason = None
+    forbidden = sorted({c for c in tag if c in TAG_FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    if not tag:
+        reason = "it is empty"
+    elif forbidden:
+        reason = "it may not contain " + " or ".join(repr(c) for c in forbidden)
+    elif tag[0] in ".-":
+        reason = f"it may not begin with {tag[0]!r}"
+    elif tag.endswith((".", ".lock")):
+        reason = "it may not end with '.' or '.lock'"
+    elif ".." in tag or "@{" in tag:
+        reason = "it may not contain '..' or '@{'"
+    elif len(tag.encode()) > TAG_MAX_BYTES:
+        reason = f"it is longer than {TAG_MAX_BYTES} bytes"
+    elif tag.lower().startswith(LEDGER_FILE):
+        reason = f"{RUNS_DIR}/{LEDGER_FILE}* are the ledger's own files"
+    if reason:
+        raise UserError(f"{tag!r} cannot be a run's tag: {reason} (it names a git branch and a folder; "
+                        "letters, digits, '-', '_' and '.' are safe)")
+    return tag
 
 
 def find_git_root(start: Path) -> Path | None:
