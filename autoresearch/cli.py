@@ -287,6 +287,26 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
     _emit("\n".join(lines))
 
 
+@app.command()
+def rm(tag: str = typer.Argument(..., help="The run to remove, as `autoresearch runs` lists it."),
+       yes: bool = typer.Option(False, "--yes", help="Do not ask (needed when stdin is not a terminal).")):
+    """Remove a run whole: its worktree, branch autoresearch/<tag>, experiment refs, ledger rows and runs/<tag>."""
+    from autoresearch.removal import find_remains, remove_run
+
+    with user_errors():
+        workspace = Workspace.find()
+        ledger = Ledger(workspace.ledger_path) if workspace.ledger_path.exists() else None  # rm makes none
+        remains = find_remains(workspace, ledger, tag)  # checks the tag (an old run's odd one too)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UserError(f"stdin is not a terminal, so rm cannot ask: pass --yes to remove run {tag} "
+                                f"(autoresearch rm {shlex.quote(tag)} --yes)")
+            if not typer.confirm(f"remove run {tag}: {remains.describe()}?", default=False, err=True):
+                raise UserError(f"run {tag} not removed")
+        removed = remove_run(workspace, ledger, tag)
+    stderr.print(f"removed run {tag}: {removed.describe()}", highlight=False, soft_wrap=True)
+
+
 def _emit(text: str) -> None:
     """Data to stdout; a reader that went away (`| head`) is not an error."""
     try:

@@ -137,8 +137,8 @@ class ResearchLoop:
                             "choose another --tag")
         if workspace.repo.branch_exists(branch) or workspace.run_dir(tag).exists():
             raise UserError(f"branch {branch} or folder {workspace.run_dir(tag)} already exists but no run of this "
-                            f"ledger made it; choose another --tag, or remove them (git branch -D "
-                            f"{shlex.quote(branch)})")
+                            f"ledger made it; choose another --tag, or remove them with: autoresearch rm "
+                            f"{shlex.quote(tag)}")
         self._check_caps(options)
         base_commit = workspace.repo.head_commit()
         self._lock = RunLock(workspace.run_dir(tag), tag).acquire()

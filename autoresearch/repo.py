@@ -7,6 +7,7 @@ Commits carry the tool's own identity so they work where git has no user configu
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -104,6 +105,44 @@ class Repo:
             if Path(path).exists():
                 shutil.rmtree(path)
             self.git.worktree("prune")
+
+    def list_worktrees(self) -> list[tuple[Path, str | None]]:
+        """Every worktree git knows of, its folder gone or not: (path, the branch checked out there or None)."""
+        found: list[tuple[Path, str | None]] = []
+        for block in self.git.worktree("list", "--porcelain").split("\n\n"):
+            fields = dict(line.partition(" ")[::2] for line in block.splitlines())
+            if "worktree" in fields:
+                branch = fields.get("branch", "").removeprefix("refs/heads/") or None
+                found.append((Path(fields["worktree"]), branch))
+        return found
+
+    def prune_worktrees(self) -> None:
+        """Forget the worktrees whose folders are gone."""
+        self.git.worktree("prune")
+
+    def delete_run_branch(self, tag: str) -> bool:
+        """Delete the branch autoresearch/<tag> (the tool's own, never another); False if there was none."""
+        branch = RUN_BRANCH_PREFIX + tag
+        if not self.branch_exists(branch):
+            return False
+        self.git.branch("-D", "--", branch)
+        return True
+
+    def list_experiment_refs(self, tag: str) -> list[str]:
+        """The refs refs/autoresearch/<tag>/<n> that keep a run's experiments reachable."""
+        prefix = f"{EXPERIMENT_REF_PREFIX}{tag}/"
+        names = self.git.for_each_ref("--format=%(refname)", prefix).splitlines()
+        return [name for name in names if name.startswith(prefix)]
+
+    def delete_experiment_refs(self, tag: str) -> int:
+        """Delete every ref under refs/autoresearch/<tag>/, in one transaction; returns how many."""
+        refs = self.list_experiment_refs(tag)
+        if refs:
+            with tempfile.TemporaryFile() as commands:
+                commands.write("".join(f"delete {ref}\n" for ref in refs).encode())
+                commands.seek(0)
+                self.git.update_ref("--stdin", istream=commands)
+        return len(refs)
 
     def attach_worktree(self, path: Path, branch: str, start: str | None = None) -> "Repo":
         """The run's worktree at path, re-created if the folder went missing or was left half made.

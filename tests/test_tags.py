@@ -48,7 +48,7 @@ def test_check_tag_follows_git_and_refuses_slashes_options_and_the_ledgers_files
 
 @pytest.mark.parametrize("command", [
     ["run", "--agent", "mutate", "--tag"], ["run", "--agent", "mutate", "--resume"], ["log", "--tag"],
-    ["show", "0", "--tag"], ["plot", "--tag"], ["report", "--tag"], ["verify", "--tag"]])
+    ["show", "0", "--tag"], ["plot", "--tag"], ["report", "--tag"], ["verify", "--tag"], ["rm", "--yes"]])
 @pytest.mark.parametrize("tag", ["x y", "..", "ledger.db"])
 def test_every_command_refuses_a_bad_tag_in_one_line_before_writing_anything(workspace, command, tag):
     result = invoke(*command, tag)
