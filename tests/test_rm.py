@@ -225,3 +225,25 @@ def test_ledger_deletes_a_run_in_one_transaction(tmp_path):
     db.commit()
     db.close()
     assert ledger.delete_run("t") == rows and ledger.count_run_rows("t") == 0
+
+
+def test_rm_stops_a_training_that_outlived_its_tool(workspace):
+    start_run("r")
+    marker = str((workspace / "runs" / "r").resolve())
+    stray = subprocess.Popen(["sleep", "300"], env={**os.environ, "AUTORESEARCH_RUN": marker},
+                             start_new_session=True)
+    try:
+        assert invoke("rm", "r", "--yes").exit_code == 0
+        assert stray.wait(5) is not None
+    finally:
+        stray.kill()
+
+
+def test_rm_removes_a_run_folder_that_is_a_link_and_keeps_what_it_points_to(workspace, tmp_path):
+    elsewhere = tmp_path / "bigdisk" / "r"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "0.log").write_text("kept\n")
+    (workspace / "runs").mkdir()
+    (workspace / "runs" / "r").symlink_to(elsewhere)
+    assert invoke("rm", "r", "--yes").exit_code == 0
+    assert not (workspace / "runs" / "r").is_symlink() and (elsewhere / "0.log").read_text() == "kept\n"

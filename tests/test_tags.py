@@ -12,10 +12,12 @@ import pytest
 from conftest import git
 from typer.testing import CliRunner
 
+from autoresearch.agents import MutateAgent
 from autoresearch.cli import app
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
-from autoresearch.workspace import check_tag
+from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.workspace import Workspace, check_tag
 
 runner = CliRunner()
 ACCEPTED = ["dec01", "dec01-2", "a_b", "v1.2", "x+y", "a,b", "é", "a@b", "@", "n#1", "a&b", "A" * 100]
@@ -79,3 +81,11 @@ def test_hints_quote_the_tag_so_that_they_can_be_pasted(workspace):
     assert pasted.returncode == 0 and "run a&b" in pasted.stdout
     again = invoke("run", "--agent", "mutate", "--max-experiments", "1", "--tag", "a&b")
     assert "resume it with --resume 'a&b'" in again.output
+
+
+def test_the_loop_checks_the_tag_for_callers_other_than_the_cli(workspace):
+    loop = ResearchLoop(Workspace.find(), MutateAgent())
+    for call in (lambda: loop.start(RunOptions(tag="x y")), lambda: loop.resume("a/b", RunOptions())):
+        with pytest.raises(UserError, match="cannot be a run's tag"):
+            call()
+    assert loop.ledger.runs() == [] and not (workspace / "runs" / "x y").exists()
