@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import git, make_workspace, reply
@@ -18,6 +19,18 @@ runner = CliRunner()
 
 def invoke(*args):
     return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def make_repository(folder: Path, files: dict[str, str]) -> Path:
+    """A person's own git repository with files committed."""
+    folder.mkdir(parents=True)
+    git(folder, "init", "-q", "-b", "main")
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+    git(folder, "add", "-A")
+    git(folder, "commit", "-q", "-m", "mine")
+    return folder
 
 
 @pytest.mark.parametrize("form", ["ws", "./ws", ".", "absolute", "through-a-symlink", "new/parent/ws"])
@@ -45,14 +58,21 @@ def test_init_makes_a_committed_workspace_from_any_path_form(tmp_path, monkeypat
     assert "autoresearch run" in result.output and "Traceback" not in result.output
 
 
+def test_init_dot_in_a_repository_without_a_recipe_as_run_suggests(tmp_path, monkeypatch):
+    repo = make_repository(tmp_path / "project", {"README": "mine\n", "program.md": "Make it learn faster.\n"})
+    monkeypatch.chdir(repo)
+    suggestion = invoke("run", "--agent", "mutate").output.strip().split("add one with `", 1)[1].rstrip("`")
+    assert suggestion == "autoresearch init . --recipe tiny"
+    result = invoke(*suggestion.split()[1:])
+    assert result.exit_code == 0, result.output
+    assert git(repo, "status", "--porcelain") == "" and "recipes/tiny/train.py" in git(repo, "ls-files")
+    assert git(repo, "log", "--format=%s").splitlines() == ["autoresearch init: recipe tiny", "mine"]
+    assert (repo / "program.md").read_text() == "Make it learn faster.\n"  # the person's is kept
+
+
 def test_init_into_a_folder_inside_a_git_repository_makes_that_folder_the_workspace(tmp_path, monkeypatch):
     """A monorepo: the workspace is the sub-folder; run, log and runs work from inside it."""
-    monorepo = tmp_path / "mono"
-    (monorepo / "service").mkdir(parents=True)
-    (monorepo / "service" / "app.py").write_text("print('mine')\n")
-    git(tmp_path, "init", "-q", "-b", "main", str(monorepo))
-    git(monorepo, "add", "-A")
-    git(monorepo, "commit", "-q", "-m", "the person's code")
+    monorepo = make_repository(tmp_path / "mono", {"service/app.py": "print('mine')\n"})
     (monorepo / "notes.txt").write_text("staged, not mine to commit\n")
     git(monorepo, "add", "notes.txt")
     monkeypatch.chdir(monorepo)
@@ -99,12 +119,7 @@ def test_init_that_fails_in_a_plain_folder_removes_only_what_it_made(tmp_path, m
 
 def test_init_that_fails_in_a_repository_puts_it_back_as_it_was(tmp_path, monkeypatch):
     """The commit fails after `git add` (the branch is locked): the index, .gitignore and files are as before."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q", "-b", "main")
-    (repo / ".gitignore").write_text("*.tmp\n")
-    git(repo, "add", ".gitignore")
-    git(repo, "commit", "-q", "-m", "mine")
+    repo = make_repository(tmp_path / "repo", {".gitignore": "*.tmp\n"})
     (repo / ".git" / "refs" / "heads" / "main.lock").write_text("")
     monkeypatch.chdir(repo)
     result = invoke("init", ".", "--recipe", "tiny")
