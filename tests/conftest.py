@@ -73,7 +73,7 @@ def reply(description: str, search: str, replace: str, filename: str = "train.py
 
 def make_workspace(root: Path, train: str = SYNTH_TRAIN, prepare: str = SYNTH_PREPARE,
                    recipe_yaml: str = SYNTH_RECIPE, commit: bool = True) -> Path:
-    """The synthetic recipe, program.md and .gitignore in root, committed in a new repository (or left to the caller)."""
+    """The synthetic recipe, program.md and .gitignore in root, committed in a new repository if commit."""
     recipe = root / "recipes" / "synth"
     recipe.mkdir(parents=True)
     (recipe / "train.py").write_text(train)
