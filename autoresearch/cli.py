@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -16,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from autoresearch import __version__
 from autoresearch.console import format_metric, make_reporter, plural
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
@@ -26,13 +28,12 @@ from autoresearch.runlock import WorkspaceBusy
 from autoresearch.settings import DEFAULT_MODEL, InvalidSetting, check_options
 from autoresearch.pricing import load_price_table
 from autoresearch.recipe import builtin_recipes
-from autoresearch.review import (experiment_detail, experiment_records, pick_tag, row_json, rows_json,
+from autoresearch.review import (OUTCOMES, experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
 from autoresearch.views import RULE_WIDTH, experiment_lines, log_lines, painter, runs_lines
-from autoresearch.workspace import Workspace, init_workspace
+from autoresearch.workspace import RECIPES_DIR, Workspace, check_tag, init_workspace
 
-app = typer.Typer(help="Overnight ML research on one GPU box: an agent proposes, the tool trains, keeps or reverts.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(no_args_is_help=True, add_completion=False)
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -60,8 +61,22 @@ def _error(text: str) -> None:
     raise typer.Exit(1) from None
 
 
+def show_version(wanted: bool) -> None:
+    if wanted:
+        _emit(f"autoresearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """Overnight ML research on one GPU box: an agent proposes, the tool trains, keeps or reverts."""
+
+
 def open_run(tag: str | None) -> tuple[Workspace, Ledger, str]:
     """The workspace around the current folder, its ledger, and the asked-for run (or the latest)."""
+    if tag is not None:
+        check_tag(tag)
     workspace = Workspace.find()
     ledger = Ledger(workspace.ledger_path)
     return workspace, ledger, pick_tag(ledger, tag)
@@ -70,11 +85,12 @@ def open_run(tag: str | None) -> tuple[Workspace, Ledger, str]:
 @app.command()
 def init(directory: Path = typer.Argument(..., help="Folder to make a workspace (created if needed)."),
          recipe: str = typer.Option("tiny", "--recipe", help="Built-in recipe to copy (see `autoresearch recipes`).")):
-    """Make DIRECTORY a workspace: a git repository with program.md and a recipe."""
+    """Make DIRECTORY a workspace (program.md and a recipe, committed) in a new git repository or the one around it."""
     with user_errors():
         target = init_workspace(directory, recipe)
-    say(f"workspace ready: {target} and {directory / 'program.md'}; next: "
-                 f"cd {directory} && autoresearch run --agent mutate --budget 30 --max-experiments 5")
+    go_there = "" if target.parent.parent == Path.cwd().resolve() else f"cd {shlex.quote(str(directory))} && "
+    say(f"workspace ready in {directory}: {RECIPES_DIR}/{recipe} and program.md, committed; next: "
+        f"{go_there}autoresearch run --agent mutate --budget 30 --max-experiments 5")
 
 
 @app.command()
@@ -152,6 +168,9 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
         agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens).items() if value is not None}
     with user_errors():
+        for name in (tag, resume):
+            if name is not None:
+                check_tag(name)
         workspace = Workspace.find()
         if resume:
             if recipe is not None or tag is not None:
@@ -162,7 +181,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             options = resumed_options(stored, given)
             for override in options.overrides:
                 say(f"run {resume}: {flag_of(override.setting)} {override.after} overrides the run's "
-                             f"{override.before}")
+                    f"{override.before}")
         else:
             # Where the person's shell points now is part of the run: a resume goes on with the same.
             given.setdefault("model", os.environ.get("AUTORESEARCH_MODEL") or DEFAULT_MODEL)
@@ -176,7 +195,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         loop = ResearchLoop(workspace, chosen, reporter)
 
         def resume_command() -> str:
-            return f"autoresearch run --resume {loop.tag or tag or resume or 'TAG'}"
+            return f"autoresearch run --resume {shlex.quote(loop.tag or resume or tag or 'TAG')}"
 
         def second_interrupt() -> str:
             return f"interrupted again: stopped at once. `{resume_command()}` puts the run straight and goes on"
@@ -200,14 +219,15 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         reporter.close()
     gain = gain_or_none(summary.best_metric, summary.baseline_metric, summary.direction)
     say(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}, "
-                 f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
-                 + (f" (gain {gain:+.4g} over the baseline)" if gain is not None else "")
-                 + f". See: autoresearch log --tag {summary.tag}")
+        f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
+        + (f" (gain {gain:+.4g} over the baseline)" if gain is not None else "")
+        + f". See: autoresearch log --tag {shlex.quote(summary.tag)}")
 
 
 @app.command()
 def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (default: the latest)."),
-        outcome: Optional[str] = typer.Option(None, "--outcome", help="Only keep, discard, crash, timeout or invalid."),
+        outcome: Optional[str] = typer.Option(None, "--outcome", help="Only one outcome: "
+                                              + ", ".join(OUTCOMES) + "."),
         last: Optional[int] = typer.Option(None, "--last", help="Only the last N experiments (after --outcome)."),
         as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON (the shape of every JSON output)."),
         as_tsv: bool = typer.Option(False, "--tsv", help="Print the same rows as tab-separated values.")):
@@ -329,6 +349,26 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
                      f"{failed[0]['seed']}: {failed[0]['reason']} ({failed[0]['log_path']})")
     lines.append(f"verdict: {result.verdict}: {result.message}")
     _emit("\n".join(lines))
+
+
+@app.command()
+def rm(tag: str = typer.Argument(..., help="The run to remove, as `autoresearch runs` lists it."),
+       yes: bool = typer.Option(False, "--yes", help="Do not ask (needed when stdin is not a terminal).")):
+    """Remove a run whole: its worktree, branch autoresearch/<tag>, experiment refs, ledger rows and runs/<tag>."""
+    from autoresearch.removal import find_remains, remove_run
+
+    with user_errors():
+        workspace = Workspace.find()
+        ledger = Ledger(workspace.ledger_path) if workspace.ledger_path.exists() else None  # rm makes none
+        remains = find_remains(workspace, ledger, tag)  # checks the tag (an old run's odd one too)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UserError(f"stdin is not a terminal, so rm cannot ask: pass --yes to remove run {tag} "
+                                f"(autoresearch rm {shlex.quote(tag)} --yes)")
+            if not typer.confirm(f"remove run {tag}: {remains.describe()}?", default=False, err=True):
+                raise UserError(f"run {tag} not removed")
+        removed = remove_run(workspace, ledger, tag)
+    say(f"removed run {tag}: {removed.describe()}")
 
 
 def _emit(text: str) -> None:

@@ -140,6 +140,8 @@ EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "comm
                       "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
                       "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds",
                       "decision_json", "agent", "model")
+# Every table with a row per run or per part of a run, children before the runs they refer to.
+RUN_TABLES = ("llm_calls", "training_runs", "verifications", "experiments", "runs")
 TRAINING_RUN_KINDS = ("first", "noise", "confirm")  # the baseline's extra runs are `noise`, a candidate's `confirm`
 
 
@@ -247,6 +249,23 @@ class Ledger:
 
     def runs(self) -> list[dict]:
         return [_run_dict(row) for row in self._db.execute("SELECT * FROM runs ORDER BY started_at, rowid")]
+
+    def count_run_rows(self, tag: str) -> int:
+        """The run's rows in every table of the ledger."""
+        return sum(self._db.execute(f"SELECT COUNT(*) FROM {table} WHERE tag = ?", (tag,)).fetchone()[0]
+                   for table in RUN_TABLES)
+
+    def delete_run(self, tag: str) -> int:
+        """Delete the run's rows from every table, in one transaction; returns how many there were."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            deleted = sum(self._db.execute(f"DELETE FROM {table} WHERE tag = ?", (tag,)).rowcount
+                          for table in RUN_TABLES)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        return deleted
 
     def latest_tag(self) -> str | None:
         row = self._db.execute("SELECT tag FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()

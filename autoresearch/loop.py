@@ -10,6 +10,7 @@ the ledger, which is what makes `--resume` possible.
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.settings import RunOptions, check_options, override_records, stored_settings
 from autoresearch.runner import Executor, LocalExecutor, TrainingResult, is_finite, recipe_job
 from autoresearch.spending import SpendingCap, run_spending
-from autoresearch.workspace import Workspace
+from autoresearch.workspace import Workspace, check_tag
 
 WORKTREE_DIR = "worktree"
 RESULTS_FILE = "results.tsv"
@@ -130,17 +131,19 @@ class ResearchLoop:
         self.program = workspace.read_program()
         recipe_path = workspace.resolve_recipe(options.recipe)
         self._check_committed(recipe_path)
-        recipe = load_recipe(workspace.root / recipe_path)
+        recipe = load_recipe(workspace.git_root / recipe_path)
         check_tunables(recipe)
         taken = {run["tag"] for run in self.ledger.runs()}
-        tag = options.tag or workspace.new_tag(taken)
+        tag = check_tag(options.tag) if options.tag is not None else workspace.new_tag(taken)
         self.tag = tag
         branch = RUN_BRANCH_PREFIX + tag
         if tag in taken:
-            raise UserError(f"a run tagged {tag!r} already exists; resume it with --resume {tag} or choose another --tag")
+            raise UserError(f"a run tagged {tag!r} already exists; resume it with --resume {shlex.quote(tag)} or "
+                            "choose another --tag")
         if workspace.repo.branch_exists(branch) or workspace.run_dir(tag).exists():
             raise UserError(f"branch {branch} or folder {workspace.run_dir(tag)} already exists but no run of this "
-                            f"ledger made it; choose another --tag, or remove them (git branch -D {branch})")
+                            f"ledger made it; choose another --tag, or remove them with: autoresearch rm "
+                            f"{shlex.quote(tag)}")
         self._check_caps(options)
         self.agent.check()
         base_commit = workspace.repo.head_commit()
@@ -161,7 +164,7 @@ class ResearchLoop:
 
     def _resumed_run(self, tag: str, options: RunOptions) -> tuple[RunState, RunOptions]:
         check_options(options)
-        self.tag = tag
+        self.tag = check_tag(tag)
         self.program = self.workspace.read_program()
         self._check_caps(options)
         self.agent.check()

@@ -7,6 +7,7 @@ Commits carry the tool's own identity so they work where git has no user configu
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,14 +41,6 @@ class Repo:
         git.Repo.init(path, initial_branch="main")
         return cls(path)
 
-    @staticmethod
-    def find_root(path: Path) -> Path | None:
-        """The top of the git working tree holding path, or None."""
-        try:
-            return Path(git.Repo(path, search_parent_directories=True).working_tree_dir)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            return None
-
     @property
     def root(self) -> Path:
         return Path(self._repo.working_tree_dir)
@@ -71,6 +64,13 @@ class Repo:
             self.git.add("-A")
             self.git.commit("--no-verify", "--allow-empty", "-m", message)
         return self.head_commit()
+
+    def unstage(self, paths: list[str]) -> None:
+        """Put the index entries of paths back as HEAD has them (none for a path HEAD lacks)."""
+        if self.has_commits():
+            self.git.reset("-q", "HEAD", "--", *paths)
+        else:
+            self.git.rm("-r", "-q", "--cached", "--ignore-unmatch", "--", *paths)
 
     def uncommitted_paths(self, under: str = ".") -> list[str]:
         """Tracked files changed but not committed, and untracked files, below `under`."""
@@ -105,6 +105,44 @@ class Repo:
             if Path(path).exists():
                 shutil.rmtree(path)
             self.git.worktree("prune")
+
+    def list_worktrees(self) -> list[tuple[Path, str | None]]:
+        """Every worktree git knows of, its folder gone or not: (path, the branch checked out there or None)."""
+        found: list[tuple[Path, str | None]] = []
+        for block in self.git.worktree("list", "--porcelain").split("\n\n"):
+            fields = dict(line.partition(" ")[::2] for line in block.splitlines())
+            if "worktree" in fields:
+                branch = fields.get("branch", "").removeprefix("refs/heads/") or None
+                found.append((Path(fields["worktree"]), branch))
+        return found
+
+    def prune_worktrees(self) -> None:
+        """Forget the worktrees whose folders are gone."""
+        self.git.worktree("prune")
+
+    def delete_run_branch(self, tag: str) -> bool:
+        """Delete the branch autoresearch/<tag> (the tool's own, never another); False if there was none."""
+        branch = RUN_BRANCH_PREFIX + tag
+        if not self.branch_exists(branch):
+            return False
+        self.git.branch("-D", "--", branch)
+        return True
+
+    def list_experiment_refs(self, tag: str) -> list[str]:
+        """The refs refs/autoresearch/<tag>/<n> that keep a run's experiments reachable."""
+        prefix = f"{EXPERIMENT_REF_PREFIX}{tag}/"
+        names = self.git.for_each_ref("--format=%(refname)", prefix).splitlines()
+        return [name for name in names if name.startswith(prefix)]
+
+    def delete_experiment_refs(self, tag: str) -> int:
+        """Delete every ref under refs/autoresearch/<tag>/, in one transaction; returns how many."""
+        refs = self.list_experiment_refs(tag)
+        if refs:
+            with tempfile.TemporaryFile() as commands:
+                commands.write("".join(f"delete {ref}\n" for ref in refs).encode())
+                commands.seek(0)
+                self.git.update_ref("--stdin", istream=commands)
+        return len(refs)
 
     def attach_worktree(self, path: Path, branch: str, start: str | None = None) -> "Repo":
         """The run's worktree at path, re-created if the folder went missing or was left half made.
@@ -180,3 +218,12 @@ class Repo:
     def restore_paths(self, commit: str, paths: list[str]) -> None:
         """Put paths back as they are in commit (used when a run tampers with fixed files)."""
         self.git.checkout(commit, "--", *paths)
+
+
+def git_failure(exc: BaseException) -> str | None:
+    """The line in which git said why a command failed, or None when exc is no git failure."""
+    if not isinstance(exc, git.GitCommandError):
+        return None
+    lines = [line.strip().removeprefix("stderr: '").rstrip("'") for line in str(exc.stderr or "").splitlines()]
+    said = [line for line in lines if line.startswith(("fatal:", "error:"))] or [line for line in lines if line]
+    return f"git {exc.command[1]}: {said[0] if said else f'exit code {exc.status}'}"

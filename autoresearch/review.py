@@ -19,7 +19,7 @@ from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger
 from autoresearch.pricing import PriceTable
 from autoresearch.runlock import LOCK_FILE
 
-OUTCOMES = ("keep", "discard", "crash", "timeout", "invalid")
+OUTCOMES = ("keep", "discard", "crash", "timeout", "invalid", "interrupted")
 # What listings read of each experiment: everything but the diff, the log tail and the files' hash.
 LISTING_COLUMNS = tuple(c for c in EXPERIMENT_COLUMNS if c not in ("diff", "log_tail", "files_hash"))
 LOG_TAIL_LINES = 40

@@ -72,7 +72,8 @@ def reply(description: str, search: str, replace: str, filename: str = "train.py
 
 
 def make_workspace(root: Path, train: str = SYNTH_TRAIN, prepare: str = SYNTH_PREPARE,
-                   recipe_yaml: str = SYNTH_RECIPE) -> Path:
+                   recipe_yaml: str = SYNTH_RECIPE, commit: bool = True) -> Path:
+    """The synthetic recipe, program.md and .gitignore in root, committed in a new repository if commit."""
     recipe = root / "recipes" / "synth"
     recipe.mkdir(parents=True)
     (recipe / "train.py").write_text(train)
@@ -80,7 +81,8 @@ def make_workspace(root: Path, train: str = SYNTH_TRAIN, prepare: str = SYNTH_PR
     (recipe / "recipe.yaml").write_text(recipe_yaml)
     (root / "program.md").write_text("Lower the validation loss.\n")
     (root / ".gitignore").write_text("runs/\n__pycache__/\n")
-    Repo.init(root).commit_all("workspace")
+    if commit:
+        Repo.init(root).commit_all("workspace")
     return root
 
 

@@ -154,10 +154,12 @@ def test_log_filters_by_outcome_and_last(in_night):
     crashes = json.loads(invoke("log", "--tag", "night", "--outcome", "crash", "--json").stdout)
     assert [row["number"] for row in crashes] == [3]
     assert [row["number"] for row in json.loads(invoke("log", "--tag", "night", "--last", "3", "--json").stdout)] == [4, 5, 6]
+    interrupted = json.loads(invoke("log", "--tag", "local", "--outcome", "interrupted", "--json").stdout)
+    assert [(row["number"], row["reason"]) for row in interrupted] == [(2, "stopped by the person (Ctrl-C)")]
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--outcome", "kept"), "--outcome must be one of keep, discard, crash, timeout, invalid"),
+    (("--outcome", "kept"), "--outcome must be one of keep, discard, crash, timeout, invalid, interrupted"),
     (("--last", "0"), "--last must be at least 1"),
     (("--json", "--tsv"), "choose one of --json and --tsv"),
     (("--tag", "nope"), "no run tagged 'nope'"),
