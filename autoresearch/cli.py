@@ -15,7 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from autoresearch.console import format_metric, make_reporter
+from autoresearch.console import format_metric, make_reporter, plural
 from autoresearch.errors import UserError
 from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
@@ -136,7 +136,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             raise UserError(f"{exc}; after fixing it, go on with: autoresearch run --resume {loop.tag}") from None
         reporter.close()
     gain = summary.best_metric - summary.baseline_metric if summary.best_metric is not None else None
-    stderr.print(f"run {summary.tag} done ({summary.stop_reason}): {summary.experiments} experiments, "
+    stderr.print(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}, "
                  f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
                  + (f" ({gain:+.4g} against the baseline)" if gain is not None else "")
                  + f". See: autoresearch log --tag {summary.tag}", highlight=False)
@@ -253,12 +253,13 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
         _emit(row_json(ledger.verifications(tag)[-1]))
         return
     lines = [f"run {tag}: baseline {result.baseline_commit[:7]} vs best {result.best_commit[:7]}, "
-             f"{len(result.seeds)} new seeds each ({result.direction} is better)"]
+             f"{plural(len(result.seeds), 'new seed')} each ({result.direction} is better)"]
     for split, name, interval in (("validation", result.metric, result.val), ("test", result.test_metric, result.test)):
         lines.append(f"  {split:<10} {name}: " + (format_interval(interval) if interval else "no interval"))
     failed = [r for r in result.runs if r["outcome"] != "ok"]
     if failed:
-        lines.append(f"  {len(failed)} of {len(result.runs)} trainings failed; first: {failed[0]['role']} seed "
+        lines.append(f"  {len(failed)} of {plural(len(result.runs), 'training')} failed; first: "
+                     f"{failed[0]['role']} seed "
                      f"{failed[0]['seed']}: {failed[0]['reason']} ({failed[0]['log_path']})")
     lines.append(f"verdict: {result.verdict}: {result.message}")
     _emit("\n".join(lines))

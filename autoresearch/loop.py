@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall
-from autoresearch.console import Reporter
+from autoresearch.console import Reporter, times
 from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
 from autoresearch.guard import changed_fixed_files, check_candidate, files_hash, hash_fixed_files
@@ -322,16 +322,21 @@ class ResearchLoop:
                 if not exc.retryable:
                     raise StopRun(f"the LLM endpoint refused the request: {exc}") from None
                 if failures >= options.max_agent_failures:
-                    raise StopRun(f"the LLM endpoint failed {failures} times in a row (last: {exc})") from None
+                    in_a_row = f"{times(failures)} in a row (last: {exc})" if failures > 1 else f"{times(1)} ({exc})"
+                    raise StopRun(f"the LLM endpoint failed {in_a_row}") from None
                 wait = min(MAX_BACKOFF_SECONDS, options.agent_backoff_seconds * 2 ** (failures - 1))
-                self.reporter.note(f"experiment {number}: the LLM endpoint failed ({exc}); trying again in {wait:g}s")
+                self.reporter.note(f"experiment {number}: LLM call failed: {exc}; trying again in {wait:g}s")
                 time.sleep(wait)
 
     def _record_call(self, tag: str, number: int, call: LLMCall) -> None:
+        """Every call goes in the ledger; the reporter hears of the tokens of each answered one (a failed
+        call is told by the note that retries it, or by the line that stops the run)."""
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
                                     call.prompt_tokens, call.completion_tokens, call.latency_seconds)
-        prices = load_price_table(self.workspace.root)  # read per call: an edited price applies at once
+        if call.error is not None:
+            return
         prompt_tokens, completion_tokens = call.prompt_tokens or 0, call.completion_tokens or 0
+        prices = load_price_table(self.workspace.root)  # read per call: an edited price applies at once
         cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None
         self.reporter.tokens_used(prompt_tokens, completion_tokens, cost)
 

@@ -18,7 +18,7 @@ from rich.style import Style
 from rich.text import Text
 
 from autoresearch.console import (OUTCOME_STYLES, format_cost, format_duration, format_metric, format_noise,
-                                  format_tokens)
+                                  format_tokens, plural)
 from autoresearch.review import explain_outcome
 
 Paint = Callable[[str, str], str]
@@ -127,8 +127,8 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
     gain = format_delta(summary["gain"]) or "-"
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     showing = f" (showing {shown})" if shown is not None and shown != summary["experiments"] else ""
-    return (f"{summary['experiments']} experiments{showing}, {summary['kept']} kept, {summary['discarded']} discarded, "
-            f"{summary['crashes']} crashed or timed out, {summary['invalid']} invalid; best {summary['metric']} "
+    return (f"{plural(summary['experiments'], 'experiment')}{showing}, {summary['kept']} kept, "
+            f"{summary['discarded']} discarded, {summary['crashes']} crashed or timed out, {summary['invalid']} invalid; best {summary['metric']} "
             f"{format_metric(summary['best_metric'])}, gain over baseline {gain}; tokens {format_tokens(tokens)}, "
             f"cost {format_cost(summary['cost_usd'], tokens)}"
             + (f"; noise floor {format_noise(summary['noise_std'], summary['noise_runs'])}"
@@ -197,7 +197,7 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
     tokens = detail["prompt_tokens"] + detail["completion_tokens"]
     calls = detail["llm_calls"]
     facts.append(("tokens", f"{detail['prompt_tokens']} prompt + {detail['completion_tokens']} completion in "
-                            f"{len(calls)} LLM call{'s' if len(calls) != 1 else ''}; cost "
+                            f"{plural(len(calls), 'LLM call')}; cost "
                             f"{format_cost(detail['cost_usd'], tokens)}", ""))
     facts.append(("seed", "-" if detail["seed"] is None else str(detail["seed"]), ""))
     parts.append(_facts(facts))
@@ -256,7 +256,7 @@ def describe_decision(decision: dict | None) -> str | None:
     runs = decision.get("metrics") or []
     if runs:
         best = decision.get("best_runs")
-        against = f" (best commit: {best} run{'s' if best != 1 else ''})" if best else ""
+        against = f" (best commit: {plural(best, 'run')})" if best else ""
         parts.append(f"runs: {', '.join(map(format_metric, runs))}{against}")
     return ", ".join(parts)
 

@@ -98,3 +98,10 @@ def test_log_without_runs_is_one_line(workspace):
 def test_bad_budget_is_one_line(workspace):
     result = invoke("run", "--agent", "mutate", "--budget", "-3")
     assert result.exit_code == 1 and "--budget" in result.output
+
+
+def test_a_count_of_one_reads_in_the_singular(workspace):
+    result = invoke("run", "--agent", "mutate", "--max-experiments", "1", "--tag", "one", "--noise-runs", "0")
+    assert result.exit_code == 0, result.output
+    assert "(reached --max-experiments 1): 1 experiment, 1 kept" in result.output
+    assert invoke("log").stdout.splitlines()[-1].startswith("1 experiment, 1 kept")

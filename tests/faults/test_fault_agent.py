@@ -8,6 +8,7 @@ proposal that is not a real, new change.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
@@ -17,10 +18,12 @@ from conftest import reply
 from faultkit import BETTER, TAG, assert_consistent, make_loop, run_with, small_options
 from typer.testing import CliRunner
 
-from autoresearch.agents import MAX_REPLY_CHARS
+from autoresearch.agents import MAX_REPLY_CHARS, LLMAgent
 from autoresearch.cli import app
+from autoresearch.console import PlainReporter
 from autoresearch.ledger import Ledger
-from autoresearch.loop import StopRun
+from autoresearch.loop import ResearchLoop, StopRun
+from autoresearch.workspace import Workspace
 
 WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")
 
@@ -190,3 +193,24 @@ def test_cli_llm_timeout_bounds_a_slow_endpoint(workspace, fake_llm, monkeypatch
                                       "--agent-backoff", "0.01", "--noise-runs", "0"], catch_exceptions=False)
     assert result.exit_code == 1 and "failed 2 times in a row (last: Request timed out" in result.output
     assert time.monotonic() - started < 15  # two calls cut at 0.3 s, not two waits of 30 s
+
+
+# --- how a failed call reads
+
+def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(workspace, fake_llm):
+    fake_llm.set_script([{"status": 500}, BETTER])
+    stream = io.StringIO()
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0, request_timeout=5)
+    ResearchLoop(Workspace.find(), agent, PlainReporter(stream)).start(small_options(tag=TAG, max_experiments=2))
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    failed = [line for line in lines if line.startswith("experiment 1: LLM call failed: 500")]
+    assert len(failed) == 1 and failed[0].endswith("scripted failure; trying again in 0.01s")
+    assert not any("0 + 0 tokens" in line for line in lines)
+
+
+@pytest.mark.parametrize("failures, said", [(1, "the LLM endpoint failed once (500"),
+                                            (2, "the LLM endpoint failed 2 times in a row (last: 500")])
+def test_the_count_of_failed_calls_reads_as_english(workspace, fake_llm, failures, said):
+    message, _, _ = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
+                                max_agent_failures=failures)
+    assert message.startswith("run t stopped: " + said)
