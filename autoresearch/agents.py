@@ -5,6 +5,9 @@ blocks, sending back why a block did not apply (with the nearest real lines) for
 of attempts. `MutateAgent` needs no LLM: it perturbs one or two upper-case numeric constants at the
 top of train.py; it is the control arm and the way to try the whole loop offline.
 Both return a Candidate or raise InvalidProposal; neither touches git or the disk.
+
+A failed LLM call raises AgentUnavailable once: retrying is the loop's business alone, so the
+`openai` client is built not to retry on its own, and one call is bounded as a whole.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from autoresearch.edits import EditError, apply_blocks, parse_reply
+from autoresearch.endpoint import DEFAULT_BASE_URL, CallTimedOut, call_within
 from autoresearch.errors import UserError
 from autoresearch.guard import files_hash
 from autoresearch.prompts import AgentContext, build_messages, repair_message
@@ -85,7 +89,7 @@ class LLMAgent:
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 max_retries: int = 2, temperature: float | None = None):
+                 temperature: float | None = None):
         import openai
 
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -94,12 +98,15 @@ class LLMAgent:
             raise UserError("the llm agent needs OPENAI_API_KEY (or OPENAI_BASE_URL / --base-url for a local "
                             "server such as vLLM or Ollama); --agent mutate needs neither")
         self.model = model
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.max_attempts = max_attempts
+        self.request_timeout = request_timeout
         self.temperature = temperature
         self._openai = openai
-        # Local servers ignore the key but the client insists on one.
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
-                                    timeout=request_timeout, max_retries=max_retries)
+        # Local servers ignore the key but the client insists on one. max_retries=0: the loop's backoff
+        # and its count of failures in a row are the only retry policy.
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "not-needed",
+                                    timeout=request_timeout, max_retries=0)
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         messages = build_messages(context)
@@ -128,7 +135,12 @@ class LLMAgent:
         started = time.monotonic()
         options = {} if self.temperature is None else {"temperature": self.temperature}
         try:
-            response = self.client.chat.completions.create(model=self.model, messages=messages, **options)
+            response = call_within(self.request_timeout, lambda: self.client.chat.completions.create(
+                model=self.model, messages=messages, **options))
+        except (CallTimedOut, self._openai.APITimeoutError):
+            reason = f"no answer from {self.base_url} within {self.request_timeout:g}s"
+            record_call(LLMCall(attempt, self.model, messages, None, reason, None, None, time.monotonic() - started))
+            raise AgentUnavailable(reason) from None
         except self._openai.AuthenticationError as exc:
             record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
                                 time.monotonic() - started))
