@@ -21,6 +21,7 @@ from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.pricing import load_price_table
+from autoresearch.prompts import PROMPT_TOKEN_BUDGET
 from autoresearch.recipe import builtin_recipes
 from autoresearch.review import (experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
@@ -88,8 +89,11 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         seed: int = typer.Option(0, "--seed", help="Seed handed to training (AUTORESEARCH_SEED) and to the mutate agent."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Go on with the run of this tag."),
         max_agent_failures: int = typer.Option(5, "--max-agent-failures", help="Stop after this many failed LLM calls in a row."),
-        llm_timeout: float = typer.Option(600.0, "--llm-timeout", help="Seconds one LLM request may take before it "
-                                          "counts as a failed call."),
+        llm_timeout: float = typer.Option(600.0, "--llm-timeout", help="Seconds one LLM request may take, from "
+                                          "connecting to the last byte of the answer, before it counts as a failed call."),
+        prompt_tokens: int = typer.Option(PROMPT_TOKEN_BUDGET, "--prompt-tokens", help="The most tokens (estimated "
+                                          "at four characters each) of the prompt for one proposal; lower it for a "
+                                          "model with a small context."),
         agent_backoff: float = typer.Option(5.0, "--agent-backoff", help="Seconds to wait after a failed LLM call; "
                                             "doubles with each failure in a row, up to 5 minutes."),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
@@ -110,12 +114,15 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         workspace = Workspace.find()
         if llm_timeout <= 0 or agent_backoff < 0:
             raise UserError("--llm-timeout must be positive and --agent-backoff cannot be negative")
+        if prompt_tokens <= 0:
+            raise UserError("--prompt-tokens must be positive")
         chosen = (MutateAgent(seed=seed) if agent == "mutate"
                   else LLMAgent(model=model, base_url=base_url, request_timeout=llm_timeout))
         options = RunOptions(recipe=recipe, tag=tag, budget_seconds=budget, max_experiments=max_experiments,
                              hours=hours, min_delta=min_delta, seed=seed, max_agent_failures=max_agent_failures,
                              noise_runs=noise_runs, noise_multiple=noise_multiple, confirm_runs=confirm_runs,
-                             agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens)
+                             agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens,
+                             prompt_tokens=prompt_tokens)
         reporter = make_reporter(stderr)
         loop = ResearchLoop(workspace, chosen, reporter)
 
@@ -133,7 +140,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             raise typer.Exit(130) from None
         except StopRun as exc:
             reporter.close()
-            raise UserError(f"{exc}; after fixing it, go on with: autoresearch run --resume {loop.tag}") from None
+            raise UserError(f"{exc}; after fixing it, go on with: autoresearch run --resume {loop.tag}"
+                            + remedy_flag(exc.remedy)) from None
         reporter.close()
     gain = summary.best_metric - summary.baseline_metric if summary.best_metric is not None else None
     stderr.print(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}, "
@@ -263,6 +271,13 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
                      f"{failed[0]['seed']}: {failed[0]['reason']} ({failed[0]['log_path']})")
     lines.append(f"verdict: {result.verdict}: {result.message}")
     _emit("\n".join(lines))
+
+
+def remedy_flag(remedy) -> str:
+    """The flag (and value) that mends a stopped run, to add to its resume command: ` --prompt-tokens 1500`."""
+    if remedy is None:
+        return ""
+    return f" --{remedy.setting.replace('_', '-')} {remedy.value or remedy.setting.upper()}"
 
 
 def _emit(text: str) -> None:

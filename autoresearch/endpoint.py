@@ -1,4 +1,10 @@
-"""How long one call to an OpenAI-compatible endpoint may take, as a whole.
+"""What an OpenAI-compatible endpoint says when it refuses, and a bound on how long one call may take.
+
+Servers word the same refusal differently; this module reads the few that change what the tool
+does: a prompt longer than the model's context (OpenAI's `context_length_exceeded`, vLLM's and
+llama-cpp-python's "maximum context length is N tokens", llama.cpp's `exceed_context_size_error`
+with `n_prompt_tokens` and `n_ctx`, LM Studio's "context length of only N tokens", Ollama's "the
+input length exceeds the context length").
 
 The `openai` client's timeout bounds the connection and each read, not the whole answer: a server
 that sends a byte every few seconds never trips it. `call_within` bounds the whole call.
@@ -6,7 +12,9 @@ that sends a byte every few seconds never trips it. `call_within` bounds the who
 
 from __future__ import annotations
 
+import re
 import threading
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the openai client's own default
@@ -41,3 +49,65 @@ def call_within(seconds: float, call: Callable[[], T]) -> T:
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
+
+
+def server_message(exc: Exception) -> str:
+    """The server's own words for a failed request, after its HTTP status when there is one."""
+    status = getattr(exc, "status_code", None)
+    return f"{status} {_said(exc)}" if status else _said(exc)
+
+
+def _said(exc: Exception) -> str:
+    """The error's message (a JSON body's `message`, or a body that is only text), else the exception's first line."""
+    body = getattr(exc, "body", None)
+    text = body.get("message") if isinstance(body, dict) else body
+    if isinstance(text, str) and text.strip():
+        return " ".join(text.split())
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"^Error code: \d+( - )?", "", text) or type(exc).__name__  # the openai client's prefix
+
+
+# --- the prompt does not fit the model's context
+
+@dataclass(frozen=True)
+class ContextOverflow:
+    """A request refused for its length: the model's context and the prompt's size, when the server said."""
+
+    context_tokens: int | None
+    prompt_tokens: int | None
+
+
+OVERFLOW_MARKERS = ("context_length_exceeded", "exceed_context_size_error", "maximum context length",
+                    "exceeds the available context size", "context length of only", "maximum model length",
+                    "input length exceeds the context length", "exceeds the context window",
+                    "larger than the max context size", "exceed context window")
+CONTEXT_PATTERNS = (r"maximum context length is (\d+)", r"context length of only (\d+)",
+                    r"available context size \((\d+) tokens\)", r"maximum model length of (\d+)",
+                    r"max context size \((\d+) tokens\)", r"exceed context window of (\d+)")
+PROMPT_PATTERNS = (r"request \((\d+) tokens\) exceeds", r"input \((\d+) tokens\) is larger",
+                   r"messages resulted in (\d+) tokens", r"\((\d+) in the messages",
+                   r"prompt contains (?:at least )?(\d+) input tokens", r"request has (\d+) input tokens",
+                   r"prompt \(length (\d+)\)", r"Requested tokens \((\d+)\)")
+
+
+def context_overflow(exc: Exception) -> ContextOverflow | None:
+    """What a refusal says about the context, or None when it is not about the prompt's length."""
+    body = getattr(exc, "body", None)
+    fields = body if isinstance(body, dict) else {}
+    text = " ".join(str(part) for part in (_said(exc), fields.get("code"), fields.get("type")) if part)
+    if not any(marker in text.lower() for marker in OVERFLOW_MARKERS):
+        return None
+    return ContextOverflow(context_tokens=_count(fields.get("n_ctx"), text, CONTEXT_PATTERNS),
+                           prompt_tokens=_count(fields.get("n_prompt_tokens"), text, PROMPT_PATTERNS))
+
+
+def _count(field: object, text: str, patterns: tuple[str, ...]) -> int | None:
+    """A token count from the error's own field, else from the first pattern its message matches."""
+    if isinstance(field, int) and field > 0:
+        return field
+    for pattern in patterns:
+        match = re.search(pattern, text, re.IGNORECASE)
+        if match:
+            return int(match.group(1))
+    return None
+

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall
+from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall, Remedy
 from autoresearch.console import Reporter, times
 from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
@@ -22,7 +22,7 @@ from autoresearch.guard import changed_fixed_files, check_candidate, files_hash,
 from autoresearch.ledger import Ledger, now_iso
 from autoresearch.noise import (DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule, NoiseFloor,
                                 decide, derive_seed, harness_tampering, ignores_harness_seed, mean)
-from autoresearch.prompts import AgentContext, LineageEntry
+from autoresearch.prompts import PROMPT_TOKEN_BUDGET, AgentContext, LineageEntry
 from autoresearch.recipe import Recipe, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import load_price_table
@@ -57,6 +57,7 @@ class RunOptions:
     noise_runs: int = DEFAULT_NOISE_RUNS
     noise_multiple: float = DEFAULT_NOISE_MULTIPLE
     confirm_runs: int = DEFAULT_CONFIRM_RUNS
+    prompt_tokens: int = PROMPT_TOKEN_BUDGET  # the estimated size of each proposal's first prompt, at most
 
     @property
     def keep_rule(self) -> KeepRule:
@@ -64,7 +65,14 @@ class RunOptions:
 
 
 class StopRun(Exception):
-    """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person."""
+    """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person.
+
+    `remedy`, when one setting mends it, names that setting (see agents.Remedy).
+    """
+
+    def __init__(self, message: str, remedy: Remedy | None = None):
+        super().__init__(message)
+        self.remedy = remedy
 
 
 @dataclass
@@ -234,7 +242,7 @@ class ResearchLoop:
             raise
         except StopRun as exc:
             self.ledger.set_run_status(state.tag, "stopped")
-            raise StopRun(f"run {state.tag} stopped: {exc}") from None
+            raise StopRun(f"run {state.tag} stopped: {exc}", exc.remedy) from None
         except BaseException:
             self.ledger.set_run_status(state.tag, "failed")
             raise
@@ -274,7 +282,7 @@ class ResearchLoop:
                                    lineage=self._lineage(state.tag), best_metric=state.best_metric,
                                    baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes),
                                    noise_std=state.noise.std, noise_runs=state.noise.runs,
-                                   keep_margin=self._keep_margin(state, options))
+                                   keep_margin=self._keep_margin(state, options), token_budget=options.prompt_tokens)
             propose_started = time.monotonic()
             try:
                 candidate = self._propose(state, options, number, context)
@@ -312,7 +320,8 @@ class ResearchLoop:
                                    files=new_editable, decision=decision)
 
     def _propose(self, state: RunState, options: RunOptions, number: int, context: AgentContext):
-        """Ask the agent; an unreachable endpoint is retried with backoff, then the run stops."""
+        """Ask the agent; a failed call is retried with backoff, then the run stops. A refusal no retry can
+        mend (the key, the model, a prompt too long) stops the run at once."""
         failures = 0
         while True:
             try:
@@ -320,7 +329,7 @@ class ResearchLoop:
             except AgentUnavailable as exc:
                 failures += 1
                 if not exc.retryable:
-                    raise StopRun(f"the LLM endpoint refused the request: {exc}") from None
+                    raise StopRun(str(exc), exc.remedy) from None
                 if failures >= options.max_agent_failures:
                     in_a_row = f"{times(failures)} in a row (last: {exc})" if failures > 1 else f"{times(1)} ({exc})"
                     raise StopRun(f"the LLM endpoint failed {in_a_row}") from None

@@ -105,3 +105,8 @@ def test_a_count_of_one_reads_in_the_singular(workspace):
     assert result.exit_code == 0, result.output
     assert "(reached --max-experiments 1): 1 experiment, 1 kept" in result.output
     assert invoke("log").stdout.splitlines()[-1].startswith("1 experiment, 1 kept")
+
+
+def test_bad_prompt_tokens_is_one_line(workspace):
+    result = invoke("run", "--agent", "mutate", "--prompt-tokens", "0")
+    assert result.exit_code == 1 and "--prompt-tokens must be positive" in result.output

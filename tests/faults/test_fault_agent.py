@@ -54,14 +54,9 @@ def prompt_of(request: dict) -> str:
 
 def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls(workspace, fake_llm):
     url = closed_port_url()
-
-    def loop_factory():
-        loop = make_loop(fake_llm, [])
-        loop.agent.client = loop.agent.client.with_options(base_url=url)
-        return loop
-
-    message, rows, run = stopped_run(workspace, loop_factory, max_agent_failures=3)
-    assert message.startswith("run t stopped: the LLM endpoint failed 3 times in a row (last: Connection error")
+    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [], base_url=url), max_agent_failures=3)
+    assert message == (f"run t stopped: the LLM endpoint failed 3 times in a row (last: cannot reach {url} "
+                       "(Connection error.))")
     assert len(message.splitlines()) == 1
     assert run["status"] == "stopped"
     assert [r["outcome"] for r in rows] == ["keep", "interrupted"]
@@ -74,7 +69,8 @@ def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls(workspace, fak
 def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm):
     message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [
         {"status": 401, "body": {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}}]))
-    assert "refused the API key" in message and "Incorrect API key provided" in message
+    assert message == (f"run t stopped: the LLM endpoint {fake_llm.base_url} refused the API key (401 Incorrect "
+                       "API key provided); set OPENAI_API_KEY to a key it accepts")
     assert len(fake_llm.requests) == 1
     assert run["status"] == "stopped" and rows[1]["outcome"] == "interrupted"
     assert_consistent(workspace, rows)
@@ -98,7 +94,7 @@ def test_endpoint_failures_are_retried_and_the_run_goes_on(workspace, fake_llm, 
 def test_endpoint_that_keeps_failing_with_500_stops_the_run(workspace, fake_llm):
     message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
                                      max_agent_failures=4)
-    assert "failed 4 times in a row (last: 500" in message
+    assert f"failed 4 times in a row (last: {fake_llm.base_url} answered 500 scripted failure)" in message
     assert len(fake_llm.requests) == 4
     assert_consistent(workspace, rows)
 
@@ -236,14 +232,16 @@ def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(work
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
     ResearchLoop(Workspace.find(), agent, PlainReporter(stream)).start(small_options(tag=TAG, max_experiments=2))
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
-    failed = [line for line in lines if line.startswith("experiment 1: LLM call failed: 500")]
-    assert len(failed) == 1 and failed[0].endswith("scripted failure; trying again in 0.01s")
+    assert (f"experiment 1: LLM call failed: {fake_llm.base_url} answered 500 scripted failure; trying again in "
+            "0.01s") in lines
     assert not any("0 + 0 tokens" in line for line in lines)
 
 
-@pytest.mark.parametrize("failures, said", [(1, "the LLM endpoint failed once (500"),
-                                            (2, "the LLM endpoint failed 2 times in a row (last: 500")])
+@pytest.mark.parametrize("failures, said", [
+    (1, "the LLM endpoint failed once ({url} answered 500 scripted failure)"),
+    (2, "the LLM endpoint failed 2 times in a row (last: {url} answered 500 scripted failure)"),
+])
 def test_the_count_of_failed_calls_reads_as_english(workspace, fake_llm, failures, said):
     message, _, _ = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
                                 max_agent_failures=failures)
-    assert message.startswith("run t stopped: " + said)
+    assert message == "run t stopped: " + said.format(url=fake_llm.base_url)
