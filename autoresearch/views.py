@@ -128,8 +128,9 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     showing = f" (showing {shown})" if shown is not None and shown != summary["experiments"] else ""
     return (f"{plural(summary['experiments'], 'experiment')}{showing}, {summary['kept']} kept, "
-            f"{summary['discarded']} discarded, {summary['crashes']} crashed or timed out, {summary['invalid']} invalid; best {summary['metric']} "
-            f"{format_metric(summary['best_metric'])}, gain over baseline {gain}; tokens {format_tokens(tokens)}, "
+            f"{summary['discarded']} discarded, {summary['crashes']} crashed or timed out, {summary['invalid']} invalid; "
+            f"best {summary['metric']} {format_metric(summary['best_metric'])}, gain over baseline {gain}; "
+            f"tokens {format_tokens(tokens)}, "
             f"cost {format_cost(summary['cost_usd'], tokens)}"
             + (f"; noise floor {format_noise(summary['noise_std'], summary['noise_runs'])}"
                if summary.get("noise_runs") else ""))
