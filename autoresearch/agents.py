@@ -6,10 +6,10 @@ of attempts. `MutateAgent` needs no LLM: it perturbs one or two upper-case numer
 top of train.py; it is the control arm and the way to try the whole loop offline.
 Both return a Candidate or raise InvalidProposal; neither touches git or the disk.
 
-A failed LLM call raises AgentUnavailable once: retrying is the loop's business alone, so the
-`openai` client is built not to retry on its own, and one call is bounded as a whole. A refusal no
-retry can mend (the key, the model, a prompt longer than the model's context) says so, with the
-endpoint's URL and what to change.
+Before anything trains, the loop asks the agent to `check` itself: the LLM agent sends one cheap
+request, the only kind that proves the URL, the key and the model together (a server's model list
+is no proof: llama.cpp answers to any model name). A failed LLM call raises AgentUnavailable once;
+retrying is the loop's business alone, so the `openai` client is built not to retry on its own.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from autoresearch.edits import EditError, apply_blocks, parse_reply
-from autoresearch.endpoint import DEFAULT_BASE_URL, CallTimedOut, call_within, context_overflow, server_message
+from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverflow, call_within, context_overflow,
+                                   server_message, wants_max_completion_tokens)
 from autoresearch.errors import UserError
 from autoresearch.guard import files_hash
+from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.prompts import (AgentContext, budget_that_fits, build_messages, prompt_tokens, repair_message,
                                   smallest_prompt_tokens)
 
@@ -33,6 +35,8 @@ DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REQUEST_TIMEOUT = 600.0
 MAX_REPLY_CHARS = 100_000  # about 25k tokens: far more than one focused change needs
 KEPT_REPLY_CHARS = 4_000  # what is kept of an oversized reply, in the repair conversation and the ledger
+CHECK_MESSAGES = ({"role": "user", "content": "Reply with the single word: ok"},)
+CHECK_COMPLETION_TOKENS = 16  # enough for "ok"; a reasoning model may stop at it with no text, which still proves the way
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,10 @@ class AgentUnavailable(Exception):
         self.remedy = remedy
 
 
+class CompletionLimitRefused(AgentUnavailable):
+    """The endpoint takes the completion limit under its other name (see `LLMAgent.check`)."""
+
+
 @dataclass(frozen=True)
 class LLMCall:
     """One request and its answer, as recorded in the ledger."""
@@ -92,6 +100,12 @@ class LLMCall:
 
 class Agent(Protocol):
     name: str
+
+    def describe(self) -> str:
+        """Where proposals come from, for the person (the model and its endpoint); empty when `name` says it all."""
+
+    def check(self, record_call: Callable[[LLMCall], None]) -> None:
+        """Prove the agent can propose, before anything trains; raises AgentUnavailable."""
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate: ...
 
@@ -118,11 +132,31 @@ class LLMAgent:
         self.max_attempts = max_attempts
         self.request_timeout = request_timeout
         self.temperature = temperature
+        # The name the endpoint takes a completion limit under; `check` learns it.
+        self.completion_limit_parameter = "max_tokens"
         self._openai = openai
         # Local servers ignore the key but the client insists on one. max_retries=0: the loop's backoff
         # and its count of failures in a row are the only retry policy.
         self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "not-needed",
                                     timeout=request_timeout, max_retries=0)
+
+    def describe(self) -> str:
+        return f"model {self.model} at {self.base_url}"
+
+    def check(self, record_call: Callable[[LLMCall], None]) -> None:
+        """A one-message completion with a small limit: the URL, the key and the model answer, or it raises.
+
+        The limit goes as `max_tokens`, which llama.cpp, vLLM, Ollama and LiteLLM take; OpenAI's
+        reasoning models refuse it and ask for `max_completion_tokens`, which is then used from here on.
+        """
+        messages = [dict(message) for message in CHECK_MESSAGES]
+        try:
+            self._complete(messages, ENDPOINT_CHECK_ATTEMPT, record_call,
+                           {self.completion_limit_parameter: CHECK_COMPLETION_TOKENS})
+        except CompletionLimitRefused:
+            self.completion_limit_parameter = "max_completion_tokens"
+            self._complete(messages, ENDPOINT_CHECK_ATTEMPT, record_call,
+                           {self.completion_limit_parameter: CHECK_COMPLETION_TOKENS})
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         messages = build_messages(context)
@@ -147,10 +181,12 @@ class LLMAgent:
         raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description)
 
     def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None],
-                  context: AgentContext | None = None) -> tuple[str, bool]:
+                  options: dict | None = None, context: AgentContext | None = None) -> tuple[str, bool]:
         """The reply's text, and whether the model stopped at its length limit; every call is recorded."""
         started = time.monotonic()
-        options = {} if self.temperature is None else {"temperature": self.temperature}
+        options = dict(options or {})
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
 
         def failed(unavailable: AgentUnavailable) -> AgentUnavailable:
             record_call(LLMCall(attempt, self.model, messages, None, str(unavailable), None, None,
@@ -195,9 +231,12 @@ class LLMAgent:
         overflow = context_overflow(exc)
         if overflow is not None:
             return self._overflow(overflow, messages, context)
+        if wants_max_completion_tokens(exc):
+            return CompletionLimitRefused(f"the LLM endpoint {url} refused the completion limit ({said})",
+                                          retryable=False)
         return AgentUnavailable(f"{url} answered {said}")
 
-    def _overflow(self, overflow, messages: list, context: AgentContext | None) -> AgentUnavailable:
+    def _overflow(self, overflow: ContextOverflow, messages: list, context: AgentContext | None) -> AgentUnavailable:
         """The prompt is longer than the model's context: how long each is, and the budget that would fit."""
         estimated = prompt_tokens(messages)
         counted = f", {overflow.prompt_tokens:,} by the server's count" if overflow.prompt_tokens else ""
@@ -252,6 +291,11 @@ class MutateAgent:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
+    def describe(self) -> str:
+        return ""
+
+    def check(self, record_call: Callable[[LLMCall], None]) -> None:
+        """Nothing to check: no endpoint."""
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         target = context.recipe.editable[0]

@@ -4,7 +4,8 @@ Servers word the same refusal differently; this module reads the few that change
 does: a prompt longer than the model's context (OpenAI's `context_length_exceeded`, vLLM's and
 llama-cpp-python's "maximum context length is N tokens", llama.cpp's `exceed_context_size_error`
 with `n_prompt_tokens` and `n_ctx`, LM Studio's "context length of only N tokens", Ollama's "the
-input length exceeds the context length").
+input length exceeds the context length"), and a completion limit sent under the name the model
+does not take (OpenAI's reasoning models want `max_completion_tokens`, not `max_tokens`).
 
 The `openai` client's timeout bounds the connection and each read, not the whole answer: a server
 that sends a byte every few seconds never trips it. `call_within` bounds the whole call.
@@ -111,3 +112,9 @@ def _count(field: object, text: str, patterns: tuple[str, ...]) -> int | None:
             return int(match.group(1))
     return None
 
+
+# --- the completion limit's name
+
+def wants_max_completion_tokens(exc: Exception) -> bool:
+    """A 400 saying the model refuses `max_tokens` and takes `max_completion_tokens` (OpenAI's reasoning models)."""
+    return getattr(exc, "status_code", None) == 400 and "max_completion_tokens" in server_message(exc)

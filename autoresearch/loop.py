@@ -213,13 +213,15 @@ class ResearchLoop:
     def _loop(self, state: RunState, options: RunOptions) -> RunSummary:
         recipe = state.recipe
         self.tag = state.tag
+        described = self.agent.describe()
         self.reporter.run_started(state.tag, recipe.name, recipe.metric, recipe.direction, state.budget_seconds,
-                                  self.agent.name)
+                                  f"{self.agent.name} ({described})" if described else self.agent.name)
         spent = run_usage(self.ledger, state.tag, load_price_table(self.workspace.root))
         if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
             self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
         started = time.monotonic()
         ran = 0
+        checked = False
         stop_reason = ""
         try:
             while True:
@@ -232,6 +234,9 @@ class ResearchLoop:
                 stop_reason = self._spending_stop_reason(state, options) or ""
                 if stop_reason:
                     break
+                if not checked:  # before anything trains: a wrong URL, key or model costs no training
+                    self._check_agent(state, options)
+                    checked = True
                 if state.best_metric is None:
                     self._baseline(state, options)
                 else:
@@ -319,13 +324,27 @@ class ResearchLoop:
             self._close_experiment(state, number, outcome, reason, metric, result=result, commit=commit,
                                    files=new_editable, decision=decision)
 
+    def _check_agent(self, state: RunState, options: RunOptions) -> None:
+        """The agent proves it can propose (one cheap LLM call), recorded under the next experiment's number."""
+        number = state.next_number
+        self._ask_agent(options, "endpoint check",
+                        lambda: self.agent.check(lambda call: self._record_call(state.tag, number, call)))
+
     def _propose(self, state: RunState, options: RunOptions, number: int, context: AgentContext):
-        """Ask the agent; a failed call is retried with backoff, then the run stops. A refusal no retry can
-        mend (the key, the model, a prompt too long) stops the run at once."""
+        return self._ask_agent(options, f"experiment {number}",
+                               lambda: self.agent.propose(context, lambda call: self._record_call(state.tag, number,
+                                                                                                   call)))
+
+    def _ask_agent(self, options: RunOptions, what: str, ask):
+        """ask(), under the one retry policy of LLM calls; `what` names the asking in the notes.
+
+        A failed call is tried again after a wait that doubles, until max_agent_failures in a row; a
+        refusal no retry can mend (the key, the model, a prompt too long) stops the run at once.
+        """
         failures = 0
         while True:
             try:
-                return self.agent.propose(context, lambda call: self._record_call(state.tag, number, call))
+                return ask()
             except AgentUnavailable as exc:
                 failures += 1
                 if not exc.retryable:
@@ -334,7 +353,7 @@ class ResearchLoop:
                     in_a_row = f"{times(failures)} in a row (last: {exc})" if failures > 1 else f"{times(1)} ({exc})"
                     raise StopRun(f"the LLM endpoint failed {in_a_row}") from None
                 wait = min(MAX_BACKOFF_SECONDS, options.agent_backoff_seconds * 2 ** (failures - 1))
-                self.reporter.note(f"experiment {number}: LLM call failed: {exc}; trying again in {wait:g}s")
+                self.reporter.note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
                 time.sleep(wait)
 
     def _record_call(self, tag: str, number: int, call: LLMCall) -> None:

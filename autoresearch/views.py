@@ -19,6 +19,7 @@ from rich.text import Text
 
 from autoresearch.console import (OUTCOME_STYLES, format_cost, format_duration, format_metric, format_noise,
                                   format_tokens, plural)
+from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.review import explain_outcome
 
 Paint = Callable[[str, str], str]
@@ -230,7 +231,8 @@ def experiment_view(detail: dict, summary: dict, with_prompt: bool = False) -> R
 
     if with_prompt:
         for call in calls:
-            parts.append(_section(f"LLM call {call['attempt']} · {call['model']} · "
+            name = "endpoint check" if call["attempt"] == ENDPOINT_CHECK_ATTEMPT else f"LLM call {call['attempt']}"
+            parts.append(_section(f"{name} · {call['model']} · "
                                   f"{call['prompt_tokens'] or 0}+{call['completion_tokens'] or 0} tokens"))
             for message in call.get("messages") or []:
                 parts.append(Text(f"[{message.get('role', '?')}]", style="bold cyan"))

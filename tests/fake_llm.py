@@ -7,6 +7,10 @@ seconds to wait before each byte of the answer (a server that is slow, not silen
 `finish_reason` (else "stop"; "length" says the reply was cut at the model's limit); a
 callable receives the request's JSON and returns either. When the script runs out, the last entry
 repeats. Every request's JSON is kept in `requests`.
+
+The tool's endpoint check (agents.CHECK_MESSAGES, sent before anything trains) is answered from
+`check_script` instead, in the same way, and kept in `checks`; its default answer is "ok" with no
+tokens, so that tests of proposals and of token counts need not know the check is there.
 """
 
 from __future__ import annotations
@@ -16,11 +20,17 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from autoresearch.agents import CHECK_MESSAGES
+
+CHECK_ANSWER = {"content": "ok", "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
+
 
 class FakeLLM:
     def __init__(self):
         self.script: list = []
         self.requests: list[dict] = []
+        self.check_script: list = [CHECK_ANSWER]
+        self.checks: list[dict] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()  # wakes handlers still waiting out a scripted delay
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -38,12 +48,19 @@ class FakeLLM:
             self.script = list(entries)
             self.requests = []
 
+    def set_check_script(self, entries: list) -> None:
+        with self._lock:
+            self.check_script = list(entries)
+            self.checks = []
+
     def next_entry(self, request: dict):
         with self._lock:
-            self.requests.append(request)
-            if not self.script:
+            is_check = request.get("messages") == list(CHECK_MESSAGES)
+            received, script = (self.checks, self.check_script) if is_check else (self.requests, self.script)
+            received.append(request)
+            if not script:
                 return "DESCRIPTION: nothing scripted"
-            entry = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+            entry = script.pop(0) if len(script) > 1 else script[0]
         return entry(request) if callable(entry) else entry
 
     def close(self) -> None:

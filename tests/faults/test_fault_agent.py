@@ -52,18 +52,16 @@ def prompt_of(request: dict) -> str:
 
 # --- the endpoint fails
 
-def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls(workspace, fake_llm):
+def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls_before_anything_trains(workspace, fake_llm):
     url = closed_port_url()
-    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [], base_url=url), max_agent_failures=3)
+    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [BETTER], base_url=url),
+                                     max_agent_failures=3)
     assert message == (f"run t stopped: the LLM endpoint failed 3 times in a row (last: cannot reach {url} "
                        "(Connection error.))")
-    assert len(message.splitlines()) == 1
     assert run["status"] == "stopped"
-    assert [r["outcome"] for r in rows] == ["keep", "interrupted"]
-    assert "failed 3 times in a row" in rows[1]["reason"]
-    calls = Ledger(workspace / "runs/ledger.db").llm_calls(TAG, 1)
-    assert len(calls) == 3 and all(c["error"] for c in calls)
-    assert_consistent(workspace, rows)
+    assert rows == [] and not (workspace / "runs/t/0.log").exists()  # the baseline never trained
+    calls = Ledger(workspace / "runs/ledger.db").llm_calls(TAG, 0)
+    assert [c["attempt"] for c in calls] == [0, 0, 0] and all(url in c["error"] for c in calls)
 
 
 def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm):
@@ -228,10 +226,12 @@ def test_cli_llm_timeout_bounds_a_slow_endpoint(workspace, fake_llm, monkeypatch
 
 def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(workspace, fake_llm):
     fake_llm.set_script([{"status": 500}, BETTER])
+    fake_llm.set_check_script([{"content": "ok", "usage": {"prompt_tokens": 12, "completion_tokens": 1}}])
     stream = io.StringIO()
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
     ResearchLoop(Workspace.find(), agent, PlainReporter(stream)).start(small_options(tag=TAG, max_experiments=2))
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert "LLM call, 12 + 1 tokens, -; run so far: tokens 13 (12 in, 1 out), cost -" in lines  # the check
     assert (f"experiment 1: LLM call failed: {fake_llm.base_url} answered 500 scripted failure; trying again in "
             "0.01s") in lines
     assert not any("0 + 0 tokens" in line for line in lines)
