@@ -5,6 +5,11 @@ blocks, sending back why a block did not apply (with the nearest real lines) for
 of attempts. `MutateAgent` needs no LLM: it perturbs one or two upper-case numeric constants at the
 top of train.py; it is the control arm and the way to try the whole loop offline.
 Both return a Candidate or raise InvalidProposal; neither touches git or the disk.
+
+Before anything trains, the loop asks the agent to `check` itself: the LLM agent sends one cheap
+request, the only kind that proves the URL, the key and the model together (a server's model list
+is no proof: llama.cpp answers to any model name). A failed LLM call raises AgentUnavailable once;
+retrying is the loop's business alone, so the `openai` client is built not to retry on its own.
 """
 
 from __future__ import annotations
@@ -18,15 +23,21 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from autoresearch.edits import EditError, apply_blocks, parse_reply
+from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverflow, call_within, context_overflow,
+                                   server_message, wants_max_completion_tokens)
 from autoresearch.errors import UserError
 from autoresearch.guard import editable_digest
-from autoresearch.prompts import AgentContext, build_messages, repair_message
+from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
+from autoresearch.prompts import (AgentContext, budget_that_fits, build_messages, prompt_tokens, repair_message,
+                                  smallest_prompt_tokens)
 from autoresearch.recipe import TOP_LEVEL_CONSTANT, Tunable
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REQUEST_TIMEOUT = 600.0
 MAX_REPLY_CHARS = 100_000  # about 25k tokens: far more than one focused change needs
 KEPT_REPLY_CHARS = 4_000  # what is kept of an oversized reply, in the repair conversation and the ledger
+CHECK_MESSAGES = ({"role": "user", "content": "Reply with the single word: ok"},)
+CHECK_COMPLETION_TOKENS = 16  # enough for "ok"; a reasoning model may stop at it with no text, which still proves the way
 
 
 @dataclass(frozen=True)
@@ -46,15 +57,32 @@ class InvalidProposal(Exception):
         self.description = description
 
 
-class AgentUnavailable(Exception):
-    """The LLM endpoint could not be reached or kept failing: no proposal this time.
+@dataclass(frozen=True)
+class Remedy:
+    """The setting that mends a refusal: a run option or an agent parameter, by name, and a value to try.
 
-    `retryable` is False when asking again cannot help (the key or the model was refused).
+    The value is None when the person must choose it (another model). The CLI words the setting as its flag.
     """
 
-    def __init__(self, reason: str, retryable: bool = True):
+    setting: str
+    value: str | None = None
+
+
+class AgentUnavailable(Exception):
+    """An LLM call failed: no proposal this time. The message names the endpoint's URL.
+
+    `retryable` is False when asking again cannot help (the key, the model or the prompt's length was
+    refused); `remedy` then says what to change, when one setting does it.
+    """
+
+    def __init__(self, reason: str, retryable: bool = True, remedy: Remedy | None = None):
         super().__init__(reason)
         self.retryable = retryable
+        self.remedy = remedy
+
+
+class CompletionLimitRefused(AgentUnavailable):
+    """The endpoint takes the completion limit under its other name (see `LLMAgent.check`)."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +102,11 @@ class LLMCall:
 class Agent(Protocol):
     name: str
 
-    def check(self) -> None:
-        """Before anything trains: can the agent work at all (an endpoint reachable, a model served)?"""
+    def describe(self) -> str:
+        """Where proposals come from, for the person (the model and its endpoint); empty when `name` says it all."""
+
+    def check(self, record_call: Callable[[LLMCall], None]) -> None:
+        """Prove the agent can propose, before anything trains; raises AgentUnavailable."""
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate: ...
 
@@ -96,7 +127,7 @@ class LLMAgent:
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 max_retries: int = 2, temperature: float | None = None):
+                 temperature: float | None = None):
         import openai
 
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -105,22 +136,42 @@ class LLMAgent:
             raise UserError("the llm agent needs OPENAI_API_KEY (or OPENAI_BASE_URL / --base-url for a local "
                             "server such as vLLM or Ollama); --agent mutate needs neither")
         self.model = model
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
         self.max_attempts = max_attempts
+        self.request_timeout = request_timeout
         self.temperature = temperature
+        # The name the endpoint takes a completion limit under; `check` learns it.
+        self.completion_limit_parameter = "max_tokens"
         self._openai = openai
-        # Local servers ignore the key but the client insists on one.
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed",
-                                    timeout=request_timeout, max_retries=max_retries)
+        # Local servers ignore the key but the client insists on one. max_retries=0: the loop's backoff
+        # and its count of failures in a row are the only retry policy.
+        self.client = openai.OpenAI(base_url=self.base_url, api_key=api_key or "not-needed",
+                                    timeout=request_timeout, max_retries=0)
 
-    def check(self) -> None:
-        pass
+    def describe(self) -> str:
+        return f"model {self.model} at {self.base_url}"
+
+    def check(self, record_call: Callable[[LLMCall], None]) -> None:
+        """A one-message completion with a small limit: the URL, the key and the model answer, or it raises.
+
+        The limit goes as `max_tokens`, which llama.cpp, vLLM, Ollama and LiteLLM take; OpenAI's
+        reasoning models refuse it and ask for `max_completion_tokens`, which is then used from here on.
+        """
+        messages = [dict(message) for message in CHECK_MESSAGES]
+        try:
+            self._complete(messages, ENDPOINT_CHECK_ATTEMPT, record_call,
+                           {self.completion_limit_parameter: CHECK_COMPLETION_TOKENS})
+        except CompletionLimitRefused:
+            self.completion_limit_parameter = "max_completion_tokens"
+            self._complete(messages, ENDPOINT_CHECK_ATTEMPT, record_call,
+                           {self.completion_limit_parameter: CHECK_COMPLETION_TOKENS})
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         messages = build_messages(context)
         error = "no attempt made"
         description = ""
         for attempt in range(1, self.max_attempts + 1):
-            reply, cut_off = self._complete(messages, attempt, record_call)
+            reply, cut_off = self._complete(messages, attempt, record_call, context=context)
             try:
                 check_reply_size(reply, cut_off)
                 parsed = parse_reply(reply)
@@ -137,36 +188,82 @@ class LLMAgent:
                                        repair_message(error)]
         raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description)
 
-    def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None]) -> tuple[str, bool]:
-        """The reply's text, and whether the model stopped at its length limit."""
+    def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None],
+                  options: dict | None = None, context: AgentContext | None = None) -> tuple[str, bool]:
+        """The reply's text, and whether the model stopped at its length limit; every call is recorded."""
         started = time.monotonic()
-        options = {} if self.temperature is None else {"temperature": self.temperature}
+        options = dict(options or {})
+        if self.temperature is not None:
+            options["temperature"] = self.temperature
+
+        def failed(unavailable: AgentUnavailable) -> AgentUnavailable:
+            record_call(LLMCall(attempt, self.model, messages, None, str(unavailable), None, None,
+                                time.monotonic() - started))
+            return unavailable
+
         try:
-            response = self.client.chat.completions.create(model=self.model, messages=messages, **options)
-        except self._openai.AuthenticationError as exc:
-            record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
-                                time.monotonic() - started))
-            raise AgentUnavailable(f"the endpoint refused the API key: {_api_error(exc)}", retryable=False) from None
-        except (self._openai.PermissionDeniedError, self._openai.NotFoundError) as exc:
-            record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
-                                time.monotonic() - started))
-            raise AgentUnavailable(f"model {self.model}: {_api_error(exc)}", retryable=False) from None
+            response = call_within(self.request_timeout, lambda: self.client.chat.completions.create(
+                model=self.model, messages=messages, **options))
+        except (CallTimedOut, self._openai.APITimeoutError):
+            raise failed(AgentUnavailable(f"no answer from {self.base_url} within {self.request_timeout:g}s")) \
+                from None
         except (self._openai.OpenAIError, ValueError) as exc:
             # ValueError: a body that is not JSON; the server is having a bad moment, like a 500.
-            record_call(LLMCall(attempt, self.model, messages, None, _api_error(exc), None, None,
-                                time.monotonic() - started))
-            raise AgentUnavailable(_api_error(exc)) from None
+            raise failed(self._refusal(exc, messages, context)) from None
         choice = response.choices[0] if getattr(response, "choices", None) else None
         if choice is None:  # a 200 without a completion (a proxy's error page): the server's fault
-            record_call(LLMCall(attempt, self.model, messages, None, "the answer has no completion", None, None,
-                                time.monotonic() - started))
-            raise AgentUnavailable("the endpoint answered without a completion")
+            raise failed(AgentUnavailable(f"{self.base_url} answered without a completion"))
         reply = getattr(getattr(choice, "message", None), "content", None) or ""
         usage = getattr(response, "usage", None)
         record_call(LLMCall(attempt, self.model, messages, shorten(reply, MAX_REPLY_CHARS), None,
                             getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None),
                             time.monotonic() - started))
         return reply, getattr(choice, "finish_reason", None) == "length"
+
+    def _refusal(self, exc: Exception, messages: list, context: AgentContext | None) -> AgentUnavailable:
+        """What a failed request means for the run: worth another try later, or a setting to change first."""
+        said = server_message(exc)
+        url, model = self.base_url, self.model
+        if isinstance(exc, self._openai.APIConnectionError):
+            return AgentUnavailable(f"cannot reach {url} ({said})")
+        if isinstance(exc, self._openai.AuthenticationError):
+            return AgentUnavailable(f"the LLM endpoint {url} refused the API key ({said}); set OPENAI_API_KEY to "
+                                    "a key it accepts", retryable=False)
+        if isinstance(exc, self._openai.PermissionDeniedError):
+            return AgentUnavailable(f"the LLM endpoint {url} refused model {model} ({said}); choose a model this "
+                                    "key may use", retryable=False, remedy=Remedy("model"))
+        if isinstance(exc, self._openai.NotFoundError):
+            return AgentUnavailable(f"the LLM endpoint {url} has no model {model} ({said}); choose a model it "
+                                    "serves, or correct the URL (the part before /chat/completions, often ending "
+                                    "in /v1)", retryable=False, remedy=Remedy("model"))
+        overflow = context_overflow(exc)
+        if overflow is not None:
+            return self._overflow(overflow, messages, context)
+        if wants_max_completion_tokens(exc):
+            return CompletionLimitRefused(f"the LLM endpoint {url} refused the completion limit ({said})",
+                                          retryable=False)
+        return AgentUnavailable(f"{url} answered {said}")
+
+    def _overflow(self, overflow: ContextOverflow, messages: list, context: AgentContext | None) -> AgentUnavailable:
+        """The prompt is longer than the model's context: how long each is, and the budget that would fit."""
+        estimated = prompt_tokens(messages)
+        counted = f", {overflow.prompt_tokens:,} by the server's count" if overflow.prompt_tokens else ""
+        limit = f"{overflow.context_tokens:,} tokens" if overflow.context_tokens else "the server did not give its size"
+        problem = (f"the prompt (about {estimated:,} tokens by the tool's estimate{counted}) does not fit the "
+                   f"context of model {self.model} at {self.base_url} ({limit})")
+        if context is None or overflow.context_tokens is None:
+            budget = f" from {context.token_budget:,}" if context is not None else ""
+            return AgentUnavailable(f"{problem}; lower the prompt token budget{budget}, or serve the model with a "
+                                    "longer context", retryable=False, remedy=Remedy("prompt_tokens"))
+        fits = budget_that_fits(overflow.context_tokens, estimated, overflow.prompt_tokens)
+        smallest = smallest_prompt_tokens(context)
+        if smallest > fits:
+            return AgentUnavailable(f"{problem}; even the shortest prompt (about {smallest:,} tokens: the "
+                                    "instructions, program.md and the editable files) would not leave room for the "
+                                    "reply: serve the model with a longer context", retryable=False)
+        return AgentUnavailable(f"{problem}; lower the prompt token budget from {context.token_budget:,} to "
+                                f"{fits:,} or less, or serve the model with a longer context", retryable=False,
+                                remedy=Remedy("prompt_tokens", str(fits)))
 
 
 def check_reply_size(reply: str, cut_off: bool) -> None:
@@ -184,12 +281,6 @@ def shorten(text: str, limit: int) -> str:
         return text
     half = limit // 2
     return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
-
-
-def _api_error(exc: Exception) -> str:
-    status = getattr(exc, "status_code", None)
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return f"{status} {text}" if status else text
 
 
 # --- the mutate agent
@@ -210,8 +301,11 @@ class MutateAgent:
     def __init__(self, seed: int = 0):
         self.seed = seed
 
-    def check(self) -> None:
-        """Nothing to reach: the mutate agent needs no endpoint."""
+    def describe(self) -> str:
+        return ""
+
+    def check(self, record_call: Callable[[LLMCall], None]) -> None:
+        """Nothing to check: no endpoint."""
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
         target = context.recipe.editable[0]

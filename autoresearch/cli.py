@@ -27,6 +27,7 @@ from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEF
 from autoresearch.runlock import WorkspaceBusy
 from autoresearch.settings import DEFAULT_MODEL, InvalidSetting, check_options
 from autoresearch.pricing import load_price_table
+from autoresearch.prompts import PROMPT_TOKEN_BUDGET
 from autoresearch.recipe import builtin_recipes
 from autoresearch.review import (OUTCOMES, experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
@@ -149,6 +150,10 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         agent_backoff: Optional[float] = typer.Option(None, "--agent-backoff", help="Seconds to wait after a failed "
                                                       "LLM call; doubles with each failure in a row, up to 5 minutes "
                                                       "(default 5)." + RESUME_NOTE),
+        prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help=f"The most tokens (estimated "
+                                                    f"at four characters each) of the prompt for one proposal "
+                                                    f"(default {PROMPT_TOKEN_BUDGET:,}); lower it for a model with a "
+                                                    f"small context." + RESUME_NOTE),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
                                                  "the run's LLM spending past this many dollars (prices: "
                                                  "autoresearch.yaml)." + RESUME_NOTE),
@@ -166,7 +171,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         agent=agent, model=model, base_url=base_url, budget_seconds=budget, max_experiments=max_experiments,
         hours=hours, min_delta=min_delta, noise_runs=noise_runs, noise_multiple=noise_multiple,
         confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
-        agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens).items() if value is not None}
+        agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens,
+        prompt_tokens=prompt_tokens).items() if value is not None}
     with user_errors():
         for name in (tag, resume):
             if name is not None:
@@ -212,7 +218,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             if exc.baseline_failed:
                 raise UserError(f"{exc}; fix the recipe and commit the fix, then `{resume_command()}` trains the "
                                 "baseline again from the workspace's last commit") from None
-            raise UserError(f"{exc}; after fixing it, go on with: {resume_command()}") from None
+            raise UserError(f"{exc}; after fixing it, go on with: {resume_command()}{remedy_flag(exc.remedy)}") from None
         except BaseException:
             reporter.close()
             raise
@@ -340,12 +346,13 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
         _emit(row_json(ledger.verifications(tag)[-1]))
         return
     lines = [f"run {tag}: baseline {result.baseline_commit[:7]} vs best {result.best_commit[:7]}, "
-             f"{len(result.seeds)} new seeds each ({result.direction} is better)"]
+             f"{plural(len(result.seeds), 'new seed')} each ({result.direction} is better)"]
     for split, name, interval in (("validation", result.metric, result.val), ("test", result.test_metric, result.test)):
         lines.append(f"  {split:<10} {name}: " + (format_interval(interval) if interval else "no interval"))
     failed = [r for r in result.runs if r["outcome"] != "ok"]
     if failed:
-        lines.append(f"  {len(failed)} of {len(result.runs)} trainings failed; first: {failed[0]['role']} seed "
+        lines.append(f"  {len(failed)} of {plural(len(result.runs), 'training')} failed; first: "
+                     f"{failed[0]['role']} seed "
                      f"{failed[0]['seed']}: {failed[0]['reason']} ({failed[0]['log_path']})")
     lines.append(f"verdict: {result.verdict}: {result.message}")
     _emit("\n".join(lines))
@@ -369,6 +376,13 @@ def rm(tag: str = typer.Argument(..., help="The run to remove, as `autoresearch 
                 raise UserError(f"run {tag} not removed")
         removed = remove_run(workspace, ledger, tag)
     say(f"removed run {tag}: {removed.describe()}")
+
+
+def remedy_flag(remedy) -> str:
+    """The flag (and value) that mends a stopped run, to add to its resume command: ` --prompt-tokens 1500`."""
+    if remedy is None:
+        return ""
+    return f" {flag_of(remedy.setting)} {remedy.value or remedy.setting.upper()}"
 
 
 def _emit(text: str) -> None:

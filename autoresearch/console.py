@@ -24,9 +24,14 @@ OUTCOME_STYLES = {"keep": "green", "discard": "yellow", "crash": "red", "timeout
                   "invalid": "bright_black", "interrupted": "cyan", "running": "blue"}
 
 
-def plural(count: int, noun: str, many: str | None = None) -> str:
-    """`1 experiment`, `2 experiments`: a count with its noun, as the person reads it."""
-    return f"{count} {noun if count == 1 else (many or noun + 's')}"
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """`1 experiment`, `2 experiments`: the count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def times(count: int) -> str:
+    """`once`, `2 times`."""
+    return "once" if count == 1 else f"{count} times"
 
 
 def format_metric(value: float | None) -> str:
@@ -38,8 +43,8 @@ def format_noise(std: float | None, runs: int) -> str:
     if std is None:
         return "not measured"
     if std == 0:
-        return f"0 (the same value under {runs} seeds)"
-    return f"±{std:.3g} (std over {runs} seeded runs)"
+        return f"0 (the same value under {plural(runs, 'seed')})"
+    return f"±{std:.3g} (std over {plural(runs, 'seeded run')})"
 
 
 def format_tokens(count: int | None) -> str:
@@ -164,13 +169,16 @@ class PlainReporter(Reporter):
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
-        self.number = 0
+        self.number: int | None = None  # until the first experiment starts (the endpoint check comes before it)
         self.tally = TokenTally()
         self.progress = RunProgress()
         self.margin: float | None = None
 
     def _line(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def _experiment_line(self, text: str) -> None:
+        self._line(text if self.number is None else f"experiment {self.number}: {text}")
 
     def run_started(self, tag, recipe, metric, direction, budget, agent):
         self._line(f"run {tag}: recipe {recipe}, {metric} ({direction} is better), budget {budget:g}s, agent {agent}")
@@ -185,7 +193,7 @@ class PlainReporter(Reporter):
                    + (f"; {where}" if where else ""))
 
     def phase(self, name, description=None, budget=None, grace=None):
-        self._line(f"experiment {self.number}: {name}" + (f": {description}" if description else ""))
+        self._experiment_line(name + (f": {description}" if description else ""))
 
     def experiment_finished(self, row, best, baseline):
         self.progress.finished(row["outcome"])
@@ -197,13 +205,14 @@ class PlainReporter(Reporter):
 
     def keep_margin(self, margin):
         if margin and margin != self.margin:
-            self._line(f"experiment {self.number}: {format_margin(margin)}")
+            self._experiment_line(format_margin(margin))
         self.margin = margin
 
     def tokens_used(self, prompt_tokens, completion_tokens, cost):
         self.tally.add(prompt_tokens, completion_tokens, cost)
-        self._line(f"experiment {self.number}: LLM call, {prompt_tokens} + {completion_tokens} tokens, "
-                   f"{format_cost(cost, prompt_tokens + completion_tokens)}; run so far: {self.tally.describe()}")
+        self._experiment_line(f"LLM call, {prompt_tokens} + {completion_tokens} tokens, "
+                              f"{format_cost(cost, prompt_tokens + completion_tokens)}; run so far: "
+                              f"{self.tally.describe()}")
 
     def note(self, text):
         self._line(text)

@@ -15,6 +15,10 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+# llm_calls.attempt of the check a run (and each resume) makes of its endpoint before it trains
+# anything, recorded under the number of the experiment that comes next; a proposal's attempts count from 1.
+ENDPOINT_CHECK_ATTEMPT = 0
+
 MIGRATIONS: list[str] = [
     # 1: runs, experiments and LLM calls
     """

@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall
-from autoresearch.console import Reporter
+from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall, Remedy
+from autoresearch.console import Reporter, times
 from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
@@ -44,12 +44,14 @@ MAX_BACKOFF_SECONDS = 300.0
 class StopRun(Exception):
     """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person.
 
-    `baseline_failed` tells the caller the recipe itself is broken: a resume after the fix is
-    committed starts again from the workspace's last commit.
+    `remedy`, when one setting mends it, names that setting (see agents.Remedy). `baseline_failed`
+    tells the caller the recipe itself is broken: a resume after the fix is committed starts again
+    from the workspace's last commit.
     """
 
-    def __init__(self, message: str, baseline_failed: bool = False):
+    def __init__(self, message: str, remedy: Remedy | None = None, baseline_failed: bool = False):
         super().__init__(message)
+        self.remedy = remedy
         self.baseline_failed = baseline_failed
 
 
@@ -145,7 +147,6 @@ class ResearchLoop:
                             f"ledger made it; choose another --tag, or remove them with: autoresearch rm "
                             f"{shlex.quote(tag)}")
         self._check_caps(options)
-        self.agent.check()
         base_commit = workspace.repo.head_commit()
         self._hold_workspace(options, tag)  # before anything of the new run is made
         self._locks.append(RunLock(workspace.run_dir(tag), tag).acquire())
@@ -167,7 +168,6 @@ class ResearchLoop:
         self.tag = check_tag(tag)
         self.program = self.workspace.read_program()
         self._check_caps(options)
-        self.agent.check()
         worktree, run = self.put_straight(tag, options)
         rows = self.ledger.experiments(tag)
         kept = [row for row in rows if row["outcome"] == "keep"]
@@ -276,8 +276,9 @@ class ResearchLoop:
     def _loop(self, state: RunState, options: RunOptions) -> RunSummary:
         recipe = state.recipe
         self.tag = state.tag
+        described = self.agent.describe()
         self.reporter.run_started(state.tag, recipe.name, recipe.metric, recipe.direction, state.budget_seconds,
-                                  self.agent.name)
+                                  f"{self.agent.name} ({described})" if described else self.agent.name)
         spent = run_usage(self.ledger, state.tag, self.prices.table())
         if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
             self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
@@ -285,12 +286,16 @@ class ResearchLoop:
         done = sum(n for outcome, n in self.ledger.outcome_counts().get(state.tag, {}).items() if outcome != "interrupted")
         self.reporter.limits(options.max_experiments, done,
                              None if options.hours is None else options.hours * 3600 - clock.seconds())
+        checked = False
         stop_reason = ""
         try:
             while True:
                 stop_reason = self._limit_reached(state, options, clock) or ""
                 if stop_reason:
                     break
+                if not checked:  # before anything trains: a wrong URL, key or model costs no training
+                    self._check_agent(state, options)
+                    checked = True
                 if state.best_metric is None:
                     self._baseline(state, options)
                 else:
@@ -301,7 +306,7 @@ class ResearchLoop:
             raise
         except StopRun as exc:
             self.ledger.set_run_status(state.tag, "stopped")
-            raise StopRun(f"run {state.tag} stopped: {exc}", exc.baseline_failed) from None
+            raise StopRun(f"run {state.tag} stopped: {exc}", exc.remedy, exc.baseline_failed) from None
         except BaseException:
             self.ledger.set_run_status(state.tag, "failed")
             raise
@@ -354,7 +359,7 @@ class ResearchLoop:
                                    lineage=self._lineage(state.tag), best_metric=state.best_metric,
                                    baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes),
                                    noise_std=state.noise.std, noise_runs=state.noise.runs,
-                                   keep_margin=self._keep_margin(state, options))
+                                   keep_margin=self._keep_margin(state, options), token_budget=options.prompt_tokens)
             self.reporter.keep_margin(context.keep_margin)
             propose_started = time.monotonic()
             try:
@@ -392,25 +397,45 @@ class ResearchLoop:
             self._close_experiment(state, number, outcome, reason, metric, result=result, commit=commit,
                                    files=new_editable, decision=decision)
 
+    def _check_agent(self, state: RunState, options: RunOptions) -> None:
+        """The agent proves it can propose (one cheap LLM call), recorded under the next experiment's number."""
+        number = state.next_number
+        self._ask_agent(options, "endpoint check",
+                        lambda: self.agent.check(lambda call: self._record_call(state.tag, number, call)))
+
     def _propose(self, state: RunState, options: RunOptions, number: int, context: AgentContext):
-        """Ask the agent; an unreachable endpoint is retried with backoff, then the run stops."""
+        return self._ask_agent(options, f"experiment {number}",
+                               lambda: self.agent.propose(context, lambda call: self._record_call(state.tag, number,
+                                                                                                   call)))
+
+    def _ask_agent(self, options: RunOptions, what: str, ask):
+        """ask(), under the one retry policy of LLM calls; `what` names the asking in the notes.
+
+        A failed call is tried again after a wait that doubles, until max_agent_failures in a row; a
+        refusal no retry can mend (the key, the model, a prompt too long) stops the run at once.
+        """
         failures = 0
         while True:
             try:
-                return self.agent.propose(context, lambda call: self._record_call(state.tag, number, call))
+                return ask()
             except AgentUnavailable as exc:
                 failures += 1
                 if not exc.retryable:
-                    raise StopRun(f"the LLM endpoint refused the request: {exc}") from None
+                    raise StopRun(str(exc), exc.remedy) from None
                 if failures >= options.max_agent_failures:
-                    raise StopRun(f"the LLM endpoint failed {failures} times in a row (last: {exc})") from None
+                    in_a_row = f"{times(failures)} in a row (last: {exc})" if failures > 1 else f"{times(1)} ({exc})"
+                    raise StopRun(f"the LLM endpoint failed {in_a_row}") from None
                 wait = min(MAX_BACKOFF_SECONDS, options.agent_backoff_seconds * 2 ** (failures - 1))
-                self.reporter.note(f"experiment {number}: the LLM endpoint failed ({exc}); trying again in {wait:g}s")
+                self.reporter.note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
                 time.sleep(wait)
 
     def _record_call(self, tag: str, number: int, call: LLMCall) -> None:
+        """Every call goes in the ledger; the reporter hears of the tokens of each answered one (a failed
+        call is told by the note that retries it, or by the line that stops the run)."""
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
                                     call.prompt_tokens, call.completion_tokens, call.latency_seconds)
+        if call.error is not None:
+            return
         prices = self.prices.table()
         prompt_tokens, completion_tokens = call.prompt_tokens or 0, call.completion_tokens or 0
         cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None

@@ -13,7 +13,7 @@ Tokens are estimated at four characters each, which is close enough for a budget
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from autoresearch.recipe import Recipe
 
@@ -28,6 +28,7 @@ HISTORY_LEVELS = ((LINEAGE_ROWS, FAILURE_TAILS, FAILURE_TAIL_LINES), (20, 2, 10)
                   (5, 1, 5), (3, 0, 0), (0, 0, 0))
 SUMMARY_BEST_KEPT = 5
 ENTRY_TEXT_CHARS = 200  # a description or a reason, in the lineage table
+REPLY_FRACTION = 0.25  # of a model's context, left for the reply by a prompt that must fit it
 TAIL_LINE_CHARS = 300
 
 SYSTEM_PROMPT = """\
@@ -114,6 +115,26 @@ def build_messages(context: AgentContext) -> list[dict]:
 
 def estimate_tokens(text: str) -> int:
     return len(text) // CHARS_PER_TOKEN + 1
+
+
+def prompt_tokens(messages: list[dict]) -> int:
+    """The estimated size of a whole conversation, as the budget counts it."""
+    return estimate_tokens("\n\n".join(str(message.get("content") or "") for message in messages))
+
+
+def smallest_prompt_tokens(context: AgentContext) -> int:
+    """The estimated size of the shortest first prompt any budget gives: the history at its least."""
+    return prompt_tokens(build_messages(replace(context, token_budget=0)))
+
+
+def budget_that_fits(context_tokens: int, estimated: int, counted: int | None) -> int:
+    """A prompt budget whose prompts leave a share of the model's context for the reply.
+
+    The budget is in estimated tokens; when the server counted a prompt the estimate sized, the
+    ratio of the two corrects the estimate (code is denser than four characters a token).
+    """
+    scale = estimated / counted if counted else 1.0
+    return int(context_tokens * (1 - REPLY_FRACTION) * scale)
 
 
 def format_history(lineage: tuple[LineageEntry, ...], budget_tokens: int) -> list[str]:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from autoresearch.errors import UserError
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
+from autoresearch.prompts import PROMPT_TOKEN_BUDGET
 
 DEFAULT_MODEL = "gpt-5-mini"
 AGENTS = ("llm", "mutate")
@@ -33,6 +34,7 @@ class RunOptions:
     model: str = DEFAULT_MODEL
     base_url: str | None = None  # None: the hosted OpenAI endpoint
     llm_timeout: float = 600.0  # seconds one LLM request may take
+    prompt_tokens: int = PROMPT_TOKEN_BUDGET  # the estimated size of each proposal's first prompt, at most
     budget_seconds: float | None = None  # None: the recipe's
     max_experiments: int | None = None
     hours: float | None = None
@@ -81,6 +83,7 @@ def check_options(options: RunOptions) -> None:
     _at_least("max_experiments", options.max_experiments, 1)
     _at_least("max_agent_failures", options.max_agent_failures, 1)
     _at_least("max_tokens", options.max_tokens, 1)
+    _at_least("prompt_tokens", options.prompt_tokens, 1)
     _at_least("noise_runs", options.noise_runs, 0)
     _at_least("confirm_runs", options.confirm_runs, 0)
     _at_least("seed", options.seed, 0)

@@ -19,6 +19,7 @@ from rich.style import Style
 from autoresearch.console import (OUTCOME_STYLES, format_cost, format_duration, format_metric, format_noise,
                                   format_tokens, plural)
 from autoresearch.gains import better_word
+from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.review import explain_outcome
 
 Paint = Callable[[str, str], str]
@@ -140,9 +141,10 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
     gain = format_gain(summary["gain"]) or "-"
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     showing = f" (showing {shown})" if shown is not None and shown != summary["experiments"] else ""
-    return (f"{summary['experiments']} experiments{showing}, {summary['kept']} kept, {summary['discarded']} discarded, "
-            f"{summary['crashes']} crashed or timed out, {summary['invalid']} invalid; best {summary['metric']} "
-            f"{format_metric(summary['best_metric'])}, gain over baseline {gain}; tokens {format_tokens(tokens)}, "
+    return (f"{plural(summary['experiments'], 'experiment')}{showing}, {summary['kept']} kept, "
+            f"{summary['discarded']} discarded, {summary['crashes']} crashed or timed out, {summary['invalid']} invalid; "
+            f"best {summary['metric']} {format_metric(summary['best_metric'])}, gain over baseline {gain}; "
+            f"tokens {format_tokens(tokens)}, "
             f"cost {format_cost(summary['cost_usd'], tokens)}"
             + (f"; noise floor {format_noise(summary['noise_std'], summary['noise_runs'])}"
                if summary.get("noise_runs") else ""))
@@ -244,7 +246,8 @@ def experiment_lines(detail: dict, summary: dict, with_prompt: bool = False, pai
 
     if with_prompt:
         for call in calls:
-            lines.append(rule(f"LLM call {call['attempt']} · {call['model']} · "
+            name = "endpoint check" if call["attempt"] == ENDPOINT_CHECK_ATTEMPT else f"LLM call {call['attempt']}"
+            lines.append(rule(f"{name} · {call['model']} · "
                               f"{call['prompt_tokens'] or 0}+{call['completion_tokens'] or 0} tokens", paint, width))
             for message in call.get("messages") or []:
                 lines.append(paint(f"[{message.get('role', '?')}]", "bold cyan"))
@@ -296,7 +299,7 @@ def describe_decision(decision: dict | None) -> str | None:
     runs = decision.get("metrics") or []
     if runs:
         best = decision.get("best_runs")
-        against = f" (best commit: {best} run{'s' if best != 1 else ''})" if best else ""
+        against = f" (best commit: {plural(best, 'run')})" if best else ""
         parts.append(f"runs: {', '.join(map(format_metric, runs))}{against}")
     return ", ".join(parts)
 

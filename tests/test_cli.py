@@ -263,3 +263,16 @@ def test_log_finds_the_workspace_of_a_worktree_without_loading_gitpython(workspa
                           capture_output=True, text=True)
     assert json.loads(done.stdout)[0]["tag"] == "w"
     assert done.stderr.strip() == "False"
+
+
+def test_a_count_of_one_reads_in_the_singular(workspace):
+    result = invoke("run", "--agent", "mutate", "--max-experiments", "1", "--tag", "one", "--noise-runs", "0")
+    assert result.exit_code == 0, result.output
+    assert "(reached --max-experiments 1): 1 experiment, 1 kept" in result.output
+    assert invoke("log").stdout.splitlines()[-1].startswith("1 experiment, 1 kept")
+
+
+def test_bad_prompt_tokens_is_one_line(workspace):
+    result = invoke("run", "--agent", "mutate", "--prompt-tokens", "0")
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --prompt-tokens must be at least 1, not 0"

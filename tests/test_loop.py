@@ -20,7 +20,7 @@ WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE =
 def run_loop(fake_llm, script, max_experiments=2, **options):
     fake_llm.set_script(script)
     workspace = Workspace.find()
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
     loop = ResearchLoop(workspace, agent)
     summary = loop.start(RunOptions(tag="t", max_experiments=max_experiments, **options))
     return summary, loop.ledger.experiments("t"), workspace

@@ -30,7 +30,7 @@ def noisy(tmp_path, monkeypatch):
 
 def run_noisy(fake_llm, script, max_experiments=2, tag="t", **options):
     fake_llm.set_script(script)
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
     loop = ResearchLoop(Workspace.find(), agent)
     loop.start(RunOptions(tag=tag, max_experiments=max_experiments, **options))
     return loop.ledger, loop.ledger.experiments(tag)
@@ -142,7 +142,7 @@ def test_noise_runs_zero_is_the_plain_rule(noisy, fake_llm):
 def test_resume_keeps_the_noise_floor_and_the_best_runs(noisy, fake_llm):
     run_noisy(fake_llm, [REAL_GAIN], max_experiments=1)
     fake_llm.set_script([REAL_GAIN])
-    loop = ResearchLoop(Workspace.find(), LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0))
+    loop = ResearchLoop(Workspace.find(), LLMAgent(model="fake-model", base_url=fake_llm.base_url))
     loop.resume("t", RunOptions(max_experiments=2))
     rows = Ledger(noisy / "runs/ledger.db").experiments("t")
     assert rows[1]["outcome"] == "keep"

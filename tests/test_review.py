@@ -81,7 +81,7 @@ def night(tmp_path_factory):
                                          "--budget", "1"], catch_exceptions=False)
             assert result.exit_code == 0, result.output
             fake.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
-            loop = ResearchLoop(Workspace.find(), LLMAgent(model="llama-local", base_url=fake.base_url, max_retries=0),
+            loop = ResearchLoop(Workspace.find(), LLMAgent(model="llama-local", base_url=fake.base_url),
                                 CtrlCAtExperiment(2))
             with pytest.raises(KeyboardInterrupt):
                 loop.start(RunOptions(tag="local", max_experiments=5, budget_seconds=1))
@@ -526,11 +526,13 @@ def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):
             self.calls.append((prompt_tokens, completion_tokens, cost))
 
     fake_llm.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
+    fake_llm.set_check_script([{"content": "ok", "usage": {"prompt_tokens": 10, "completion_tokens": 1}}])
     reporter = Tokens()
-    loop = ResearchLoop(Workspace.find(), LLMAgent(model="gpt-5-mini", base_url=fake_llm.base_url, max_retries=0),
+    loop = ResearchLoop(Workspace.find(), LLMAgent(model="gpt-5-mini", base_url=fake_llm.base_url),
                         reporter)
     loop.start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
-    assert reporter.calls == [(1000, 200, pytest.approx(CALL_COST))]
+    check_cost = (10 * 0.25 + 1 * 2.0) / 1e6
+    assert reporter.calls == [(10, 1, pytest.approx(check_cost)), (1000, 200, pytest.approx(CALL_COST))]
 
 
 def console_for(stream):

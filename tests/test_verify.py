@@ -33,7 +33,7 @@ def noisy(tmp_path, monkeypatch):
 
 def run_loop(fake_llm, script, max_experiments=2, tag="t"):
     fake_llm.set_script(script)
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
     ResearchLoop(Workspace.find(), agent).start(RunOptions(tag=tag, max_experiments=max_experiments))
 
 
@@ -85,7 +85,7 @@ def test_a_lucky_keep_of_the_naive_rule_does_not_survive_verify(noisy, fake_llm)
     value = next(f"0.500000{i}" for i in range(1, 100) if val_noise(0, float(f"0.500000{i}")) < val_noise(0) - 0.005)
     lucky = reply("a better learning rate", "LEARNING_RATE = 0.5", f"LEARNING_RATE = {value}")
     fake_llm.set_script([lucky])
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, max_retries=0)
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
     ResearchLoop(Workspace.find(), agent).start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
     assert Ledger(noisy / "runs/ledger.db").experiments("t")[1]["outcome"] == "keep"  # the naive rule kept it
     result = invoke("verify", "--seeds", "5")

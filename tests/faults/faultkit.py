@@ -46,8 +46,7 @@ class RecordingReporter(Reporter):
 
 def make_loop(fake_llm, script: list, kill_wait: float = KILL_WAIT, **agent_options) -> ResearchLoop:
     fake_llm.set_script(script)
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, **{"max_retries": 0, "request_timeout": 5,
-                                                                        **agent_options})
+    agent = LLMAgent(**{"model": "fake-model", "base_url": fake_llm.base_url, "request_timeout": 5, **agent_options})
     return ResearchLoop(Workspace.find(), agent, reporter=RecordingReporter(),
                         executor=LocalExecutor(kill_wait_seconds=kill_wait))
 

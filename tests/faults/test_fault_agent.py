@@ -8,21 +8,26 @@ proposal that is not a real, new change.
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import time
 
 import pytest
 from conftest import reply
-from faultkit import BETTER, TAG, assert_consistent, make_loop, run_with, small_options
+from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, make_loop, run_with, small_options,
+                      tool_env)
 from typer.testing import CliRunner
 
-from autoresearch.agents import MAX_REPLY_CHARS
+from autoresearch.agents import MAX_REPLY_CHARS, LLMAgent
 from autoresearch.cli import app
+from autoresearch.console import PlainReporter
 from autoresearch.ledger import Ledger
-from autoresearch.loop import StopRun
+from autoresearch.loop import ResearchLoop, StopRun
+from autoresearch.workspace import Workspace
 
 WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")
+CALL_MARGIN = 0.5  # seconds a failed call may take past --llm-timeout (a thread to start, a loaded machine)
 
 
 def closed_port_url() -> str:
@@ -47,29 +52,23 @@ def prompt_of(request: dict) -> str:
 
 # --- the endpoint fails
 
-def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls(workspace, fake_llm):
+def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls_before_anything_trains(workspace, fake_llm):
     url = closed_port_url()
-
-    def loop_factory():
-        loop = make_loop(fake_llm, [])
-        loop.agent.client = loop.agent.client.with_options(base_url=url)
-        return loop
-
-    message, rows, run = stopped_run(workspace, loop_factory, max_agent_failures=3)
-    assert message.startswith("run t stopped: the LLM endpoint failed 3 times in a row (last: Connection error")
-    assert len(message.splitlines()) == 1
+    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [BETTER], base_url=url),
+                                     max_agent_failures=3)
+    assert message == (f"run t stopped: the LLM endpoint failed 3 times in a row (last: cannot reach {url} "
+                       "(Connection error.))")
     assert run["status"] == "stopped"
-    assert [r["outcome"] for r in rows] == ["keep", "interrupted"]
-    assert "failed 3 times in a row" in rows[1]["reason"]
-    calls = Ledger(workspace / "runs/ledger.db").llm_calls(TAG, 1)
-    assert len(calls) == 3 and all(c["error"] for c in calls)
-    assert_consistent(workspace, rows)
+    assert rows == [] and not (workspace / "runs/t/0.log").exists()  # the baseline never trained
+    calls = Ledger(workspace / "runs/ledger.db").llm_calls(TAG, 0)
+    assert [c["attempt"] for c in calls] == [0, 0, 0] and all(url in c["error"] for c in calls)
 
 
 def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm):
     message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [
         {"status": 401, "body": {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}}]))
-    assert "refused the API key" in message and "Incorrect API key provided" in message
+    assert message == (f"run t stopped: the LLM endpoint {fake_llm.base_url} refused the API key (401 Incorrect "
+                       "API key provided); set OPENAI_API_KEY to a key it accepts")
     assert len(fake_llm.requests) == 1
     assert run["status"] == "stopped" and rows[1]["outcome"] == "interrupted"
     assert_consistent(workspace, rows)
@@ -93,7 +92,7 @@ def test_endpoint_failures_are_retried_and_the_run_goes_on(workspace, fake_llm, 
 def test_endpoint_that_keeps_failing_with_500_stops_the_run(workspace, fake_llm):
     message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
                                      max_agent_failures=4)
-    assert "failed 4 times in a row (last: 500" in message
+    assert f"failed 4 times in a row (last: {fake_llm.base_url} answered 500 scripted failure)" in message
     assert len(fake_llm.requests) == 4
     assert_consistent(workspace, rows)
 
@@ -104,8 +103,35 @@ def test_endpoint_slower_than_the_timeout_is_retried(workspace, fake_llm):
     rows = loop.ledger.experiments(TAG)
     assert rows[1]["outcome"] == "keep" and rows[1]["description"] == "lower the learning rate"
     calls = loop.ledger.llm_calls(TAG, 1)
-    assert "timed out" in calls[0]["error"].lower() and calls[0]["latency_seconds"] < 2
+    assert calls[0]["error"] == f"no answer from {fake_llm.base_url} within 0.5s"
+    assert calls[0]["latency_seconds"] < 0.5 + CALL_MARGIN
+    assert len(fake_llm.requests) == 2  # one request per call: the client does not retry behind the loop's back
     assert_consistent(workspace, rows)
+
+
+def test_endpoint_that_answers_a_byte_at_a_time_fails_within_the_timeout(workspace, fake_llm):
+    # Each byte comes long before the client's read timeout, the whole answer long after --llm-timeout.
+    loop = make_loop(fake_llm, [{"trickle": 0.05, "content": WORSE}, BETTER], request_timeout=1)
+    started = time.monotonic()
+    loop.start(small_options(tag=TAG, max_experiments=2))
+    calls = loop.ledger.llm_calls(TAG, 1)
+    assert calls[0]["error"] == f"no answer from {fake_llm.base_url} within 1s"
+    assert calls[0]["latency_seconds"] < 1 + CALL_MARGIN
+    assert loop.ledger.experiments(TAG)[1]["description"] == "lower the learning rate"
+    assert time.monotonic() - started < 10  # the trickled answer alone would take about 30 s
+
+
+def test_ctrl_c_while_waiting_for_a_slow_endpoint_stops_at_once(workspace, fake_llm):
+    fake_llm.set_script([{"delay": 30, "content": BETTER}])
+    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--llm-timeout", "60", env=tool_env(fake_llm))
+    assert tool.wait_for("experiment 1: proposing"), tool.stderr()
+    time.sleep(0.3)
+    started = time.monotonic()
+    tool.interrupt()
+    assert tool.wait(10) == 130
+    assert time.monotonic() - started < 5  # the wait for the answer is interrupted, not sat out
+    rows = Ledger(workspace / "runs/ledger.db").experiments(TAG)
+    assert (rows[1]["outcome"], rows[1]["reason"]) == ("interrupted", "stopped by the person (Ctrl-C)")
 
 
 def test_backoff_doubles_and_is_capped(workspace, fake_llm):
@@ -188,5 +214,34 @@ def test_cli_llm_timeout_bounds_a_slow_endpoint(workspace, fake_llm, monkeypatch
     started = time.monotonic()
     result = CliRunner().invoke(app, ["run", "--tag", TAG, "--llm-timeout", "0.3", "--max-agent-failures", "2",
                                       "--agent-backoff", "0.01", "--noise-runs", "0"], catch_exceptions=False)
-    assert result.exit_code == 1 and "failed 2 times in a row (last: Request timed out" in result.output
+    assert result.exit_code == 1
+    assert f"failed 2 times in a row (last: no answer from {fake_llm.base_url} within 0.3s)" in result.output
+    assert len(fake_llm.requests) == 2  # one request per failed call
+    calls = Ledger(workspace / "runs/ledger.db").llm_calls(TAG, 1)
+    assert all(call["latency_seconds"] < 0.3 + CALL_MARGIN for call in calls)
     assert time.monotonic() - started < 15  # two calls cut at 0.3 s, not two waits of 30 s
+
+
+# --- how a failed call reads
+
+def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(workspace, fake_llm):
+    fake_llm.set_script([{"status": 500}, BETTER])
+    fake_llm.set_check_script([{"content": "ok", "usage": {"prompt_tokens": 12, "completion_tokens": 1}}])
+    stream = io.StringIO()
+    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
+    ResearchLoop(Workspace.find(), agent, PlainReporter(stream)).start(small_options(tag=TAG, max_experiments=2))
+    lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
+    assert "LLM call, 12 + 1 tokens, -; run so far: tokens 13 (12 in, 1 out), cost -" in lines  # the check
+    assert (f"experiment 1: LLM call failed: {fake_llm.base_url} answered 500 scripted failure; trying again in "
+            "0.01s") in lines
+    assert not any("0 + 0 tokens" in line for line in lines)
+
+
+@pytest.mark.parametrize("failures, said", [
+    (1, "the LLM endpoint failed once ({url} answered 500 scripted failure)"),
+    (2, "the LLM endpoint failed 2 times in a row (last: {url} answered 500 scripted failure)"),
+])
+def test_the_count_of_failed_calls_reads_as_english(workspace, fake_llm, failures, said):
+    message, _, _ = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
+                                max_agent_failures=failures)
+    assert message == "run t stopped: " + said.format(url=fake_llm.base_url)

@@ -1,0 +1,120 @@
+"""What an OpenAI-compatible endpoint says when it refuses, and a bound on how long one call may take.
+
+Servers word the same refusal differently; this module reads the few that change what the tool
+does: a prompt longer than the model's context (OpenAI's `context_length_exceeded`, vLLM's and
+llama-cpp-python's "maximum context length is N tokens", llama.cpp's `exceed_context_size_error`
+with `n_prompt_tokens` and `n_ctx`, LM Studio's "context length of only N tokens", Ollama's "the
+input length exceeds the context length"), and a completion limit sent under the name the model
+does not take (OpenAI's reasoning models want `max_completion_tokens`, not `max_tokens`).
+
+The `openai` client's timeout bounds the connection and each read, not the whole answer: a server
+that sends a byte every few seconds never trips it. `call_within` bounds the whole call.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the openai client's own default
+
+T = TypeVar("T")
+
+
+class CallTimedOut(Exception):
+    """The call gave no complete answer within its time."""
+
+
+def call_within(seconds: float, call: Callable[[], T]) -> T:
+    """call() in a worker thread, waited for at most `seconds`; raises CallTimedOut past that.
+
+    A worker left behind ends with its request (each read still has the client's timeout); it only
+    holds the answer, so nothing of the run is touched by it. The wait is interruptible by Ctrl-C.
+    """
+    outcome: dict[str, object] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # handed to the caller's thread as it is
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="llm-call", daemon=True).start()
+    if not done.wait(seconds):
+        raise CallTimedOut(f"no complete answer within {seconds:g}s")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def server_message(exc: Exception) -> str:
+    """The server's own words for a failed request, after its HTTP status when there is one."""
+    status = getattr(exc, "status_code", None)
+    return f"{status} {_said(exc)}" if status else _said(exc)
+
+
+def _said(exc: Exception) -> str:
+    """The error's message (a JSON body's `message`, or a body that is only text), else the exception's first line."""
+    body = getattr(exc, "body", None)
+    text = body.get("message") if isinstance(body, dict) else body
+    if isinstance(text, str) and text.strip():
+        return " ".join(text.split())
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"^Error code: \d+( - )?", "", text) or type(exc).__name__  # the openai client's prefix
+
+
+# --- the prompt does not fit the model's context
+
+@dataclass(frozen=True)
+class ContextOverflow:
+    """A request refused for its length: the model's context and the prompt's size, when the server said."""
+
+    context_tokens: int | None
+    prompt_tokens: int | None
+
+
+OVERFLOW_MARKERS = ("context_length_exceeded", "exceed_context_size_error", "maximum context length",
+                    "exceeds the available context size", "context length of only", "maximum model length",
+                    "input length exceeds the context length", "exceeds the context window",
+                    "larger than the max context size", "exceed context window")
+CONTEXT_PATTERNS = (r"maximum context length is (\d+)", r"context length of only (\d+)",
+                    r"available context size \((\d+) tokens\)", r"maximum model length of (\d+)",
+                    r"max context size \((\d+) tokens\)", r"exceed context window of (\d+)")
+PROMPT_PATTERNS = (r"request \((\d+) tokens\) exceeds", r"input \((\d+) tokens\) is larger",
+                   r"messages resulted in (\d+) tokens", r"\((\d+) in the messages",
+                   r"prompt contains (?:at least )?(\d+) input tokens", r"request has (\d+) input tokens",
+                   r"prompt \(length (\d+)\)", r"Requested tokens \((\d+)\)")
+
+
+def context_overflow(exc: Exception) -> ContextOverflow | None:
+    """What a refusal says about the context, or None when it is not about the prompt's length."""
+    body = getattr(exc, "body", None)
+    fields = body if isinstance(body, dict) else {}
+    text = " ".join(str(part) for part in (_said(exc), fields.get("code"), fields.get("type")) if part)
+    if not any(marker in text.lower() for marker in OVERFLOW_MARKERS):
+        return None
+    return ContextOverflow(context_tokens=_count(fields.get("n_ctx"), text, CONTEXT_PATTERNS),
+                           prompt_tokens=_count(fields.get("n_prompt_tokens"), text, PROMPT_PATTERNS))
+
+
+def _count(field: object, text: str, patterns: tuple[str, ...]) -> int | None:
+    """A token count from the error's own field, else from the first pattern its message matches."""
+    if isinstance(field, int) and field > 0:
+        return field
+    for pattern in patterns:
+        match = re.search(pattern, text, re.IGNORECASE)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+# --- the completion limit's name
+
+def wants_max_completion_tokens(exc: Exception) -> bool:
+    """A 400 saying the model refuses `max_tokens` and takes `max_completion_tokens` (OpenAI's reasoning models)."""
+    return getattr(exc, "status_code", None) == 400 and "max_completion_tokens" in server_message(exc)
