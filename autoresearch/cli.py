@@ -349,6 +349,11 @@ def verify(tag: Optional[str] = typer.Option(None, "--tag", help="Run to verify 
              f"{plural(len(result.seeds), 'new seed')} each ({result.direction} is better)"]
     for split, name, interval in (("validation", result.metric, result.val), ("test", result.test_metric, result.test)):
         lines.append(f"  {split:<10} {name}: " + (format_interval(interval) if interval else "no interval"))
+    own = {r["role"].split()[-1]: r for r in result.runs if r["role"].startswith("own ") and r["outcome"] == "ok"}
+    if own:
+        lines.append(f"  the run's own models on the test split: " + ", ".join(
+            f"{role} {result.test_metric} {format_metric(own[role]['test_metric'])}" for role in ("baseline", "best")
+            if role in own))
     failed = [r for r in result.runs if r["outcome"] != "ok"]
     if failed:
         lines.append(f"  {len(failed)} of {plural(len(result.runs), 'training')} failed; first: "

@@ -1,14 +1,14 @@
-"""The guard: what must hold before a candidate is trained, and after.
+"""The guard: what must hold before a candidate is trained.
 
-Before: only the recipe's editable files changed, its fixed files are unchanged, every Python
-file compiles. After the training: the fixed files still hash the same (a training script that
-writes to prepare.py is caught and the file restored by the loop).
+Only the recipe's editable files changed, its fixed files are unchanged, every Python file
+compiles; and one digest of the editable files tells duplicates apart. What a training does to
+files while it runs does not matter any more: it runs in a throwaway copy of its commit, and the
+harness evaluates with the fixed files as committed at the run's start (trainer.py, evaluation.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 from autoresearch.recipe import Recipe
 
@@ -28,19 +28,6 @@ def editable_digest(recipe: Recipe, files: dict[str, str]) -> str:
     files are never part of it (they cannot differ between experiments of a run).
     """
     return files_hash({name: files[name] for name in recipe.editable})
-
-
-def hash_fixed_files(recipe_dir: Path, names: tuple[str, ...]) -> dict[str, str | None]:
-    """sha256 of each fixed file as it is on disk; None for a file that is missing."""
-    hashes: dict[str, str | None] = {}
-    for name in names:
-        path = Path(recipe_dir) / name
-        hashes[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-    return hashes
-
-
-def changed_fixed_files(before: dict[str, str | None], after: dict[str, str | None]) -> list[str]:
-    return sorted(name for name in before if before[name] != after.get(name))
 
 
 def check_candidate(recipe: Recipe, changed: dict[str, str]) -> str | None:

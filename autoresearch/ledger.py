@@ -138,14 +138,29 @@ MIGRATIONS: list[str] = [
     ALTER TABLE experiments ADD COLUMN model TEXT;
     CREATE INDEX experiments_by_agent ON experiments(tag, agent, model, number);
     """,
+    # 5: trusted measurement (docs/trust.md): the sandbox level in force, the harness's evaluation of each
+    # saved model (its numbers, its time), the steal the harness measured, and the model itself (kept or not)
+    """
+    ALTER TABLE runs ADD COLUMN sandbox TEXT;
+    ALTER TABLE training_runs ADD COLUMN sandbox TEXT;
+    ALTER TABLE training_runs ADD COLUMN evaluation_json TEXT;
+    ALTER TABLE training_runs ADD COLUMN evaluation_seconds REAL;
+    ALTER TABLE training_runs ADD COLUMN stolen_seconds REAL;
+    ALTER TABLE training_runs ADD COLUMN model_path TEXT;
+    ALTER TABLE training_runs ADD COLUMN model_bytes INTEGER;
+    ALTER TABLE training_runs ADD COLUMN model_sha256 TEXT;
+    ALTER TABLE experiments ADD COLUMN evaluation_json TEXT;
+    """,
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
                       "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
                       "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds",
-                      "decision_json", "agent", "model")
+                      "decision_json", "agent", "model", "evaluation_json")
 # Every table with a row per run or per part of a run, children before the runs they refer to.
 RUN_TABLES = ("llm_calls", "training_runs", "verifications", "experiments", "runs")
+TRAINING_RUN_EXTRAS = frozenset({"evaluation_json", "evaluation_seconds", "sandbox", "stolen_seconds", "model_path",
+                                 "model_bytes", "model_sha256"})
 TRAINING_RUN_KINDS = ("first", "noise", "confirm")  # the baseline's extra runs are `noise`, a candidate's `confirm`
 
 
@@ -287,8 +302,9 @@ class Ledger:
     def update_experiment(self, tag: str, number: int, **fields) -> None:
         if "summary" in fields:
             fields["summary_json"] = json.dumps(fields.pop("summary"), sort_keys=True)
-        if "decision" in fields:
-            fields["decision_json"] = json.dumps(fields.pop("decision"), sort_keys=True)
+        for name in ("decision", "evaluation"):
+            if name in fields:
+                fields[f"{name}_json"] = json.dumps(fields.pop(name), sort_keys=True)
         unknown = set(fields) - set(EXPERIMENT_COLUMNS)
         if unknown:
             raise ValueError(f"unknown experiment fields: {sorted(unknown)}")
@@ -336,12 +352,30 @@ class Ledger:
         return cursor.lastrowid
 
     def finish_training_run(self, run_id: int, outcome: str, reason: str | None = None, metric: float | None = None,
-                            summary: dict | None = None, seconds: float | None = None) -> None:
-        """Outcome `ok` (metric measured), or the failure's outcome (crash, timeout, invalid, interrupted)."""
-        self._db.execute("UPDATE training_runs SET outcome = ?, reason = ?, metric = ?, summary_json = ?, seconds = ?,"
-                         " finished_at = ? WHERE id = ?",
+                            summary: dict | None = None, seconds: float | None = None, **fields) -> None:
+        """Outcome `ok` (metric measured), or the failure's outcome (crash, timeout, invalid, interrupted).
+
+        `fields` may add the evaluation's numbers (`evaluation`), its seconds, the sandbox level, the
+        measured steal and the saved model's path, size and sha256.
+        """
+        if "evaluation" in fields:
+            evaluation = fields.pop("evaluation")
+            fields["evaluation_json"] = None if evaluation is None else json.dumps(evaluation, sort_keys=True)
+        unknown = set(fields) - TRAINING_RUN_EXTRAS
+        if unknown:
+            raise ValueError(f"unknown training run fields: {sorted(unknown)}")
+        assignments = "".join(f", {name} = ?" for name in fields)
+        self._db.execute(f"UPDATE training_runs SET outcome = ?, reason = ?, metric = ?, summary_json = ?, seconds = ?,"
+                         f" finished_at = ?{assignments} WHERE id = ?",
                          (outcome, reason, metric, json.dumps(summary or {}, sort_keys=True), seconds, now_iso(),
-                          run_id))
+                          *fields.values(), run_id))
+
+    def forget_model(self, run_id: int) -> None:
+        """The saved model of a training run was deleted (its size and hash stay on record)."""
+        self._db.execute("UPDATE training_runs SET model_path = NULL WHERE id = ?", (run_id,))
+
+    def set_run_sandbox(self, tag: str, level: str) -> None:
+        self._db.execute("UPDATE runs SET sandbox = ? WHERE tag = ?", (level, tag))
 
     def training_runs(self, tag: str, experiment: int | None = None) -> list[dict]:
         """Every training run of a run (or of one experiment): first runs, noise and confirmation runs, in order."""
@@ -472,9 +506,10 @@ def _experiment_dict(row: sqlite3.Row | dict) -> dict:
     data = row if isinstance(row, dict) else dict(row)
     if "summary_json" in data:
         data["summary"] = json.loads(data.pop("summary_json") or "{}")
-    if "decision_json" in data:
-        decision = data.pop("decision_json")
-        data["decision"] = json.loads(decision) if decision else None
+    for name in ("decision", "evaluation"):
+        if f"{name}_json" in data:
+            value = data.pop(f"{name}_json")
+            data[name] = json.loads(value) if value else None
     return data
 
 

@@ -10,7 +10,9 @@ the ledger, which is what makes `--resume` possible.
 
 from __future__ import annotations
 
+import os
 import shlex
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,23 +22,26 @@ from autoresearch.console import Reporter, times
 from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
-from autoresearch.guard import changed_fixed_files, check_candidate, editable_digest, hash_fixed_files
+from autoresearch.evaluation import HarnessFiles, prepare_data
+from autoresearch.guard import check_candidate, editable_digest
 from autoresearch.ledger import Ledger, now_iso
 from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
 from autoresearch.prompts import AgentContext, LineageEntry
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import LivePrices
-from autoresearch.recovery import LedgerGuard, reconcile, run_marker
+from autoresearch.recovery import reconcile, run_marker
 from autoresearch.review import run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.settings import RunOptions, check_options, override_records, stored_settings
-from autoresearch.runner import Executor, LocalExecutor, TrainingResult, is_finite, recipe_job
+from autoresearch.runner import Executor, LocalExecutor
 from autoresearch.spending import SpendingCap, run_spending
+from autoresearch.trainer import (SCRATCH_DIR, RunContext, Trained, Trainer, TrainingRequest, information_only)
 from autoresearch.workspace import Workspace, check_tag
 
 WORKTREE_DIR = "worktree"
 RESULTS_FILE = "results.tsv"
+PREPARE_LOG = "prepare.log"
 BASELINE_DESCRIPTION = "baseline: the unmodified recipe"
 MAX_BACKOFF_SECONDS = 300.0
 
@@ -72,6 +77,7 @@ class RunState:
     noise: NoiseFloor = field(default_factory=lambda: NoiseFloor(std=None, runs=0))
     best_runs: list[float] = field(default_factory=list)  # the best commit's metric in each of its runs
     noise_groups: list[list[float]] = field(default_factory=list)  # each multi-seed commit's metrics
+    trainer: Trainer | None = None  # made once the data is prepared, before the first training
 
     @property
     def recipe_dir(self) -> Path:
@@ -296,6 +302,8 @@ class ResearchLoop:
                 if not checked:  # before anything trains: a wrong URL, key or model costs no training
                     self._check_agent(state, options)
                     checked = True
+                if state.trainer is None:
+                    state.trainer = self._make_trainer(state)
                 if state.best_metric is None:
                     self._baseline(state, options)
                 else:
@@ -337,17 +345,18 @@ class ResearchLoop:
         with self._closing_on_interrupt(state, number):
             files = self._read_files(state, state.recipe.editable)
             self.ledger.update_experiment(state.tag, number, files_hash=editable_digest(state.recipe, files))
-            result, tampered = self._train(state, options, number, BASELINE_DESCRIPTION)
-            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            trained = self._train(state, options, number, BASELINE_DESCRIPTION)
+            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             decision = None
             if outcome is None:
                 outcome = "keep"
                 metric, decision = self._measure_noise(state, options, number, metric)
-            self._close_experiment(state, number, outcome, reason, metric, result=result,
+            self._close_experiment(state, number, outcome, reason, metric, trained=trained,
                                    commit=state.best_commit, files=files, decision=decision)
         if outcome != "keep":
+            log = trained.evaluation.log_path if trained.evaluation else trained.result.log_path
             raise StopRun(f"the baseline (the unmodified recipe) failed with {outcome}"
-                          f"{': ' + reason if reason else ''}; see {result.log_path}", baseline_failed=True)
+                          f"{': ' + reason if reason else ''}; see {log}", baseline_failed=True)
 
     def _experiment(self, state: RunState, options: RunOptions) -> None:
         number = self._open_experiment(state, options, parent_sha=state.best_commit)
@@ -387,14 +396,14 @@ class ResearchLoop:
                                                paths=[f"{state.recipe_path}/{name}" for name in candidate.changed])
             state.worktree.set_ref(f"{EXPERIMENT_REF_PREFIX}{state.tag}/{number}", commit)
             self.ledger.update_experiment(state.tag, number, commit_sha=commit)
-            result, tampered = self._train(state, options, number, candidate.description)
+            trained = self._train(state, options, number, candidate.description)
             self.reporter.phase("deciding")
-            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             decision = None
             if outcome is None:
                 outcome, reason, metric, decision = self._confirm(state, options, number, candidate.description,
                                                                   metric)
-            self._close_experiment(state, number, outcome, reason, metric, result=result, commit=commit,
+            self._close_experiment(state, number, outcome, reason, metric, trained=trained, commit=commit,
                                    files=new_editable, decision=decision)
 
     def _check_agent(self, state: RunState, options: RunOptions) -> None:
@@ -441,60 +450,34 @@ class ResearchLoop:
         cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None
         self.reporter.tokens_used(prompt_tokens, completion_tokens, cost)
 
+    def _make_trainer(self, state: RunState) -> Trainer:
+        """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox."""
+        run = self.ledger.run(state.tag)
+        run_dir = self.workspace.run_dir(state.tag)
+        context = RunContext(tag=state.tag, recipe=state.recipe, recipe_path=state.recipe_path,
+                             repo_root=self.workspace.git_root, base_commit=run["base_commit"], run_dir=run_dir,
+                             budget_seconds=state.budget_seconds, marker=run_marker(run_dir), worktree=state.worktree)
+        if state.recipe.prepare:
+            self.reporter.note(f"run {state.tag}: preparing the data ({state.recipe.prepare})")
+        with HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, state.recipe,
+                          run_dir / SCRATCH_DIR) as folder:
+            prepare_data(self.executor, state.recipe, folder, run_dir / PREPARE_LOG, context.marker)
+        self.ledger.set_run_sandbox(state.tag, context.sandbox_level)
+        return Trainer(context, self.ledger, self.executor, self.reporter)
+
     def _train(self, state: RunState, options: RunOptions, number: int, description: str, attempt: int = 0,
-               kind: str = "first") -> tuple[TrainingResult, list[str]]:
-        """Run the training; fixed files that changed meanwhile are reported and restored from git.
+               kind: str = "first") -> Trained:
+        """One training run of the branch's head and the harness's evaluation of its model (trainer.py).
 
         Attempt 0 is the experiment's first run; later attempts are its noise or confirmation runs,
-        each with its own derived seed and log. Every run has a row in `training_runs`.
+        each with its own derived seed, log and model folder. Every run has a row in `training_runs`.
         """
-        recipe = state.recipe
-        before = hash_fixed_files(state.recipe_dir, recipe.fixed)
         self.reporter.phase("training", description, budget=state.budget_seconds,
-                            grace=recipe.grace(state.budget_seconds))
-        seed = derive_seed(options.seed, number, attempt)
-        log_path = self.workspace.run_dir(state.tag) / (f"{number}.log" if attempt == 0 else f"{number}.{attempt}.log")
-        job = recipe_job(recipe, state.recipe_dir, log_path, state.budget_seconds, seed,
-                         run_marker(self.workspace.run_dir(state.tag)))
-        head = state.worktree.head_commit()
-        run_id = self.ledger.start_training_run(state.tag, number, attempt, kind, seed, head, str(log_path))
-        ledger_guard = LedgerGuard(self.ledger, self.workspace.run_dir(state.tag), state.tag)
-        problem = ledger_guard.before()
-        if problem:
-            self.reporter.note(problem)
-        try:
-            result = self.executor.run(job, on_output=self.reporter.training_output)
-        except BaseException:
-            self.ledger.finish_training_run(run_id, "interrupted", "stopped during training")
-            raise
-        tampered = changed_fixed_files(before, hash_fixed_files(state.recipe_dir, recipe.fixed))
-        if tampered:
-            state.worktree.restore_paths("HEAD", [f"{state.recipe_path}/{name}" for name in tampered])
-        tampered += self._check_after_training(state, ledger_guard, head, result)
-        if recipe.test_metric and recipe.test_metric in result.summary:
-            tampered.append(f"the test split (it printed {recipe.test_metric})")
-        outcome, reason, metric = classify(result, recipe.metric, tampered, state.budget_seconds)
-        self.ledger.finish_training_run(run_id, outcome or "ok", reason, metric, result.summary, result.seconds)
-        return result, tampered
-
-    def _check_after_training(self, state: RunState, ledger_guard: LedgerGuard, head: str,
-                              result: TrainingResult) -> list[str]:
-        """What the training touched outside its own files, each put back; returns what it touched.
-
-        The ledger is restored from the copy taken before the training; a branch the script moved
-        (a commit, a reset) and tracked files it changed go back to the experiment's commit.
-        """
-        touched = []
-        if ledger_guard.after():
-            touched.append("the ledger")
-            self.reporter.note(f"the training changed or removed {self.ledger.path}; restored it")
-        if state.worktree.head_commit() != head:
-            touched.append("the run branch")
-        if touched or not state.worktree.is_clean():
-            state.worktree.reset_hard(head)
-        if result.log_error:
-            self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
-        return touched
+                            grace=state.recipe.grace(state.budget_seconds))
+        request = TrainingRequest(number=number, attempt=attempt, kind=kind,
+                                  seed=derive_seed(options.seed, number, attempt),
+                                  commit=state.worktree.head_commit(), description=description)
+        return state.trainer.train(request)
 
     # --- the noise floor and confirmation runs (docs/noise.md)
 
@@ -504,15 +487,15 @@ class ResearchLoop:
         metrics, seeds = [first_metric], [derive_seed(options.seed, number, 0)]
         for attempt in range(1, options.noise_runs + 1):
             seed = derive_seed(options.seed, number, attempt)
-            result, tampered = self._train(state, options, number, f"{BASELINE_DESCRIPTION} (noise run {attempt} "
-                                           f"of {options.noise_runs}, seed {seed})", attempt=attempt, kind="noise")
-            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            trained = self._train(state, options, number, f"{BASELINE_DESCRIPTION} (noise run {attempt} "
+                                  f"of {options.noise_runs}, seed {seed})", attempt=attempt, kind="noise")
+            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             if outcome is None:
                 metrics.append(metric)
                 seeds.append(seed)
             else:
                 self.reporter.note(f"noise run {attempt} of the baseline failed ({outcome}: {reason}); "
-                                   f"see {result.log_path}")
+                                   f"see {trained.result.log_path}")
         state.noise_groups = []
         self._refine_noise(state, metrics)
         return mean(metrics), {"verdict": "keep", "metrics": metrics, "seeds": seeds, "noise_std": state.noise.std,
@@ -543,10 +526,9 @@ class ResearchLoop:
                 break
             attempt = len(metrics)
             seed = derive_seed(options.seed, number, attempt)
-            result, tampered = self._train(state, options, number, f"{description} (confirmation run {attempt} of "
-                                           f"at most {options.confirm_runs}, seed {seed})", attempt=attempt,
-                                           kind="confirm")
-            outcome, reason, metric = classify(result, state.recipe.metric, tampered, state.budget_seconds)
+            trained = self._train(state, options, number, f"{description} (confirmation run {attempt} of "
+                                  f"at most {options.confirm_runs}, seed {seed})", attempt=attempt, kind="confirm")
+            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             if outcome is not None:
                 failed = "invalid" if outcome == "invalid" else "discard"
                 return failed, f"confirmation run {attempt} (seed {seed}): {outcome}: {reason}", mean(metrics), record
@@ -588,13 +570,18 @@ class ResearchLoop:
         return number
 
     def _close_experiment(self, state: RunState, number: int, outcome: str, reason: str | None,
-                          metric: float | None, result: TrainingResult | None = None, commit: str | None = None,
+                          metric: float | None, trained: Trained | None = None, commit: str | None = None,
                           files: dict[str, str] | None = None, **fields) -> None:
-        """Write the outcome, then move the branch: to this commit if kept, else back to the best."""
+        """Write the outcome, then move the branch: to this commit if kept, else back to the best.
+
+        The models of its training runs are deleted then, but for the baseline's and the best's.
+        """
         best_before = state.best_metric
-        if result is not None:
-            fields.update(summary=result.summary, log_path=str(result.log_path), train_seconds=result.seconds,
-                          log_tail=result.log_tail if outcome != "keep" else None)
+        if trained is not None:
+            result = trained.result
+            fields.update(summary=information_only(result.summary, state.recipe), log_path=str(result.log_path),
+                          train_seconds=result.seconds, log_tail=failure_tail(trained) if outcome != "keep" else None,
+                          evaluation=None if trained.evaluation is None else trained.evaluation.values)
         self.ledger.update_experiment(state.tag, number, outcome=outcome, reason=reason, metric=metric,
                                       best_before=best_before, finished_at=now_iso(),
                                       total_seconds=time.monotonic() - self._started, **fields)
@@ -607,8 +594,9 @@ class ResearchLoop:
             if state.baseline_metric is None:
                 state.baseline_metric = metric
         self._rewind(state)
+        self._settle_models(state.tag)
         row = self.ledger.experiment(state.tag, number)
-        self._append_results_tsv(state, row)
+        self._write_results_tsv(state)
         self.reporter.experiment_finished({**row, "metric_name": state.recipe.metric}, state.best_metric,
                                           state.baseline_metric)
 
@@ -619,20 +607,37 @@ class ResearchLoop:
     def _closing_on_interrupt(self, state: RunState, number: int):
         return _ExperimentGuard(self, state, number)
 
-    def _append_results_tsv(self, state: RunState, row: dict) -> None:
+    def _write_results_tsv(self, state: RunState) -> None:
+        """runs/<tag>/results.tsv, written afresh from the ledger (never appended to: nothing else writes it)."""
         path = self.workspace.run_dir(state.tag) / RESULTS_FILE
-        new = not path.exists()
-        memory_mb = row["summary"].get("peak_memory_mb") or 0.0
-        metric = row["metric"] if row["metric"] is not None else 0.0
-        description = (row.get("description") or "").replace("\t", " ").replace("\n", " ")
-        line = f"{(row['commit_sha'] or '-')[:7]}\t{metric:.6f}\t{memory_mb / 1024:.1f}\t{row['outcome']}\t{description}\n"
+        lines = [f"commit\t{state.recipe.metric}\tmemory_gb\tstatus\tdescription\n"]
+        for row in self.ledger.experiments(state.tag, ("commit_sha", "metric", "summary_json", "outcome", "description")):
+            if row["outcome"] == "running":
+                continue
+            memory_mb = row["summary"].get("peak_memory_mb") or 0.0
+            metric = row["metric"] if row["metric"] is not None else 0.0
+            description = (row.get("description") or "").replace("\t", " ").replace("\n", " ")
+            lines.append(f"{(row['commit_sha'] or '-')[:7]}\t{metric:.6f}\t{memory_mb / 1024:.1f}\t{row['outcome']}"
+                         f"\t{description}\n")
+        staging = path.with_name(path.name + ".writing")
         try:
-            with open(path, "a") as handle:
-                if new:
-                    handle.write(f"commit\t{state.recipe.metric}\tmemory_gb\tstatus\tdescription\n")
-                handle.write(line)
+            staging.write_text("".join(lines))
+            os.replace(staging, path)
         except OSError as exc:
-            self.reporter.note(f"could not append to {path}: {exc.strerror or exc}")
+            self.reporter.note(f"could not write {path}: {exc.strerror or exc}")
+
+    def _settle_models(self, tag: str) -> None:
+        """Keep the saved models of the baseline's and the best's first runs; delete every other one.
+
+        `verify` evaluates those two on the test split; the others are not needed once decided, and a
+        model can be large. Each deleted model's size and sha256 stay in the ledger.
+        """
+        kept = self.ledger.experiments(tag, ("number",), outcome="keep")
+        keep = {(kept[0]["number"], 0), (kept[-1]["number"], 0)} if kept else set()
+        for run in self.ledger.training_runs(tag):
+            if run.get("model_path") and run["outcome"] != "running" and (run["experiment"], run["attempt"]) not in keep:
+                shutil.rmtree(run["model_path"], ignore_errors=True)
+                self.ledger.forget_model(run["id"])
 
     # --- what the agent is shown
 
@@ -704,37 +709,9 @@ class _ExperimentGuard:
         return False
 
 
-OOM_MARKERS = ("out of memory", "memoryerror", "cuda error: out of memory", "outofmemoryerror")
-NAN_MARKERS = ("loss is nan", "nan loss", "loss is inf", "non-finite loss", "loss exploded")
-
-
-def classify(result: TrainingResult, metric_name: str, tampered: list[str],
-             budget_seconds: float) -> tuple[str | None, str | None, float | None]:
-    """(outcome, reason, metric) for a training result; outcome None means it succeeded."""
-    metric = result.summary.get(metric_name)
-    if tampered:
-        return "invalid", f"touched {', '.join(tampered)} during training", None
-    if result.timed_out:
-        return "timeout", f"still running after {result.seconds:.0f}s (budget {budget_seconds:g}s)", None
-    tail = result.log_tail.lower()
-    if result.exit_code != 0:
-        if any(marker in tail for marker in OOM_MARKERS):
-            return "crash", "oom", None
-        if any(marker in tail for marker in NAN_MARKERS):
-            return "crash", "nan", None
-        return "crash", f"exit code {result.exit_code}: {_last_error_line(result.log_tail)}", None
-    if metric is None:
-        printed = ", ".join(list(result.summary)[:12])
-        return "crash", f"no {metric_name} line in the output (" + (
-            f"it printed: {printed})" if printed else "it printed no `name: value` line)"), None
-    if not is_finite(metric):
-        return "crash", "nan", None
-    return None, None, metric
-
-
-def _last_error_line(tail: str) -> str:
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "Exception" in line:
-            return line[:160]
-    return lines[-1][:160] if lines else "no output"
+def failure_tail(trained: Trained) -> str:
+    """What the ledger and the agent see of a failed training run: its log's tail, then the evaluation's."""
+    tail = trained.result.log_tail
+    if trained.evaluation is not None and trained.evaluation.outcome is not None and trained.evaluation.log_tail:
+        tail = f"{tail}\n[the harness's evaluation of the saved model]\n{trained.evaluation.log_tail}"
+    return tail

@@ -187,7 +187,6 @@ def ignores_harness_seed(metrics: list[float], seeds: list[int], noise: NoiseFlo
 # --- the seed guard
 
 SEED_VARIABLES = re.compile(r"AUTORESEARCH_SEED|PYTHONHASHSEED")
-TEST_SPLIT_VARIABLE = "AUTORESEARCH_EVAL_TEST"
 SEEDING_CALL = re.compile(r"\b(?:manual_seed(?:_all)?|seed|set_seed|seed_everything|default_rng|RandomState|Random"
                           r"|PRNGKey)\s*\((?P<args>[^)]*)\)?")
 SEED_ASSIGNMENT = re.compile(r"^\s*[\w.]*seed\w*\s*(?::[^=]*)?(?:[-+*/%|&^]|//)?=(?!=)", re.IGNORECASE)
@@ -195,14 +194,14 @@ LITERAL_SEED_KEYWORD = re.compile(r"\b\w*(?:seed|random_state)\s*=\s*[-+]?\d", r
 
 
 def harness_tampering(before: dict[str, str], after: dict[str, str]) -> str | None:
-    """Why an edit may not run because it reaches for what the harness owns (the seed, the test split), else None.
+    """Why an edit may not run because it reaches for what the harness owns (the seed), else None.
 
     The harness owns the seed (AUTORESEARCH_SEED); a change whose effect is to pick another seed
     can only win by luck. Refused: changed lines that mention AUTORESEARCH_SEED, removed seeding
     calls, added seeding calls with a constant (or no) argument, assignments to a name holding
     `seed`, and `seed=`/`random_state=` keywords given a number. Adding a generator seeded from the
-    script's `seed` variable (`torch.Generator().manual_seed(seed)`) is allowed. A changed line that
-    mentions AUTORESEARCH_EVAL_TEST reaches for the held-out test split, which only `verify` asks for.
+    script's `seed` variable (`torch.Generator().manual_seed(seed)`) is allowed. (The test split is
+    out of the training's reach by construction: only the harness's evaluation reads it, for `verify`.)
     """
     for name in sorted(after):
         old_lines = before.get(name, "").splitlines()
@@ -211,9 +210,6 @@ def harness_tampering(before: dict[str, str], after: dict[str, str]) -> str | No
             if line.startswith(("---", "+++", "@@")):
                 continue
             added, text = line.startswith("+"), line[1:]
-            if TEST_SPLIT_VARIABLE in text:
-                return (f"reaches for the test split (`{text.strip()[:80]}`); {TEST_SPLIT_VARIABLE} is set by "
-                        "`autoresearch verify` only")
             why = _seed_line_problem(text, added)
             if why:
                 return f"touches the seed ({why}: `{text.strip()[:80]}`); the harness owns the seed"

@@ -46,27 +46,34 @@ class Recipe:
     path: Path
     name: str
     command: str
+    evaluate: str  # the harness runs it on the saved model, from the fixed files of the run's start
     metric: str
     direction: str
     budget_seconds: float
     editable: tuple[str, ...]
     fixed: tuple[str, ...]
     description: str = ""
+    prepare: str | None = None  # the harness runs it before the first training: data, and what to show and hide
     grace_seconds: float | None = None
+    evaluation_seconds: float = 600.0  # the evaluation's own limit
     test_metric: str | None = None
     env: tuple[str, ...] = ()  # environment variables passed through to the training by name
     tunable: tuple[Tunable, ...] = ()  # what mutate may change; empty: every upper-case numeric constant
 
     def grace(self, budget_seconds: float) -> float:
-        """Time past the budget before the training is killed: the recipe's, else max(30, budget/4)."""
+        """Time past the budget for start-up and saving the model; then the training is killed.
+
+        The recipe's `grace_seconds`, else max(15 s, a tenth of the budget). The evaluation is no
+        longer inside it: it is the harness's own step, with its own limit.
+        """
         if self.grace_seconds is not None:
             return float(self.grace_seconds)
-        return max(30.0, budget_seconds / 4)
+        return max(15.0, budget_seconds / 10)
 
 
-KNOWN_KEYS = ("name", "description", "command", "metric", "direction", "budget_seconds", "grace_seconds",
-              "editable", "fixed", "test_metric", "env", "tunable")
-REQUIRED_KEYS = ("command", "metric", "direction", "budget_seconds", "editable")
+KNOWN_KEYS = ("name", "description", "command", "prepare", "evaluate", "metric", "direction", "budget_seconds",
+              "grace_seconds", "evaluation_seconds", "editable", "fixed", "test_metric", "env", "tunable")
+REQUIRED_KEYS = ("command", "evaluate", "metric", "direction", "budget_seconds", "editable")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `NAME = 12`, `NAME: float = 3e-4  # why`: the constants a tunable may name (and mutate may change)
 TOP_LEVEL_CONSTANT = re.compile(
@@ -93,19 +100,24 @@ def load_recipe(path: Path) -> Recipe:
             raise UserError(f"{spec_path}: unknown key {key!r}{hint}")
     missing = [key for key in REQUIRED_KEYS if key not in spec]
     if missing:
-        raise UserError(f"{spec_path} lacks {', '.join(missing)}")
-    for key in ("command", "metric", "name", "description", "test_metric"):
+        why = ("; `evaluate` is the fixed command that scores the model the training saved: the metric comes from "
+               "the harness, never from what the training prints (docs/recipe-contract.md)") if "evaluate" in missing else ""
+        raise UserError(f"{spec_path} lacks {', '.join(missing)}{why}")
+    for key in ("command", "evaluate", "prepare", "metric", "name", "description", "test_metric"):
         if spec.get(key) is not None and not isinstance(spec[key], str):
             shape = "a list" if isinstance(spec[key], list) else type(spec[key]).__name__
             raise UserError(f"{spec_path}: {key} must be one string, not {shape}"
                             + (" (write the command line as you would type it)" if key == "command" else ""))
-    if not spec["command"].strip():
-        raise UserError(f"{spec_path}: command is empty")
+    for key in ("command", "evaluate", "prepare"):
+        if key in spec and spec[key] is not None and not spec[key].strip():
+            raise UserError(f"{spec_path}: {key} is empty")
     direction = str(spec["direction"]).lower()
     if direction not in DIRECTIONS:
         raise UserError(f"{spec_path}: direction must be lower or higher, not {spec['direction']!r}")
     budget = _number(spec, "budget_seconds", spec_path)
     grace = None if spec.get("grace_seconds") is None else _number(spec, "grace_seconds", spec_path, allow_zero=True)
+    evaluation_seconds = (600.0 if spec.get("evaluation_seconds") is None
+                          else _number(spec, "evaluation_seconds", spec_path))
     editable = _file_list(spec, "editable", spec_path)
     fixed = _file_list(spec, "fixed", spec_path)
     if RECIPE_FILE not in fixed:
@@ -126,10 +138,13 @@ def load_recipe(path: Path) -> Recipe:
         path=path,
         name=str(spec.get("name") or path.name),
         command=spec["command"],
+        evaluate=spec["evaluate"],
+        prepare=spec.get("prepare"),
         metric=spec["metric"],
         direction=direction,
         budget_seconds=budget,
         grace_seconds=grace,
+        evaluation_seconds=evaluation_seconds,
         editable=editable,
         fixed=fixed,
         description=str(spec.get("description") or ""),

@@ -21,6 +21,29 @@ TOOL_IDENTITY = {
     "GIT_COMMITTER_NAME": "autoresearch",
     "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
 }
+# What the tool's own git commands always run with, above any repository's config: without the
+# sandbox a training can write .git/config or .git/hooks, and the tool's next commit, reset or diff
+# would run what it put there (docs/trust.md). Given through GIT_CONFIG_COUNT (git 2.31 and later).
+SAFE_GIT_CONFIG = (
+    ("core.hooksPath", "/dev/null"),  # no hook runs: pre-commit, post-checkout, reference-transaction...
+    ("core.fsmonitor", "false"),  # no fsmonitor program on status
+    ("commit.gpgSign", "false"),  # no gpg.program on commit
+    ("tag.gpgSign", "false"),
+    ("gc.auto", "0"),  # the tool never prunes: every experiment's commit stays
+    ("diff.external", ""),
+    ("core.pager", "cat"),
+)
+
+
+def safe_git_environment() -> dict[str, str]:
+    """Environment variables that put SAFE_GIT_CONFIG on top of every config file git reads."""
+    env = {"GIT_CONFIG_COUNT": str(len(SAFE_GIT_CONFIG)), "GIT_TERMINAL_PROMPT": "0"}
+    for index, (key, value) in enumerate(SAFE_GIT_CONFIG):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    return env
+
+
 RUN_BRANCH_PREFIX = "autoresearch/"
 EXPERIMENT_REF_PREFIX = "refs/autoresearch/"
 
@@ -34,7 +57,7 @@ class Repo:
         except (git.InvalidGitRepositoryError, git.NoSuchPathError):
             raise UserError(f"{path} is not a git repository (make one with `autoresearch init`)") from None
         self.git = self._repo.git
-        self.git.update_environment(**TOOL_IDENTITY)
+        self.git.update_environment(**TOOL_IDENTITY, **safe_git_environment())
 
     @classmethod
     def init(cls, path: Path) -> "Repo":
@@ -92,10 +115,6 @@ class Repo:
         """A throwaway worktree at path with commit checked out and no branch (what `verify` trains in)."""
         self.git.worktree("add", "--detach", "--force", str(path), commit)
         return Repo(path)
-
-    def checkout_detached(self, commit: str) -> None:
-        """Put this worktree at commit, no branch, dropping any change to tracked files."""
-        self.git.checkout("--detach", "--force", commit)
 
     def remove_worktree(self, path: Path) -> None:
         """Remove a worktree the tool made, and forget it even when its folder is already gone."""
@@ -210,14 +229,11 @@ class Repo:
             return None
 
     def diff(self, parent: str, commit: str, *paths: str) -> str:
-        return self.git.diff(parent, commit, "--", *paths)
+        return self.git.diff("--no-ext-diff", "--no-textconv", parent, commit, "--", *paths)
 
     def show_file(self, commit: str, path: str) -> str:
         return self.git.show(f"{commit}:{path}")
 
-    def restore_paths(self, commit: str, paths: list[str]) -> None:
-        """Put paths back as they are in commit (used when a run tampers with fixed files)."""
-        self.git.checkout(commit, "--", *paths)
 
 
 def git_failure(exc: BaseException) -> str | None:

@@ -77,7 +77,8 @@ def experiment_record(row: dict, direction: str, usage: dict | None = None) -> d
         "best_before": row["best_before"],
         "gain": gain_or_none(row["metric"], row["best_before"], direction),
         "description": row["description"],
-        "summary": row.get("summary", {}),
+        "summary": row.get("summary", {}),  # what the training printed: information only, never the metric
+        "evaluation": row.get("evaluation"),  # what the harness's evaluation of its model printed: the metric's source
         "seed": row["seed"],
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],

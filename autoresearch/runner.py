@@ -76,7 +76,12 @@ PARENT_DEATH_LAUNCHER = (
 
 @dataclass(frozen=True)
 class TrainingJob:
-    """What to run: the command, where, with which extra environment, for how long."""
+    """What to run: the command, where, with which extra environment, for how long.
+
+    A training, and also the harness's own steps (preparing data, evaluating a model): those run
+    `isolated` (`python -I -B`: no PYTHON* variables, no user site, no script folder on the path,
+    no bytecode written) and do not make up time a hypervisor stole.
+    """
 
     command: str
     cwd: Path
@@ -85,6 +90,8 @@ class TrainingJob:
     grace_seconds: float
     env: dict[str, str] = field(default_factory=dict)  # set for the training on top of the allowlist
     passthrough: tuple[str, ...] = ()  # more names of the tool's environment to hand through (recipe `env:`)
+    isolated: bool = False
+    makes_up_steal: bool = False  # the deadline moves by the steal measured while it runs, up to a quarter of the budget
 
 
 @dataclass
@@ -99,18 +106,19 @@ class TrainingResult:
     log_tail: str
     log_bytes: int = 0
     log_error: str | None = None
+    stolen_seconds: float = 0.0  # CPU time the hypervisor gave to other tenants while it ran (harness-measured)
 
 
 def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float, seed: int, run_marker: str,
-               eval_test: bool = False) -> TrainingJob:
+               output_dir: Path) -> TrainingJob:
     """The job that trains a recipe once: for the loop's experiments and for `verify` alike.
 
     Every such job carries its run's marker, so a resume (or the next verify) finds what a killed
-    tool left running; only `verify` asks for the held-out test split.
+    tool left running. The training saves its model into `output_dir`; it never evaluates.
     """
     return TrainingJob(command=recipe.command, cwd=cwd, log_path=log_path, budget_seconds=budget_seconds,
-                       grace_seconds=recipe.grace(budget_seconds), passthrough=recipe.env,
-                       env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_EVAL_TEST": "1" if eval_test else "0",
+                       grace_seconds=recipe.grace(budget_seconds), passthrough=recipe.env, makes_up_steal=True,
+                       env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_OUTPUT_DIR": str(output_dir),
                             RUN_MARKER: run_marker})
 
 
@@ -142,11 +150,16 @@ def training_environment(parent: dict[str, str], passthrough: tuple[str, ...] = 
             if name in ALLOWED_ENV_NAMES or name.startswith(ALLOWED_ENV_PREFIXES) or name in passthrough}
 
 
-def resolve_command(command: str) -> list[str]:
-    """Split the recipe's command; a leading `python` means the interpreter running this tool."""
+def resolve_command(command: str, isolated: bool = False) -> list[str]:
+    """Split the recipe's command; a leading `python` means the interpreter running this tool.
+
+    `isolated` adds `-I -B` after it: what the harness runs of a recipe (its data preparation and
+    its evaluation) sees no PYTHON* variable, no user site-packages and no script folder on its
+    path, and leaves no bytecode that a later process could pick up.
+    """
     argv = shlex.split(command)
     if argv and argv[0] in ("python", "python3"):
-        argv[0] = sys.executable
+        argv[0:1] = [sys.executable, "-I", "-B"] if isolated else [sys.executable]
     return argv
 
 
@@ -258,7 +271,7 @@ class LocalExecutor:
                "PYTHONUNBUFFERED": "1", JOB_MARKER: marker}
         log = BoundedLog(job.log_path, self.log_head_bytes, self.log_tail_bytes)
         started = time.monotonic()
-        argv = resolve_command(job.command)
+        argv = resolve_command(job.command, job.isolated)
         try:
             process = subprocess.Popen(with_parent_death_signal(argv), cwd=job.cwd, env=env,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -274,12 +287,14 @@ class LocalExecutor:
         reader = _OutputReader(process.stdout.fileno(), log, on_output)
         reader.start()
         timed_out = False
+        steal = StealMeter() if job.makes_up_steal else None
         try:
             deadline = started + job.budget_seconds + job.grace_seconds
             next_sample = 0.0
             while process.poll() is None:
                 now = time.monotonic()
-                if now >= deadline:
+                allowance = 0.0 if steal is None else min(steal.seconds(), job.budget_seconds / 4)
+                if now >= deadline + allowance:
                     timed_out = True
                     break
                 if now >= next_sample:
@@ -300,12 +315,40 @@ class LocalExecutor:
             exit_code=process.returncode,
             timed_out=timed_out,
             seconds=seconds,
+            stolen_seconds=0.0 if steal is None else steal.seconds(),
             summary=reader.summary,
             log_path=job.log_path,
             log_tail=log.tail_text(),
             log_bytes=log.total_bytes,
             log_error=log.error,
         )
+
+
+class StealMeter:
+    """Steal time of this machine's most-robbed CPU since the meter started (Linux /proc/stat; 0 elsewhere).
+
+    The harness's own measure of time a cloud host's hypervisor took: a training is allowed that much
+    past its deadline (at most a quarter of its budget), so a noisy neighbour does not turn into a
+    timeout, and nothing the training reports about its own clock is needed for it.
+    """
+
+    def __init__(self):
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> list[int]:
+        try:
+            with open("/proc/stat") as stat:
+                rows = [line.split() for line in stat if line.startswith("cpu") and not line.startswith("cpu ")]
+        except OSError:
+            return []
+        return [int(fields[8]) for fields in rows if len(fields) > 8]
+
+    def seconds(self) -> float:
+        now = self._read()
+        if not now or len(now) != len(self._start):
+            return 0.0
+        return max(b - a for a, b in zip(self._start, now)) / os.sysconf("SC_CLK_TCK")
 
 
 class ProcessTree:

@@ -22,6 +22,7 @@ from autoresearch.prompts import PROMPT_TOKEN_BUDGET
 
 DEFAULT_MODEL = "gpt-5-mini"
 AGENTS = ("llm", "mutate")
+SANDBOX_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class RunOptions:
     noise_runs: int = DEFAULT_NOISE_RUNS
     noise_multiple: float = DEFAULT_NOISE_MULTIPLE
     confirm_runs: int = DEFAULT_CONFIRM_RUNS
+    sandbox: str = "auto"  # auto | on | off: train inside bubblewrap (docs/trust.md)
     overrides: list["Override"] = field(default_factory=list)  # what a resume changed, said and recorded
     allow_concurrent: bool = False  # train although another run trains in the workspace (this invocation only)
 
@@ -80,6 +82,8 @@ def check_options(options: RunOptions) -> None:
     """Refuse a value that would make an empty, endless or harmful run; before anything is made."""
     if options.agent not in AGENTS:
         raise InvalidSetting("agent", f"must be {' or '.join(AGENTS)}, not {options.agent!r}")
+    if options.sandbox not in SANDBOX_MODES:
+        raise InvalidSetting("sandbox", f"must be {', '.join(SANDBOX_MODES)}, not {options.sandbox!r}")
     _at_least("max_experiments", options.max_experiments, 1)
     _at_least("max_agent_failures", options.max_agent_failures, 1)
     _at_least("max_tokens", options.max_tokens, 1)

@@ -1,9 +1,11 @@
 """`autoresearch verify`: do a run's gains hold on new seeds, and on a test split no experiment saw?
 
 The run's baseline commit and its best commit are trained again, N new seeds each (seeds the run
-never used), in a throwaway detached worktree under runs/<tag>/, with AUTORESEARCH_EVAL_TEST=1 so
-the recipe measures its metric on validation and `test_<metric>` on the held-out test split. The
-two commits alternate seed by seed, so a machine that slows down during the night hurts both alike.
+never used), each from a fresh copy of its commit, and the harness evaluates every saved model on
+validation and on the held-out test split, which no training and no experiment ever saw (only this
+command asks the evaluation for it). The two commits alternate seed by seed, so a machine that slows
+down during the night hurts both alike. The models the run itself saved of its baseline and its best
+are scored on the test split too (`own baseline`, `own best` in the record).
 
 For validation and for test, the gain of the best over the baseline comes with a 95% Student t
 interval on the pooled spread of the two commits (`noise.gain_interval` says why not Welch's), and
@@ -25,22 +27,25 @@ verify or `run --resume`.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
-from autoresearch.loop import classify
+from autoresearch.console import Reporter
+from autoresearch.evaluation import HarnessFiles, prepare_data, scored_metric, write_recipe_files
 from autoresearch.noise import CONFIDENCE, GainInterval, gain_interval, verify_seed
 from autoresearch.recipe import load_recipe
 from autoresearch.recovery import run_marker
 from autoresearch.runlock import RunLock, WorkspaceLock
-from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, recipe_job, stop_processes_marked
+from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, stop_processes_marked
+from autoresearch.trainer import SCRATCH_DIR, RunContext, Trained, Trainer, TrainingRequest
 from autoresearch.workspace import Workspace
 
 DEFAULT_SEEDS = 3
-VERIFY_WORKTREE = "verify-worktree"
-VERIFY_LOGS = "verify"
+VERIFY_DIR = "verify"
 ROLES = ("baseline", "best")
 
 
@@ -93,7 +98,8 @@ def _verify_locked(workspace: Workspace, ledger: Ledger, run: dict, kept: list[d
                    executor: Executor | None, on_progress: Callable[[str], None] | None,
                    budget_seconds: float | None) -> Verification:
     tag = run["tag"]
-    marker = run_marker(workspace.run_dir(tag))
+    run_dir = workspace.run_dir(tag)
+    marker = run_marker(run_dir)
     stop_processes_marked(RUN_MARKER, marker)  # what a killed verify or run of this tag left behind
     baseline_commit, best_commit = kept[0]["commit_sha"], kept[-1]["commit_sha"]
     progress = on_progress or (lambda text: None)
@@ -102,53 +108,76 @@ def _verify_locked(workspace: Workspace, ledger: Ledger, run: dict, kept: list[d
     run_seed = int(run["config"].get("seed", 0))
     chosen_seeds = [verify_seed(run_seed, earlier + index) for index in range(seeds)]
     number = len(ledger.verifications(tag)) + 1
-    logs = workspace.run_dir(tag) / VERIFY_LOGS
-    worktree_path = workspace.run_dir(tag) / VERIFY_WORKTREE
-    if worktree_path.exists():  # left by a verify that was killed
-        workspace.repo.remove_worktree(worktree_path)
-    worktree = workspace.repo.add_detached_worktree(worktree_path, baseline_commit)
+    folder = run_dir / VERIFY_DIR / str(number)
+    shutil.rmtree(folder, ignore_errors=True)  # left by a verify that was killed
+    recipe_copy = run_dir / SCRATCH_DIR / f"verify-recipe-{number}"
+    shutil.rmtree(recipe_copy, ignore_errors=True)
     try:
-        recipe = load_recipe(worktree.root / run["recipe"])
+        recipe = load_recipe(write_recipe_files(workspace.git_root, run["base_commit"], run["recipe"], None,
+                                                recipe_copy))
         if not recipe.test_metric:
             raise UserError(f"the recipe {run['recipe']} names no test_metric in recipe.yaml, so it cannot measure "
                             "the test split (see docs/recipe-contract.md)")
         budget = budget_seconds or run["budget_seconds"]
+        context = RunContext(tag=tag, recipe=recipe, recipe_path=run["recipe"], repo_root=workspace.git_root,
+                             base_commit=run["base_commit"], run_dir=folder, budget_seconds=budget, marker=marker)
+        trainer = Trainer(context, ledger, executor, Reporter(), record=False)
+        with HarnessFiles(workspace.git_root, run["base_commit"], run["recipe"], recipe, folder / SCRATCH_DIR) as fixed:
+            prepare_data(executor, recipe, fixed, folder / "prepare.log", marker)
+        own = _own_models(trainer, ledger, tag, kept, progress)
         runs = []
         total = 2 * seeds
         for index, seed in enumerate(chosen_seeds):
             for role, commit in zip(ROLES, (baseline_commit, best_commit)):
-                worktree.checkout_detached(commit)
                 progress(f"training {len(runs) + 1} of {total}: the {role} commit {commit[:7]}, seed {seed}")
-                job = recipe_job(recipe, worktree.root / run["recipe"], logs / f"{number}-{role}-{index}.log",
-                                 budget, seed, marker, eval_test=True)
-                runs.append(_training(executor.run(job), role, commit, seed, recipe.metric, recipe.test_metric,
-                                      budget))
+                request = TrainingRequest(number=number, attempt=len(runs), kind=role, seed=seed, commit=commit,
+                                          description=f"verify {role}", name=f"{role}-{index}")
+                runs.append(_training(trainer.train(request, also_test=True), role, commit, seed, recipe))
     finally:
-        workspace.repo.remove_worktree(worktree_path)
+        shutil.rmtree(recipe_copy, ignore_errors=True)
     val = _interval(runs, "metric", run["direction"])
     test = _interval(runs, "test_metric", run["direction"])
     verdict, message = judge(val, test, runs)
     fields = {"baseline_commit": baseline_commit, "best_commit": best_commit, "metric": recipe.metric,
-              "test_metric": recipe.test_metric, "confidence": CONFIDENCE, "seeds": chosen_seeds, "runs": runs,
-              "verdict": verdict, "message": message}
+              "test_metric": recipe.test_metric, "confidence": CONFIDENCE, "seeds": chosen_seeds,
+              "runs": own + runs, "verdict": verdict, "message": message}
     for name, interval in (("val", val), ("test", test)):
         if interval is not None:
             fields.update({f"{name}_gain": interval.gain, f"{name}_low": interval.low, f"{name}_high": interval.high})
     verification_id = ledger.record_verification(tag, **fields)
     return Verification(id=verification_id, tag=tag, baseline_commit=baseline_commit, best_commit=best_commit,
                         metric=recipe.metric, test_metric=recipe.test_metric, direction=run["direction"],
-                        seeds=chosen_seeds, runs=runs, val=val, test=test, verdict=verdict, message=message)
+                        seeds=chosen_seeds, runs=own + runs, val=val, test=test, verdict=verdict, message=message)
 
 
-def _training(result, role: str, commit: str, seed: int, metric: str, test_metric: str, budget: float) -> dict:
-    """One verify training as the ledger keeps it; a missing test line makes it a failure."""
-    outcome, reason, value = classify(result, metric, [], budget)
-    test_value = result.summary.get(test_metric)
-    if outcome is None and test_value is None:
-        outcome, reason = "crash", f"no {test_metric} line in the output (AUTORESEARCH_EVAL_TEST=1 was set)"
+def _own_models(trainer: Trainer, ledger: Ledger, tag: str, kept: list[dict],
+                progress: Callable[[str], None]) -> list[dict]:
+    """The run's own saved models of the baseline and the best, evaluated by the harness on the test split."""
+    found = []
+    for role, row in zip(ROLES, (kept[0], kept[-1])):
+        first = next((r for r in ledger.training_runs(tag, row["number"]) if r["attempt"] == 0), None)
+        if first is None or not first.get("model_path") or not Path(first["model_path"]).is_dir():
+            continue
+        progress(f"the run's own {role} model (experiment {row['number']}) on the test split")
+        evaluation = trainer.evaluate(Path(first["model_path"]), "test", f"own-{role}.test")
+        outcome, reason, value = scored_metric(evaluation, trainer.metric_name("test"))
+        found.append({"role": f"own {role}", "commit": row["commit_sha"], "seed": first["seed"],
+                      "outcome": outcome or "ok", "reason": reason, "metric": first["metric"],
+                      "test_metric": value, "seconds": evaluation.seconds, "log_path": str(evaluation.log_path),
+                      "model_sha256": first.get("model_sha256")})
+    return found
+
+
+def _training(trained: Trained, role: str, commit: str, seed: int, recipe) -> dict:
+    """One verify training as the ledger keeps it: its validation and test numbers from the harness."""
+    outcome, reason = trained.outcome, trained.reason
+    test_value = None
+    if outcome is None:
+        test_outcome, test_reason, test_value = scored_metric(trained.evaluation, recipe.test_metric)
+        outcome, reason = test_outcome, test_reason
     return {"role": role, "commit": commit, "seed": seed, "outcome": outcome or "ok", "reason": reason,
-            "metric": value if outcome is None else None, "test_metric": test_value if outcome is None else None,
-            "seconds": result.seconds, "log_path": str(result.log_path)}
+            "metric": trained.metric if outcome is None else None, "test_metric": test_value if outcome is None else None,
+            "seconds": trained.result.seconds, "log_path": str(trained.result.log_path)}
 
 
 def _interval(runs: list[dict], key: str, direction: str) -> GainInterval | None:

@@ -222,8 +222,11 @@ def experiment_lines(detail: dict, summary: dict, with_prompt: bool = False, pai
     facts.append(("seed", "-" if detail["seed"] is None else str(detail["seed"]), ""))
     lines += fact_lines(facts, paint)
 
+    if detail.get("evaluation"):
+        lines.append(rule("the harness's evaluation of its model", paint, width))
+        lines += fact_lines([(name, format_metric(value), "") for name, value in detail["evaluation"].items()], paint)
     if detail["summary"]:
-        lines.append(rule("summary", paint, width))
+        lines.append(rule("what the training printed (information, not the metric)", paint, width))
         lines += fact_lines([(name, format_metric(value), "") for name, value in detail["summary"].items()], paint)
     if detail["training_runs"]:
         lines.append(rule("training runs", paint, width))
@@ -306,10 +309,11 @@ def describe_decision(decision: dict | None) -> str | None:
 
 def training_run_lines(runs: list[dict]) -> list[str]:
     """Every training run of an experiment: the first, and its noise or confirmation runs."""
-    header = ["attempt", "kind", "seed", "outcome", "metric", "time", "reason"]
+    header = ["attempt", "kind", "seed", "outcome", "metric", "training", "evaluation", "sandbox", "reason"]
     rows = [[str(run["attempt"]), run["kind"], str(run["seed"]), run["outcome"], format_metric(run["metric"]),
-             format_seconds(run["seconds"]), run["reason"] or ""] for run in runs]
-    return aligned_lines(header, rows, {0, 2, 4, 5})
+             format_seconds(run["seconds"]), format_seconds(run.get("evaluation_seconds")), run.get("sandbox") or "-",
+             run["reason"] or ""] for run in runs]
+    return aligned_lines(header, rows, {0, 2, 4, 5, 6})
 
 
 def format_seconds(seconds: float | None) -> str:

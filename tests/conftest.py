@@ -1,7 +1,8 @@
 """Shared fixtures: a fake chat-completions endpoint, and real git workspaces with a synthetic recipe.
 
-The synthetic recipe trains nothing: its metric is a known function of the constants in train.py,
-so each test knows which edit is better, and it finishes in a fraction of a second.
+The synthetic recipe trains nothing: the model it saves is its constants, and the harness's evaluation
+(its fixed prepare.py) scores them by a known function, so each test knows which edit is better, and
+it finishes in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from fake_llm import FakeLLM  # noqa: E402
 from autoresearch.repo import TOOL_IDENTITY, Repo  # noqa: E402
 
 SYNTH_TRAIN = '''\
-"""Synthetic training script: val_loss is a known function of the constants. Run: python train.py"""
+"""Synthetic training script: the model it saves is its constants, scored by the harness. Run: python train.py"""
 import os
 import time
 
-from prepare import evaluate
+from prepare import save_model
 
 LEARNING_RATE = 0.5
 WIDTH = 4
@@ -35,27 +36,41 @@ SLEEP_SECONDS = 0.0
 
 # --- training
 time.sleep(SLEEP_SECONDS)
-loss = evaluate(LEARNING_RATE, WIDTH)
+save_model(LEARNING_RATE, WIDTH)
 
 # --- summary
 print("---")
-print(f"val_loss: {loss:.6f}")
 print("peak_memory_mb: 512.0")
 print(f"seed: {os.environ.get('AUTORESEARCH_SEED')}")
 '''
 
 SYNTH_PREPARE = '''\
-"""Fixed evaluation of the synthetic recipe."""
+"""Fixed parts of the synthetic recipe: the model file, and its evaluation (python prepare.py --evaluate)."""
+import json
+import os
+import sys
 
 
 def evaluate(learning_rate, width):
     return (learning_rate - 0.3) ** 2 + 1.0 / width
+
+
+def save_model(learning_rate, width):
+    with open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "model.json"), "w") as handle:
+        json.dump({"learning_rate": learning_rate, "width": width}, handle)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--evaluate"]:
+    with open(os.path.join(os.environ["AUTORESEARCH_MODEL_DIR"], "model.json")) as handle:
+        model = json.load(handle)
+    print(f"val_loss: {evaluate(float(model['learning_rate']), float(model['width'])):.6f}")
 '''
 
 SYNTH_RECIPE = """\
 name: synth
 description: a synthetic recipe for tests
 command: python train.py
+evaluate: python prepare.py --evaluate
 metric: val_loss
 direction: lower
 budget_seconds: 5

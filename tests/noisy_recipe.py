@@ -1,9 +1,10 @@
 """A synthetic recipe whose metric is a known function of its constants plus seeded noise of known size.
 
 val_loss = (LEARNING_RATE - 0.3)^2 + 1 / WIDTH - 0.05 * MEMORIZE + gaussian(0, NOISE_SD), the noise
-drawn from the harness's seed and the constants (as in real training, another model under the same
-seed is another draw). With AUTORESEARCH_EVAL_TEST=1 it also prints test_loss, with its own noise
-and without the MEMORIZE term: MEMORIZE is a change that fits the validation split only.
+drawn from the training's seed and the constants (as in real training, another model under the same
+seed is another draw): the model the training saves holds its constants and the seed it trained
+with. Evaluated on the test split (AUTORESEARCH_SPLIT=test, `verify` only) it gives test_loss, with
+its own noise and without the MEMORIZE term: MEMORIZE is a change that fits the validation split only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ NOISY_TRAIN = '''\
 """Synthetic noisy training script. Run: python train.py"""
 import os
 
-from prepare import evaluate
+from prepare import save_model
 
 LEARNING_RATE = 0.5
 WIDTH = 4
@@ -29,19 +30,19 @@ MEMORIZE = 0.0
 seed = int(os.environ.get("AUTORESEARCH_SEED", "0"))
 
 # --- training
-val_loss, test_loss = evaluate(LEARNING_RATE, WIDTH, MEMORIZE, seed)
+save_model(LEARNING_RATE, WIDTH, MEMORIZE, seed)
 
 # --- summary
 print("---")
-print(f"val_loss: {val_loss:.6f}")
-if test_loss is not None:
-    print(f"test_loss: {test_loss:.6f}")
+print(f"seed: {seed}")
 '''
 
 NOISY_PREPARE = f'''\
-"""Fixed evaluation of the noisy synthetic recipe; the test split only with AUTORESEARCH_EVAL_TEST=1."""
+"""Fixed parts of the noisy synthetic recipe: the model file and its evaluation on val or test."""
+import json
 import os
 import random
+import sys
 
 NOISE_SD = {NOISE_SD}
 
@@ -54,18 +55,30 @@ def noise(seed, learning_rate, width, memorize, split):
     return random.Random(f"{{split}}/{{seed}}/{{learning_rate}}/{{width}}/{{memorize}}").gauss(0, NOISE_SD)
 
 
-def evaluate(learning_rate, width, memorize, seed):
-    val = true_loss(learning_rate, width) - 0.05 * memorize + noise(seed, learning_rate, width, memorize, "val")
-    test = None
-    if os.environ.get("AUTORESEARCH_EVAL_TEST") == "1":
-        test = true_loss(learning_rate, width) + noise(seed, learning_rate, width, memorize, "test")
-    return val, test
+def save_model(learning_rate, width, memorize, seed):
+    with open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "model.json"), "w") as handle:
+        json.dump({{"learning_rate": learning_rate, "width": width, "memorize": memorize, "seed": seed}}, handle)
+
+
+def evaluate(model, split):
+    lr, width, memorize, seed = model["learning_rate"], model["width"], model["memorize"], model["seed"]
+    if split == "test":
+        return true_loss(lr, width) + noise(seed, lr, width, memorize, "test")
+    return true_loss(lr, width) - 0.05 * memorize + noise(seed, lr, width, memorize, "val")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--evaluate"]:
+    with open(os.path.join(os.environ["AUTORESEARCH_MODEL_DIR"], "model.json")) as handle:
+        model = json.load(handle)
+    split = os.environ["AUTORESEARCH_SPLIT"]
+    print(f"{{'test_loss' if split == 'test' else 'val_loss'}}: {{evaluate(model, split):.6f}}")
 '''
 
 NOISY_RECIPE = """\
 name: noisy
 description: a synthetic recipe with seeded noise, for tests
 command: python train.py
+evaluate: python prepare.py --evaluate
 metric: val_loss
 direction: lower
 budget_seconds: 5

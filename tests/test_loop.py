@@ -69,7 +69,7 @@ def test_min_delta_discards_small_gains(workspace, fake_llm):
 
 
 def test_crash_is_recorded_with_its_reason(workspace, fake_llm):
-    crash = reply("break it", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = 1 / 0")
+    crash = reply("break it", "save_model(LEARNING_RATE, WIDTH)", "loss = 1 / 0")
     _, rows, _ = run_loop(fake_llm, [crash])
     assert rows[1]["outcome"] == "crash"
     assert "ZeroDivisionError" in rows[1]["reason"]
@@ -77,17 +77,26 @@ def test_crash_is_recorded_with_its_reason(workspace, fake_llm):
     assert branch_head(workspace) == rows[0]["commit_sha"]
 
 
-def test_nan_metric_is_a_crash(workspace, fake_llm):
-    nan = reply("nan", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = float('nan')")
+def test_a_model_the_evaluation_scores_nan_is_a_crash(workspace, fake_llm):
+    nan = reply("nan", "save_model(LEARNING_RATE, WIDTH)", "save_model(float('nan'), WIDTH)")
     _, rows, _ = run_loop(fake_llm, [nan])
     assert (rows[1]["outcome"], rows[1]["reason"]) == ("crash", "nan")
 
 
-def test_missing_metric_is_a_crash(workspace, fake_llm):
-    silent = reply("silence", 'print(f"val_loss: {loss:.6f}")', "pass")
+def test_a_training_that_saves_no_model_is_a_crash(workspace, fake_llm):
+    silent = reply("silence", "save_model(LEARNING_RATE, WIDTH)", 'print("val_loss: 0.001")')
     _, rows, _ = run_loop(fake_llm, [silent])
+    assert (rows[1]["outcome"], rows[1]["reason"]) == ("crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)")
+    assert rows[1]["metric"] is None  # what it printed is not a metric
+
+
+def test_a_model_the_evaluation_cannot_read_is_a_crash_with_the_evaluations_reason(workspace, fake_llm):
+    broken = reply("write a bad model", "save_model(LEARNING_RATE, WIDTH)",
+                   'open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "model.json"), "w").write("{not json")')
+    _, rows, _ = run_loop(fake_llm, [broken])
     assert rows[1]["outcome"] == "crash"
-    assert "no val_loss" in rows[1]["reason"]
+    assert rows[1]["reason"].startswith("evaluation failed (exit code 1): json.decoder.JSONDecodeError")
+    assert "[the harness's evaluation of the saved model]" in rows[1]["log_tail"]
 
 
 def pids_running(marker: str) -> list[str]:

@@ -152,12 +152,6 @@ def test_edits_that_leave_seeding_alone_pass(old, new):
     assert harness_tampering({"train.py": TRAIN}, edited(old, new)) is None
 
 
-def test_edits_that_reach_for_the_test_split_are_refused():
-    reason = harness_tampering({"train.py": TRAIN}, edited("loss = LEARNING_RATE",
-                                                           'os.environ["AUTORESEARCH_EVAL_TEST"] = "1"\nloss = 0'))
-    assert reason is not None and "test split" in reason
-
-
 # --- confidence intervals
 
 def test_t_quantiles_round_the_degrees_of_freedom_down():

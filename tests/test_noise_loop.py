@@ -18,7 +18,7 @@ from autoresearch.loop import ResearchLoop, RunOptions
 from autoresearch.workspace import Workspace
 
 REAL_GAIN = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")  # gain 0.04 = 4 sd
-FIRST_LINE = "val_loss, test_loss = evaluate(LEARNING_RATE, WIDTH, MEMORIZE, seed)"
+FIRST_LINE = "save_model(LEARNING_RATE, WIDTH, MEMORIZE, seed)"
 
 
 @pytest.fixture
@@ -115,19 +115,14 @@ def test_an_edit_that_sets_the_seed_is_invalid_and_never_trained(noisy, fake_llm
     assert ledger.training_runs("t", 1) == []
 
 
-def test_the_test_split_is_out_of_reach_during_a_run(noisy, fake_llm, monkeypatch):
-    monkeypatch.setenv("AUTORESEARCH_EVAL_TEST", "1")  # even when the person's shell exports it
-    peek = reply("peek", FIRST_LINE, 'os.environ["AUTORESEARCH_EVAL_TEST"] = "1"\n' + FIRST_LINE)
-    ledger, rows = run_noisy(fake_llm, [peek], noise_runs=0)
-    assert "test_loss" not in rows[0]["summary"]
-    assert rows[1]["outcome"] == "invalid" and "test split" in rows[1]["reason"]
-
-
-def test_a_run_that_prints_the_test_metric_is_invalid(noisy, fake_llm):
-    cheat = reply("report more", 'print("---")', 'print("---")\nprint("test_loss: 0.1")')
+def test_a_run_never_scores_the_test_split_and_what_the_training_prints_of_it_is_ignored(noisy, fake_llm):
+    """Only `verify` asks the harness's evaluation for the test split; a training's own test_loss line is no number."""
+    cheat = reply("report more", 'print("---")', 'print("---")\nprint("test_loss: 0.1")\nprint("val_loss: 0.01")')
     ledger, rows = run_noisy(fake_llm, [cheat], noise_runs=0)
-    assert rows[1]["outcome"] == "invalid" and "test split" in rows[1]["reason"]
-    assert ledger.training_runs("t", 1)[0]["outcome"] == "invalid"
+    assert rows[1]["outcome"] == "discard" and rows[1]["metric"] == pytest.approx(rows[0]["metric"], abs=0.05)
+    assert "test_loss" not in rows[1]["summary"] and "val_loss" not in rows[1]["summary"]
+    for run in ledger.training_runs("t"):
+        assert set(run["evaluation"]) == {"val_loss"}  # the harness evaluated the validation split only
 
 
 def test_noise_runs_zero_is_the_plain_rule(noisy, fake_llm):

@@ -46,7 +46,7 @@ def random_proposer(seed: int):
         new_rate = f"{rng.uniform(0.05, 0.95):.3f}"
         roll = rng.random()
         if roll < 0.15:
-            answer = reply("crash on purpose", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = 1 / 0")
+            answer = reply("crash on purpose", "save_model(LEARNING_RATE, WIDTH)", "loss = 1 / 0")
         elif roll < 0.5:
             answer = reply(f"lr {new_rate}, slower", f"LEARNING_RATE = {learning_rate}\nWIDTH = 4\n"
                            f"SLEEP_SECONDS = {sleep}", f"LEARNING_RATE = {new_rate}\nWIDTH = 4\n"

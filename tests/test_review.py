@@ -40,7 +40,7 @@ CALL_COST = (1000 * 0.25 + 200 * 2.0) / 1e6  # gpt-5-mini's default price, per c
 NIGHT_SCRIPT = [
     reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3"),
     reply("halve the width", "WIDTH = 4", "WIDTH = 2"),
-    reply("divide by zero", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = 1 / 0"),
+    reply("divide by zero", "save_model(LEARNING_RATE, WIDTH)", "loss = 1 / 0"),
     reply("edit the evaluation", "    return (learning_rate - 0.3) ** 2 + 1.0 / width", "    return 0.0",
           filename="prepare.py"),
     reply("sleep past the budget", "SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 30.0"),
@@ -103,6 +103,8 @@ def pin_clock(path: Path) -> None:
                " train_seconds = CASE WHEN train_seconds IS NULL THEN NULL ELSE 60.0 + number END,"
                " total_seconds = CASE WHEN total_seconds IS NULL THEN NULL ELSE 75.0 + number END")
     db.execute("UPDATE training_runs SET seconds = 60.0 + experiment WHERE seconds IS NOT NULL")
+    db.execute("UPDATE training_runs SET evaluation_seconds = 0.5 WHERE evaluation_seconds IS NOT NULL")
+    db.execute("UPDATE training_runs SET sandbox = 'bubblewrap'")  # whatever this machine has
     db.commit()
     db.close()
 
@@ -185,14 +187,14 @@ def test_log_json_tsv_and_show_json_share_one_row_shape(in_night):
                 assert type(value)(line[key]) == value, key
     assert rows[1]["cost_usd"] == pytest.approx(CALL_COST)
     assert rows[1]["prompt_tokens"] == 1000 and rows[1]["completion_tokens"] == 200
-    assert rows[0]["summary"]["val_loss"] == pytest.approx(0.29)
+    assert rows[0]["evaluation"]["val_loss"] == pytest.approx(0.29)
     detail = json.loads(invoke("show", "2", "--tag", "night", "--json").stdout)
     assert {key: detail[key] for key in rows[2]} == rows[2]
     assert "WIDTH = 2" in detail["diff"]
 
 
 def test_json_stays_valid_when_a_training_printed_nan(workspace, fake_llm, monkeypatch):
-    fake_llm.set_script([reply("make it nan", "loss = evaluate(LEARNING_RATE, WIDTH)", "loss = float('nan')")])
+    fake_llm.set_script([reply("make it nan", "save_model(LEARNING_RATE, WIDTH)", "save_model(float('nan'), WIDTH)")])
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
     assert invoke("run", "--tag", "nan", "--max-experiments", "2", "--noise-runs", "0").exit_code == 0
 
@@ -200,8 +202,8 @@ def test_json_stays_valid_when_a_training_printed_nan(workspace, fake_llm, monke
         raise ValueError(f"{constant} is not JSON")
 
     rows = json.loads(invoke("log", "--json").stdout, parse_constant=refuse)
-    assert rows[1]["outcome"] == "crash" and rows[1]["reason"] == "nan" and rows[1]["summary"]["val_loss"] is None
-    assert json.loads(invoke("show", "1", "--json").stdout, parse_constant=refuse)["summary"]["val_loss"] is None
+    assert rows[1]["outcome"] == "crash" and rows[1]["reason"] == "nan" and rows[1]["evaluation"]["val_loss"] is None
+    assert json.loads(invoke("show", "1", "--json").stdout, parse_constant=refuse)["evaluation"]["val_loss"] is None
 
 
 def test_review_commands_without_runs(workspace):
@@ -283,18 +285,19 @@ timings      proposing 12s, training 1m02s, in all 1m17s; started 2026-11-23 01:
 tokens       1000 prompt + 200 completion in 1 LLM call; cost $0.0006
 agent        llm (gpt-5-mini)
 seed         0
-{rule('summary')}
+{rule("the harness's evaluation of its model")}
+val_loss  0.5
+{rule('what the training printed (information, not the metric)')}
 peak_memory_mb  512
 seed            0
-val_loss        0.5
 {rule('training runs')}
-attempt  kind   seed  outcome  metric   time  reason
-      0  first     0  ok          0.5  1m02s
+attempt  kind   seed  outcome  metric  training  evaluation  sandbox     reason
+      0  first     0  ok          0.5     1m02s        0.5s  bubblewrap
 {rule('diff against its parent')}
 --- a/train.py
 +++ b/train.py
 @@ -5,7 +5,7 @@
- from prepare import evaluate
+ from prepare import save_model
  
  LEARNING_RATE = 0.3
 -WIDTH = 4
@@ -304,7 +307,6 @@ attempt  kind   seed  outcome  metric   time  reason
  # --- training
 {rule(f'log tail ({rows[2]["log_path"]})')}
 ---
-val_loss: 0.500000
 peak_memory_mb: 512.0
 seed: 0
 """

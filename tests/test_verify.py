@@ -55,14 +55,17 @@ def test_a_real_gain_holds_on_test(noisy, fake_llm):
     rows = ledger.experiments("t")
     assert verification["baseline_commit"] == rows[0]["commit_sha"]
     assert verification["best_commit"] == rows[1]["commit_sha"]
-    runs = verification["runs"]
+    own, runs = verification["runs"][:2], verification["runs"][2:]
+    assert [r["role"] for r in own] == ["own baseline", "own best"]  # the run's own saved models, on test
+    assert own[1]["test_metric"] == pytest.approx(0.125 + 0.04, abs=0.05)
+    assert own[1]["metric"] == ledger.training_runs("t", 1)[0]["metric"]
+    assert "the run's own models on the test split: baseline" in result.stdout
     assert [r["role"] for r in runs] == ["baseline", "best"] * 3  # alternating, seed by seed
     used = {r["seed"] for r in ledger.training_runs("t")}
     assert len(set(verification["seeds"])) == 3 and not used & set(verification["seeds"])
     assert all(r["outcome"] == "ok" and r["test_metric"] is not None for r in runs)
-    # the throwaway worktree is gone, the person's checkout untouched
-    assert not (noisy / "runs/t/verify-worktree").exists()
-    assert "runs/t/verify-worktree" not in git(noisy, "worktree", "list")
+    # no worktree was made, the person's checkout is untouched
+    assert git(noisy, "worktree", "list").count("\n") == 1
     assert "WIDTH = 4" in (noisy / "recipes/synth/train.py").read_text()
     # runs and run summaries carry the verdict
     assert run_summary(ledger, "t")["verification"]["verdict"] == "holds"

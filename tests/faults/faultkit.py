@@ -24,7 +24,7 @@ from autoresearch.runner import LocalExecutor
 from autoresearch.workspace import Workspace
 
 TAG = "t"
-EVALUATE_LINE = "loss = evaluate(LEARNING_RATE, WIDTH)"
+EVALUATE_LINE = "save_model(LEARNING_RATE, WIDTH)"
 BETTER = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")
 KILL_WAIT = 0.5  # seconds between SIGTERM and SIGKILL in these tests (3 s in real runs)
 

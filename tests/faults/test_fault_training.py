@@ -208,7 +208,7 @@ def test_flood_of_output_keeps_the_log_bounded_and_the_metric(workspace, fake_ll
     log = workspace / "runs/t/1.log"
     assert log.stat().st_size < 2_100_000  # 1 MB head + 1 MB tail + a note
     text = log.read_bytes()
-    assert b"bytes of output left out here" in text and b"val_loss: " in text[-1000:]
+    assert b"bytes of output left out here" in text and b"peak_memory_mb: " in text[-1000:]
     assert_consistent(workspace, rows)
 
 
@@ -234,24 +234,6 @@ def test_flood_of_output_keeps_the_tool_memory_flat(tmp_path):
     assert (tmp_path / "flood.log").stat().st_size < 2_100_000
 
 
-NO_METRIC = "no val_loss line in the output (it printed no `name: value` line)"
-
-
-@pytest.mark.parametrize("code,reason", [
-    ('print("val_loss: 0.01abc")\nraise SystemExit(0)', NO_METRIC),
-    ('print("val_loss = 0.01")\nraise SystemExit(0)', NO_METRIC),
-    ('print("step 5 val_loss: 0.01 lr: 0.1")\nraise SystemExit(0)', NO_METRIC),
-    ("raise SystemExit(0)", NO_METRIC),
-    ('print("val_los: 0.01")\nprint("steps: 3")\nraise SystemExit(0)',
-     "no val_loss line in the output (it printed: val_los, steps)"),
-], ids=["trailing-garbage", "equals-sign", "inside-a-progress-line", "no-summary-at-all", "a-misspelt-name"])
-def test_malformed_or_missing_metric_is_a_crash(workspace, fake_llm, code, reason):
-    _, rows = run_with(fake_llm, [inject("quiet", code), BETTER])
-    row = fault_row(rows)
-    assert (row["outcome"], row["reason"]) == ("crash", reason)
-    assert_consistent(workspace, rows)
-
-
 def test_metric_printed_before_a_crash_is_not_trusted(workspace, fake_llm):
     code = 'print("val_loss: 0.0001", flush=True)\nraise RuntimeError("died after printing")'
     _, rows = run_with(fake_llm, [inject("early report", code), BETTER])
@@ -260,29 +242,34 @@ def test_metric_printed_before_a_crash_is_not_trusted(workspace, fake_llm):
     assert_consistent(workspace, rows)
 
 
-# --- the script reaches outside its own files
+# --- the script reaches outside its own files (without the sandbox: the guards; tests/test_trust.py has the rest)
+
+UP_TO_RUNS = "../../../../.."  # from runs/t/work/<n>/recipes/synth, where a training runs, to runs/
+
 
 @pytest.mark.parametrize("code", [
     'open("prepare.py", "a").write("\\ndef evaluate(learning_rate, width):\\n    return 0.0\\n")',
     'os.remove("prepare.py")',
 ], ids=["writes", "deletes"])
-def test_script_that_changes_a_fixed_file_is_invalid_and_the_file_restored(workspace, fake_llm, code):
+def test_script_that_changes_its_copy_of_a_fixed_file_changes_nothing(workspace, fake_llm, code):
+    """It runs in a fresh copy of its commit; the evaluation runs the fixed file as committed at the run's start."""
     _, rows = run_with(fake_llm, [inject("better eval", code), BETTER])
     row = fault_row(rows)
-    assert (row["outcome"], row["reason"]) == ("invalid", "touched prepare.py during training")
+    assert row["outcome"] == "discard" and row["metric"] == pytest.approx(rows[0]["metric"])
     prepare = workspace / "runs/t/worktree/recipes/synth/prepare.py"
     assert prepare.read_text() == (workspace / "recipes/synth/prepare.py").read_text()
-    assert rows[2]["metric"] == pytest.approx(0.25)  # the next experiment was evaluated by the real prepare.py
+    assert rows[2]["metric"] == pytest.approx(0.25)
+    assert not (workspace / "runs/t/work").exists() or not any((workspace / "runs/t/work").iterdir())
     assert_consistent(workspace, rows)
 
 
 @pytest.mark.parametrize("code", [
-    'open("../../../../ledger.db", "r+b").write(b"garbage" * 1000)',
-    'os.remove("../../../../ledger.db")',
-    'import sqlite3\ndb = sqlite3.connect("../../../../ledger.db")\ndb.execute("DELETE FROM experiments")\ndb.commit()',
+    f'open("{UP_TO_RUNS}/ledger.db", "r+b").write(b"garbage" * 1000)',
+    f'os.remove("{UP_TO_RUNS}/ledger.db")',
+    f'import sqlite3\ndb = sqlite3.connect("{UP_TO_RUNS}/ledger.db")\ndb.execute("DELETE FROM experiments")\ndb.commit()',
 ], ids=["overwrites", "deletes", "rewrites-rows"])
 def test_script_that_touches_the_ledger_cannot_lose_a_row(workspace, fake_llm, code):
-    loop, rows = run_with(fake_llm, [inject("clean up", code), BETTER])
+    loop, rows = run_with(fake_llm, [inject("clean up", code), BETTER], sandbox="off")
     row = fault_row(rows)
     assert (row["outcome"], row["reason"]) == ("invalid", "touched the ledger during training")
     # read afresh from the file: every row is there, in order, with its outcome
@@ -292,23 +279,34 @@ def test_script_that_touches_the_ledger_cannot_lose_a_row(workspace, fake_llm, c
 
 
 def test_script_that_commits_on_the_run_branch_is_invalid_and_undone(workspace, fake_llm):
-    code = """
+    code = f"""
     import subprocess
-    open("train.py", "a").write("# sneaky\\n")
-    subprocess.run(["git", "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "sneaky"], check=True)
+    tree = "{UP_TO_RUNS}/t/worktree"
+    open(tree + "/recipes/synth/train.py", "a").write("# sneaky\\n")
+    subprocess.run(["git", "-C", tree, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "sneaky"],
+                   check=True)
     """
-    _, rows = run_with(fake_llm, [inject("self-edit", textwrap.dedent(code)), BETTER])
+    _, rows = run_with(fake_llm, [inject("self-edit", textwrap.dedent(code)), BETTER], sandbox="off")
     row = fault_row(rows)
     assert (row["outcome"], row["reason"]) == ("invalid", "touched the run branch during training")
     assert "sneaky" not in git(workspace, "log", "--format=%s", "autoresearch/t")
     assert_consistent(workspace, rows)
 
 
-def test_script_that_edits_its_own_file_leaves_the_worktree_clean(workspace, fake_llm):
-    code = 'open("train.py", "a").write("# written during training\\n")'
+def test_script_that_edits_the_worktree_is_invalid_and_the_worktree_cleaned(workspace, fake_llm):
+    code = f'open("{UP_TO_RUNS}/t/worktree/recipes/synth/train.py", "a").write("# written during training\\n")'
+    _, rows = run_with(fake_llm, [inject("self-edit", code), BETTER], sandbox="off")
+    assert (rows[1]["outcome"], rows[1]["reason"]) == ("invalid", "touched the run's worktree during training")
+    assert "written during training" not in (workspace / "runs/t/worktree/recipes/synth/train.py").read_text()
+    assert_consistent(workspace, rows)
+
+
+def test_script_that_edits_its_own_copy_leaves_nothing_behind(workspace, fake_llm):
+    code = 'open("train.py", "a").write("# written during training\\n")\nopen("leftover.pyc", "w").write("x")'
     _, rows = run_with(fake_llm, [inject("self-edit", code), BETTER])
     assert rows[1]["outcome"] in ("keep", "discard")
     assert "written during training" not in (workspace / "runs/t/worktree/recipes/synth/train.py").read_text()
+    assert not list((workspace / "runs").rglob("leftover.pyc"))
     assert_consistent(workspace, rows)
 
 

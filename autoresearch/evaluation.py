@@ -1,0 +1,200 @@
+"""The harness's own steps around a training: the recipe's fixed files, its data, and the evaluation of a saved model.
+
+Nothing here trusts the training. Every step runs the recipe's fixed files as committed at the
+run's start, written afresh into a folder of their own for that one step (never the worktree's
+copies, never anything a training could have touched or left bytecode in), with `python -I -B` and
+an environment built from the allowlist. The editable files are not in that folder, so nothing the
+agent wrote is imported.
+
+- `prepare_data` runs the recipe's `prepare` command before the first training: it builds the data
+  and says which paths the training may read (`show: PATH`) and which it must never see
+  (`hide: PATH`: the held-out data and what it is made from); the sandbox acts on both.
+- `evaluate_model` runs the recipe's `evaluate` command on the folder a training saved its model
+  into, after the training's process tree is gone, on the validation split (or the test split, for
+  `verify` only). Its `name: value` lines are the only source of an experiment's metric. Exit code
+  3 with a last line `refused: REASON` means the evaluation refused the model (it looks ahead, it
+  keeps state, it uses a forbidden operation): the experiment is `invalid` with that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch.errors import UserError
+from autoresearch.recipe import Recipe
+from autoresearch.repo import safe_git_environment
+from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, TrainingResult, is_finite
+
+REFUSED_EXIT_CODE = 3
+SPLITS = ("val", "test")
+PREPARE_SECONDS = 6 * 3600.0  # a first download of a large data set may take hours; a cached one takes seconds
+
+
+def write_recipe_files(repo_root: Path, commit: str, recipe_path: str, names: tuple[str, ...] | None,
+                       into: Path) -> Path:
+    """The recipe's files `names` (None: its whole folder) as committed at `commit`, in a new folder.
+
+    Read from git's objects (`git archive`), so what a training did to a worktree does not matter.
+    Returns the recipe's folder inside `into`.
+    """
+    paths = [recipe_path] if names is None else [f"{recipe_path}/{name}" for name in names]
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "--", *paths], cwd=repo_root,
+                             env={**os.environ, **safe_git_environment()}, capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise UserError(f"cannot read {recipe_path} at {commit[:12]}: {archive.stderr.decode(errors='replace').strip()}")
+    into.mkdir(parents=True, exist_ok=False)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        try:
+            tar.extractall(into, filter="data")
+        except TypeError:  # Python before 3.11.4 has no extraction filters; git's own archive needs none
+            tar.extractall(into)
+    return into / recipe_path
+
+
+class HarnessFiles:
+    """A fresh folder holding the recipe's fixed files at the run's start commit, for one harness step.
+
+    Used as a context manager: the folder is the recipe folder inside it, and it is removed after.
+    """
+
+    def __init__(self, repo_root: Path, commit: str, recipe_path: str, recipe: Recipe, scratch: Path):
+        self.repo_root, self.commit, self.recipe_path, self.recipe = repo_root, commit, recipe_path, recipe
+        self.root = Path(scratch) / f"harness-{uuid.uuid4().hex[:12]}"
+
+    def __enter__(self) -> Path:
+        return write_recipe_files(self.repo_root, self.commit, self.recipe_path, self.recipe.fixed, self.root)
+
+    def __exit__(self, *exc_info) -> bool:
+        shutil.rmtree(self.root, ignore_errors=True)
+        return False
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What the recipe's prepare step said: the paths the training may read, and those it must never see."""
+
+    show: tuple[Path, ...] = ()
+    hide: tuple[Path, ...] = ()
+
+
+def prepare_data(executor: Executor, recipe: Recipe, folder: Path, log_path: Path, marker: str) -> PreparedData:
+    """Run the recipe's `prepare` command (if it has one) in `folder`; a failure stops the run."""
+    if not recipe.prepare:
+        return PreparedData()
+    job = TrainingJob(command=recipe.prepare, cwd=folder, log_path=log_path, budget_seconds=PREPARE_SECONDS,
+                      grace_seconds=0, passthrough=recipe.env, isolated=True, env={RUN_MARKER: marker})
+    result = executor.run(job)
+    if result.timed_out or result.exit_code != 0:
+        why = "ran too long" if result.timed_out else f"exit code {result.exit_code}: {last_line(result.log_tail)}"
+        raise UserError(f"the recipe's prepare step failed ({why}); see {log_path}")
+    show, hide = [], []
+    for line in read_text(log_path).splitlines():
+        kind, _, path = line.partition(":")
+        if kind in ("show", "hide") and path.strip():
+            (show if kind == "show" else hide).append(Path(path.strip()))
+    return PreparedData(show=tuple(show), hide=tuple(hide))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the harness's evaluation of one saved model found.
+
+    `outcome` is None when it scored the model; else `invalid` (it refused the model), `crash` (it
+    failed on it) or `timeout`, with `reason`.
+    """
+
+    outcome: str | None
+    reason: str | None
+    values: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    log_path: Path | None = None
+    log_tail: str = ""
+
+    def metric(self, name: str) -> float | None:
+        return self.values.get(name)
+
+
+def evaluation_job(recipe: Recipe, folder: Path, model_dir: Path, split: str, seed: int, log_path: Path,
+                   marker: str) -> TrainingJob:
+    """The job that evaluates one saved model on one split with the recipe's fixed `evaluate` command."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    return TrainingJob(command=recipe.evaluate, cwd=folder, log_path=log_path, budget_seconds=recipe.evaluation_seconds,
+                       grace_seconds=0, passthrough=recipe.env, isolated=True,
+                       env={"AUTORESEARCH_MODEL_DIR": str(model_dir), "AUTORESEARCH_SPLIT": split,
+                            "AUTORESEARCH_SEED": str(seed), RUN_MARKER: marker})
+
+
+def evaluate_model(executor: Executor, job: TrainingJob) -> Evaluation:
+    """Run an evaluation job; its printed `name: value` lines are the model's numbers."""
+    result = executor.run(job)
+    outcome, reason = evaluation_outcome(result, job.budget_seconds)
+    return Evaluation(outcome=outcome, reason=reason, values=result.summary, seconds=result.seconds,
+                      log_path=job.log_path, log_tail=result.log_tail)
+
+
+def evaluation_outcome(result: TrainingResult, limit_seconds: float) -> tuple[str | None, str | None]:
+    if result.timed_out:
+        return "timeout", f"the evaluation of its model ran past {limit_seconds:g}s"
+    if result.exit_code == REFUSED_EXIT_CODE:
+        refused = [line for line in result.log_tail.splitlines() if line.startswith("refused:")]
+        why = refused[-1].split(":", 1)[1].strip() if refused else last_line(result.log_tail)
+        return "invalid", why or "the evaluation refused the model"
+    if result.exit_code != 0:
+        return "crash", f"evaluation failed (exit code {result.exit_code}): {last_line(result.log_tail)}"
+    return None, None
+
+
+def scored_metric(evaluation: Evaluation, name: str) -> tuple[str | None, str | None, float | None]:
+    """(outcome, reason, metric) for a finished evaluation; outcome None means the metric is usable."""
+    if evaluation.outcome is not None:
+        return evaluation.outcome, evaluation.reason, None
+    value = evaluation.metric(name)
+    if value is None:
+        printed = ", ".join(list(evaluation.values)[:12])
+        return "crash", f"the evaluation printed no {name} line (" + (
+            f"it printed: {printed})" if printed else "it printed no `name: value` line)"), None
+    if not is_finite(value):
+        return "crash", "nan", None
+    return None, None, value
+
+
+def model_digest(model_dir: Path) -> tuple[int, str]:
+    """(bytes, sha256) of every file of a saved model, in name order: what the ledger keeps of it."""
+    digest = hashlib.sha256()
+    total = 0
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+                total += len(block)
+    return total, digest.hexdigest()
+
+
+def has_model(model_dir: Path) -> bool:
+    return Path(model_dir).is_dir() and any(p.is_file() for p in Path(model_dir).rglob("*"))
+
+
+def last_line(tail: str) -> str:
+    """The line of a log tail that says what went wrong: the last one naming an error, else the last."""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line[:160]
+    return lines[-1][:160] if lines else "no output"
+
+
+def read_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return ""
