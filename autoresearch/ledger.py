@@ -8,6 +8,7 @@ Every reader returns plain dicts of one shape, so `log --json` and every other J
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -194,7 +195,7 @@ class Ledger:
         """A consistent copy of the whole ledger at path (SQLite's online backup).
 
         The write-ahead log is folded into the file first, so that the file alone holds every row
-        and a later change to it shows in `read_back` (a page still in the log would hide it).
+        and a later change to it shows in `content_digest` (a page still in the log would hide it).
         """
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         target = sqlite3.connect(path)
@@ -203,22 +204,31 @@ class Ledger:
         finally:
             target.close()
 
-    def read_back(self, tag: str) -> list[dict] | None:
-        """The run's experiments as the file on disk holds them now, through a fresh connection.
+    def content_digest(self, path: Path | None = None) -> str | None:
+        """A digest of every row of every table (and of the schema) of the file at path (default: the ledger).
 
-        None when the file is missing, unreadable or fails SQLite's quick check: this connection's
-        cache would not notice a file deleted or overwritten under it, a fresh one does.
+        Read through a fresh connection: this connection's cache would not notice a file deleted or
+        overwritten under it. None when the file is missing, unreadable or fails SQLite's quick check.
         """
-        try:
-            fresh = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-        except sqlite3.Error:
+        target = Path(path or self.path)
+        if not target.is_file():
             return None
         try:
-            fresh.row_factory = sqlite3.Row
+            fresh = sqlite3.connect(f"{target.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+        except sqlite3.Error:
+            return None
+        digest = hashlib.sha256()
+        try:
             if fresh.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 return None
-            rows = fresh.execute("SELECT * FROM experiments WHERE tag = ? ORDER BY number", (tag,))
-            return [_experiment_dict(row) for row in rows]
+            digest.update(repr(fresh.execute("PRAGMA user_version").fetchone()).encode())
+            tables = [row[0] for row in fresh.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")]
+            digest.update(repr(fresh.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()).encode())
+            for table in tables:
+                digest.update(table.encode() + b"\0")
+                for row in fresh.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
+                    digest.update(repr(row).encode() + b"\n")
+            return digest.hexdigest()
         except sqlite3.Error:
             return None
         finally:

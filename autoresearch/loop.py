@@ -30,7 +30,7 @@ from autoresearch.prompts import AgentContext, LineageEntry
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import LivePrices
-from autoresearch.recovery import reconcile, run_marker
+from autoresearch.recovery import LedgerTampered, reconcile, run_marker
 from autoresearch.review import run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.settings import RunOptions, check_options, override_records, stored_settings
@@ -477,7 +477,10 @@ class ResearchLoop:
         request = TrainingRequest(number=number, attempt=attempt, kind=kind,
                                   seed=derive_seed(options.seed, number, attempt),
                                   commit=state.worktree.head_commit(), description=description)
-        return state.trainer.train(request)
+        try:
+            return state.trainer.train(request)
+        except LedgerTampered as exc:
+            raise StopRun(str(exc)) from None
 
     # --- the noise floor and confirmation runs (docs/noise.md)
 

@@ -17,6 +17,7 @@ read back through a fresh connection after it; a ledger that changed is put back
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,28 +93,111 @@ def _lost_commit(worktree: Repo, tag: str, row: dict) -> str | None:
     return None
 
 
+class LedgerTampered(Exception):
+    """The training changed the ledger and its safety copy both: the record cannot be put back."""
+
+
 class LedgerGuard:
-    """Around one training run: copy the ledger, then check the file and put the copy back if needed."""
+    """Around one training run without the sandbox: copy the ledger, then check every table and put the copy back.
+
+    The digest covers every row of every table, so a change to any of them (a run's settings, its
+    LLM calls, another run's rows) is noticed, not only the run's own experiments. The copy lies
+    where the training could reach it too, so the copy's own digest is checked before it is used.
+    """
 
     def __init__(self, ledger: Ledger, run_dir: Path, tag: str):
         self.ledger = ledger
         self.tag = tag
         self.backup_path = Path(run_dir) / LEDGER_BACKUP_FILE
-        self._rows: list[dict] | None = None
+        self._digest: str | None = None
 
     def before(self) -> str | None:
         """Copy the ledger; returns why it could not be copied (a full disk), and then guards nothing."""
-        self._rows = None
+        self._digest = None
         try:
             self.ledger.backup_to(self.backup_path)
         except (OSError, sqlite3.Error) as exc:
             return f"could not copy the ledger to {self.backup_path} ({exc}); this training runs without the copy"
-        self._rows = self.ledger.experiments(self.tag)
+        self._digest = self.ledger.content_digest(self.backup_path)
         return None
 
     def after(self) -> bool:
-        """True when the ledger had been touched and was put back."""
-        if self._rows is None or self.ledger.read_back(self.tag) == self._rows:
+        """True when the ledger had been touched and was put back; LedgerTampered when that cannot be done."""
+        if self._digest is None or self.ledger.content_digest() == self._digest:
             return False
+        if self.ledger.content_digest(self.backup_path) != self._digest:
+            raise LedgerTampered(f"the training changed the ledger {self.ledger.path} and its copy "
+                                 f"{self.backup_path}: the record cannot be put back")
         self.ledger.restore_from(self.backup_path)
         return True
+
+
+class GitGuard:
+    """Around one training run without the sandbox: the repository's config, hooks and attributes, and the run's refs.
+
+    A training that can write .git/config, .git/hooks or .git/info/attributes could make the tool's
+    next git command run its program (a filter, a hook, an fsmonitor); one that deletes the run's
+    refs could let discarded experiments be garbage-collected. Each watched file is put back byte
+    for byte before the tool runs git again, and each ref re-pointed at its commit (while git still
+    has it). The tool's git also runs with hooks and fsmonitor off (repo.SAFE_GIT_CONFIG).
+    """
+
+    def __init__(self, worktree: Repo, tag: str):
+        self.worktree, self.tag = worktree, tag
+        git_dir, common_dir = worktree.git_dirs()
+        self.watched = {"the git config": [common_dir / "config", git_dir / "config.worktree"],
+                        "the git attributes": [common_dir / "info" / "attributes"]}
+        self.hook_dirs = sorted({common_dir / "hooks", git_dir / "hooks"})
+        self._files: dict[Path, bytes | None] = {}
+        self._hooks: dict[Path, bytes] = {}
+        self._refs: dict[str, str] = {}
+
+    def before(self) -> None:
+        self._files = {path: _read_bytes(path) for paths in self.watched.values() for path in paths}
+        self._hooks = {path: path.read_bytes() for path in self._hook_files()}
+        self._refs = self.worktree.run_refs(self.tag)
+
+    def after(self) -> list[str]:
+        """What the training touched (each put back), by name: `the git config`, `the git hooks`, `the run's refs`."""
+        touched = []
+        for name, paths in self.watched.items():
+            changed = [path for path in paths if _read_bytes(path) != self._files[path]]
+            for path in changed:
+                _write_back(path, self._files[path])
+            if changed:
+                touched.append(name)
+        now = set(self._hook_files())
+        if now != set(self._hooks) or any(path.read_bytes() != self._hooks[path] for path in now & set(self._hooks)):
+            for path in now - set(self._hooks):
+                path.unlink()
+            for path, data in self._hooks.items():
+                _write_back(path, data)
+            touched.append("the git hooks")
+        refs = self.worktree.run_refs(self.tag)
+        if refs != self._refs:
+            for ref, sha in self._refs.items():
+                if refs.get(ref) != sha and self.worktree.has_object(sha):
+                    self.worktree.set_ref(ref, sha)
+            touched.append("the run's refs")
+        return touched
+
+    def _hook_files(self) -> list[Path]:
+        return sorted(path for folder in self.hook_dirs if folder.is_dir() for path in folder.rglob("*") if path.is_file())
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write_back(path: Path, data: bytes | None) -> None:
+    """Put a file back as it was: its bytes, or gone when it did not exist."""
+    if data is None:
+        path.unlink(missing_ok=True)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(path.name + ".autoresearch-restore")
+    staging.write_bytes(data)
+    os.replace(staging, path)

@@ -181,14 +181,35 @@ class Repo:
                 self.git.worktree("add", "-b", branch, str(path), start or "HEAD")
         return Repo(path)
 
+    def git_dirs(self) -> tuple[Path, Path]:
+        """(this worktree's own git folder, the repository's common one): where its config and hooks live."""
+        return (Path(self.git.rev_parse("--absolute-git-dir")),
+                Path(self.git.rev_parse("--path-format=absolute", "--git-common-dir")))
+
+    def run_refs(self, tag: str) -> dict[str, str]:
+        """The run's branch and experiment refs, with the commit each points at."""
+        found = {}
+        for prefix in (f"refs/heads/{RUN_BRANCH_PREFIX}{tag}", f"{EXPERIMENT_REF_PREFIX}{tag}/"):
+            for line in self.git.for_each_ref("--format=%(refname) %(objectname)", prefix).splitlines():
+                name, _, sha = line.partition(" ")
+                if name == prefix or (prefix.endswith("/") and name.startswith(prefix)):
+                    found[name] = sha
+        return found
+
+    def has_object(self, sha: str) -> bool:
+        try:
+            self.git.cat_file("-e", f"{sha}^{{commit}}")
+        except git.GitCommandError:
+            return False
+        return True
+
     def clear_stale_locks(self, refs: list[str], wait_seconds: float = 2.0) -> list[str]:
         """Remove the lock files a killed git left in this worktree (index, HEAD) and on refs.
 
         Only for a worktree and refs of the tool's own, once the run's lock shows no other tool is
         at work: a lock that does not go away within wait_seconds was left by a git that died.
         """
-        git_dir = Path(self.git.rev_parse("--absolute-git-dir"))
-        common_dir = Path(self.git.rev_parse("--path-format=absolute", "--git-common-dir"))
+        git_dir, common_dir = self.git_dirs()
         candidates = [git_dir / "index.lock", git_dir / "HEAD.lock"]
         candidates += [common_dir / f"{ref}.lock" for ref in refs]
         deadline = time.monotonic() + wait_seconds

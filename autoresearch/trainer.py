@@ -29,7 +29,7 @@ from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, e
                                      model_digest, scored_metric, write_recipe_files)
 from autoresearch.ledger import Ledger
 from autoresearch.recipe import Recipe
-from autoresearch.recovery import LedgerGuard
+from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
 from autoresearch.runner import Executor, TrainingJob, TrainingResult, recipe_job
 
@@ -117,6 +117,9 @@ class Trainer:
         guard = None if context.sandboxed else LedgerGuard(self.ledger, context.run_dir, context.tag)
         if guard is not None and (problem := guard.before()):
             self.reporter.note(problem)
+        git_guard = None if context.sandboxed or context.worktree is None else GitGuard(context.worktree, context.tag)
+        if git_guard is not None:
+            git_guard.before()
         try:
             workdir = write_recipe_files(context.repo_root, request.commit, context.recipe_path, None, copy_root)
             job = recipe_job(context.recipe, workdir, log_path, context.budget_seconds, request.seed, context.marker,
@@ -130,7 +133,7 @@ class Trainer:
             raise
         finally:
             shutil.rmtree(copy_root, ignore_errors=True)
-        touched = self._check_after(guard, request.commit)
+        touched = self._check_after(guard, git_guard, request.commit)
         if result.log_error:
             self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
         outcome, reason = training_outcome(result, touched, context.budget_seconds)
@@ -166,9 +169,12 @@ class Trainer:
                                  context.run_dir / f"{stem}.log", context.marker)
             return evaluate_model(self.executor, job)
 
-    def _check_after(self, guard: LedgerGuard | None, commit: str) -> list[str]:
-        """Without the sandbox: what the training touched of the record, each put back."""
-        touched = []
+    def _check_after(self, guard: LedgerGuard | None, git_guard: GitGuard | None, commit: str) -> list[str]:
+        """Without the sandbox: what the training touched of the record, each put back.
+
+        The git files go back first: no git command runs while a training's config or hook is in place.
+        """
+        touched = [] if git_guard is None else git_guard.after()
         if guard is not None and guard.after():
             touched.append("the ledger")
             self.reporter.note(f"the training changed or removed {self.ledger.path}; restored it")

@@ -18,6 +18,7 @@ from conftest import git
 from faultkit import BETTER, TAG, assert_consistent, inject, pids_with_cmdline, resume_with, run_with
 
 from autoresearch.ledger import Ledger
+from autoresearch.loop import StopRun
 
 
 def fault_row(rows):
@@ -353,3 +354,50 @@ def test_no_secret_of_the_tool_reaches_the_training(tmp_path, fake_llm, monkeypa
     assert "MINE handed-through" in log and "'LC_ALL'" in log and "'PATH'" in log
     assert "'AUTORESEARCH_SEED'" in log and "'AUTORESEARCH_TIME_BUDGET'" in log
     assert_consistent(root, rows)
+
+
+@pytest.mark.parametrize("code", [
+    f'import sqlite3\ndb = sqlite3.connect("{UP_TO_RUNS}/ledger.db")\ndb.execute("UPDATE runs SET config_json = \'{{}}\'")\n'
+    'db.commit()',
+    f'import sqlite3\ndb = sqlite3.connect("{UP_TO_RUNS}/ledger.db")\ndb.execute("DELETE FROM llm_calls")\ndb.commit()',
+    f'import sqlite3\ndb = sqlite3.connect("{UP_TO_RUNS}/ledger.db")\ndb.execute("UPDATE training_runs SET metric = 0")\n'
+    'db.commit()',
+], ids=["the-runs-settings", "its-llm-calls", "training-runs"])
+def test_a_change_to_any_table_of_the_ledger_is_caught_and_put_back(workspace, fake_llm, code):
+    """Not only the run's experiment rows: every table the tool wrote is checked after a training."""
+    loop, rows = run_with(fake_llm, [inject("tidy the record", code), BETTER], sandbox="off")
+    assert (rows[1]["outcome"], rows[1]["reason"]) == ("invalid", "touched the ledger during training")
+    ledger = Ledger(workspace / "runs/ledger.db")
+    assert ledger.run(TAG)["config"]["max_experiments"] == 3
+    assert ledger.llm_calls(TAG, 1) and ledger.training_runs(TAG, 0)[0]["metric"] == pytest.approx(0.29)
+    assert_consistent(workspace, rows)
+
+
+def test_a_training_that_rewrites_the_ledger_and_its_copy_stops_the_run(workspace, fake_llm):
+    code = (f'import sqlite3\nfor name in ("ledger.db", "t/ledger-backup.db"):\n'
+            f'    db = sqlite3.connect("{UP_TO_RUNS}/" + name)\n    db.execute("DELETE FROM llm_calls")\n'
+            '    db.commit()')
+    with pytest.raises(StopRun, match="changed the ledger .* and its copy .*: the record cannot be put back"):
+        run_with(fake_llm, [inject("cover the tracks", code), BETTER], sandbox="off")
+
+
+@pytest.mark.parametrize("code, what", [
+    (f'open("{UP_TO_RUNS}/../.git/config", "a").write("[core]\\n\\tfsmonitor = /bin/false\\n[filter \\"x\\"]\\n'
+     f'\\tclean = touch {UP_TO_RUNS}/pwned\\n")', "the git config"),
+    (f'import os\nos.makedirs("{UP_TO_RUNS}/../.git/info", exist_ok=True)\n'
+     f'open("{UP_TO_RUNS}/../.git/info/attributes", "w").write("* filter=x\\n")', "the git attributes"),
+    (f'import os\nhook = "{UP_TO_RUNS}/../.git/hooks/pre-commit"\nopen(hook, "w").write("#!/bin/sh\\ntouch '
+     f'{UP_TO_RUNS}/pwned\\n")\nos.chmod(hook, 0o755)', "the git hooks"),
+    (f'import subprocess\nsubprocess.run(["git", "-C", "{UP_TO_RUNS}/..", "update-ref", "-d", "refs/autoresearch/t/1"],'
+     ' check=True)', "the run's refs"),
+], ids=["config", "attributes", "hook", "refs"])
+def test_what_a_training_writes_into_git_never_runs_and_is_put_back(workspace, fake_llm, code, what):
+    """Without the sandbox: a hook, a filter or an fsmonitor it installs would run the next time the tool used git."""
+    config_before = (workspace / ".git/config").read_text()
+    _, rows = run_with(fake_llm, [inject("make git faster", code), BETTER], sandbox="off")
+    assert (rows[1]["outcome"], rows[1]["reason"]) == ("invalid", f"touched {what} during training")
+    assert not (workspace / "runs/pwned").exists()
+    assert (workspace / ".git/config").read_text() == config_before
+    assert not (workspace / ".git/hooks/pre-commit").exists()
+    assert git(workspace, "rev-parse", "refs/autoresearch/t/1") == rows[1]["commit_sha"]
+    assert_consistent(workspace, rows)
