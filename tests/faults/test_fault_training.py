@@ -289,7 +289,7 @@ def test_script_that_commits_on_the_run_branch_is_invalid_and_undone(workspace, 
     """
     _, rows = run_with(fake_llm, [inject("self-edit", textwrap.dedent(code)), BETTER], sandbox="off")
     row = fault_row(rows)
-    assert (row["outcome"], row["reason"]) == ("invalid", "touched the run branch during training")
+    assert (row["outcome"], row["reason"]) == ("invalid", "touched the run's refs, the run's worktree during training")
     assert "sneaky" not in git(workspace, "log", "--format=%s", "autoresearch/t")
     assert_consistent(workspace, rows)
 
