@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "faults"))  # faultkit, for the attack tests too
 # Rich sizes the CLI's consoles when they are made: wide enough that tables do not wrap in tests.
 os.environ["COLUMNS"] = "200"
 
