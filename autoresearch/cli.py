@@ -160,6 +160,10 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop before an experiment that would "
                                                  "take the run's LLM tokens (prompt and completion) past this."
                                                  + RESUME_NOTE),
+        sandbox: Optional[str] = typer.Option(None, "--sandbox", help="auto (the default): train inside bubblewrap "
+                                              "when a check at the start passes, else say what is missing and go "
+                                              "on; on: refuse to start without it; off: no sandbox (docs/trust.md)."
+                                              + RESUME_NOTE),
         allow_concurrent: bool = typer.Option(False, "--allow-concurrent", help="Train although another run trains "
                                               "in this workspace (they will share the machine).")):
     """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
@@ -172,7 +176,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         hours=hours, min_delta=min_delta, noise_runs=noise_runs, noise_multiple=noise_multiple,
         confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
         agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens,
-        prompt_tokens=prompt_tokens).items() if value is not None}
+        prompt_tokens=prompt_tokens, sandbox=sandbox).items() if value is not None}
     with user_errors():
         for name in (tag, resume):
             if name is not None:

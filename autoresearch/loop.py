@@ -23,6 +23,7 @@ from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.evaluation import HarnessFiles, prepare_data
+from autoresearch.isolation import choose_sandbox
 from autoresearch.guard import check_candidate, editable_digest
 from autoresearch.ledger import Ledger, now_iso
 from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
@@ -303,7 +304,7 @@ class ResearchLoop:
                     self._check_agent(state, options)
                     checked = True
                 if state.trainer is None:
-                    state.trainer = self._make_trainer(state)
+                    state.trainer = self._make_trainer(state, options)
                 if state.best_metric is None:
                     self._baseline(state, options)
                 else:
@@ -450,7 +451,7 @@ class ResearchLoop:
         cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None
         self.reporter.tokens_used(prompt_tokens, completion_tokens, cost)
 
-    def _make_trainer(self, state: RunState) -> Trainer:
+    def _make_trainer(self, state: RunState, options: RunOptions) -> Trainer:
         """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox."""
         run = self.ledger.run(state.tag)
         run_dir = self.workspace.run_dir(state.tag)
@@ -461,7 +462,11 @@ class ResearchLoop:
             self.reporter.note(f"run {state.tag}: preparing the data ({state.recipe.prepare})")
         with HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, state.recipe,
                           run_dir / SCRATCH_DIR) as folder:
-            prepare_data(self.executor, state.recipe, folder, run_dir / PREPARE_LOG, context.marker)
+            data = prepare_data(self.executor, state.recipe, folder, run_dir / PREPARE_LOG, context.marker)
+        sandbox = choose_sandbox(options.sandbox, self.workspace.git_root, data)
+        if sandbox.problem:
+            self.reporter.note(f"run {state.tag}: {sandbox.problem}")
+        context.sandbox, context.sandbox_level = sandbox.policy, sandbox.level
         self.ledger.set_run_sandbox(state.tag, context.sandbox_level)
         return Trainer(context, self.ledger, self.executor, self.reporter)
 

@@ -92,6 +92,7 @@ class TrainingJob:
     passthrough: tuple[str, ...] = ()  # more names of the tool's environment to hand through (recipe `env:`)
     isolated: bool = False
     makes_up_steal: bool = False  # the deadline moves by the steal measured while it runs, up to a quarter of the budget
+    sandbox: object | None = None  # a sandbox.SandboxSpec: the command runs inside bubblewrap as it describes
 
 
 @dataclass
@@ -272,6 +273,10 @@ class LocalExecutor:
         log = BoundedLog(job.log_path, self.log_head_bytes, self.log_tail_bytes)
         started = time.monotonic()
         argv = resolve_command(job.command, job.isolated)
+        if job.sandbox is not None:
+            from autoresearch.sandbox import sandbox_argv
+
+            argv = sandbox_argv(job.sandbox, argv)
         try:
             process = subprocess.Popen(with_parent_death_signal(argv), cwd=job.cwd, env=env,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

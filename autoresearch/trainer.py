@@ -20,18 +20,18 @@ from __future__ import annotations
 
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from autoresearch.console import Reporter
 from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, has_model, last_line,
                                      model_digest, scored_metric, write_recipe_files)
+from autoresearch.isolation import SandboxPolicy
 from autoresearch.ledger import Ledger
 from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
-from autoresearch.runner import Executor, TrainingJob, TrainingResult, recipe_job
+from autoresearch.runner import Executor, TrainingResult, recipe_job
 
 MODELS_DIR = "models"
 WORK_DIR = "work"
@@ -87,9 +87,12 @@ class RunContext:
     budget_seconds: float
     marker: str  # the run's process marker (recovery.run_marker)
     worktree: Repo | None = None  # the run's worktree, checked after each training without the sandbox
-    sandboxed: bool = False
+    sandbox: SandboxPolicy | None = None  # None: no sandbox (isolation.py)
     sandbox_level: str = "none"
-    sandbox_wrap: Callable[[TrainingJob, Path, Path], TrainingJob] | None = None  # (job, workdir, model_dir)
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox is not None
 
 
 class Trainer:
@@ -124,8 +127,8 @@ class Trainer:
             workdir = write_recipe_files(context.repo_root, request.commit, context.recipe_path, None, copy_root)
             job = recipe_job(context.recipe, workdir, log_path, context.budget_seconds, request.seed, context.marker,
                              model_dir)
-            if context.sandbox_wrap is not None:
-                job = context.sandbox_wrap(job, copy_root, model_dir)
+            if context.sandbox is not None:
+                job = replace(job, sandbox=context.sandbox.training(copy_root, model_dir))
             result = self.executor.run(job, on_output=self.reporter.training_output)
         except BaseException:
             if run_id is not None:
@@ -162,11 +165,14 @@ class Trainer:
     def evaluate(self, model_dir: Path, split: str, stem: str) -> Evaluation:
         """The harness's evaluation of a saved model, from the fixed files of the run's start commit."""
         context = self.context
-        with HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, context.recipe,
-                          context.run_dir / SCRATCH_DIR) as folder:
+        files = HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, context.recipe,
+                             context.run_dir / SCRATCH_DIR)
+        with files as folder:
             # A seed the training never saw: which windows and cut points the evaluation draws.
             job = evaluation_job(context.recipe, folder, model_dir, split, secrets.randbelow(SEED_SPACE),
                                  context.run_dir / f"{stem}.log", context.marker)
+            if context.sandbox is not None:
+                job = replace(job, sandbox=context.sandbox.evaluation(files.root, model_dir))
             return evaluate_model(self.executor, job)
 
     def _check_after(self, guard: LedgerGuard | None, git_guard: GitGuard | None, commit: str) -> list[str]:
