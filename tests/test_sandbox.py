@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent / "faults"))
 
 from faultkit import alive, wait_until  # noqa: E402
 
-from autoresearch.sandbox import (SandboxError, SandboxSpec, gpu_devices, interpreter_paths,  # noqa: E402
+from autoresearch.sandbox import (SandboxError, SandboxSpec, gpu_devices, interpreter_paths, probe,  # noqa: E402
                                   sandbox_argv)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -437,3 +437,56 @@ def test_a_sandbox_that_cannot_be_built_is_refused(tree):
         sandbox_argv(spec_in(tree, hidden=(Path("/"),)), ["true"])
     with pytest.raises(SandboxError, match="writable"):
         sandbox_argv(spec_in(tree, writable=(Path("/"),)), ["true"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The probe
+
+
+@needs_bwrap
+def test_the_probe_finds_the_sandbox_working_here():
+    result = probe()
+    assert (result.available, result.level, result.problem) == (True, "bubblewrap", None)
+    assert result.bwrap == shutil.which("bwrap")
+    assert result.seconds < 5
+
+
+def test_the_probe_says_how_to_install_bwrap_when_it_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    for result in (probe(), probe(bwrap=str(tmp_path / "bin" / "bwrap"))):
+        assert (result.available, result.level, result.bwrap) == (False, "none", None)
+        assert result.problem == "bubblewrap is not installed: install bubblewrap (apt-get install bubblewrap)"
+
+
+@needs_bwrap_0_8
+def test_the_probe_reports_bwraps_own_words_when_namespaces_are_refused(tree):
+    # Inside the sandbox no user namespace can be made: a real refusal, as a locked-down kernel gives.
+    report = run_in(spec_in(tree, readable=(REPO,)), """
+    from autoresearch.sandbox import probe
+    result = probe()
+    report = [result.available, result.level, result.problem]
+    """)
+    assert report[:2] == [False, "none"]
+    assert report[2].startswith("bwrap: ") and "\n" not in report[2]
+
+
+@needs_bwrap
+def test_the_probe_checks_the_protections_rather_than_trusting_bwrap(tmp_path):
+    # A stand-in that runs the probe's command under a read-only root and nothing else.
+    weak = tmp_path / "bwrap"
+    weak.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        while [ "$#" -gt 0 ]; do
+          case "$1" in
+            --chdir) workdir=$2; shift 2 ;;
+            --) shift; break ;;
+            *) shift ;;
+          esac
+        done
+        exec {shutil.which("bwrap")} --ro-bind / / --dev /dev --bind "$workdir" "$workdir" --chdir "$workdir" -- "$@"
+        """))
+    weak.chmod(0o755)
+    result = probe(bwrap=str(weak))
+    assert (result.available, result.level) == (False, "none")
+    for missing in ("a hidden file can be read", "the network can be reached", "no PID namespace"):
+        assert missing in result.problem
