@@ -30,8 +30,26 @@ from autoresearch.sandbox import (SandboxError, SandboxSpec, gpu_devices, interp
                                   sandbox_argv)
 
 REPO = Path(__file__).resolve().parent.parent
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
-                                 reason="bubblewrap is not installed (apt-get install bubblewrap)")
+
+
+def bwrap_refusal() -> str | None:
+    """Why bwrap cannot run here at all (not installed, or no namespaces for it), else None.
+
+    Checked with a bare bwrap command, not with sandbox_argv, so that a mistake in the code under
+    test fails the tests instead of skipping them.
+    """
+    if shutil.which("bwrap") is None:
+        return "bubblewrap is not installed (apt-get install bubblewrap)"
+    completed = subprocess.run(["bwrap", "--unshare-all", "--ro-bind", "/", "/", "--", "true"], capture_output=True,
+                               text=True)
+    if completed.returncode != 0:
+        said = completed.stderr.strip() or f"exit code {completed.returncode}"
+        return f"bwrap cannot make namespaces on this machine: {said.splitlines()[0]}"
+    return None
+
+
+BWRAP_REFUSAL = bwrap_refusal()
+needs_bwrap = pytest.mark.skipif(BWRAP_REFUSAL is not None, reason=BWRAP_REFUSAL or "")
 
 
 def bwrap_version() -> tuple[int, ...]:
@@ -39,8 +57,8 @@ def bwrap_version() -> tuple[int, ...]:
     return tuple(int(part) for part in output.split("."))
 
 
-needs_bwrap_0_8 = pytest.mark.skipif(shutil.which("bwrap") is None or bwrap_version() < (0, 8),
-                                     reason="needs bubblewrap 0.8 or newer (--disable-userns)")
+needs_bwrap_0_8 = pytest.mark.skipif(BWRAP_REFUSAL is not None or bwrap_version() < (0, 8),
+                                     reason=BWRAP_REFUSAL or "needs bubblewrap 0.8 or newer (--disable-userns)")
 
 
 @pytest.fixture
