@@ -14,4 +14,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
 fi
 .venv/bin/python -m pip install -q -e '.[test,nanogpt]'
+if [ "$(uname -s)" = Linux ] && ! command -v bwrap >/dev/null 2>&1; then
+  echo "note: the training sandbox needs bubblewrap, which is missing: sudo apt-get install bubblewrap" >&2
+fi
 echo "ready: .venv/bin/autoresearch" >&2
