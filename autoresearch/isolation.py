@@ -33,12 +33,14 @@ class SandboxPolicy:
     devices: tuple[Path, ...]
 
     def training(self, workdir: Path, model_dir: Path):
+        """`workdir`: the training's fresh copy of its recipe folder, writable and its current folder."""
         from autoresearch.sandbox import SandboxSpec
 
         return SandboxSpec(workdir=workdir, writable=(model_dir,), readable=(*self.data.show, PACKAGE_DIR),
                            hidden=(self.workspace_root, *self.data.hide), devices=self.devices)
 
     def evaluation(self, workdir: Path, model_dir: Path):
+        """`workdir`: the evaluation's fresh folder of the fixed files; the model is read-only."""
         from autoresearch.sandbox import SandboxSpec
 
         return SandboxSpec(workdir=workdir, readable=(model_dir, *self.data.show, *self.data.hide, PACKAGE_DIR),

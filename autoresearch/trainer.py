@@ -128,7 +128,7 @@ class Trainer:
             job = recipe_job(context.recipe, workdir, log_path, context.budget_seconds, request.seed, context.marker,
                              model_dir)
             if context.sandbox is not None:
-                job = replace(job, sandbox=context.sandbox.training(copy_root, model_dir))
+                job = replace(job, sandbox=context.sandbox.training(workdir, model_dir))
             result = self.executor.run(job, on_output=self.reporter.training_output)
         except BaseException:
             if run_id is not None:
@@ -172,7 +172,7 @@ class Trainer:
             job = evaluation_job(context.recipe, folder, model_dir, split, secrets.randbelow(SEED_SPACE),
                                  context.run_dir / f"{stem}.log", context.marker)
             if context.sandbox is not None:
-                job = replace(job, sandbox=context.sandbox.evaluation(files.root, model_dir))
+                job = replace(job, sandbox=context.sandbox.evaluation(folder, model_dir))
             return evaluate_model(self.executor, job)
 
     def _check_after(self, guard: LedgerGuard | None, git_guard: GitGuard | None, commit: str) -> list[str]:

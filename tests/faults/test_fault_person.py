@@ -32,10 +32,10 @@ def ledger_rows(workspace: Path) -> list[dict]:
         ledger.close()
 
 
-def start_tool_training(workspace: Path, fake_llm, proposal: str) -> ToolProcess:
+def start_tool_training(workspace: Path, fake_llm, proposal: str, *flags: str) -> ToolProcess:
     """The CLI, run from a shell, busy training experiment 1 (the proposal) after its baseline."""
     fake_llm.set_script([proposal])
-    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, env=tool_env(fake_llm))
+    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, *flags, env=tool_env(fake_llm))
     assert tool.wait_for("experiment 1: training"), tool.stderr()
     return tool
 
@@ -60,8 +60,11 @@ def test_ctrl_c_once_stops_training_records_interrupted_and_says_how_to_resume(w
 
 
 def test_ctrl_c_twice_exits_at_once_and_the_next_start_is_consistent(workspace, fake_llm):
-    """The first Ctrl-C waits for a training that ignores SIGTERM; the second does not wait."""
-    tool = start_tool_training(workspace, fake_llm, STUBBORN)
+    """The first Ctrl-C waits for a training that ignores SIGTERM; the second does not wait.
+
+    Without the sandbox: in it, the training's PID namespace ends with its first process, so the
+    first Ctrl-C is done before a second one could come, and nothing is left for a resume."""
+    tool = start_tool_training(workspace, fake_llm, STUBBORN, "--sandbox", "off")
     time.sleep(0.5)
     tool.interrupt()
     time.sleep(0.3)
@@ -73,7 +76,7 @@ def test_ctrl_c_twice_exits_at_once_and_the_next_start_is_consistent(workspace, 
     # the training itself died with the tool (PR_SET_PDEATHSIG); its setsid'd child is left for the resume
     assert wait_until(lambda: not any("train.py" in open(f"/proc/{pid}/cmdline").read()
                                       for pid in map(str, run_processes(workspace))), 3)
-    loop, rows = resume_with(fake_llm, [BETTER])
+    loop, rows = resume_with(fake_llm, [BETTER], sandbox="off")
     assert pids_with_cmdline("987611") == []
     assert rows[1]["outcome"] == "interrupted" and rows[2]["outcome"] == "keep"
     assert any("leftover training process" in note for note in loop.reporter.notes)
@@ -97,7 +100,7 @@ def test_kill_9_during_training_then_resume(workspace, fake_llm):
     flag = workspace.parent / "second-time"
     slow_then_fast = inject("lower lr, slowly", f"import os\nif not os.path.exists({str(flag)!r}):\n"
                                                 f"    time.sleep(60)\nLEARNING_RATE = 0.3")
-    tool = start_tool_training(workspace, fake_llm, slow_then_fast)
+    tool = start_tool_training(workspace, fake_llm, slow_then_fast, "--sandbox", "off")  # the flag file is in /tmp
     time.sleep(0.3)
     tool.kill()
     tool.wait(10)
@@ -105,7 +108,7 @@ def test_kill_9_during_training_then_resume(workspace, fake_llm):
     assert ledger_rows(workspace)[1]["outcome"] == "running"  # as the kill left it
     flag.write_text("")
     # one more: --max-experiments counts the run's experiments, the interrupted one not
-    resumed = ToolProcess(workspace, "run", "--resume", TAG, "--max-experiments", "2", *RUN_FLAGS,
+    resumed = ToolProcess(workspace, "run", "--resume", TAG, "--max-experiments", "2", *RUN_FLAGS, "--sandbox", "off",
                           env=tool_env(fake_llm))
     assert resumed.wait(30) == 0, resumed.stderr()
     assert "run t: experiment 1 recorded as interrupted" in resumed.stderr()

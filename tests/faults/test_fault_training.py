@@ -328,7 +328,7 @@ def test_ledger_copy_that_cannot_be_written_does_not_stop_the_run(workspace, fak
     run_with(fake_llm, [], max_experiments=1)
     (workspace / "runs/t/ledger-backup.db").unlink(missing_ok=True)
     os.symlink("/dev/full", workspace / "runs/t/ledger-backup.db")
-    loop, rows = resume_with(fake_llm, [BETTER], max_experiments=1)
+    loop, rows = resume_with(fake_llm, [BETTER], max_experiments=1, sandbox="off")  # the sandbox needs no copy
     assert rows[1]["outcome"] == "keep"
     assert any("could not copy the ledger" in note for note in loop.reporter.notes)
     assert_consistent(workspace, rows)
