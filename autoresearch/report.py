@@ -72,7 +72,8 @@ def render_report(summary: dict, details: list[dict], plot_png: bytes | None, ge
         f"<style>{STYLE}</style>\n</head>\n<body>\n",
         f"<h1>run {escape(summary['tag'])}</h1>\n",
         f"<p class=\"meta\">{escape(summary['recipe'])} · {escape(metric)} ({better_word(summary['direction'])} is "
-        f"better) · {escape(describe_agents(summary))} · {escape(summary['status'])} · started "
+        f"better) · {escape(describe_agents(summary))} · sandbox {escape(summary.get('sandbox') or '-')} · "
+        f"{escape(summary['status'])} · started "
         f"{escape(format_local_time(summary['started_at']))} · {escape(format_duration(summary['duration_seconds']))}</p>\n",
         "<div class=\"cards\">\n",
     ]

@@ -216,6 +216,7 @@ def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: fl
         "prompt_tokens": usage["prompt_tokens"],
         "completion_tokens": usage["completion_tokens"],
         "cost_usd": usage["cost_usd"],
+        "sandbox": run.get("sandbox") or "-",  # the sandbox level its trainings ran under (docs/trust.md)
         "noise_std": run.get("noise_std"),  # the measured run-to-run spread of the metric (docs/noise.md)
         "noise_runs": run.get("noise_runs"),
     }

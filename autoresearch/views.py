@@ -111,7 +111,7 @@ def describe_agents(summary: dict, numbers: bool = True) -> str:
 
 def log_title(summary: dict) -> str:
     return (f"run {summary['tag']} · {summary['recipe']} · {summary['metric']} ({better_word(summary['direction'])} is "
-            f"better) · {describe_agents(summary)} · {summary['status']}")
+            f"better) · {describe_agents(summary)} · sandbox {summary.get('sandbox') or '-'} · {summary['status']}")
 
 
 def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width: int | None = None) -> list[str]:
@@ -155,7 +155,7 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
 def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
     """Every run of the workspace, one line each, oldest first."""
     header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "agent",
-              "status", "verify"]
+              "sandbox", "status", "verify"]
     rows, styles = [], []
     for summary in summaries:
         tokens = summary["prompt_tokens"] + summary["completion_tokens"]
@@ -163,10 +163,11 @@ def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
                      str(summary["experiments"]), str(summary["kept"]), str(summary["crashes"]), summary["metric"],
                      format_metric(summary["best_metric"]), format_gain(summary["gain"]) or "-",
                      format_cost(summary["cost_usd"], tokens),
-                     describe_agents(summary, numbers=False).split(" ", 1)[1], summary["status"],
+                     describe_agents(summary, numbers=False).split(" ", 1)[1], summary.get("sandbox") or "-",
+                     summary["status"],
                      format_verification(summary.get("verification"))])
         styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "", "",
-                       STATUS_STYLES.get(summary["status"], ""), VERDICT_STYLES.get(
+                       "" if summary.get("sandbox") == "bubblewrap" else "yellow", STATUS_STYLES.get(summary["status"], ""), VERDICT_STYLES.get(
                            (summary.get("verification") or {}).get("verdict"), "")])
     return aligned_lines(header, rows, {2, 3, 4, 5, 7, 8, 9}, styles, paint)
 

@@ -105,6 +105,7 @@ def pin_clock(path: Path) -> None:
     db.execute("UPDATE training_runs SET seconds = 60.0 + experiment WHERE seconds IS NOT NULL")
     db.execute("UPDATE training_runs SET evaluation_seconds = 0.5 WHERE evaluation_seconds IS NOT NULL")
     db.execute("UPDATE training_runs SET sandbox = 'bubblewrap'")  # whatever this machine has
+    db.execute("UPDATE runs SET sandbox = 'bubblewrap'")
     db.commit()
     db.close()
 
@@ -135,7 +136,7 @@ def test_log_prints_every_experiment_with_its_cost(in_night):
     result = invoke("log", "--tag", "night")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"""\
-run night · recipes/synth · val_loss (lower is better) · agent llm (gpt-5-mini) · finished
+run night · recipes/synth · val_loss (lower is better) · agent llm (gpt-5-mini) · sandbox bubblewrap · finished
 #  commit   outcome  val_loss    gain   time  tokens     cost  description
 0  {shas[0]}  keep         0.29          1m15s       -        -  baseline: the unmodified recipe
 1  {shas[1]}  keep         0.25   +0.04  1m16s    1.2k  $0.0006  lower the learning rate
@@ -223,9 +224,9 @@ def test_runs_lists_every_run(in_night):
     result = invoke("runs")
     assert result.exit_code == 0, result.output
     assert result.stdout == """\
-tag    started           duration  experiments  kept  crashes  metric     best    gain     cost  agent              status       verify
-night  2026-11-23 01:00    42m05s            7     3        2  val_loss  0.125  +0.165  $0.0039  llm (gpt-5-mini)   finished     -
-local  2026-11-23 03:00    12m00s            3     2        0  val_loss   0.25   +0.04        -  llm (llama-local)  interrupted  -
+tag    started           duration  experiments  kept  crashes  metric     best    gain     cost  agent              sandbox     status       verify
+night  2026-11-23 01:00    42m05s            7     3        2  val_loss  0.125  +0.165  $0.0039  llm (gpt-5-mini)   bubblewrap  finished     -
+local  2026-11-23 03:00    12m00s            3     2        0  val_loss   0.25   +0.04        -  llm (llama-local)  bubblewrap  interrupted  -
 """
     summaries = json.loads(invoke("runs", "--json").stdout)
     assert [(s["tag"], s["status"], s["experiments"], s["interrupted"]) for s in summaries] == [
@@ -239,7 +240,7 @@ def test_runs_prices_a_local_model_from_the_workspace_config(in_night):
     try:
         local = json.loads(invoke("runs", "--json").stdout)[1]
         assert local["cost_usd"] == pytest.approx(1200 / 1e6)
-        assert "$0.0012  llm (llama-local)  interrupted" in invoke("runs").stdout.splitlines()[2]
+        assert "$0.0012  llm (llama-local)  bubblewrap  interrupted" in invoke("runs").stdout.splitlines()[2]
     finally:
         (in_night / "autoresearch.yaml").unlink()
 
