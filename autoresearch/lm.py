@@ -66,6 +66,7 @@ computed here from its logits.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -139,6 +140,10 @@ class ExportFailed(LMError):
 
 class EvaluationRequestError(LMError):
     """The evaluation was started without what the harness hands it."""
+
+
+class HeldOutDataError(LMError):
+    """The held-out data is not what prepare wrote (changed, truncated or missing)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,6 +738,29 @@ def evaluate(directory: str | Path, segments: torch.Tensor, token_bytes: torch.T
     checked = time.perf_counter()
     score = bits_per_byte(model, segments, token_bytes, seed=seed, tokens_per_call=tokens_per_call)
     return Evaluation(score, loaded - started, checked - loaded, time.perf_counter() - checked)
+
+
+# ---------------------------------------------------------------------------------------------
+# The held-out data
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as data:
+        while chunk := data.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_held_out(path: Path, recorded_sha256: str | None, remedy: str) -> Path:
+    """`path`, if it is the file whose sha256 prepare recorded; HeldOutDataError (saying `remedy`) otherwise."""
+    if not path.is_file() or not recorded_sha256:
+        raise HeldOutDataError(f"{path} or its recorded sha256 is missing: {remedy}")
+    found = sha256_of(path)
+    if found != recorded_sha256:
+        raise HeldOutDataError(f"{path} has changed since it was prepared (sha256 {found[:16]}..., recorded "
+                               f"{recorded_sha256[:16]}...): {remedy}")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -459,3 +459,15 @@ def test_a_request_without_a_model_folder_or_with_a_bad_split_fails(monkeypatch)
     with pytest.raises(lm.EvaluationRequestError, match="val, test"):
         lm.read_request({lm.MODEL_DIR_ENV: "/x", lm.SPLIT_ENV: "train"})
     assert lm.read_request({lm.MODEL_DIR_ENV: "/x"}) == lm.EvaluationRequest(Path("/x"), "val", 0)
+
+
+def test_held_out_data_must_be_what_prepare_recorded(tmp_path):
+    data = tmp_path / "val.bin"
+    data.write_bytes(b"held out")
+    recorded = lm.sha256_of(data)
+    assert lm.check_held_out(data, recorded, "run prepare") == data
+    data.write_bytes(b"held 0ut")
+    with pytest.raises(lm.HeldOutDataError, match="has changed since it was prepared.*: run prepare"):
+        lm.check_held_out(data, recorded, "run prepare")
+    with pytest.raises(lm.HeldOutDataError, match="recorded sha256 is missing"):
+        lm.check_held_out(data, None, "run prepare")

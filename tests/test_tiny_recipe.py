@@ -159,7 +159,7 @@ def test_cache_holds_each_split_in_file_order(data_dir):
     assert (data_dir / "train" / "train.bin").read_bytes() == b"".join((root / path).read_bytes()
                                                                        for path in splits["train"])
     meta = prepare.read_meta(data_dir)
-    assert meta["sha256"]["test"] == prepare.sha256_of(data_dir / "heldout" / "test.bin")
+    assert meta["sha256"]["test"] == lm.sha256_of(data_dir / "heldout" / "test.bin")
     assert meta["held_out_duplicates_left_out"] > 0 and all(meta["bytes"].values())
     assert not [path for path in data_dir.parent.iterdir() if path.name.startswith(".")]  # no build left over
 

@@ -76,10 +76,6 @@ TEST_SUITE_PATTERNS = (
 )
 
 
-class HeldOutDataError(RuntimeError):
-    """The held-out data is not what prepare wrote (changed, truncated or missing)."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Locating the source files and splitting them
 
@@ -158,14 +154,6 @@ def read_meta(directory: Path) -> dict | None:
         return json.loads((directory / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as data:
-        while chunk := data.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build(root: Path, directory: Path) -> dict:
@@ -332,16 +320,9 @@ def save_model(model: torch.nn.Module, context: int) -> lm.SavedModel:
 def heldout_bytes(split: str) -> bytes:
     """All bytes of a held-out split, checked against the sha256 recorded when it was prepared."""
     directory = prepare()
-    path = directory / "heldout" / f"{split}.bin"
-    expected = (read_meta(directory) or {}).get("sha256", {}).get(split)
-    if not path.is_file() or expected is None:
-        raise HeldOutDataError(f"the {split} split is missing from {directory}: delete that folder and run "
-                               "`python prepare.py` again")
-    found = sha256_of(path)
-    if found != expected:
-        raise HeldOutDataError(f"{path} has changed since it was prepared (sha256 {found[:16]}..., recorded "
-                               f"{expected[:16]}...): delete {directory} and run `python prepare.py` again")
-    return path.read_bytes()
+    recorded = (read_meta(directory) or {}).get("sha256", {}).get(split)
+    remedy = f"delete {directory} and run `python prepare.py` again"
+    return lm.check_held_out(directory / "heldout" / f"{split}.bin", recorded, remedy).read_bytes()
 
 
 def evaluation_stream(split: str) -> torch.Tensor:
@@ -350,7 +331,7 @@ def evaluation_stream(split: str) -> torch.Tensor:
     slice_length = (EVAL_BYTES + 1) // EVAL_SLICES + 1
     stride = (len(data) - slice_length) // (EVAL_SLICES - 1)
     if stride < slice_length:
-        raise HeldOutDataError(f"the {split} split holds {len(data)} bytes, too few for an evaluation")
+        raise lm.HeldOutDataError(f"the {split} split holds {len(data)} bytes, too few for an evaluation")
     pieces = bytearray(b"".join(data[index * stride: index * stride + slice_length] for index in range(EVAL_SLICES)))
     return torch.frombuffer(pieces, dtype=torch.uint8)[: EVAL_BYTES + 1].long()
 
@@ -386,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{split}: {meta['files'][split]} files, {meta['bytes'][split]:,} bytes")
     print(f"cache: {directory}")
     for path in show_paths(directory):
-        print(f"show: {path}")
+        print(f"show: {path.resolve()}")
     for path in hide_paths(directory):
-        print(f"hide: {path}")
+        print(f"hide: {path.resolve()}")
     return 0
 
 
