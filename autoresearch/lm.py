@@ -51,9 +51,9 @@ What a model must be, or `ModelRefused` says why (the evaluation exits 3 with `r
 The tolerance is CAUSALITY_TOLERANCE_NATS on the log-probabilities, for fp32 and bf16 alike. Two
 calls of one shape run the same kernels in the same order, so an honest model's predictions are
 bitwise equal (measured: 0.0 on CPU in fp32 and in bf16 autocast); the tolerance only absorbs
-rounding of the fp32 log-softmax. It bounds what a leak under it could gain: a prediction that moves
-by at most d nats moves the target's log-probability by at most 2d, so 1e-4 is at most 0.0003 bits
-per token, far under any recipe's noise.
+rounding of the fp32 log-softmax. It bounds what a leak under it could gain where it is checked: the
+target's log-probability moves by at most 1e-4 nats, 0.00015 bits per token, far under any recipe's
+noise.
 
 Scoring: every segment of the held-out data is a run of tokens whose first token is only context;
 the windows of the model's context cover every other position exactly once, whatever the context, so
