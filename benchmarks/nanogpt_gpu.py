@@ -11,8 +11,10 @@ Needs the recipe's extra (pip install 'autoresearch[nanogpt]') and a CUDA build 
 2. Serves the shards from 127.0.0.1 and runs the recipe's own prepare.py against them: the real download, tokenizer
    training and packing code, into a fresh cache (a temporary folder unless --cache is given).
 3. Measures the data loader alone (the tokens per second it can feed the GPU), then runs train.py at its default
-   size for the budget, streaming its log.
-4. Prints tokens/s, MFU, peak memory, steps, compile warm-up and evaluation times; --json writes them to a file.
+   size for the budget, streaming its log, then the evaluation of the model it saved the way the harness runs it
+   (`python -I -B prepare.py --evaluate` in a fresh folder, a clean environment).
+4. Prints tokens/s, MFU, peak memory, steps, compile warm-up, the time past the budget (what grace_seconds must
+   cover), export and evaluation times; --json writes them to a file.
 
 The validation text overlaps the training text here, so val_bpb means nothing: this measures speed only.
 """
@@ -25,6 +27,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -36,7 +39,7 @@ from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "nanogpt"
 VAL_SHARD, TEST_SHARD = 1822, 1821  # as pinned in prepare.py
-GRACE_SECONDS = 180  # recipe.yaml
+GRACE_SECONDS = 150  # recipe.yaml
 SUMMARY = re.compile(r"^([A-Za-z_]\w*):\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf)\s*$")
 TEXT_SUFFIXES = (".py", ".pyi", ".rst", ".txt", ".md")
 
@@ -122,10 +125,10 @@ def serve(folder: Path) -> tuple[ThreadingHTTPServer, str]:
 # ---------------------------------------------------------------------------------------------------------------
 # Runs
 
-def run_streaming(cmd: list[str], env: dict, timeout: float) -> tuple[int, str]:
-    """Run in the recipe folder, echo the output as it comes, return (exit code, output)."""
+def run_streaming(cmd: list[str], env: dict, timeout: float, cwd: Path = RECIPE) -> tuple[int, str]:
+    """Run in the recipe folder (or cwd), echo the output as it comes, return (exit code, output)."""
     lines = []
-    process = subprocess.Popen(cmd, cwd=RECIPE, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                bufsize=1)
     timer = threading.Timer(timeout, process.kill)
     timer.start()
@@ -215,6 +218,7 @@ def main(argv=None) -> int:
         loader_rate = parse(out).get("loader_tokens_per_second")
 
         print("train.py:", flush=True)
+        env["AUTORESEARCH_OUTPUT_DIR"] = str(tmp / "model")
         start = time.time()
         code, out = run_streaming([sys.executable, "train.py"], env, args.budget + GRACE_SECONDS + 600)
         wall = time.time() - start
@@ -222,9 +226,24 @@ def main(argv=None) -> int:
             print(f"train.py failed (exit {code})")
             return 1
 
-    values = parse(out)
+        print("evaluation (python -I -B prepare.py --evaluate, a fresh folder, a clean environment):", flush=True)
+        (tmp / "evaluation").mkdir()
+        for name in ("prepare.py", "recipe.yaml"):
+            shutil.copy(RECIPE / name, tmp / "evaluation")
+        clean = {"PATH": os.environ["PATH"], "AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_MODEL_DIR": str(tmp / "model"),
+                 "AUTORESEARCH_SPLIT": "val", "AUTORESEARCH_SEED": "0",
+                 **{k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "LD_LIBRARY_PATH"))},
+                 **({"AUTORESEARCH_NANOGPT_TINY": "1"} if args.tiny else {})}
+        start = time.time()
+        code, evaluated = run_streaming([sys.executable, "-I", "-B", "prepare.py", "--evaluate"], clean, 1200,
+                                        cwd=tmp / "evaluation")
+        evaluation_wall = time.time() - start
+        if code:
+            print(f"the evaluation failed (exit {code})")
+            return 1
+
+    values, scored = parse(out), parse(evaluated)
     warmup = re.search(r"^warm-up: ([\d.]+)s", out, re.M)
-    evaluation = re.search(r"^evaluation: ([\d.]+)s", out, re.M)
     result = {
         "device": gpu,
         "torch": torch.__version__,
@@ -239,7 +258,13 @@ def main(argv=None) -> int:
         "training_seconds": values.get("training_seconds"),
         "total_seconds": values.get("total_seconds"),
         "warmup_seconds": float(warmup.group(1)) if warmup else None,
-        "eval_seconds": float(evaluation.group(1)) if evaluation else None,
+        "export_seconds": values.get("export_seconds"),
+        "model_mb": values.get("model_mb"),
+        "past_budget_seconds": round(wall - values["training_seconds"], 1) if "training_seconds" in values else None,
+        "eval_seconds": round(evaluation_wall, 1),
+        "eval_load_seconds": scored.get("load_seconds"),
+        "eval_check_seconds": scored.get("check_seconds"),
+        "eval_score_seconds": scored.get("score_seconds"),
         "loader_tokens_per_second": loader_rate,
         "prepare_seconds": round(prepare_seconds, 1),
         "wall_seconds": round(wall, 1),
@@ -261,7 +286,11 @@ def main(argv=None) -> int:
          "" if not loader_rate or not result["tokens_per_second"] else
          f"   ({loader_rate / result['tokens_per_second']:.1f}x what training used)")
     show("compile warm-up", result["warmup_seconds"], "{:.0f} s")
-    show("evaluation", result["eval_seconds"], "{:.0f} s")
+    show("export", result["export_seconds"], "{:.1f} s", "" if result["model_mb"] is None else f"   ({result['model_mb']:.0f} MB)")
+    show("past the budget", result["past_budget_seconds"], "{:.0f} s", f"   (grace_seconds: {GRACE_SECONDS})")
+    show("evaluation", result["eval_seconds"], "{:.1f} s",
+         f"   (load {result['eval_load_seconds']}, checks {result['eval_check_seconds']}, "
+         f"scoring {result['eval_score_seconds']}; a process of its own)")
     total = result["total_seconds"]
     show("total", total, "{:.0f} s", "" if total is None else
          f"   (the runner kills at budget + grace = {args.budget + GRACE_SECONDS:.0f} s)")

@@ -1,5 +1,6 @@
 """The nanogpt recipe on CPU, without network: its own parquet shards served from 127.0.0.1, the tokenizer, packing,
-evaluation, and train.py's tiny configuration end to end."""
+the show/hide lines, the evaluation as the harness runs it (python -I -B in a fresh folder), and train.py's tiny
+configuration end to end."""
 
 from __future__ import annotations
 
@@ -15,18 +16,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("tokenizers")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 torch = pytest.importorskip("torch")
 
+from autoresearch import lm  # noqa: E402
 from autoresearch.recipe import load_recipe  # noqa: E402
 from autoresearch.runner import parse_summary  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "nanogpt"
-SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_memory_mb", "tokens_per_second",
-                "total_tokens_M", "num_steps", "num_params_M", "depth")
+SUMMARY_KEYS = ("training_seconds", "export_seconds", "model_mb", "total_seconds", "peak_memory_mb",
+                "tokens_per_second", "total_tokens_M", "num_steps", "num_params_M", "depth")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,6 +172,7 @@ def cache(tmp_path_factory, server, prep):
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "tokenizer: " in done.stdout and "ready in" in done.stdout
+    (root / "prepare-output.txt").write_text(done.stdout)
     return root
 
 
@@ -193,6 +197,14 @@ def test_recipe_yaml_follows_the_contract():
     assert recipe.description and "\n" not in recipe.description
 
 
+def test_recipe_yaml_names_the_prepare_and_evaluate_commands():
+    spec = yaml.safe_load((RECIPE / "recipe.yaml").read_text())
+    assert spec["prepare"] == "python prepare.py"
+    assert spec["evaluate"] == "python prepare.py --evaluate"
+    assert (spec["metric"], spec["test_metric"]) == ("val_bpb", "test_bpb")
+    assert 0 < spec["grace_seconds"] < 180  # start-up, the compile warm-up and saving; no evaluation any more
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Download
 
@@ -201,7 +213,9 @@ def test_download_resumes_a_broken_transfer_with_a_range_request(fresh, prep, co
     prep.download_shards(2, workers=2, log=lambda *_: None)
     data = prep.data_dir()
     for i in (0, 1, prep.VAL_SHARD, prep.TEST_SHARD):
-        assert (data / prep.shard_name(i)).read_bytes() == (corpus / prep.shard_name(i)).read_bytes()
+        assert prep.shard_path(i).read_bytes() == (corpus / prep.shard_name(i)).read_bytes()
+    assert prep.shard_path(prep.VAL_SHARD).parent == prep.heldout_dir()  # held out apart from the training shards
+    assert sorted(path.name for path in data.iterdir()) == ["shard_00000.parquet", "shard_00001.parquet"]
     assert ("shard_00000.parquet", "bytes=1000-") in fresh.requests
     assert not list(data.glob("*.partial"))
     fresh.requests.clear()
@@ -291,14 +305,31 @@ def test_dataloader_gives_shifted_packed_batches(prepared):
     assert sum(1 for _ in val) > 0  # the validation split is finite: the loop ends
 
 
-def test_test_split_is_held_out_unless_asked_for(prepared, monkeypatch):
-    with pytest.raises(PermissionError, match="held out"):
-        prepared.make_dataloader("test", 2, 16)
-    with pytest.raises(PermissionError):
-        prepared.evaluate_bpb(torch.nn.Linear(1, 1), "test")
-    monkeypatch.setenv("AUTORESEARCH_EVAL_TEST", "1")
-    x, _ = next(prepared.make_dataloader("test", 2, 16))
-    assert x.shape == (2, 16)
+def test_prepare_prints_show_and_hide_lines_that_keep_the_held_out_data_apart(prepared, cache):
+    output = (cache / "prepare-output.txt").read_text().splitlines()
+    shown = [Path(line[6:]) for line in output if line.startswith("show: ")]
+    hidden = [Path(line[6:]) for line in output if line.startswith("hide: ")]
+    assert shown == [prepared.data_dir().resolve(), prepared.tokenizer_path().parent.resolve()]
+    assert hidden == [prepared.heldout_dir().resolve()]
+    held_out_files = [prepared.shard_path(prepared.VAL_SHARD), prepared.shard_path(prepared.TEST_SHARD),
+                      *prepared.heldout_dir().glob("eval/*.pt")]
+    assert len(held_out_files) == 3 and all(path.is_file() for path in held_out_files)
+    for path in held_out_files:
+        assert hidden[0] in path.resolve().parents and not any(folder in path.resolve().parents for folder in shown)
+
+
+def test_an_old_cache_is_moved_into_the_held_out_folder(prep, corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    (tmp_path / "nanogpt" / "data").mkdir(parents=True)
+    (tmp_path / "nanogpt" / "eval").mkdir()
+    (tmp_path / "nanogpt" / "eval" / "val_rows.pt").write_bytes(b"rows")
+    for index in (0, prep.VAL_SHARD, prep.TEST_SHARD):  # where the held-out shards used to be
+        (tmp_path / "nanogpt" / "data" / prep.shard_name(index)).write_bytes((corpus / prep.shard_name(index)).read_bytes())
+    assert len(prep.hide_paths()) == 4  # until moved, wherever it is
+    prep.move_heldout_out_of_data()
+    assert [path.name for path in prep.data_dir().iterdir()] == ["shard_00000.parquet"]
+    assert prep.shard_path(prep.TEST_SHARD).is_file() and (prep.heldout_dir() / "eval" / "val_rows.pt").is_file()
+    assert prep.hide_paths() == [prep.heldout_dir()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -311,25 +342,52 @@ class _Uniform(torch.nn.Module):
         super().__init__()
         self.vocab = vocab
         self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.batches = []
 
-    def forward(self, x, y, reduction="mean"):
-        self.batches.append(tuple(x.shape))
-        return torch.full(y.shape, math.log(self.vocab)) + 0 * self.anchor
+    def forward(self, idx):
+        return torch.zeros(idx.size(0), idx.size(1), self.vocab) + 0 * self.anchor
 
 
-def test_evaluate_bpb_of_a_uniform_model(prepared):
+def _run_evaluation(cache: Path, model_dir: Path, workdir: Path, split: str = "val") -> subprocess.CompletedProcess:
+    """The evaluation as the harness runs it: the fixed files in a fresh folder, python -I -B, a clean environment."""
+    workdir.mkdir(parents=True)
+    for name in ("prepare.py", "recipe.yaml"):
+        shutil.copy(RECIPE / name, workdir)
+    env = {"PATH": os.environ["PATH"], "AUTORESEARCH_CACHE": str(cache), "AUTORESEARCH_MODEL_DIR": str(model_dir),
+           "AUTORESEARCH_SPLIT": split, "AUTORESEARCH_SEED": "0", "AUTORESEARCH_NANOGPT_TINY": "1"}
+    command = yaml.safe_load((RECIPE / "recipe.yaml").read_text())["evaluate"].split()
+    return subprocess.run([sys.executable, "-I", "-B", *command[1:]], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_evaluation_scores_a_uniform_model_in_its_own_process(prepared, cache, tmp_path, monkeypatch):
     tok = prepared.load_tokenizer()
     rows = prepared.eval_rows("val")
     assert rows.shape == (prepared.EVAL_TOKENS // prepared.MAX_SEQ_LEN, prepared.MAX_SEQ_LEN + 1)
-    targets = rows[:, 1:].long()
-    nbytes = torch.tensor(tok.token_bytes)[targets]
-    expected = math.log2(tok.vocab_size) * int((nbytes > 0).sum()) / int(nbytes.sum())
-    model = _Uniform(tok.vocab_size)
-    assert prepared.evaluate_bpb(model, "val") == pytest.approx(expected, rel=1e-6)
-    # a fixed batch of its own, whatever the training batch is
-    assert set(model.batches) == {(prepared.EVAL_BATCH_SIZE, prepared.MAX_SEQ_LEN)}
     assert torch.equal(prepared.eval_rows("val"), rows)  # cached and stable
+    nbytes = torch.tensor(tok.token_bytes)[rows[:, 1:].long()]
+    expected = math.log2(tok.vocab_size) * int((nbytes > 0).sum()) / int(nbytes.sum())
+
+    monkeypatch.setenv("AUTORESEARCH_OUTPUT_DIR", str(tmp_path / "model"))
+    prepared.save_model(_Uniform(tok.vocab_size), context=prepared.MAX_SEQ_LEN // 2)  # a shorter context: same bytes
+    done = _run_evaluation(cache, tmp_path / "model", tmp_path / "eval")
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = parse_summary(done.stdout)
+    assert summary["val_bpb"] == pytest.approx(expected, rel=1e-5)
+    assert summary["eval_bytes"] == int(nbytes.sum()) and summary["eval_context"] == prepared.MAX_SEQ_LEN // 2
+
+
+def test_the_evaluation_fails_on_a_tampered_held_out_shard(prepared, cache, tmp_path, monkeypatch):
+    copy = tmp_path / "cache"
+    for name in ("data", "tokenizer", "heldout"):
+        shutil.copytree(cache / "nanogpt" / name, copy / "nanogpt" / name)
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(copy))
+    vocab = prepared.load_tokenizer().vocab_size
+    monkeypatch.setenv("AUTORESEARCH_OUTPUT_DIR", str(tmp_path / "model"))
+    prepared.save_model(_Uniform(vocab))
+    _write_shard(prepared.shard_path(prepared.VAL_SHARD), _documents(999, 60))  # other text under the same name
+    done = _run_evaluation(copy, tmp_path / "model", tmp_path / "eval")
+    assert done.returncode not in (0, lm.REFUSED_EXIT_CODE), done.stdout + done.stderr
+    assert "HeldOutDataError" in done.stdout.splitlines()[-1] and "has changed since it was prepared" in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,19 +402,21 @@ def _run_train(cache: Path, recipe: Path = RECIPE, budget: str = "2", **extra) -
 
 
 @pytest.mark.slow
-def test_train_tiny_runs_on_cpu_and_prints_the_summary(cache):
-    done = _run_train(cache, AUTORESEARCH_EVAL_TEST="1")
+def test_train_tiny_saves_a_model_that_the_evaluation_scores(cache, tmp_path):
+    done = _run_train(cache, AUTORESEARCH_OUTPUT_DIR=str(tmp_path / "model"))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = parse_summary(done.stdout)
-    for key in SUMMARY_KEYS + ("test_bpb",):
+    for key in SUMMARY_KEYS:
         assert key in summary, key
-    assert math.isfinite(summary["val_bpb"]) and 0 < summary["val_bpb"] < 20
-    assert math.isfinite(summary["test_bpb"])
+    assert "val_bpb" not in summary and "evaluation:" not in done.stdout  # the training measures nothing
     assert summary["num_steps"] >= 1 and summary["depth"] == 2
     assert 2 <= summary["training_seconds"] < 30
     assert "mfu_percent" not in summary  # no GPU, no MFU
-    lines = done.stdout.splitlines()
-    assert lines[lines.index("---") + 1].startswith("val_bpb: ")
+    for split in ("val", "test"):
+        scored = _run_evaluation(cache, tmp_path / "model", tmp_path / f"eval-{split}", split)
+        assert scored.returncode == 0, scored.stdout + scored.stderr
+        value = parse_summary(scored.stdout)[f"{split}_bpb"]
+        assert math.isfinite(value) and 0 < value < 20
 
 
 @pytest.mark.slow
@@ -366,10 +426,10 @@ def test_train_fails_fast_on_a_diverging_loss(cache, tmp_path):
     source = (recipe / "train.py").read_text()
     assert "\nEMBEDDING_LR = " in source
     (recipe / "train.py").write_text(source.replace("\nEMBEDDING_LR = ", "\nEMBEDDING_LR = float('nan') or ", 1))
-    done = _run_train(cache, recipe, budget="60")
+    done = _run_train(cache, recipe, budget="60", AUTORESEARCH_OUTPUT_DIR=str(tmp_path / "model"))
     assert done.returncode != 0
     assert "FAIL: training loss is nan at step 2" in done.stdout
-    assert "val_bpb" not in parse_summary(done.stdout)
+    assert not (tmp_path / "model").exists()
 
 
 def test_mfu_peak_table_knows_common_gpus_and_not_others(prep, monkeypatch):

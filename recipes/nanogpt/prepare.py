@@ -1,38 +1,45 @@
-"""Data and evaluation for the nanogpt recipe. FIXED: the agent never edits this file.
+"""Data, model saving and evaluation for the nanogpt recipe. FIXED: the agent never edits this file.
 
-    python prepare.py                   # 16 training shards, the pinned validation and test shards, the tokenizer
+    python prepare.py                   # 16 training shards, the pinned validation and test shards, the tokenizer;
+                                        # prints show:/hide: lines (what the training may and may never read)
     python prepare.py --num-shards 40   # more training data (a shard is ~250M characters, ~90 MB on disk)
+    python prepare.py --evaluate        # the harness's evaluation of a saved model (AUTORESEARCH_MODEL_DIR,
+                                        # AUTORESEARCH_SPLIT=val|test, AUTORESEARCH_SEED)
 
-Run it once before the first experiment. Everything lands in the cache; a second run only fills what is missing,
-and an interrupted download resumes where it stopped.
+Run it once before the first experiment (autoresearch runs it at the start of every run). Everything lands in the
+cache; a second run only fills what is missing, and an interrupted download resumes where it stopped.
 
 1. Download. Parquet shards of FineWeb-Edu (the shuffled repack karpathy/fineweb-edu-100b-shuffle: 1823 shards of
    whole documents in a `text` column) over plain HTTP, several at a time. A partial file is resumed with a Range
    request; a finished file is checked (it must be readable parquet with a `text` column) and renamed into place
    atomically, so a shard that exists is complete. Shard 1822 is the pinned validation split and shard 1821 the
-   pinned test split; training reads shards 0..N-1.
+   pinned test split; training reads shards 0..N-1. The training shards go to <cache>/data, the held-out ones to
+   <cache>/heldout with their sha256 (heldout/meta.json), checked before every evaluation.
 2. Tokenizer. Byte-level BPE with 8192 tokens (one of them the beginning-of-document token <|bos|>), trained with the
    `tokenizers` library on the first ~1B characters of the training shards and cached as tokenizer.json.
-3. Evaluation rows. The validation rows that evaluate_bpb reads are packed once and cached.
+3. Evaluation rows. The validation rows the evaluation reads are packed once and cached in heldout/eval.
+
+The training may read data/ and tokenizer/ (`show:`), never heldout/ (`hide:`).
 
 What train.py uses:
-    MAX_SEQ_LEN                               context length of the evaluation rows
+    MAX_SEQ_LEN                               the longest context the evaluation feeds (its rows' length)
     load_tokenizer()                          .vocab_size, .bos_id, .encode(texts), .decode(ids), .token_bytes
-    make_dataloader(split, B, T, device)      packed batches (x, y) of shape (B, T); endless for "train"
-    evaluate_bpb(model, split="val")          bits per byte; model(x, y, reduction="none") must return the
-                                              per-token loss in nats, shape (B, T)
+    make_dataloader("train", B, T, device)    packed batches (x, y) of shape (B, T), endless
+    save_model(model, context)                exports model(idx) -> logits (B, T, vocab) into AUTORESEARCH_OUTPUT_DIR,
+                                              under bf16 autocast where the GPU has bf16 (as the evaluation runs it)
 
 Packing: every row holds T+1 tokens and starts at a document's <|bos|>. Documents are taken best-fit from a buffer
 (the longest that still fits the room left); when none fits, the shortest is cropped to fill the row, so no token
-is padding. evaluate_bpb runs at MAX_SEQ_LEN on a fixed number of validation tokens (EVAL_TOKENS) in batches of a
-fixed size (EVAL_BATCH_SIZE), whatever the training batch is; bits per byte divide the summed loss by the UTF-8
-bytes of the predicted tokens, so the number does not depend on the vocabulary.
+is padding. The evaluation (autoresearch.lm, run by the harness in its own process) scores a fixed number of
+validation tokens (EVAL_TOKENS) in rows of MAX_SEQ_LEN + 1, in calls of EVAL_BATCH_SIZE rows' worth of tokens,
+whatever the training batch and the model's context are; bits per byte divide the summed loss by the UTF-8 bytes of
+the predicted tokens, so the number does not depend on the vocabulary.
 
 Environment variables:
     AUTORESEARCH_CACHE              cache root (default ~/.cache/autoresearch); this recipe uses <root>/nanogpt
     AUTORESEARCH_NANOGPT_DATA_URL   base URL of the shards, read as <base>/shard_NNNNN.parquet
                                     (default https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main)
-    AUTORESEARCH_EVAL_TEST          1 lets the held-out test split out; only `autoresearch verify` sets it
+    AUTORESEARCH_OUTPUT_DIR         where save_model writes the model (set by the harness; by hand: <cache>/model)
     AUTORESEARCH_NANOGPT_TINY       1 shrinks the evaluation (128-token rows, 2048 tokens) for CPU smoke tests;
                                     such numbers are not comparable with a full run
 """
@@ -44,18 +51,20 @@ import array
 import bisect
 import hashlib
 import http.client
-import math
+import json
 import os
 import queue
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+from autoresearch import lm
 
 try:
     import pyarrow.parquet as pq
@@ -91,6 +100,8 @@ RETRY_SECONDS = 2.0  # doubled after every failed attempt
 HTTP_TIMEOUT = 60
 CHUNK_BYTES = 1 << 20
 SPLITS = ("train", "val", "test")
+HELDOUT_SHARDS = {"val": VAL_SHARD, "test": TEST_SHARD}
+METRICS = {"val": "val_bpb", "test": "test_bpb"}  # recipe.yaml's metric and test_metric
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -101,7 +112,13 @@ def cache_root() -> Path:
 
 
 def data_dir() -> Path:
+    """The training shards."""
     return cache_root() / "data"
+
+
+def heldout_dir() -> Path:
+    """The validation and test shards and what is made from them: never shown to the training."""
+    return cache_root() / "heldout"
 
 
 def tokenizer_path() -> Path:
@@ -117,15 +134,12 @@ def shard_name(index: int) -> str:
 
 
 def shard_path(index: int) -> Path:
-    return data_dir() / shard_name(index)
+    return (heldout_dir() if index in HELDOUT_SHARDS.values() else data_dir()) / shard_name(index)
 
 
 def check_split(split: str) -> None:
-    """Refuse unknown splits, and the test split unless AUTORESEARCH_EVAL_TEST=1."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
-    if split == "test" and os.environ.get("AUTORESEARCH_EVAL_TEST") != "1":
-        raise PermissionError("the test split is held out: only `autoresearch verify` (AUTORESEARCH_EVAL_TEST=1) reads it")
 
 
 def train_shards() -> list[Path]:
@@ -142,10 +156,67 @@ def train_shards() -> list[Path]:
 
 def split_paths(split: str) -> list[Path]:
     check_split(split)
-    paths = train_shards() if split == "train" else [shard_path(VAL_SHARD if split == "val" else TEST_SHARD)]
+    paths = train_shards() if split == "train" else [shard_path(HELDOUT_SHARDS[split])]
     if not paths or not all(p.is_file() for p in paths):
-        raise FileNotFoundError(f"no {split} data in {data_dir()}: run `python prepare.py` in the recipe folder first")
+        raise FileNotFoundError(f"no {split} data in {paths[0].parent if paths else data_dir()}: run "
+                                "`python prepare.py` in the recipe folder first")
     return paths
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What the training may see, and the held-out data's fingerprints
+
+def move_heldout_out_of_data() -> None:
+    """Caches made before the held-out data had its own folder kept it in data/ and eval/: move it."""
+    moves = [(data_dir() / shard_name(index), shard_path(index)) for index in HELDOUT_SHARDS.values()]
+    moves.append((cache_root() / "eval", heldout_dir() / "eval"))
+    for old, new in moves:
+        if old.exists() and not new.exists():
+            new.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old, new)
+
+
+def heldout_meta_path() -> Path:
+    return heldout_dir() / "meta.json"
+
+
+def record_heldout_hashes() -> dict[str, str]:
+    """sha256 of each held-out shard, recorded once (prepare) and checked by every evaluation."""
+    recorded = read_heldout_hashes()
+    for index in HELDOUT_SHARDS.values():
+        name = shard_name(index)
+        if name not in recorded and shard_path(index).is_file():
+            recorded[name] = lm.sha256_of(shard_path(index))
+    path = heldout_meta_path()
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"sha256": recorded}, indent=2))
+    os.replace(tmp, path)
+    return recorded
+
+
+def read_heldout_hashes() -> dict[str, str]:
+    try:
+        return dict(json.loads(heldout_meta_path().read_text())["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def checked_heldout_shard(split: str) -> Path:
+    """The split's shard, if it is the one prepare recorded; lm.HeldOutDataError otherwise."""
+    path = shard_path(HELDOUT_SHARDS[split])
+    remedy = "delete it and run `python prepare.py` in the recipe folder again"
+    return lm.check_held_out(path, read_heldout_hashes().get(path.name), remedy)
+
+
+def show_paths() -> list[Path]:
+    """What the training may read: the training shards and the tokenizer (trained on them)."""
+    return [data_dir(), tokenizer_path().parent]
+
+
+def hide_paths() -> list[Path]:
+    """What the training must never see: the held-out folder, and held-out data wherever an older layout left it."""
+    old = [data_dir() / shard_name(index) for index in HELDOUT_SHARDS.values()] + [cache_root() / "eval"]
+    return [heldout_dir()] + [path for path in old if path.exists()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -226,7 +297,7 @@ def download_shards(num_shards: int = DEFAULT_NUM_SHARDS, workers: int = 8, log=
     """Training shards 0..num_shards-1 plus the pinned validation and test shards."""
     indices = list(range(max(0, min(num_shards, TEST_SHARD)))) + [VAL_SHARD, TEST_SHARD]
     missing = [i for i in indices if not shard_path(i).exists()]
-    log(f"data: {len(indices) - len(missing)} of {len(indices)} shards already in {data_dir()}")
+    log(f"data: {len(indices) - len(missing)} of {len(indices)} shards already in {data_dir()} and {heldout_dir()}")
     if not missing:
         return
     base = data_url()
@@ -506,16 +577,19 @@ def make_dataloader(split: str, batch_size: int, seq_len: int = MAX_SEQ_LEN, dev
 # Evaluation
 
 def eval_rows(split: str = "val") -> torch.Tensor:
-    """The fixed evaluation rows of a split, (EVAL_TOKENS // MAX_SEQ_LEN, MAX_SEQ_LEN + 1) int32, packed once."""
+    """The fixed evaluation rows of a split, (EVAL_TOKENS // MAX_SEQ_LEN, MAX_SEQ_LEN + 1) int32, packed once from
+    the checked held-out shard (the cache's name holds the shard's and the tokenizer's hashes)."""
     check_split(split)
-    paths = split_paths(split)
+    if split == "train":
+        raise ValueError("the evaluation reads a held-out split: val or test")
+    shard = checked_heldout_shard(split)
     n_rows, row_len = EVAL_TOKENS // MAX_SEQ_LEN, MAX_SEQ_LEN + 1
     key = hashlib.sha256(tokenizer_path().read_bytes())
-    key.update(f"{paths[0].stat().st_size}".encode())
-    path = cache_root() / "eval" / f"{split}_{n_rows}x{row_len}_{key.hexdigest()[:12]}.pt"
+    key.update(read_heldout_hashes()[shard.name].encode())
+    path = heldout_dir() / "eval" / f"{split}_{n_rows}x{row_len}_{key.hexdigest()[:12]}.pt"
     if path.is_file():
-        return torch.load(path)
-    texts = (t for _, t in iter_texts(paths))
+        return torch.load(path, weights_only=True)
+    texts = (t for _, t in iter_texts([shard]))
     rows = []
     for row in pack_rows(token_documents(load_tokenizer(), texts, row_len), row_len):
         rows.append(row)
@@ -531,35 +605,45 @@ def eval_rows(split: str = "val") -> torch.Tensor:
     return table
 
 
-@torch.no_grad()
-def evaluate_bpb(model, split: str = "val") -> float:
-    """Bits per byte of the split's fixed evaluation rows: summed loss in nats over the predicted tokens, divided
-    by ln 2 times their UTF-8 bytes. <|bos|> targets have no bytes and are left out. bf16 autocast on GPUs that
-    have it. model(x, y, reduction="none") returns per-token nats (B, T)."""
-    check_split(split)
-    rows = eval_rows(split)
+def evaluate_split(request: lm.EvaluationRequest) -> dict[str, float]:
+    """Bits per byte of the saved model on the split's fixed rows (see autoresearch.lm), and the time it took.
+    <|bos|> targets have no bytes and are left out."""
+    started = time.time()
+    tokenizer = load_tokenizer()
+    rows = eval_rows(request.split).long()
+    result = lm.evaluate(request.model_dir, rows, torch.tensor(tokenizer.token_bytes), vocab_size=tokenizer.vocab_size,
+                         max_context=MAX_SEQ_LEN, seed=request.seed, tokens_per_call=EVAL_BATCH_SIZE * MAX_SEQ_LEN)
+    return {METRICS[request.split]: round(result.score.bits_per_byte, 6),
+            "eval_tokens": result.score.tokens,
+            "eval_bytes": result.score.bytes,
+            "eval_context": result.score.context,
+            "load_seconds": round(result.load_seconds, 2),
+            "check_seconds": round(result.check_seconds, 2),
+            "score_seconds": round(result.score_seconds, 2),
+            "eval_seconds": round(time.time() - started, 2)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Saving the model (what train.py calls at its end)
+
+def output_dir() -> Path:
+    """Where the model goes: the harness's AUTORESEARCH_OUTPUT_DIR, else the cache (a run by hand)."""
+    return Path(os.environ.get("AUTORESEARCH_OUTPUT_DIR") or cache_root() / "model")
+
+
+def evaluation_autocast(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that have it, as the evaluation has always run; None (fp32) elsewhere."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return torch.bfloat16
+    return None
+
+
+def save_model(model: torch.nn.Module, context: int = MAX_SEQ_LEN) -> lm.SavedModel:
+    """Export model(idx) -> logits (B, T, vocab) (the uncompiled module; a compiled one is unwrapped) for the
+    evaluation, in the dtype it will compute in."""
     device = next(model.parameters()).device
-    token_bytes = torch.tensor(load_tokenizer().token_bytes, dtype=torch.int64, device=device)
-    bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    was_training = model.training
-    model.eval()
-    total_nats, total_bytes = 0.0, 0
-    try:
-        for start in range(0, len(rows), EVAL_BATCH_SIZE):
-            batch = rows[start:start + EVAL_BATCH_SIZE].long()
-            if device.type == "cuda":
-                batch = batch.pin_memory()
-            batch = batch.to(device, non_blocking=True)
-            x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-            with autocast:
-                nats = model(x, y, reduction="none")
-            nbytes = token_bytes[y]
-            total_nats += (nats.float().reshape(nbytes.shape) * (nbytes > 0)).sum().item()
-            total_bytes += int(nbytes.sum().item())
-    finally:
-        model.train(was_training)
-    return total_nats / (math.log(2) * total_bytes)
+    example = torch.zeros(2, context, dtype=torch.long, device=device)
+    return lm.save_model(model, example, output_dir(), autocast_dtype=evaluation_autocast(device))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -569,16 +653,23 @@ def disk_usage(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description="Download the data and train the tokenizer of the nanogpt recipe.")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Download the data and train the tokenizer of the nanogpt recipe, "
+                                                 "or evaluate a saved model.")
     parser.add_argument("--num-shards", type=int, default=DEFAULT_NUM_SHARDS,
                         help=f"training shards to download (default {DEFAULT_NUM_SHARDS}, at most {TEST_SHARD})")
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
+    parser.add_argument("--evaluate", action="store_true",
+                        help="score the model in AUTORESEARCH_MODEL_DIR on AUTORESEARCH_SPLIT (the harness runs this)")
     args = parser.parse_args(argv)
+    if args.evaluate:
+        return lm.run_evaluation(evaluate_split)
     start = time.time()
     print(f"cache: {cache_root()}")
     print(f"source: {data_url()}")
+    move_heldout_out_of_data()
     download_shards(args.num_shards, args.workers)
+    record_heldout_hashes()
     print(f"downloaded in {time.time() - start:.0f}s")
     if tokenizer_path().is_file():
         print(f"tokenizer: cached at {tokenizer_path()}")
@@ -589,8 +680,13 @@ def main(argv=None) -> None:
     rows = eval_rows("val")
     print(f"validation: {rows.shape[0]} rows of {rows.shape[1]} tokens ({time.time() - step:.1f}s), vocab {tokenizer.vocab_size}")
     print(f"disk: {disk_usage(cache_root()) / 1e9:.2f} GB in {cache_root()}")
+    for path in show_paths():
+        print(f"show: {path.resolve()}")
+    for path in hide_paths():
+        print(f"hide: {path.resolve()}")
     print(f"ready in {time.time() - start:.0f}s; now run `python train.py` (or `autoresearch run`)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

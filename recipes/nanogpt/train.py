@@ -1,17 +1,19 @@
-"""nanogpt: a small modern GPT trained on FineWeb-Edu for a fixed wall-clock budget. Metric: val_bpb (lower is better).
+"""nanogpt: a small modern GPT trained on FineWeb-Edu for a fixed wall-clock budget. Metric: val_bpb (lower is better),
+measured by the harness on the model this file saves.
 
     python train.py      # after `python prepare.py`; autoresearch runs it in the recipe folder
 
-This is the file the agent edits; prepare.py (data, tokenizer, evaluation) is fixed. The model: rotary embeddings,
-RMSNorm, QK-norm, ReLU^2 MLP, untied head, logit soft-capping, per-layer residual and input scalars, attention by
-scaled_dot_product_attention (flash kernels where the GPU has them). bf16 autocast on GPUs with bf16, torch.compile
-on CUDA. Muon for the block matrices, AdamW for embeddings, head and scalars. The learning rate follows elapsed
-training time over the budget; the budget counts training steps only, after the compile warm-up.
+This is the file the agent edits; prepare.py (data, tokenizer, model saving, evaluation) is fixed. The model: rotary
+embeddings, RMSNorm, QK-norm, ReLU^2 MLP, untied head, logit soft-capping, per-layer residual and input scalars,
+attention by scaled_dot_product_attention (flash kernels where the GPU has them). bf16 autocast on GPUs with bf16,
+torch.compile on CUDA. Muon for the block matrices, AdamW for embeddings, head and scalars. The learning rate follows
+elapsed training time over the budget; the budget counts training steps only, after the compile warm-up. At the end
+the model is saved with prepare.save_model; the harness evaluates it in its own process (val_bpb), not this file.
 
 Environment:
     AUTORESEARCH_TIME_BUDGET            seconds of training (default 300)
     AUTORESEARCH_SEED                   seeds Python's random, numpy if present, torch on CPU and GPU (default 0)
-    AUTORESEARCH_EVAL_TEST              1: also evaluate the held-out test split and print test_bpb
+    AUTORESEARCH_OUTPUT_DIR             where the model is saved (set by the harness; by hand: the cache)
     AUTORESEARCH_CACHE                  where prepare.py put data and tokenizer (default ~/.cache/autoresearch)
     AUTORESEARCH_NANOGPT_TINY           1: a toy model for a CPU smoke test (prepare.py shrinks its evaluation too)
     AUTORESEARCH_NANOGPT_DEPTH          overrides DEPTH (the width follows: DEPTH * ASPECT_RATIO)
@@ -38,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import MAX_SEQ_LEN, evaluate_bpb, load_tokenizer, make_dataloader
+from prepare import MAX_SEQ_LEN, load_tokenizer, make_dataloader, save_model
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hyperparameters
@@ -52,7 +54,7 @@ ROPE_BASE = 10_000.0
 LOGIT_SOFTCAP = 15.0  # logits = cap * tanh(logits / cap): no runaway logits early on
 
 # batch
-SEQ_LEN = MAX_SEQ_LEN  # training context; evaluation always runs at prepare.MAX_SEQ_LEN
+SEQ_LEN = MAX_SEQ_LEN  # training context, and the model's context in the evaluation (at most prepare.MAX_SEQ_LEN)
 TOTAL_BATCH_SIZE = 524_288  # tokens per optimizer step (2**19)
 DEVICE_BATCH_SIZE = 64  # rows per micro-step (~40 GB at the default size); accumulation makes up the rest
 
@@ -112,7 +114,6 @@ DEPTH = int(os.environ.get("AUTORESEARCH_NANOGPT_DEPTH") or DEPTH)
 DEVICE_BATCH_SIZE = int(os.environ.get("AUTORESEARCH_NANOGPT_DEVICE_BATCH") or DEVICE_BATCH_SIZE)
 TIME_BUDGET = float(os.environ.get("AUTORESEARCH_TIME_BUDGET") or 300)
 SEED = int(os.environ.get("AUTORESEARCH_SEED") or 0)
-EVAL_TEST = os.environ.get("AUTORESEARCH_EVAL_TEST") == "1"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -493,18 +494,14 @@ def main():
     loader.close()
     gc.enable()
 
-    # --- evaluation (fixed, in prepare.py) and the summary
+    # --- save the model (the uncompiled module, in the dtype the evaluation uses: prepare.py) and the summary
     total_tokens = step * tokens_per_step
     tokens_per_second = total_tokens / training_time
-    start = time.time()
-    val_bpb = evaluate_bpb(model, "val")
-    test_bpb = evaluate_bpb(model, "test") if EVAL_TEST else None
-    print(f"evaluation: {time.time() - start:.1f}s")
+    saved = save_model(model, SEQ_LEN)
     print("---")
-    print(f"val_bpb: {val_bpb:.6f}")
-    if test_bpb is not None:
-        print(f"test_bpb: {test_bpb:.6f}")
     print(f"training_seconds: {training_time:.1f}")
+    print(f"export_seconds: {saved.seconds:.1f}")
+    print(f"model_mb: {saved.size_bytes / 2**20:.1f}")
     print(f"total_seconds: {time.time() - T_START:.1f}")
     print(f"peak_memory_mb: {peak_memory_mb(device):.1f}")
     if peak:

@@ -2,16 +2,18 @@
 
 Run:  python train.py
       (AUTORESEARCH_TIME_BUDGET=60 AUTORESEARCH_SEED=0 by default; prepare.py builds the data
-      cache on first use)
+      cache on first use; the model goes to AUTORESEARCH_OUTPUT_DIR, by hand to the cache)
 
 This is the file the agent edits. It trains until the time budget is spent, with a learning-rate
 schedule that follows elapsed time (prepare.py's clock, which leaves out time a cloud host's
-hypervisor gave to other tenants), then measures validation bits per byte with prepare.py's
-fixed evaluation and prints a summary block (`---`, then `name: value` lines).
+hypervisor gave to other tenants), saves the model with prepare.py's save_model and prints a
+summary block (`---`, then `name: value` lines). It measures nothing: the harness evaluates the
+saved model in its own process (`python prepare.py --evaluate`).
 
 The model: a small pre-norm transformer with rotary positions, QK-norm and a ReLU-squared MLP,
 plus hashed embeddings of the last 2 to NGRAM_ORDER bytes (a byte model learns short contexts
-from them far faster than from attention alone: orders up to 5 took val_bpb from 2.19 to 2.08).
+from them far faster than from attention alone: orders up to 5 took val_bpb from 2.19 to 2.08 on
+the splits of before the test suite was held out).
 Muon updates the block matrices, AdamW the rest.
 """
 
@@ -26,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prepare import VOCAB_SIZE, TrainBatches, TrainingClock, evaluate_bpb, test_split_enabled
+from prepare import VOCAB_SIZE, TrainBatches, TrainingClock, save_model
 
 # ---------------------------------------------------------------------------------------------
 # Hyperparameters
@@ -276,10 +278,9 @@ while not clock.expired():
 stolen_seconds = clock.stolen_seconds()
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation and summary
+# Saving the model and the summary
 
-val_bpb = evaluate_bpb(model, SEQ_LEN, split="val")
-test_bpb = evaluate_bpb(model, SEQ_LEN, split="test") if test_split_enabled() else None
+saved = save_model(model, SEQ_LEN)  # the harness evaluates it; the training never sees held-out data
 
 if device.type == "cuda":
     peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
@@ -289,11 +290,10 @@ else:
     peak_memory_mb = peak_rss / 2**20 if sys.platform == "darwin" else peak_rss / 2**10
 
 print("---")
-print(f"val_bpb: {val_bpb:.6f}")
-if test_bpb is not None:
-    print(f"test_bpb: {test_bpb:.6f}")
 print(f"training_seconds: {training_seconds:.1f}")
 print(f"stolen_seconds: {stolen_seconds:.1f}")
+print(f"export_seconds: {saved.seconds:.1f}")
+print(f"model_mb: {saved.size_bytes / 2**20:.1f}")
 print(f"total_seconds: {time.perf_counter() - script_started:.1f}")
 print(f"peak_memory_mb: {peak_memory_mb:.1f}")
 print(f"num_steps: {step}")
