@@ -53,7 +53,7 @@ from autoresearch import lm
 # Fixed constants (changing any of them changes the metric)
 
 VOCAB_SIZE = 256  # one token per byte
-FORMAT_VERSION = 2  # bump when the cache layout or the split rule changes
+FORMAT_VERSION = 3  # bump when the cache layout or the split rule changes
 HELDOUT_PACKAGE = "test"  # the standard library's test suite: the validation and test files
 SPLIT_BUCKETS = 1000
 VAL_BUCKETS = range(0, 500)  # half of the test suite's files validate, the other half test
@@ -183,6 +183,8 @@ def build(root: Path, directory: Path) -> dict:
             "files": files_read, "bytes": {split: len(data) for split, data in contents.items()},
             "held_out_duplicates_left_out": duplicates,
             "sha256": {split: hashlib.sha256(contents[split]).hexdigest() for split in ("val", "test")}}
+    # The evaluation sees the held-out folder and not the rest of the cache: the hashes go there too.
+    (directory / "heldout" / "sha256.json").write_text(json.dumps(meta["sha256"], indent=2))
     (directory / "meta.json").write_text(json.dumps(meta, indent=2))
     return meta
 
@@ -231,8 +233,15 @@ def hide_paths(directory: Path) -> list[Path]:
 
 
 def load_train() -> torch.Tensor:
-    """All bytes of the training split as a uint8 tensor."""
-    data = bytearray((prepare() / "train" / "train.bin").read_bytes())
+    """All bytes of the training split as a uint8 tensor (built first when run by hand without a cache).
+
+    The sandbox shows the training its `train/` folder and nothing else of the cache, so the split
+    is read from there directly; a folder of the cache exists only once complete (it is renamed in).
+    """
+    path = cache_dir() / "train" / "train.bin"
+    if not path.is_file():
+        path = prepare() / "train" / "train.bin"
+    data = bytearray(path.read_bytes())
     return torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
 
 
@@ -318,9 +327,15 @@ def save_model(model: torch.nn.Module, context: int) -> lm.SavedModel:
 
 
 def heldout_bytes(split: str) -> bytes:
-    """All bytes of a held-out split, checked against the sha256 recorded when it was prepared."""
-    directory = prepare()
-    recorded = (read_meta(directory) or {}).get("sha256", {}).get(split)
+    """All bytes of a held-out split, checked against the sha256 recorded when it was prepared.
+
+    The evaluation never builds data (the harness ran prepare first); it reads the held-out folder only.
+    """
+    directory = cache_dir()
+    try:
+        recorded = json.loads((directory / "heldout" / "sha256.json").read_text()).get(split)
+    except (OSError, ValueError):
+        recorded = None
     remedy = f"delete {directory} and run `python prepare.py` again"
     return lm.check_held_out(directory / "heldout" / f"{split}.bin", recorded, remedy).read_bytes()
 
