@@ -32,3 +32,25 @@ def test_init_then_run_the_tiny_recipe_then_log(tmp_path, monkeypatch):
     assert rows[1]["outcome"] in ("keep", "discard", "crash")
     assert " -> " in rows[1]["description"]
     assert (workspace / "runs/e2e/0.log").read_text().strip()
+
+
+@pytest.mark.slow
+def test_a_tiny_model_that_looks_ahead_is_refused_through_the_loop(tmp_path, fake_llm, monkeypatch):
+    """The agent turns the attention's causal mask off: the model trains to read the next byte, and the
+    harness's evaluation refuses it (`invalid`) instead of keeping its near-zero loss."""
+    from conftest import reply
+
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    workspace = tmp_path / "ws"
+    assert runner.invoke(app, ["init", str(workspace), "--recipe", "tiny"]).exit_code == 0
+    monkeypatch.chdir(workspace)
+    line = "        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)"
+    fake_llm.set_script([reply("attend both ways", line, line.replace("is_causal=True", "is_causal=False"))])
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
+    result = runner.invoke(app, ["run", "--budget", "3", "--max-experiments", "2", "--noise-runs", "0",
+                                 "--tag", "ahead"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(runner.invoke(app, ["log", "--json"]).stdout)
+    assert rows[0]["outcome"] == "keep"
+    assert rows[1]["outcome"] == "invalid" and "causal" in rows[1]["reason"], rows[1]["reason"]
+    assert rows[1]["metric"] is None
