@@ -1,11 +1,13 @@
-"""The research loop: propose, guard, commit, train, decide, record; then again.
+"""The research loop: propose, guard, commit, train and evaluate, decide, record; then again.
 
 Every experiment's ledger row is written before it can fail (outcome `running`) and its outcome
 before the branch moves, so a crash, a Ctrl-C or a kill at any moment leaves a row to find. The
 branch `autoresearch/<tag>` lives in its own worktree under runs/<tag>/ and only ever points at
 the best commit once an experiment is decided; every commit an experiment made stays reachable
 under refs/autoresearch/<tag>/<n>. The state of a run (best commit, next number) is derived from
-the ledger, which is what makes `--resume` possible.
+the ledger, which is what makes `--resume` possible. A training and the harness's evaluation of
+its model are trainer.py's; the run's settings are settings.py's; the sandbox is chosen once per
+invocation, after the recipe's data is prepared (isolation.py).
 """
 
 from __future__ import annotations

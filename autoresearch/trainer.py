@@ -124,33 +124,34 @@ class Trainer:
         if git_guard is not None:
             git_guard.before()
         try:
-            workdir = write_recipe_files(context.repo_root, request.commit, context.recipe_path, None, copy_root)
-            job = recipe_job(context.recipe, workdir, log_path, context.budget_seconds, request.seed, context.marker,
-                             model_dir)
-            if context.sandbox is not None:
-                job = replace(job, sandbox=context.sandbox.training(workdir, model_dir))
-            result = self.executor.run(job, on_output=self.reporter.training_output)
+            try:
+                workdir = write_recipe_files(context.repo_root, request.commit, context.recipe_path, None, copy_root)
+                job = recipe_job(context.recipe, workdir, log_path, context.budget_seconds, request.seed,
+                                 context.marker, model_dir)
+                if context.sandbox is not None:
+                    job = replace(job, sandbox=context.sandbox.training(workdir, model_dir))
+                result = self.executor.run(job, on_output=self.reporter.training_output)
+            finally:
+                shutil.rmtree(copy_root, ignore_errors=True)
+            touched = self._check_after(guard, git_guard, request.commit)
+            if result.log_error:
+                self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
+            outcome, reason = training_outcome(result, touched, context.budget_seconds)
+            evaluation, metric = None, None
+            if outcome is None and not has_model(model_dir):
+                outcome, reason = "crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)"
+            if outcome is None:
+                self.reporter.phase("evaluating")
+                evaluation = self.evaluate(model_dir, split, f"{request.stem}.eval")
+                outcome, reason, metric = scored_metric(evaluation, self.metric_name(split))
+                if outcome is None and also_test:
+                    test = self.evaluate(model_dir, "test", f"{request.stem}.test")
+                    evaluation = Evaluation(test.outcome, test.reason, {**evaluation.values, **test.values},
+                                            evaluation.seconds + test.seconds, evaluation.log_path, test.log_tail)
         except BaseException:
             if run_id is not None:
-                self.ledger.finish_training_run(run_id, "interrupted", "stopped during training")
+                self.ledger.finish_training_run(run_id, "interrupted", "stopped during training or its evaluation")
             raise
-        finally:
-            shutil.rmtree(copy_root, ignore_errors=True)
-        touched = self._check_after(guard, git_guard, request.commit)
-        if result.log_error:
-            self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
-        outcome, reason = training_outcome(result, touched, context.budget_seconds)
-        evaluation, metric = None, None
-        if outcome is None and not has_model(model_dir):
-            outcome, reason = "crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)"
-        if outcome is None:
-            self.reporter.phase("evaluating")
-            evaluation = self.evaluate(model_dir, split, f"{request.stem}.eval")
-            outcome, reason, metric = scored_metric(evaluation, self.metric_name(split))
-            if outcome is None and also_test:
-                test = self.evaluate(model_dir, "test", f"{request.stem}.test")
-                evaluation = Evaluation(test.outcome, test.reason, {**evaluation.values, **test.values},
-                                        evaluation.seconds + test.seconds, evaluation.log_path, test.log_tail)
         if run_id is not None:
             self.ledger.finish_training_run(
                 run_id, outcome or "ok", reason, metric, information_only(result.summary, context.recipe),
