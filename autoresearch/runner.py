@@ -108,6 +108,7 @@ class TrainingResult:
     log_bytes: int = 0
     log_error: str | None = None
     stolen_seconds: float = 0.0  # CPU time the hypervisor gave to other tenants while it ran (harness-measured)
+    cancelled: bool = False  # stopped by the harness (Ctrl-C, the run stopping), not finished
 
 
 def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float, seed: int, run_marker: str,
@@ -123,7 +124,70 @@ def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float,
                             RUN_MARKER: run_marker})
 
 
+class JobHandle:
+    """One submitted job, running in a thread of its own: wait for it, ask whether it is done, cancel it.
+
+    `id` is also the job's process marker (JOB_MARKER), by which its processes are found wherever they
+    went. The thread that starts a job's process lives until the process is reaped: the launcher's
+    parent-death signal belongs to that thread, so the process dies with it, not before.
+
+    Waiting is on an Event, never on Thread.join: a join that Ctrl-C interrupts leaves CPython 3.11's
+    thread marked as ended while it still runs (the bpo-45274 fix releases its lock), and the cleanup
+    after a first Ctrl-C would not be waited for.
+    """
+
+    def __init__(self, work: Callable[["JobHandle"], TrainingResult]):
+        self.id = uuid.uuid4().hex
+        self.cancelled = threading.Event()
+        self._result: TrainingResult | None = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[["JobHandle"], None]] = []
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(work,), daemon=True, name=f"job-{self.id[:8]}")
+        self._thread.start()
+
+    def _work(self, work: Callable[["JobHandle"], TrainingResult]) -> None:
+        try:
+            self._result = work(self)
+        except BaseException as exc:  # handed to whoever waits for the result
+            self._error = exc
+        with self._lock:
+            callbacks, self._callbacks = self._callbacks, []
+            self._finished.set()
+        for callback in callbacks:
+            callback(self)
+
+    def on_done(self, callback: Callable[["JobHandle"], None]) -> None:
+        """Call `callback(handle)` once the job has ended (at once if it already has), from its thread."""
+        with self._lock:
+            if not self._finished.is_set():
+                self._callbacks.append(callback)
+                return
+        callback(self)
+
+    def done(self) -> bool:
+        return self._finished.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    def cancel(self) -> None:
+        """Stop the job: its process tree is ended as at its deadline; its result says `cancelled`."""
+        self.cancelled.set()
+
+    def result(self) -> TrainingResult:
+        self._finished.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class Executor(Protocol):
+    """Where a training (or a harness step) runs: `submit` returns a handle at once, `run` waits for it."""
+
+    def submit(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> JobHandle: ...
+
     def run(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> TrainingResult: ...
 
 
@@ -265,8 +329,23 @@ class LocalExecutor:
         self.log_head_bytes = log_head_bytes
         self.log_tail_bytes = log_tail_bytes
 
+    def submit(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> "JobHandle":
+        """Start the job in a thread of its own and return at once; the handle waits for it or cancels it."""
+        return JobHandle(lambda handle: self._execute(job, on_output, handle.id, handle.cancelled))
+
     def run(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> TrainingResult:
-        marker = uuid.uuid4().hex
+        """Run the job to its end. Ctrl-C (or anything else) while it runs cancels it, waits for its
+        processes to be gone, and goes on up."""
+        handle = self.submit(job, on_output)
+        try:
+            return handle.result()
+        except BaseException:
+            handle.cancel()
+            handle.wait()
+            raise
+
+    def _execute(self, job: TrainingJob, on_output: Callable[[str], None] | None, marker: str,
+                 cancelled: threading.Event) -> TrainingResult:
         env = {**training_environment(dict(os.environ), job.passthrough), **job.env,
                "AUTORESEARCH_TIME_BUDGET": f"{job.budget_seconds:g}",
                "PYTHONUNBUFFERED": "1", JOB_MARKER: marker}
@@ -291,12 +370,15 @@ class LocalExecutor:
         tree = ProcessTree(process.pid)
         reader = _OutputReader(process.stdout.fileno(), log, on_output)
         reader.start()
-        timed_out = False
+        timed_out = was_cancelled = False
         steal = StealMeter() if job.makes_up_steal else None
         try:
             deadline = started + job.budget_seconds + job.grace_seconds
             next_sample = 0.0
             while process.poll() is None:
+                if cancelled.is_set():
+                    was_cancelled = True
+                    break
                 now = time.monotonic()
                 allowance = 0.0 if steal is None else min(steal.seconds(), job.budget_seconds / 4)
                 if now >= deadline + allowance:
@@ -319,6 +401,7 @@ class LocalExecutor:
         return TrainingResult(
             exit_code=process.returncode,
             timed_out=timed_out,
+            cancelled=was_cancelled,
             seconds=seconds,
             stolen_seconds=0.0 if steal is None else steal.seconds(),
             summary=reader.summary,

@@ -401,3 +401,27 @@ def test_what_a_training_writes_into_git_never_runs_and_is_put_back(workspace, f
     assert not (workspace / ".git/hooks/pre-commit").exists()
     assert git(workspace, "rev-parse", "refs/autoresearch/t/1") == rows[1]["commit_sha"]
     assert_consistent(workspace, rows)
+
+
+def test_a_submitted_job_is_cancelled_and_its_processes_are_gone(tmp_path):
+    """The executor's handle: submit returns at once, cancel ends the process tree as at a deadline."""
+    import threading
+
+    from autoresearch.runner import LocalExecutor, TrainingJob
+
+    script = tmp_path / "stubborn.py"
+    script.write_text("import signal, subprocess, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                      "subprocess.Popen(['sleep', '987612'])\nprint('started', flush=True)\nwhile True:\n"
+                      "    time.sleep(0.1)\n")
+    seen = threading.Event()
+    handle = LocalExecutor(kill_wait_seconds=0.5).submit(
+        TrainingJob(command=f"python {script}", cwd=tmp_path, log_path=tmp_path / "job.log", budget_seconds=60,
+                    grace_seconds=1), on_output=lambda line: seen.set())
+    assert seen.wait(10) and not handle.done()
+    ended = []
+    handle.on_done(lambda done: ended.append(done.id))
+    handle.cancel()
+    assert handle.wait(10)
+    result = handle.result()
+    assert result.cancelled and not result.timed_out and ended == [handle.id]
+    assert pids_with_cmdline("987612") == []
