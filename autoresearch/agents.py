@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from autoresearch.edits import EditError, apply_blocks, parse_reply
+from autoresearch.edits import EditBlock, EditError, apply_blocks, parse_reply
 from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverflow, call_within, context_overflow,
                                    server_message, wants_max_completion_tokens)
 from autoresearch.errors import UserError
@@ -42,10 +42,16 @@ CHECK_COMPLETION_TOKENS = 16  # enough for "ok"; a reasoning model may stop at i
 
 @dataclass(frozen=True)
 class Candidate:
-    """A proposed change: its description and the new content of every file it changes."""
+    """A proposed change: its description, the new content of every file it changes, and the edit itself.
+
+    `blocks` are the SEARCH/REPLACE blocks that made `changed` from the files the agent saw: applied
+    again to other files (a newer best, when the best moved while this was drafted or trained), they
+    make the same change there, or fail to apply.
+    """
 
     description: str
     changed: dict[str, str]
+    blocks: tuple[EditBlock, ...] = ()
 
 
 class InvalidProposal(Exception):
@@ -179,7 +185,7 @@ class LLMAgent:
                 changed = apply_blocks(context.files, parsed.blocks)
                 if not changed:
                     raise EditError("the blocks change nothing")
-                return Candidate(description=parsed.description, changed=changed)
+                return Candidate(description=parsed.description, changed=changed, blocks=parsed.blocks)
             except EditError as exc:
                 error = str(exc)
                 if cut_off and "length limit" not in error:
@@ -320,7 +326,7 @@ class MutateAgent:
         for _ in range(MAX_MUTATION_TRIES):
             chosen = rng.sample(constants, k=min(len(constants), rng.choice((1, 1, 2))))
             chosen.sort(key=lambda match: match.start())
-            new_source, changes = source, []
+            new_source, changes, blocks = source, [], []
             for match in reversed(chosen):
                 old_text = match.group("value")
                 new_text = mutate_number(old_text, rng, tunables.get(match.group("name")))
@@ -329,12 +335,13 @@ class MutateAgent:
                 line = match.group("name") + match.group("eq") + new_text + match.group("rest")
                 new_source = new_source[:match.start()] + line + new_source[match.end():]
                 changes.insert(0, f"{match.group('name')} {old_text} -> {new_text}")
+                blocks.insert(0, EditBlock(target, match.group(0) + "\n", line + "\n"))
             if not changes:
                 continue
             changed = {target: new_source}
             if editable_digest(context.recipe, {**context.files, **changed}) in context.seen_hashes:
                 continue
-            return Candidate(description=", ".join(changes), changed=changed)
+            return Candidate(description=", ".join(changes), changed=changed, blocks=tuple(blocks))
         raise InvalidProposal("duplicate: every mutation tried was already run")
 
 

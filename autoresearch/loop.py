@@ -348,7 +348,7 @@ class ResearchLoop:
         with self._closing_on_interrupt(state, number):
             files = self._read_files(state, state.recipe.editable)
             self.ledger.update_experiment(state.tag, number, files_hash=editable_digest(state.recipe, files))
-            trained = self._train(state, options, number, BASELINE_DESCRIPTION)
+            trained = self._train(state, options, number, BASELINE_DESCRIPTION, state.best_commit)
             outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             decision = None
             if outcome is None:
@@ -393,19 +393,19 @@ class ResearchLoop:
                 self._close_experiment(state, number, "invalid", reason, None, files=new_editable)
                 return
             self.reporter.phase("committing", candidate.description)
-            for name, content in candidate.changed.items():
-                (state.recipe_dir / name).write_text(content)
-            commit = state.worktree.commit_all(candidate.description,
-                                               paths=[f"{state.recipe_path}/{name}" for name in candidate.changed])
+            # A commit on top of the best, made from git's objects: the branch moves only when it is kept.
+            commit = state.worktree.commit_files(state.best_commit, {f"{state.recipe_path}/{name}": content
+                                                                     for name, content in candidate.changed.items()},
+                                                 candidate.description)
             state.worktree.set_ref(f"{EXPERIMENT_REF_PREFIX}{state.tag}/{number}", commit)
             self.ledger.update_experiment(state.tag, number, commit_sha=commit)
-            trained = self._train(state, options, number, candidate.description)
+            trained = self._train(state, options, number, candidate.description, commit)
             self.reporter.phase("deciding")
             outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             decision = None
             if outcome is None:
                 outcome, reason, metric, decision = self._confirm(state, options, number, candidate.description,
-                                                                  metric)
+                                                                  commit, metric)
             self._close_experiment(state, number, outcome, reason, metric, trained=trained, commit=commit,
                                    files=new_editable, decision=decision)
 
@@ -472,8 +472,8 @@ class ResearchLoop:
         self.ledger.set_run_sandbox(state.tag, context.sandbox_level)
         return Trainer(context, self.ledger, self.executor, self.reporter)
 
-    def _train(self, state: RunState, options: RunOptions, number: int, description: str, attempt: int = 0,
-               kind: str = "first") -> Trained:
+    def _train(self, state: RunState, options: RunOptions, number: int, description: str, commit: str,
+               attempt: int = 0, kind: str = "first") -> Trained:
         """One training run of the branch's head and the harness's evaluation of its model (trainer.py).
 
         Attempt 0 is the experiment's first run; later attempts are its noise or confirmation runs,
@@ -482,8 +482,8 @@ class ResearchLoop:
         self.reporter.phase("training", description, budget=state.budget_seconds,
                             grace=state.recipe.grace(state.budget_seconds))
         request = TrainingRequest(number=number, attempt=attempt, kind=kind,
-                                  seed=derive_seed(options.seed, number, attempt),
-                                  commit=state.worktree.head_commit(), description=description)
+                                  seed=derive_seed(options.seed, number, attempt), commit=commit,
+                                  description=description)
         try:
             return state.trainer.train(request)
         except LedgerTampered as exc:
@@ -498,7 +498,8 @@ class ResearchLoop:
         for attempt in range(1, options.noise_runs + 1):
             seed = derive_seed(options.seed, number, attempt)
             trained = self._train(state, options, number, f"{BASELINE_DESCRIPTION} (noise run {attempt} "
-                                  f"of {options.noise_runs}, seed {seed})", attempt=attempt, kind="noise")
+                                  f"of {options.noise_runs}, seed {seed})", state.best_commit, attempt=attempt,
+                                  kind="noise")
             outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             if outcome is None:
                 metrics.append(metric)
@@ -518,7 +519,7 @@ class ResearchLoop:
         self.ledger.set_noise_floor(state.tag, state.noise.std, state.noise.runs)
         self.reporter.noise_floor(state.noise.std, state.noise.runs)
 
-    def _confirm(self, state: RunState, options: RunOptions, number: int, description: str,
+    def _confirm(self, state: RunState, options: RunOptions, number: int, description: str, commit: str,
                  first_metric: float) -> tuple[str, str | None, float, dict]:
         """Decide on a candidate, with confirmation runs on new seeds while the keep rule asks for them.
 
@@ -537,7 +538,8 @@ class ResearchLoop:
             attempt = len(metrics)
             seed = derive_seed(options.seed, number, attempt)
             trained = self._train(state, options, number, f"{description} (confirmation run {attempt} of "
-                                  f"at most {options.confirm_runs}, seed {seed})", attempt=attempt, kind="confirm")
+                                  f"at most {options.confirm_runs}, seed {seed})", commit, attempt=attempt,
+                                  kind="confirm")
             outcome, reason, metric = trained.outcome, trained.reason, trained.metric
             if outcome is not None:
                 failed = "invalid" if outcome == "invalid" else "discard"

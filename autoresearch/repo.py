@@ -95,6 +95,23 @@ class Repo:
         else:
             self.git.rm("-r", "-q", "--cached", "--ignore-unmatch", "--", *paths)
 
+    def commit_files(self, parent: str, files: dict[str, str], message: str) -> str:
+        """A new commit on top of `parent` with `files` (path -> content) changed; no branch, index or file moves.
+
+        Built from git's objects alone (a temporary index, hash-object, write-tree, commit-tree), so
+        several experiments can have commits while the run branch and its worktree stay at the best.
+        """
+        with tempfile.TemporaryDirectory(prefix="autoresearch-index-") as scratch:
+            with self.git.custom_environment(GIT_INDEX_FILE=str(Path(scratch) / "index")):
+                self.git.read_tree(parent)
+                for path, content in sorted(files.items()):
+                    existing = self.git.ls_tree(parent, "--", path).split()
+                    mode = existing[0] if existing else "100644"
+                    blob = self.git.hash_object("-w", "--stdin", istream=_text_stream(content))
+                    self.git.update_index("--add", "--cacheinfo", f"{mode},{blob},{path}")
+                tree = self.git.write_tree()
+            return self.git.commit_tree(tree, "-p", parent, "-m", message)
+
     def uncommitted_paths(self, under: str = ".") -> list[str]:
         """Tracked files changed but not committed, and untracked files, below `under`."""
         output = self.git.status("--porcelain", "--untracked-files=all", "--", under)
@@ -255,6 +272,14 @@ class Repo:
     def show_file(self, commit: str, path: str) -> str:
         return self.git.show(f"{commit}:{path}")
 
+
+
+def _text_stream(content: str):
+    """A file object of content's UTF-8 bytes, for git's standard input."""
+    stream = tempfile.TemporaryFile()
+    stream.write(content.encode())
+    stream.seek(0)
+    return stream
 
 
 def git_failure(exc: BaseException) -> str | None:

@@ -121,8 +121,10 @@ class Trainer:
         if guard is not None and (problem := guard.before()):
             self.reporter.note(problem)
         git_guard = None if context.sandboxed or context.worktree is None else GitGuard(context.worktree, context.tag)
+        head = None
         if git_guard is not None:
             git_guard.before()
+            head = context.worktree.head_commit()  # the best: the run branch does not move while it trains
         try:
             try:
                 workdir = write_recipe_files(context.repo_root, request.commit, context.recipe_path, None, copy_root)
@@ -133,7 +135,7 @@ class Trainer:
                 result = self.executor.run(job, on_output=self.reporter.training_output)
             finally:
                 shutil.rmtree(copy_root, ignore_errors=True)
-            touched = self._check_after(guard, git_guard, request.commit)
+            touched = self._check_after(guard, git_guard, head)
             if result.log_error:
                 self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
             outcome, reason = training_outcome(result, touched, context.budget_seconds)
@@ -176,7 +178,7 @@ class Trainer:
                 job = replace(job, sandbox=context.sandbox.evaluation(folder, model_dir))
             return evaluate_model(self.executor, job)
 
-    def _check_after(self, guard: LedgerGuard | None, git_guard: GitGuard | None, commit: str) -> list[str]:
+    def _check_after(self, guard: LedgerGuard | None, git_guard: GitGuard | None, head: str | None) -> list[str]:
         """Without the sandbox: what the training touched of the record, each put back.
 
         The git files go back first: no git command runs while a training's config or hook is in place.
@@ -186,14 +188,14 @@ class Trainer:
             touched.append("the ledger")
             self.reporter.note(f"the training changed or removed {self.ledger.path}; restored it")
         worktree = self.context.worktree
-        if worktree is None:
+        if worktree is None or head is None:
             return touched
-        if worktree.head_commit() != commit:
+        if worktree.head_commit() != head:
             touched.append("the run branch")
         if not worktree.is_clean():
             touched.append("the run's worktree")
         if touched:
-            worktree.reset_hard(commit)
+            worktree.reset_hard(head)
         return touched
 
 

@@ -82,3 +82,15 @@ def test_an_integer_tunable_stays_an_integer_and_a_range_through_zero_moves():
         assert 1 <= int(mutate_number("5", rng, steps)) <= 6
         assert 0.0 <= float(mutate_number("0.0", rng, decay)) <= 0.2
     assert {mutate_number("0.0", rng, decay) for _ in range(20)} != {"0.0"}
+
+
+def test_a_mutation_carries_blocks_that_make_the_same_change_on_other_files(tmp_path):
+    """So a change drafted against one best can be applied again to a newer one."""
+    from autoresearch.edits import apply_blocks
+
+    ctx = context(tmp_path)
+    candidate = MutateAgent(seed=2).propose(ctx, lambda call: None)
+    assert apply_blocks(ctx.files, candidate.blocks) == candidate.changed
+    moved = {"train.py": ctx.files["train.py"].replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 0.5")}
+    again = apply_blocks(moved, candidate.blocks)["train.py"]
+    assert "SLEEP_SECONDS = 0.5" in again or "SLEEP_SECONDS" in candidate.description
