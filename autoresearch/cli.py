@@ -164,6 +164,14 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
                                               "when a check at the start passes, else say what is missing and go "
                                               "on; on: refuse to start without it; off: no sandbox (docs/trust.md)."
                                               + RESUME_NOTE),
+        slots: Optional[int] = typer.Option(None, "--slots", help="Trainings at once, each in its own sandbox "
+                                            "(default 1; more need the sandbox)." + RESUME_NOTE),
+        gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to train on, one training on each at once, "
+                                           "e.g. 0,1,2,3 (each training sees only its own: CUDA_VISIBLE_DEVICES); "
+                                           "instead of --slots." + RESUME_NOTE),
+        draft_ahead: Optional[bool] = typer.Option(None, "--draft-ahead/--no-draft-ahead", help="Draft the next "
+                                                   "proposals while experiments train (default on; needs the "
+                                                   "sandbox, else the loop is serial)." + RESUME_NOTE),
         allow_concurrent: bool = typer.Option(False, "--allow-concurrent", help="Train although another run trains "
                                               "in this workspace (they will share the machine).")):
     """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
@@ -176,7 +184,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         hours=hours, min_delta=min_delta, noise_runs=noise_runs, noise_multiple=noise_multiple,
         confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
         agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens,
-        prompt_tokens=prompt_tokens, sandbox=sandbox).items() if value is not None}
+        prompt_tokens=prompt_tokens, sandbox=sandbox, slots=slots, gpus=gpus, draft_ahead=draft_ahead).items() if value is not None}
     with user_errors():
         for name in (tag, resume):
             if name is not None:

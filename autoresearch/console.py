@@ -113,12 +113,15 @@ class Reporter:
     """The events of a run; this base class ignores them all."""
 
     def run_started(self, tag: str, recipe: str, metric: str, direction: str, budget: float, agent: str) -> None: ...
-    def limits(self, max_experiments: int | None, done: int, seconds_left: float | None) -> None:
-        """The run's limits as they stand when it starts: --max-experiments and the time --hours leaves."""
+    def limits(self, max_experiments: int | None, done: int, seconds_left: float | None, slots: int = 1) -> None:
+        """The run's limits as they stand when it starts: --max-experiments, the time --hours leaves, the slots."""
     def experiment_started(self, number: int) -> None: ...
     def phase(self, name: str, description: str | None = None, budget: float | None = None,
-              grace: float | None = None) -> None: ...
-    def training_output(self, line: str) -> None: ...
+              grace: float | None = None, slot: int | None = None, number: int | None = None) -> None:
+        """An experiment (`number`, default the one started last) entered a phase; on `slot` when it trains."""
+    def training_output(self, line: str, slot: int | None = None) -> None: ...
+    def drafting(self, numbers: list[int]) -> None:
+        """The experiments whose proposals are being drafted now (while others train)."""
     def experiment_finished(self, row: dict, best: float | None, baseline: float | None) -> None: ...
     def noise_floor(self, std: float | None, runs: int) -> None: ...
     def keep_margin(self, margin: float | None) -> None:
@@ -173,18 +176,21 @@ class PlainReporter(Reporter):
         self.tally = TokenTally()
         self.progress = RunProgress()
         self.margin: float | None = None
+        self.many_slots = False
 
     def _line(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
-    def _experiment_line(self, text: str) -> None:
-        self._line(text if self.number is None else f"experiment {self.number}: {text}")
+    def _experiment_line(self, text: str, number: int | None = None) -> None:
+        number = self.number if number is None else number
+        self._line(text if number is None else f"experiment {number}: {text}")
 
     def run_started(self, tag, recipe, metric, direction, budget, agent):
         self._line(f"run {tag}: recipe {recipe}, {metric} ({direction} is better), budget {budget:g}s, agent {agent}")
 
-    def limits(self, max_experiments, done, seconds_left):
+    def limits(self, max_experiments, done, seconds_left, slots=1):
         self.progress.set_limits(max_experiments, done, seconds_left)
+        self.many_slots = slots > 1
 
     def experiment_started(self, number):
         self.number = number
@@ -192,8 +198,9 @@ class PlainReporter(Reporter):
         self._line(f"experiment {number}: started" + (" (baseline)" if number == 0 else "")
                    + (f"; {where}" if where else ""))
 
-    def phase(self, name, description=None, budget=None, grace=None):
-        self._experiment_line(name + (f": {description}" if description else ""))
+    def phase(self, name, description=None, budget=None, grace=None, slot=None, number=None):
+        where = f" on slot {slot}" if slot is not None and self.many_slots else ""
+        self._experiment_line(name + where + (f": {description}" if description else ""), number)
 
     def experiment_finished(self, row, best, baseline):
         self.progress.finished(row["outcome"])
@@ -218,6 +225,44 @@ class PlainReporter(Reporter):
         self._line(text)
 
 
+class SlotView:
+    """What one slot shows in the live panel: its experiment, phase, training bar and latest values."""
+
+    def __init__(self):
+        self.number: int | None = None
+        self.phase_name = "starting"
+        self.description = ""
+        self.budget = 0.0
+        self.grace: float | None = None
+        self.phase_started = time.monotonic()
+        self.training_started: float | None = None  # at the training's first line: start-up is not training
+        self.last_output = ""
+        self.progress: dict[str, str] = {}
+
+    def output(self, line: str) -> None:
+        if self.training_started is None:
+            self.training_started = time.monotonic()
+        self.last_output = line.strip()[:200]
+        values = progress_values(line)
+        if values:
+            for name in values:  # the names seen last come last, and the panel keeps the last few
+                self.progress.pop(name, None)
+            self.progress.update(values)
+            while len(self.progress) > MAX_PROGRESS_VALUES:
+                self.progress.pop(next(iter(self.progress)))
+
+    def clock(self, elapsed: float) -> str:
+        """`12/60s` while it trains; before its first line it is starting; past the budget it is finishing."""
+        if self.training_started is None:
+            return f"starting ({time.monotonic() - self.phase_started:.0f}s, no output yet)"
+        if elapsed <= self.budget:
+            return f"{elapsed:.0f}/{self.budget:g}s"
+        if self.grace is None:
+            return f"budget spent, finishing (+{elapsed - self.budget:.0f}s)"
+        left = self.phase_started + self.budget + self.grace - time.monotonic()
+        return f"budget spent, finishing (+{elapsed - self.budget:.0f}s; stopped in {max(0.0, left):.0f}s if still going)"
+
+
 class LiveReporter(Reporter):
     """A Rich live panel, refreshed a few times a second."""
 
@@ -226,16 +271,11 @@ class LiveReporter(Reporter):
         self.tag = self.recipe = self.metric = self.agent = ""
         self.started = time.monotonic()
         self.number: int | None = None
-        self.phase_name = "starting"
-        self.description = ""
         self.budget = 0.0
-        self.grace: float | None = None
-        self.phase_started = time.monotonic()
-        self.training_started: float | None = None  # at the training's first line: start-up is not training
+        self.slots: dict[int, SlotView] = {}  # what each slot does now (a row each); slot 0 without slots
+        self.drafts: list[int] = []
         self.run_progress = RunProgress()
         self.margin: float | None = None
-        self.last_output = ""
-        self.progress: dict[str, str] = {}
         self.tally = TokenTally()
         self.best: float | None = None
         self.baseline: float | None = None
@@ -252,39 +292,32 @@ class LiveReporter(Reporter):
         self.tag, self.recipe, self.metric, self.direction, self.agent = tag, recipe, metric, direction, agent
         self.budget = budget
 
-    def limits(self, max_experiments, done, seconds_left):
+    def limits(self, max_experiments, done, seconds_left, slots=1):
         self.run_progress.set_limits(max_experiments, done, seconds_left)
 
     def experiment_started(self, number):
         self.number = number
-        self.description = "the unmodified recipe (baseline)" if number == 0 else ""
-        self.last_output = ""
-        self.progress = {}
 
-    def phase(self, name, description=None, budget=None, grace=None):
-        self.phase_name = name
-        self.phase_started = time.monotonic()
+    def phase(self, name, description=None, budget=None, grace=None, slot=None, number=None):
+        view = self.slots.setdefault(slot or 0, SlotView())
+        number = self.number if number is None else number
+        if view.number != number:
+            view.description = "the unmodified recipe (baseline)" if number == 0 else ""
+        view.number, view.phase_name, view.phase_started = number, name, time.monotonic()
         if description:
-            self.description = description
-        if budget is not None:
-            self.budget = budget
-        self.grace = grace
+            view.description = description
+        view.budget = budget if budget is not None else (view.budget or self.budget)
+        view.grace = grace
         if name == "training":  # a new training: nothing of the one before stays beside its bar
-            self.training_started = None
-            self.last_output = ""
-            self.progress = {}
+            view.training_started = None
+            view.last_output = ""
+            view.progress = {}
 
-    def training_output(self, line):
-        if self.training_started is None:
-            self.training_started = time.monotonic()
-        self.last_output = line.strip()[:200]
-        values = progress_values(line)
-        if values:
-            for name in values:  # the names seen last come last, and the panel keeps the last few
-                self.progress.pop(name, None)
-            self.progress.update(values)
-            while len(self.progress) > MAX_PROGRESS_VALUES:
-                self.progress.pop(next(iter(self.progress)))
+    def training_output(self, line, slot=None):
+        self.slots.setdefault(slot or 0, SlotView()).output(line)
+
+    def drafting(self, numbers):
+        self.drafts = list(numbers)
 
     def tokens_used(self, prompt_tokens, completion_tokens, cost):
         self.tally.add(prompt_tokens, completion_tokens, cost)
@@ -317,15 +350,20 @@ class LiveReporter(Reporter):
         header.add_row(Text(f"run {self.tag}", style="bold"), f"recipe {self.recipe}", f"agent {self.agent}",
                        f"elapsed {format_duration(time.monotonic() - self.started)}" + (f" · {where}" if where else ""))
         lines = [header]
-        if self.number is not None:
-            lines.append(Text(f"experiment {self.number} · {self.phase_name} · {self.description}", style="cyan"))
-        if self.phase_name == "training" and self.budget:
-            bar = Table.grid(padding=(0, 1))
-            latest = "  ".join(f"{name} {value}" for name, value in self.progress.items()) or self.last_output
-            elapsed = 0.0 if self.training_started is None else time.monotonic() - self.training_started
-            bar.add_row(ProgressBar(total=self.budget, completed=min(elapsed, self.budget), width=40),
-                        self._training_clock(elapsed), Text(latest, overflow="ellipsis", no_wrap=True))
-            lines.append(bar)
+        for slot, view in sorted(self.slots.items()):
+            where = f"slot {slot} · " if len(self.slots) > 1 else ""
+            lines.append(Text(f"{where}experiment {view.number} · {view.phase_name} · {view.description}",
+                              style="cyan"))
+            if view.phase_name == "training" and view.budget:
+                bar = Table.grid(padding=(0, 1))
+                latest = "  ".join(f"{name} {value}" for name, value in view.progress.items()) or view.last_output
+                elapsed = 0.0 if view.training_started is None else time.monotonic() - view.training_started
+                bar.add_row(ProgressBar(total=view.budget, completed=min(elapsed, view.budget), width=40),
+                            view.clock(elapsed), Text(latest, overflow="ellipsis", no_wrap=True))
+                lines.append(bar)
+        if self.drafts:
+            lines.append(Text("drafting: " + ", ".join(f"experiment {number}" for number in self.drafts),
+                              style="dim"))
         gain = ""
         if self.best is not None and self.baseline is not None:
             gain = f" (gain {gains.gain(self.best, self.baseline, self.direction):+.4g} over baseline)"
@@ -344,18 +382,6 @@ class LiveReporter(Reporter):
                                format_metric(row.get("metric")), row.get("description") or "")
             lines.append(recent)
         return Panel(Group(*lines), title="autoresearch", border_style="blue")
-
-    def _training_clock(self, elapsed: float) -> str:
-        """`12/60s` while it trains; before its first line it is starting; past the budget it is finishing."""
-        if self.training_started is None:
-            return f"starting ({time.monotonic() - self.phase_started:.0f}s, no output yet)"
-        if elapsed <= self.budget:
-            return f"{elapsed:.0f}/{self.budget:g}s"
-        if self.grace is None:
-            return f"budget spent, finishing (+{elapsed - self.budget:.0f}s)"
-        left = self.phase_started + self.budget + self.grace - time.monotonic()
-        return f"budget spent, finishing (+{elapsed - self.budget:.0f}s; stopped in {max(0.0, left):.0f}s if still going)"
-
 
 def make_reporter(console: Console | None = None) -> Reporter:
     """Live on an interactive terminal, plain lines otherwise (files, nohup, CI)."""

@@ -152,6 +152,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE training_runs ADD COLUMN model_sha256 TEXT;
     ALTER TABLE experiments ADD COLUMN evaluation_json TEXT;
     """,
+    # 6: several experiments in flight: the slot and device each training ran on, and the best experiment
+    # of a run as its own pointer (the last kept row by number is not always the best once experiments overlap)
+    """
+    ALTER TABLE training_runs ADD COLUMN slot INTEGER;
+    ALTER TABLE training_runs ADD COLUMN device TEXT;
+    ALTER TABLE runs ADD COLUMN best_number INTEGER;
+    """,
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
@@ -353,13 +360,18 @@ class Ledger:
     # --- training runs, the noise floor and verifications (docs/noise.md)
 
     def start_training_run(self, tag: str, experiment: int, attempt: int, kind: str, seed: int,
-                           commit_sha: str | None, log_path: str) -> int:
+                           commit_sha: str | None, log_path: str, slot: int | None = None,
+                           device: str | None = None) -> int:
         """The write-ahead row of one training run (outcome `running`); returns its id."""
         cursor = self._db.execute(
             "INSERT INTO training_runs (tag, experiment, attempt, kind, seed, commit_sha, outcome, log_path,"
-            " started_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-            (tag, experiment, attempt, kind, seed, commit_sha, log_path, now_iso()))
+            " started_at, slot, device) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+            (tag, experiment, attempt, kind, seed, commit_sha, log_path, now_iso(), slot, device))
         return cursor.lastrowid
+
+    def set_best(self, tag: str, number: int) -> None:
+        """The run's best experiment now: the one every new experiment is drafted from."""
+        self._db.execute("UPDATE runs SET best_number = ? WHERE tag = ?", (number, tag))
 
     def finish_training_run(self, run_id: int, outcome: str, reason: str | None = None, metric: float | None = None,
                             summary: dict | None = None, seconds: float | None = None, **fields) -> None:

@@ -7,7 +7,9 @@ the best commit once an experiment is decided; every commit an experiment made s
 under refs/autoresearch/<tag>/<n>. The state of a run (best commit, next number) is derived from
 the ledger, which is what makes `--resume` possible. A training and the harness's evaluation of
 its model are trainer.py's; the run's settings are settings.py's; the sandbox is chosen once per
-invocation, after the recipe's data is prepared (isolation.py).
+invocation, after the recipe's data is prepared (isolation.py); what is in flight at once (drafts
+of proposals, trainings on slots) and the order of things is scheduler.py's, which calls back here
+to open, record and close experiments.
 """
 
 from __future__ import annotations
@@ -19,33 +21,32 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from autoresearch.agents import Agent, AgentUnavailable, InvalidProposal, LLMCall, Remedy
+from autoresearch.agents import Agent, AgentUnavailable, LLMCall, Remedy
 from autoresearch.console import Reporter, times
-from autoresearch.edits import unified_diff
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.evaluation import HarnessFiles, prepare_data
 from autoresearch.isolation import choose_sandbox
-from autoresearch.guard import check_candidate, editable_digest
+from autoresearch.guard import editable_digest
 from autoresearch.ledger import Ledger, now_iso
-from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
-from autoresearch.prompts import AgentContext, LineageEntry
+from autoresearch.noise import NoiseFloor, decide
+from autoresearch.prompts import LineageEntry
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
-from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
+from autoresearch.repo import RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import LivePrices
-from autoresearch.recovery import LedgerTampered, reconcile, run_marker
+from autoresearch.recovery import reconcile, run_marker
 from autoresearch.review import run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
-from autoresearch.settings import RunOptions, check_options, override_records, stored_settings
+from autoresearch.settings import InvalidSetting, RunOptions, check_options, override_records, run_slots, stored_settings
 from autoresearch.runner import Executor, LocalExecutor
 from autoresearch.spending import SpendingCap, run_spending
-from autoresearch.trainer import (SCRATCH_DIR, RunContext, Trained, Trainer, TrainingRequest, information_only)
+from autoresearch.scheduler import Scheduler
+from autoresearch.trainer import SCRATCH_DIR, RunContext, Trained, Trainer, information_only
 from autoresearch.workspace import Workspace, check_tag
 
 WORKTREE_DIR = "worktree"
 RESULTS_FILE = "results.tsv"
 PREPARE_LOG = "prepare.log"
-BASELINE_DESCRIPTION = "baseline: the unmodified recipe"
 MAX_BACKOFF_SECONDS = 300.0
 
 
@@ -73,6 +74,7 @@ class RunState:
     recipe: Recipe
     budget_seconds: float
     best_commit: str
+    best_number: int | None = None  # the best experiment (runs.best_number)
     best_metric: float | None = None
     baseline_metric: float | None = None
     next_number: int = 0
@@ -186,16 +188,18 @@ class ResearchLoop:
         config = stored_settings(replace(options, budget_seconds=budget))
         config["overrides"] = run["config"].get("overrides", []) + override_records(options, now_iso())
         self.ledger.set_run_config(tag, config)
+        best = best_row(run, kept)
         state = RunState(tag=tag, recipe_path=run["recipe"], worktree=worktree,
                          recipe=load_recipe(worktree.root / run["recipe"]), budget_seconds=budget,
-                         best_commit=kept[-1]["commit_sha"] if kept else run["base_commit"],
-                         best_metric=kept[-1]["metric"] if kept else None,
+                         best_commit=best["commit_sha"] if best else run["base_commit"],
+                         best_number=best["number"] if best else None,
+                         best_metric=best["metric"] if best else None,
                          baseline_metric=kept[0]["metric"] if kept else None,
                          next_number=max((row["number"] for row in rows), default=-1) + 1,
                          # An interrupted experiment never got a result: proposing it again is no duplicate.
                          seen_hashes={row["files_hash"]: row["number"] for row in rows
                                       if row["files_hash"] and row["outcome"] != "interrupted"})
-        self._restore_noise(state, run, kept)
+        self._restore_noise(state, run, best)
         worktree.reset_hard(state.best_commit)
         self.ledger.set_run_status(tag, "running")
         return state, options
@@ -273,12 +277,13 @@ class ResearchLoop:
         if cap.is_set:
             cap.check_prices(self.prices.table(), getattr(self.agent, "model", None))
 
-    def _spending_stop_reason(self, state: RunState, options: RunOptions) -> str | None:
-        """Why the next experiment must not start (it would pass --max-cost or --max-tokens), or None."""
+    def _spending_stop_reason(self, state: RunState, options: RunOptions, drafting: int = 0) -> str | None:
+        """Why the next experiment must not start (it would pass --max-cost or --max-tokens), or None;
+        `drafting` proposals under way, whose calls are not recorded yet, count at the next one's cost."""
         cap = SpendingCap(options.max_cost, options.max_tokens)
         if not cap.is_set or state.best_metric is None:
             return None
-        return cap.stop_reason(run_spending(self.ledger, state.tag, self.prices.table()))
+        return cap.stop_reason(run_spending(self.ledger, state.tag, self.prices.table()), drafting)
 
     # --- the loop
 
@@ -293,25 +298,14 @@ class ResearchLoop:
             self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
         clock = _ActiveClock(self.ledger, state.tag)
         done = sum(n for outcome, n in self.ledger.outcome_counts().get(state.tag, {}).items() if outcome != "interrupted")
-        self.reporter.limits(options.max_experiments, done,
-                             None if options.hours is None else options.hours * 3600 - clock.seconds())
-        checked = False
-        stop_reason = ""
         try:
-            while True:
-                stop_reason = self._limit_reached(state, options, clock) or ""
-                if stop_reason:
-                    break
-                if not checked:  # before anything trains: a wrong URL, key or model costs no training
-                    self._check_agent(state, options)
-                    checked = True
-                if state.trainer is None:
-                    state.trainer = self._make_trainer(state, options)
-                if state.best_metric is None:
-                    self._baseline(state, options)
-                else:
-                    self._experiment(state, options)
-                clock.record()
+            stop_reason = self._limit_reached(state, options, clock) or ""
+            if not stop_reason:
+                self._check_agent(state, options)  # before anything trains: a wrong URL, key or model costs no training
+                state.trainer, slots, draft_ahead = self._make_trainer(state, options)
+                self.reporter.limits(options.max_experiments, done, None if options.hours is None else
+                                     options.hours * 3600 - clock.seconds(), slots=len(slots))
+                stop_reason = Scheduler(self, state, options, clock, slots, draft_ahead).run()
         except KeyboardInterrupt:
             self.ledger.set_run_status(state.tag, "interrupted")
             raise
@@ -330,84 +324,19 @@ class ResearchLoop:
                           best_metric=state.best_metric, baseline_metric=state.baseline_metric,
                           direction=state.recipe.direction, stop_reason=stop_reason)
 
-    def _limit_reached(self, state: RunState, options: RunOptions, clock: "_ActiveClock") -> str | None:
-        """Why no new experiment may start: a limit of the run (counted over its resumes too), or None."""
+    def _limit_reached(self, state: RunState, options: RunOptions, clock: "_ActiveClock",
+                       in_flight: int = 0, drafting: int = 0, asks_agent: bool = True) -> str | None:
+        """Why no new experiment may start: a limit of the run (counted over its resumes, and with the
+        `in_flight` experiments already started, `drafting` of them still waiting for the agent), or None.
+        One that `asks_agent` nothing (a combination) spends no tokens, so the spending caps do not stop it."""
         if options.max_experiments is not None:
             done = sum(count for outcome, count in self.ledger.outcome_counts().get(state.tag, {}).items()
-                       if outcome != "interrupted")
-            if done >= options.max_experiments:
+                       if outcome not in ("interrupted", "running"))
+            if done + in_flight >= options.max_experiments:
                 return f"reached --max-experiments {options.max_experiments}"
         if options.hours is not None and clock.seconds() >= options.hours * 3600:
             return f"reached --hours {options.hours:g}"
-        return self._spending_stop_reason(state, options)
-
-    def _baseline(self, state: RunState, options: RunOptions) -> None:
-        """The unmodified recipe at the start commit: the reference every experiment must beat."""
-        number = self._open_experiment(state, options, description=BASELINE_DESCRIPTION,
-                                       commit_sha=state.best_commit)
-        with self._closing_on_interrupt(state, number):
-            files = self._read_files(state, state.recipe.editable)
-            self.ledger.update_experiment(state.tag, number, files_hash=editable_digest(state.recipe, files))
-            trained = self._train(state, options, number, BASELINE_DESCRIPTION, state.best_commit)
-            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
-            decision = None
-            if outcome is None:
-                outcome = "keep"
-                metric, decision = self._measure_noise(state, options, number, metric)
-            self._close_experiment(state, number, outcome, reason, metric, trained=trained,
-                                   commit=state.best_commit, files=files, decision=decision)
-        if outcome != "keep":
-            log = trained.evaluation.log_path if trained.evaluation else trained.result.log_path
-            raise StopRun(f"the baseline (the unmodified recipe) failed with {outcome}"
-                          f"{': ' + reason if reason else ''}; see {log}", baseline_failed=True)
-
-    def _experiment(self, state: RunState, options: RunOptions) -> None:
-        number = self._open_experiment(state, options, parent_sha=state.best_commit)
-        with self._closing_on_interrupt(state, number):
-            self.reporter.phase("proposing")
-            files = self._read_files(state, state.recipe.editable + state.recipe.fixed)
-            context = AgentContext(number=number, program=self._read_program(), recipe=state.recipe,
-                                   budget_seconds=state.budget_seconds, files=files,
-                                   lineage=self._lineage(state.tag), best_metric=state.best_metric,
-                                   baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes),
-                                   noise_std=state.noise.std, noise_runs=state.noise.runs,
-                                   keep_margin=self._keep_margin(state, options), token_budget=options.prompt_tokens)
-            self.reporter.keep_margin(context.keep_margin)
-            propose_started = time.monotonic()
-            try:
-                candidate = self._propose(state, options, number, context)
-            except InvalidProposal as exc:
-                self._close_experiment(state, number, "invalid", exc.reason, None, description=exc.description,
-                                       propose_seconds=time.monotonic() - propose_started)
-                return
-            propose_seconds = time.monotonic() - propose_started
-            new_editable = {name: candidate.changed.get(name, files[name]) for name in state.recipe.editable}
-            digest = editable_digest(state.recipe, new_editable)
-            self.ledger.update_experiment(state.tag, number, description=candidate.description,
-                                          files_hash=digest, propose_seconds=propose_seconds,
-                                          diff=unified_diff({n: files[n] for n in candidate.changed}, candidate.changed))
-            reason = check_candidate(state.recipe, candidate.changed) or harness_tampering(files, candidate.changed)
-            if reason is None and digest in state.seen_hashes:
-                reason = f"duplicate of experiment {state.seen_hashes[digest]}"
-            if reason is not None:
-                self._close_experiment(state, number, "invalid", reason, None, files=new_editable)
-                return
-            self.reporter.phase("committing", candidate.description)
-            # A commit on top of the best, made from git's objects: the branch moves only when it is kept.
-            commit = state.worktree.commit_files(state.best_commit, {f"{state.recipe_path}/{name}": content
-                                                                     for name, content in candidate.changed.items()},
-                                                 candidate.description)
-            state.worktree.set_ref(f"{EXPERIMENT_REF_PREFIX}{state.tag}/{number}", commit)
-            self.ledger.update_experiment(state.tag, number, commit_sha=commit)
-            trained = self._train(state, options, number, candidate.description, commit)
-            self.reporter.phase("deciding")
-            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
-            decision = None
-            if outcome is None:
-                outcome, reason, metric, decision = self._confirm(state, options, number, candidate.description,
-                                                                  commit, metric)
-            self._close_experiment(state, number, outcome, reason, metric, trained=trained, commit=commit,
-                                   files=new_editable, decision=decision)
+        return self._spending_stop_reason(state, options, drafting) if asks_agent else None
 
     def _check_agent(self, state: RunState, options: RunOptions) -> None:
         """The agent proves it can propose (one cheap LLM call), recorded under the next experiment's number."""
@@ -415,17 +344,14 @@ class ResearchLoop:
         self._ask_agent(options, "endpoint check",
                         lambda: self.agent.check(lambda call: self._record_call(state.tag, number, call)))
 
-    def _propose(self, state: RunState, options: RunOptions, number: int, context: AgentContext):
-        return self._ask_agent(options, f"experiment {number}",
-                               lambda: self.agent.propose(context, lambda call: self._record_call(state.tag, number,
-                                                                                                   call)))
-
-    def _ask_agent(self, options: RunOptions, what: str, ask):
+    def _ask_agent(self, options: RunOptions, what: str, ask, note=None):
         """ask(), under the one retry policy of LLM calls; `what` names the asking in the notes.
 
         A failed call is tried again after a wait that doubles, until max_agent_failures in a row; a
-        refusal no retry can mend (the key, the model, a prompt too long) stops the run at once.
+        refusal no retry can mend (the key, the model, a prompt too long) stops the run at once. From
+        a draft's thread the notes go through `note` (the scheduler's queue).
         """
+        note = note or self.reporter.note
         failures = 0
         while True:
             try:
@@ -438,7 +364,7 @@ class ResearchLoop:
                     in_a_row = f"{times(failures)} in a row (last: {exc})" if failures > 1 else f"{times(1)} ({exc})"
                     raise StopRun(f"the LLM endpoint failed {in_a_row}") from None
                 wait = min(MAX_BACKOFF_SECONDS, options.agent_backoff_seconds * 2 ** (failures - 1))
-                self.reporter.note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
+                note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
                 time.sleep(wait)
 
     def _record_call(self, tag: str, number: int, call: LLMCall) -> None:
@@ -470,47 +396,17 @@ class ResearchLoop:
             self.reporter.note(f"run {state.tag}: {sandbox.problem}")
         context.sandbox, context.sandbox_level = sandbox.policy, sandbox.level
         self.ledger.set_run_sandbox(state.tag, context.sandbox_level)
-        return Trainer(context, self.ledger, self.executor, self.reporter)
-
-    def _train(self, state: RunState, options: RunOptions, number: int, description: str, commit: str,
-               attempt: int = 0, kind: str = "first") -> Trained:
-        """One training run of the branch's head and the harness's evaluation of its model (trainer.py).
-
-        Attempt 0 is the experiment's first run; later attempts are its noise or confirmation runs,
-        each with its own derived seed, log and model folder. Every run has a row in `training_runs`.
-        """
-        self.reporter.phase("training", description, budget=state.budget_seconds,
-                            grace=state.recipe.grace(state.budget_seconds))
-        request = TrainingRequest(number=number, attempt=attempt, kind=kind,
-                                  seed=derive_seed(options.seed, number, attempt), commit=commit,
-                                  description=description)
-        try:
-            return state.trainer.train(request)
-        except LedgerTampered as exc:
-            raise StopRun(str(exc)) from None
+        slots = run_slots(options)
+        draft_ahead = options.draft_ahead
+        if sandbox.policy is None and (len(slots) > 1 or draft_ahead):
+            if len(slots) > 1:
+                raise InvalidSetting("slots", f"is {len(slots)}, but several trainings at once need the sandbox: "
+                                              "without it the check of the record after each training cannot tell "
+                                              "what a training wrote from what the tool wrote meanwhile")
+            draft_ahead = False  # the same reason: the tool writes nothing while a training runs unsandboxed
+        return Trainer(context, self.ledger, self.executor, self.reporter), slots, draft_ahead
 
     # --- the noise floor and confirmation runs (docs/noise.md)
-
-    def _measure_noise(self, state: RunState, options: RunOptions, number: int,
-                       first_metric: float) -> tuple[float, dict]:
-        """The unmodified recipe again with other seeds; returns its mean metric and the decision record."""
-        metrics, seeds = [first_metric], [derive_seed(options.seed, number, 0)]
-        for attempt in range(1, options.noise_runs + 1):
-            seed = derive_seed(options.seed, number, attempt)
-            trained = self._train(state, options, number, f"{BASELINE_DESCRIPTION} (noise run {attempt} "
-                                  f"of {options.noise_runs}, seed {seed})", state.best_commit, attempt=attempt,
-                                  kind="noise")
-            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
-            if outcome is None:
-                metrics.append(metric)
-                seeds.append(seed)
-            else:
-                self.reporter.note(f"noise run {attempt} of the baseline failed ({outcome}: {reason}); "
-                                   f"see {trained.result.log_path}")
-        state.noise_groups = []
-        self._refine_noise(state, metrics)
-        return mean(metrics), {"verdict": "keep", "metrics": metrics, "seeds": seeds, "noise_std": state.noise.std,
-                               "candidate_runs": len(metrics)}
 
     def _refine_noise(self, state: RunState, metrics: list[float]) -> None:
         """One more commit's metrics under several seeds: the noise floor is pooled again and recorded."""
@@ -519,39 +415,6 @@ class ResearchLoop:
         self.ledger.set_noise_floor(state.tag, state.noise.std, state.noise.runs)
         self.reporter.noise_floor(state.noise.std, state.noise.runs)
 
-    def _confirm(self, state: RunState, options: RunOptions, number: int, description: str, commit: str,
-                 first_metric: float) -> tuple[str, str | None, float, dict]:
-        """Decide on a candidate, with confirmation runs on new seeds while the keep rule asks for them.
-
-        Returns (outcome, reason, mean metric, decision record).
-        """
-        metrics, seeds = [first_metric], [derive_seed(options.seed, number, 0)]
-        best_runs = state.best_runs or [state.best_metric]
-        while True:
-            # Once the candidate has several runs, its own spread joins the pooled noise floor.
-            noise = NoiseFloor.pooled(state.noise_groups + [metrics]) if state.noise.known else state.noise
-            decision = decide(metrics, best_runs, state.recipe.direction, noise.std, options.keep_rule)
-            record = {**decision.as_dict(), "metrics": metrics, "seeds": seeds, "best_metrics": best_runs,
-                      "noise_std": noise.std}
-            if decision.verdict != "confirm":
-                break
-            attempt = len(metrics)
-            seed = derive_seed(options.seed, number, attempt)
-            trained = self._train(state, options, number, f"{description} (confirmation run {attempt} of "
-                                  f"at most {options.confirm_runs}, seed {seed})", commit, attempt=attempt,
-                                  kind="confirm")
-            outcome, reason, metric = trained.outcome, trained.reason, trained.metric
-            if outcome is not None:
-                failed = "invalid" if outcome == "invalid" else "discard"
-                return failed, f"confirmation run {attempt} (seed {seed}): {outcome}: {reason}", mean(metrics), record
-            metrics, seeds = metrics + [metric], seeds + [seed]
-        if ignores_harness_seed(metrics, seeds, state.noise):
-            return ("invalid", f"ignores the harness's seed: {state.recipe.metric} {metrics[0]:.6g} under seeds "
-                    f"{', '.join(map(str, seeds))}", mean(metrics), record)
-        if len(metrics) > 1:
-            self._refine_noise(state, metrics)
-        return decision.verdict, decision.reason, mean(metrics), record
-
     def _keep_margin(self, state: RunState, options: RunOptions) -> float | None:
         """The gain a candidate's first run must show over the best to be kept (what the agent is told)."""
         if not state.noise.known:
@@ -559,14 +422,14 @@ class ResearchLoop:
         return decide([state.best_metric], state.best_runs or [state.best_metric], state.recipe.direction,
                       state.noise.std, options.keep_rule).margin
 
-    def _restore_noise(self, state: RunState, run: dict, kept: list[dict]) -> None:
+    def _restore_noise(self, state: RunState, run: dict, best: dict | None) -> None:
         """On resume: the noise floor from the run's row, the best commit's runs from its decision record."""
         state.noise = NoiseFloor(std=run.get("noise_std"), runs=run.get("noise_runs") or 0)
         state.noise_groups = [list(row["decision"]["metrics"]) for row in self.ledger.experiments(state.tag)
                               if row["outcome"] in ("keep", "discard") and row.get("decision")
                               and len(row["decision"].get("metrics") or ()) > 1]
-        if kept:
-            state.best_runs = list((kept[-1].get("decision") or {}).get("metrics") or [kept[-1]["metric"]])
+        if best:
+            state.best_runs = list((best.get("decision") or {}).get("metrics") or [best["metric"]])
         if state.noise.runs:
             self.reporter.noise_floor(state.noise.std, state.noise.runs)
 
@@ -578,12 +441,18 @@ class ResearchLoop:
         self.ledger.start_experiment(state.tag, number, seed=options.seed, agent=self.agent.name,
                                      model=getattr(self.agent, "model", None), **fields)
         self.reporter.experiment_started(number)
-        self._started = time.monotonic()
         return number
+
+    def _interrupt_experiment(self, state: RunState, number: int, reason: str) -> None:
+        """An experiment that cannot finish (Ctrl-C, a stop, a bug): its row says so, if it is still open."""
+        row = self.ledger.experiment(state.tag, number)
+        if row and row["outcome"] == "running":
+            self.ledger.update_experiment(state.tag, number, outcome="interrupted", reason=reason[:300],
+                                          finished_at=now_iso())
 
     def _close_experiment(self, state: RunState, number: int, outcome: str, reason: str | None,
                           metric: float | None, trained: Trained | None = None, commit: str | None = None,
-                          files: dict[str, str] | None = None, **fields) -> None:
+                          files: dict[str, str] | None = None, started: float | None = None, **fields) -> None:
         """Write the outcome, then move the branch: to this commit if kept, else back to the best.
 
         The models of its training runs are deleted then, but for the baseline's and the best's.
@@ -596,11 +465,13 @@ class ResearchLoop:
                           evaluation=None if trained.evaluation is None else trained.evaluation.values)
         self.ledger.update_experiment(state.tag, number, outcome=outcome, reason=reason, metric=metric,
                                       best_before=best_before, finished_at=now_iso(),
-                                      total_seconds=time.monotonic() - self._started, **fields)
+                                      total_seconds=None if started is None else time.monotonic() - started, **fields)
         if files is not None:
             state.seen_hashes.setdefault(editable_digest(state.recipe, files), number)
         if outcome == "keep":
             state.best_commit = commit or state.best_commit
+            state.best_number = number
+            self.ledger.set_best(state.tag, number)
             state.best_metric = metric
             state.best_runs = list((fields.get("decision") or {}).get("metrics") or [metric])
             if state.baseline_metric is None:
@@ -615,9 +486,6 @@ class ResearchLoop:
     def _rewind(self, state: RunState) -> None:
         if state.worktree.head_commit() != state.best_commit:
             state.worktree.reset_hard(state.best_commit)
-
-    def _closing_on_interrupt(self, state: RunState, number: int):
-        return _ExperimentGuard(self, state, number)
 
     def _write_results_tsv(self, state: RunState) -> None:
         """runs/<tag>/results.tsv, written afresh from the ledger (never appended to: nothing else writes it)."""
@@ -695,30 +563,13 @@ class _ActiveClock:
         self._recorded_at = now
 
 
-class _ExperimentGuard:
-    """Anything that escapes an experiment (Ctrl-C, a bug) still closes its row and rewinds the branch."""
-
-    def __init__(self, loop: ResearchLoop, state: RunState, number: int):
-        self.loop, self.state, self.number = loop, state, number
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            return False
-        if isinstance(exc, KeyboardInterrupt):
-            reason = "stopped by the person (Ctrl-C)"
-        elif isinstance(exc, StopRun):
-            reason = str(exc)
-        else:
-            reason = f"tool error: {type(exc).__name__}: {exc}"
-        row = self.loop.ledger.experiment(self.state.tag, self.number)
-        if row and row["outcome"] == "running":
-            self.loop.ledger.update_experiment(self.state.tag, self.number, outcome="interrupted", reason=reason[:300],
-                                               finished_at=now_iso())
-        self.loop._rewind(self.state)
-        return False
+def best_row(run: dict, kept: list[dict]) -> dict | None:
+    """The run's best experiment: its own pointer (runs.best_number), else, for a run from before it, the last kept."""
+    if run.get("best_number") is not None:
+        for row in kept:
+            if row["number"] == run["best_number"]:
+                return row
+    return kept[-1] if kept else None
 
 
 def failure_tail(trained: Trained) -> str:

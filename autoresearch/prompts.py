@@ -89,6 +89,7 @@ class AgentContext:
     noise_runs: int = 0
     keep_margin: float | None = None  # the gain a first run must show over the best to be kept
     token_budget: int = PROMPT_TOKEN_BUDGET  # for the whole prompt; the lineage gets what the rest leaves
+    in_flight: tuple[str, ...] = ()  # experiments training now (drafting ahead): not to be proposed again
 
 
 def build_messages(context: AgentContext) -> list[dict]:
@@ -107,6 +108,10 @@ def build_messages(context: AgentContext) -> list[dict]:
         + format_noise(context),
     ]
     closing = [f"# Current {name}\n\n```python\n{context.files.get(name, '')}\n```" for name in recipe.editable]
+    if context.in_flight:
+        closing.append("# Training now\n\nThese experiments are training while you draft; their results are not "
+                       "known yet. Do not propose the same changes:\n" + "\n".join(
+                           f"- training now: {_clip(entry)}" for entry in context.in_flight))
     closing.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
                    f"{recipe.metric} {better}. Answer in the required form.")
     fixed_tokens = estimate_tokens(SYSTEM_PROMPT + "\n\n".join(sections + closing))

@@ -177,7 +177,14 @@ class JobHandle:
         self.cancelled.set()
 
     def result(self) -> TrainingResult:
-        self._finished.wait()
+        """The job's result, once it has ended. Ctrl-C (or anything else) while waiting cancels the job,
+        waits for its processes to be gone, and goes on up."""
+        try:
+            self._finished.wait()
+        except BaseException:
+            self.cancel()
+            self._finished.wait()
+            raise
         if self._error is not None:
             raise self._error
         return self._result
@@ -334,15 +341,8 @@ class LocalExecutor:
         return JobHandle(lambda handle: self._execute(job, on_output, handle.id, handle.cancelled))
 
     def run(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> TrainingResult:
-        """Run the job to its end. Ctrl-C (or anything else) while it runs cancels it, waits for its
-        processes to be gone, and goes on up."""
-        handle = self.submit(job, on_output)
-        try:
-            return handle.result()
-        except BaseException:
-            handle.cancel()
-            handle.wait()
-            raise
+        """Run the job to its end (JobHandle.result: Ctrl-C cancels it and waits for its processes)."""
+        return self.submit(job, on_output).result()
 
     def _execute(self, job: TrainingJob, on_output: Callable[[str], None] | None, marker: str,
                  cancelled: threading.Event) -> TrainingResult:

@@ -49,6 +49,9 @@ class RunOptions:
     noise_multiple: float = DEFAULT_NOISE_MULTIPLE
     confirm_runs: int = DEFAULT_CONFIRM_RUNS
     sandbox: str = "auto"  # auto | on | off: train inside bubblewrap (docs/trust.md)
+    slots: int = 1  # trainings at once (CPU slots); `gpus` names a device for each instead
+    gpus: str | None = None  # "0,1,2,3": one slot per GPU, each training with CUDA_VISIBLE_DEVICES set to it
+    draft_ahead: bool = True  # draft the next proposals while experiments train (needs the sandbox)
     overrides: list["Override"] = field(default_factory=list)  # what a resume changed, said and recorded
     allow_concurrent: bool = False  # train although another run trains in the workspace (this invocation only)
 
@@ -88,6 +91,13 @@ def check_options(options: RunOptions) -> None:
     _at_least("max_agent_failures", options.max_agent_failures, 1)
     _at_least("max_tokens", options.max_tokens, 1)
     _at_least("prompt_tokens", options.prompt_tokens, 1)
+    _at_least("slots", options.slots, 1)
+    if options.gpus is not None:
+        devices = [device.strip() for device in options.gpus.split(",")]
+        if not all(devices) or len(set(devices)) != len(devices):
+            raise InvalidSetting("gpus", f"lists GPU numbers (or ids) apart by commas, each once, not {options.gpus!r}")
+        if options.slots not in (1, len(devices)):
+            raise InvalidSetting("slots", f"is one per GPU with gpus {options.gpus}; give one of the two")
     _at_least("noise_runs", options.noise_runs, 0)
     _at_least("confirm_runs", options.confirm_runs, 0)
     _at_least("seed", options.seed, 0)
@@ -107,6 +117,15 @@ def _positive(name: str, value: float | None, zero_allowed: bool = False) -> Non
         return
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
         raise InvalidSetting(name, f"must be {'zero or more' if zero_allowed else 'more than zero'}, not {value:g}")
+
+
+def run_slots(options: RunOptions):
+    """The places trainings run at once: one per GPU of `gpus`, else `slots` CPU slots."""
+    from autoresearch.trainer import Slot
+
+    if options.gpus:
+        return [Slot(index, device.strip()) for index, device in enumerate(options.gpus.split(","))]
+    return [Slot(index) for index in range(options.slots)]
 
 
 def stored_settings(options: RunOptions) -> dict:
@@ -130,6 +149,11 @@ def resumed_options(run: dict, given: dict) -> RunOptions:
     unknown = set(given) - set(SETTINGS)
     if unknown:
         raise ValueError(f"not settings of a run: {sorted(unknown)}")
+    # --slots and --gpus say the same thing two ways: the one given again replaces the other.
+    if "gpus" in given and "slots" not in given:
+        given = {**given, "slots": 1}
+    elif "slots" in given and "gpus" not in given:
+        given = {**given, "gpus": None}
     overrides = [Override(name, getattr(options, name), value) for name, value in given.items()
                  if getattr(options, name) != value]
     return replace(options, **given, overrides=overrides)

@@ -42,13 +42,15 @@ class SpendingCap:
             raise UserError(f"--max-cost needs a price for model {model!r}: add it under `prices:` in "
                             "autoresearch.yaml (dollars per million input and output tokens)")
 
-    def stop_reason(self, spending: Spending) -> str | None:
-        """Why the next experiment must not start, or None."""
-        if self.max_tokens is not None and spending.tokens + spending.next_tokens > self.max_tokens:
-            return (f"reached --max-tokens {self.max_tokens}: {spending.tokens} tokens used, the next experiment "
-                    f"would take about {spending.next_tokens} more")
-        if self.max_cost is not None and spending.cost + spending.next_cost > self.max_cost:
-            return (f"reached --max-cost ${self.max_cost:g}: ${spending.cost:.4f} spent, the next experiment "
+    def stop_reason(self, spending: Spending, drafting: int = 0) -> str | None:
+        """Why the next experiment must not start, or None; `drafting` proposals under way whose calls
+        are not in the ledger yet count at what the next one is expected to cost."""
+        pending = f" and {drafting} being drafted" if drafting else ""
+        if self.max_tokens is not None and spending.tokens + (drafting + 1) * spending.next_tokens > self.max_tokens:
+            return (f"reached --max-tokens {self.max_tokens}: {spending.tokens} tokens used{pending}, the next "
+                    f"experiment would take about {spending.next_tokens} more")
+        if self.max_cost is not None and spending.cost + (drafting + 1) * spending.next_cost > self.max_cost:
+            return (f"reached --max-cost ${self.max_cost:g}: ${spending.cost:.4f} spent{pending}, the next experiment "
                     f"would cost about ${spending.next_cost:.4f} more")
         return None
 

@@ -24,14 +24,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.console import Reporter
-from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, has_model, last_line,
-                                     model_digest, scored_metric, write_recipe_files)
+from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, evaluation_outcome,
+                                     has_model, last_line, model_digest, scored_metric, write_recipe_files)
 from autoresearch.isolation import SandboxPolicy
 from autoresearch.ledger import Ledger
 from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
-from autoresearch.runner import Executor, TrainingResult, recipe_job
+from autoresearch.runner import Executor, JobHandle, TrainingResult, recipe_job
 
 MODELS_DIR = "models"
 WORK_DIR = "work"
@@ -95,11 +95,45 @@ class RunContext:
         return self.sandbox is not None
 
 
+@dataclass(frozen=True)
+class Slot:
+    """One place a training runs at once: a GPU of this box (`device`, for CUDA_VISIBLE_DEVICES), or a CPU slot."""
+
+    index: int
+    device: str | None = None
+
+
+@dataclass
+class Ticket:
+    """One training run on its way: what the harness made for it, and what cancels it."""
+
+    request: TrainingRequest
+    slot: Slot
+    run_id: int | None
+    log_path: Path
+    model_dir: Path
+    copy_root: Path
+    guard: LedgerGuard | None = None
+    git_guard: GitGuard | None = None
+    head: str | None = None  # the run branch's commit while it trains (checked afterwards, without the sandbox)
+    cancelled: bool = False
+    _handle: JobHandle | None = None
+
+    def cancel(self) -> None:
+        """Stop it where it is: the process tree of the training (or of its evaluation) is ended."""
+        self.cancelled = True
+        if self._handle is not None:
+            self._handle.cancel()
+
+
 class Trainer:
     """Trains one request and measures it, for the loop and for `verify`.
 
-    With `record` (the loop), every training run has its row in the ledger's `training_runs`, written
-    before it starts; `verify` keeps its own record of its trainings.
+    In stages, so that a scheduler can keep several in flight: `start` and the two `finish_*` steps
+    write the ledger and check the record (the scheduler's own thread, the single writer);
+    `run_training` and `run_evaluation` wait for processes (a slot's thread). `train` runs all the
+    stages in a row. With `record` (the loop), every training run has its row in `training_runs`,
+    written before it starts; `verify` keeps its own record of its trainings.
     """
 
     def __init__(self, context: RunContext, ledger: Ledger, executor: Executor, reporter: Reporter,
@@ -107,95 +141,150 @@ class Trainer:
         self.context, self.ledger, self.executor, self.reporter = context, ledger, executor, reporter
         self.record = record
 
-    def train(self, request: TrainingRequest, split: str = "val", also_test: bool = False) -> Trained:
-        context = self.context
-        log_path = context.run_dir / f"{request.stem}.log"
-        model_dir = fresh_folder(context.run_dir / MODELS_DIR / request.stem)
-        copy_root = context.run_dir / WORK_DIR / request.stem
-        shutil.rmtree(copy_root, ignore_errors=True)
-        run_id = None
-        if self.record:
-            run_id = self.ledger.start_training_run(context.tag, request.number, request.attempt, request.kind,
-                                                    request.seed, request.commit, str(log_path))
-        guard = None if context.sandboxed else LedgerGuard(self.ledger, context.run_dir, context.tag)
-        if guard is not None and (problem := guard.before()):
-            self.reporter.note(problem)
-        git_guard = None if context.sandboxed or context.worktree is None else GitGuard(context.worktree, context.tag)
-        head = None
-        if git_guard is not None:
-            git_guard.before()
-            head = context.worktree.head_commit()  # the best: the run branch does not move while it trains
+    def train(self, request: TrainingRequest, split: str = "val", also_test: bool = False,
+              slot: Slot = Slot(0)) -> Trained:
+        ticket = self.start(request, slot)
         try:
-            try:
-                workdir = write_recipe_files(context.repo_root, request.commit, context.recipe_path, None, copy_root)
-                job = recipe_job(context.recipe, workdir, log_path, context.budget_seconds, request.seed,
-                                 context.marker, model_dir)
-                if context.sandbox is not None:
-                    job = replace(job, sandbox=context.sandbox.training(workdir, model_dir))
-                result = self.executor.run(job, on_output=self.reporter.training_output)
-            finally:
-                shutil.rmtree(copy_root, ignore_errors=True)
-            touched = self._check_after(guard, git_guard, head)
-            if result.log_error:
-                self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
-            outcome, reason = training_outcome(result, touched, context.budget_seconds)
-            evaluation, metric = None, None
-            if outcome is None and not has_model(model_dir):
-                outcome, reason = "crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)"
+            result = self.run_training(ticket)
+            outcome, reason = self.finish_training(ticket, result)
+            evaluation = None
             if outcome is None:
-                self.reporter.phase("evaluating")
-                evaluation = self.evaluate(model_dir, split, f"{request.stem}.eval")
-                outcome, reason, metric = scored_metric(evaluation, self.metric_name(split))
-                if outcome is None and also_test:
-                    test = self.evaluate(model_dir, "test", f"{request.stem}.test")
-                    evaluation = Evaluation(test.outcome, test.reason, {**evaluation.values, **test.values},
-                                            evaluation.seconds + test.seconds, evaluation.log_path, test.log_tail)
+                self.reporter.phase("evaluating", slot=slot.index)
+                evaluation = self.run_evaluation(ticket, split, also_test)
         except BaseException:
-            if run_id is not None:
-                self.ledger.finish_training_run(run_id, "interrupted", "stopped during training or its evaluation")
+            self.interrupted(ticket)
             raise
-        if run_id is not None:
+        return self.finish(ticket, result, outcome, reason, evaluation, split)
+
+    def start(self, request: TrainingRequest, slot: Slot) -> Ticket:
+        """The write-ahead row, a fresh model folder, and (without the sandbox) the record's guards."""
+        context = self.context
+        ticket = Ticket(request, slot, None, context.run_dir / f"{request.stem}.log",
+                        fresh_folder(context.run_dir / MODELS_DIR / request.stem),
+                        context.run_dir / WORK_DIR / request.stem)
+        shutil.rmtree(ticket.copy_root, ignore_errors=True)
+        if self.record:
+            ticket.run_id = self.ledger.start_training_run(context.tag, request.number, request.attempt,
+                                                           request.kind, request.seed, request.commit,
+                                                           str(ticket.log_path), slot=slot.index, device=slot.device)
+        if not context.sandboxed:
+            ticket.guard = LedgerGuard(self.ledger, context.run_dir, context.tag)
+            if problem := ticket.guard.before():
+                self.reporter.note(problem)
+            if context.worktree is not None:
+                ticket.git_guard = GitGuard(context.worktree, context.tag)
+                ticket.git_guard.before()
+                ticket.head = context.worktree.head_commit()  # the best: the run branch does not move meanwhile
+        return ticket
+
+    def run_training(self, ticket: Ticket) -> TrainingResult:
+        """The training itself, in a fresh copy of its commit (deleted after); waits for it to end."""
+        context, request = self.context, ticket.request
+        try:
+            workdir = write_recipe_files(context.repo_root, request.commit, context.recipe_path, None,
+                                         ticket.copy_root)
+            job = recipe_job(context.recipe, workdir, ticket.log_path, context.budget_seconds, request.seed,
+                             context.marker, ticket.model_dir)
+            job = self._placed(job, ticket, workdir, context.sandbox.training if context.sandbox else None)
+            return self._wait(ticket, job, on_output=lambda line: self.reporter.training_output(
+                line, slot=ticket.slot.index))
+        finally:
+            shutil.rmtree(ticket.copy_root, ignore_errors=True)
+
+    def finish_training(self, ticket: Ticket, result: TrainingResult) -> tuple[str | None, str | None]:
+        """What the training process alone came to: None when it ended cleanly within its limit with a model.
+
+        Without the sandbox the git files go back first: no git command runs while a training's config
+        or hook is in place.
+        """
+        if result.log_error:
+            self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
+        outcome, reason = training_outcome(result, self._check_after(ticket), self.context.budget_seconds)
+        if outcome is None and not has_model(ticket.model_dir):
+            outcome, reason = "crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)"
+        return outcome, reason
+
+    def run_evaluation(self, ticket: Ticket, split: str = "val", also_test: bool = False) -> Evaluation:
+        """The harness's evaluation of the saved model (and, for `verify`, on the test split too)."""
+        evaluation = self.evaluate(ticket.model_dir, split, f"{ticket.request.stem}.eval", ticket)
+        if also_test and scored_metric(evaluation, self.metric_name(split))[0] is None:
+            test = self.evaluate(ticket.model_dir, "test", f"{ticket.request.stem}.test", ticket)
+            evaluation = Evaluation(test.outcome, test.reason, {**evaluation.values, **test.values},
+                                    evaluation.seconds + test.seconds, evaluation.log_path, test.log_tail)
+        return evaluation
+
+    def finish(self, ticket: Ticket, result: TrainingResult, outcome: str | None, reason: str | None,
+               evaluation: Evaluation | None, split: str = "val") -> Trained:
+        """The verdict on the training and its evaluation, written to its row."""
+        metric = None
+        if outcome is None and evaluation is not None:
+            outcome, reason, metric = scored_metric(evaluation, self.metric_name(split))
+        if result.cancelled and outcome is None:
+            outcome, reason = "interrupted", "stopped by the harness"
+        if ticket.run_id is not None:
             self.ledger.finish_training_run(
-                run_id, outcome or "ok", reason, metric, information_only(result.summary, context.recipe),
+                ticket.run_id, outcome or "ok", reason, metric, information_only(result.summary, self.context.recipe),
                 result.seconds, evaluation=None if evaluation is None else evaluation.values,
                 evaluation_seconds=None if evaluation is None else evaluation.seconds,
-                sandbox=context.sandbox_level, stolen_seconds=result.stolen_seconds, **model_record(model_dir))
-        return Trained(run_id, result, outcome, reason, metric, evaluation, model_dir)
+                sandbox=self.context.sandbox_level, stolen_seconds=result.stolen_seconds,
+                **model_record(ticket.model_dir))
+        return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
+
+    def interrupted(self, ticket: Ticket) -> None:
+        if ticket.run_id is not None:
+            self.ledger.finish_training_run(ticket.run_id, "interrupted", "stopped during training or its evaluation")
 
     def metric_name(self, split: str) -> str:
         return self.context.recipe.test_metric if split == "test" else self.context.recipe.metric
 
-    def evaluate(self, model_dir: Path, split: str, stem: str) -> Evaluation:
+    def evaluate(self, model_dir: Path, split: str, stem: str, ticket: Ticket | None = None) -> Evaluation:
         """The harness's evaluation of a saved model, from the fixed files of the run's start commit."""
         context = self.context
-        files = HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, context.recipe,
-                             context.run_dir / SCRATCH_DIR)
-        with files as folder:
+        with HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, context.recipe,
+                          context.run_dir / SCRATCH_DIR) as folder:
             # A seed the training never saw: which windows and cut points the evaluation draws.
             job = evaluation_job(context.recipe, folder, model_dir, split, secrets.randbelow(SEED_SPACE),
                                  context.run_dir / f"{stem}.log", context.marker)
-            if context.sandbox is not None:
-                job = replace(job, sandbox=context.sandbox.evaluation(folder, model_dir))
-            return evaluate_model(self.executor, job)
+            if ticket is None:
+                if context.sandbox is not None:
+                    job = replace(job, sandbox=context.sandbox.evaluation(folder, model_dir))
+                return evaluate_model(self.executor, job)
+            job = self._placed(job, ticket, folder, context.sandbox.evaluation if context.sandbox else None)
+            result = self._wait(ticket, job)
+            outcome, reason = evaluation_outcome(result, job.budget_seconds)
+            return Evaluation(outcome=outcome, reason=reason, values=result.summary, seconds=result.seconds,
+                              log_path=job.log_path, log_tail=result.log_tail)
 
-    def _check_after(self, guard: LedgerGuard | None, git_guard: GitGuard | None, head: str | None) -> list[str]:
-        """Without the sandbox: what the training touched of the record, each put back.
+    def _placed(self, job, ticket: Ticket, workdir: Path, sandbox_for):
+        """The job on its slot: its device only, inside the sandbox when there is one."""
+        if ticket.slot.device is not None:
+            job = replace(job, env={**job.env, "CUDA_VISIBLE_DEVICES": ticket.slot.device})
+        if sandbox_for is not None:
+            job = replace(job, sandbox=sandbox_for(workdir, ticket.model_dir))
+        return job
 
-        The git files go back first: no git command runs while a training's config or hook is in place.
-        """
-        touched = [] if git_guard is None else git_guard.after()
-        if guard is not None and guard.after():
+    def _wait(self, ticket: Ticket, job, on_output=None) -> TrainingResult:
+        handle = self.executor.submit(job, on_output)
+        ticket._handle = handle
+        if ticket.cancelled:
+            handle.cancel()
+        return handle.result()
+
+    def _check_after(self, ticket: Ticket) -> list[str]:
+        """Without the sandbox: what the training touched of the record, each put back."""
+        touched = [] if ticket.git_guard is None else ticket.git_guard.after()
+        if ticket.guard is not None and ticket.guard.after():
             touched.append("the ledger")
             self.reporter.note(f"the training changed or removed {self.ledger.path}; restored it")
         worktree = self.context.worktree
-        if worktree is None or head is None:
+        if worktree is None or ticket.head is None:
             return touched
-        if worktree.head_commit() != head:
+        if worktree.head_commit() != ticket.head:
             touched.append("the run branch")
         if not worktree.is_clean():
             touched.append("the run's worktree")
         if touched:
-            worktree.reset_hard(head)
+            worktree.reset_hard(ticket.head)
         return touched
 
 

@@ -22,7 +22,8 @@ def run_loop(fake_llm, script, max_experiments=2, **options):
     workspace = Workspace.find()
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
     loop = ResearchLoop(workspace, agent)
-    summary = loop.start(RunOptions(tag="t", max_experiments=max_experiments, **options))
+    # Serial (no drafting ahead): these tests read what each prompt holds of the experiments before it.
+    summary = loop.start(RunOptions(tag="t", max_experiments=max_experiments, **{"draft_ahead": False, **options}))
     return summary, loop.ledger.experiments("t"), workspace
 
 

@@ -57,7 +57,7 @@ class CtrlCAtExperiment(Reporter):
     def experiment_started(self, number):
         self.current = number
 
-    def phase(self, name, description=None, budget=None, grace=None):
+    def phase(self, name, description=None, budget=None, grace=None, slot=None, number=None):
         if self.current == self.number:
             raise KeyboardInterrupt
 
@@ -78,13 +78,13 @@ def night(tmp_path_factory):
             fake.set_script([{"content": text, "usage": USAGE} for text in NIGHT_SCRIPT])
             patch.setenv("OPENAI_BASE_URL", fake.base_url)
             result = runner.invoke(app, ["run", "--tag", "night", "--max-experiments", "7", "--model", "gpt-5-mini",
-                                         "--budget", "1"], catch_exceptions=False)
+                                         "--budget", "1", "--no-draft-ahead"], catch_exceptions=False)
             assert result.exit_code == 0, result.output
             fake.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
             loop = ResearchLoop(Workspace.find(), LLMAgent(model="llama-local", base_url=fake.base_url),
                                 CtrlCAtExperiment(2))
             with pytest.raises(KeyboardInterrupt):
-                loop.start(RunOptions(tag="local", max_experiments=5, budget_seconds=1))
+                loop.start(RunOptions(tag="local", max_experiments=5, budget_seconds=1, draft_ahead=False))
         finally:
             fake.close()
         pin_clock(root / "runs" / "ledger.db")

@@ -53,7 +53,8 @@ def make_loop(fake_llm, script: list, kill_wait: float = KILL_WAIT, **agent_opti
 
 def small_options(**options) -> RunOptions:
     """Small limits: no noise or confirmation runs, a backoff of hundredths of a second."""
-    return RunOptions(**{"noise_runs": 0, "confirm_runs": 0, "agent_backoff_seconds": 0.01, **options})
+    return RunOptions(**{"noise_runs": 0, "confirm_runs": 0, "agent_backoff_seconds": 0.01, "draft_ahead": False,
+                         **options})
 
 
 def run_with(fake_llm, script: list, max_experiments: int = 3, kill_wait: float = KILL_WAIT, **options):

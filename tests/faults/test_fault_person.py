@@ -33,9 +33,11 @@ def ledger_rows(workspace: Path) -> list[dict]:
 
 
 def start_tool_training(workspace: Path, fake_llm, proposal: str, *flags: str) -> ToolProcess:
-    """The CLI, run from a shell, busy training experiment 1 (the proposal) after its baseline."""
+    """The CLI, run from a shell, busy training experiment 1 (the proposal) after its baseline; serial,
+    so that nothing but that training is in flight (test_concurrency has the loop with more)."""
     fake_llm.set_script([proposal])
-    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, *flags, env=tool_env(fake_llm))
+    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--no-draft-ahead", *flags,
+                       env=tool_env(fake_llm))
     assert tool.wait_for("experiment 1: training"), tool.stderr()
     return tool
 

@@ -1,0 +1,517 @@
+"""The loop as a scheduler over things in flight: drafts of proposals and training runs on slots.
+
+One thread (the caller's) owns the ledger and the run branch and decides everything; the others
+only wait: a draft thread waits for the agent (an LLM answer can take minutes), a slot thread waits
+for a training or an evaluation process. They hand back what they got through one queue of
+events, so the ledger has a single writer and every decision is taken in one place.
+
+- Drafting ahead: while experiments train, the next ones are drafted against the current best,
+  with the experiments in flight listed in the prompt ("training now"). How many are drafted at
+  once follows the measured proposal and training times (within MAX_DRAFTS), and a draft ready
+  after the best has moved is applied again onto the new best, or drafted again if it no longer
+  applies. Without the sandbox the loop stays serial: the ledger's check after each training
+  (recovery.LedgerGuard) needs the tool to write nothing while a training runs.
+- Slots: `slots` trainings at once, each on its own device (CUDA_VISIBLE_DEVICES), its own fresh
+  copy and its own sandbox. The baseline's noise runs use them side by side.
+- One best, nothing lost: a candidate is decided against the best it was drafted from. If the best
+  moved on while it trained and it still beat its own parent, its blocks are applied onto the new
+  best as a new experiment, trained and decided against that best: nothing is kept on a number
+  measured at another commit, and a keep always moves the branch forward from the best, so no
+  kept change is dropped by a later one. The best is recorded as its own pointer (runs.best_number).
+
+With one slot and no drafting ahead it is the serial loop: propose, train, decide, propose again.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from autoresearch.agents import Candidate, InvalidProposal
+from autoresearch.edits import EditError, apply_blocks, unified_diff
+from autoresearch.guard import check_candidate, editable_digest
+from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
+from autoresearch.prompts import AgentContext
+from autoresearch.recovery import LedgerTampered
+from autoresearch.repo import EXPERIMENT_REF_PREFIX
+from autoresearch.trainer import Slot, Ticket, Trained, TrainingRequest
+
+MAX_DRAFTS = 4  # proposals drafted at once, at most
+POLL_SECONDS = 0.2  # how often the scheduler looks at its limits when nothing happens
+BASELINE_DESCRIPTION = "baseline: the unmodified recipe"
+
+
+@dataclass
+class Flight:
+    """One experiment between its row and its outcome: the baseline, or a candidate drafted from a best."""
+
+    number: int
+    kind: str  # baseline | candidate
+    description: str
+    parent: str  # the commit it was drafted from: what it is decided against
+    parent_number: int | None
+    parent_runs: list[float]
+    started: float
+    files: dict[str, str] | None = None  # its editable files (the duplicate digest)
+    candidate: Candidate | None = None
+    commit: str | None = None
+    propose_seconds: float | None = None
+    metrics: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    first: Trained | None = None
+    running: int = 0  # its training runs queued or on a slot
+    failed_noise: list[Trained] = field(default_factory=list)
+
+
+@dataclass
+class Draft:
+    """A proposal being drafted (by a thread of its own) from the files of a best."""
+
+    number: int
+    parent: str
+    parent_number: int | None
+    files: dict[str, str]
+    started: float
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    calls: int = 0  # its LLM calls in the ledger so far
+
+
+class Scheduler:
+    """Runs one invocation of a run's loop until a limit is reached and nothing is in flight."""
+
+    def __init__(self, loop, state, options, clock, slots: list[Slot], draft_ahead: bool):
+        self.loop, self.state, self.options, self.clock = loop, state, options, clock
+        self.slots = slots
+        self.draft_ahead = draft_ahead
+        self.events: queue.Queue = queue.Queue()
+        self.flights: dict[int, Flight] = {}
+        self.drafts: dict[int, Draft] = {}
+        self.pending: deque[tuple[Flight, TrainingRequest]] = deque()
+        self.busy: dict[int, tuple[Flight, Ticket]] = {}
+        self.stop_reason = ""
+        self.invalid_drafts = 0  # drafts found invalid since a training run last ended
+        self.propose_times: list[float] = []
+        self.train_times: list[float] = []
+
+    # --- the loop
+
+    def run(self) -> str:
+        try:
+            while True:
+                self._admit()
+                self._dispatch()
+                if not (self.flights or self.drafts):
+                    if self.stop_reason:
+                        return self.stop_reason
+                    continue  # _admit starts something, or says why it will not
+                try:
+                    event = self.events.get(timeout=POLL_SECONDS)
+                except queue.Empty:
+                    continue
+                self._handle(*event)
+        except BaseException as exc:
+            self._abandon(exc)
+            raise
+
+    def _admit(self) -> None:
+        """Start what may start now: the baseline, new drafts; or note that a limit stops new ones."""
+        state = self.state
+        if not self.stop_reason:
+            self.stop_reason = self._limit() or ""
+        if self.stop_reason:
+            return
+        if state.best_metric is None:
+            if not self.flights:
+                self._start_baseline()
+            return
+        while self._may_draft():
+            self._start_draft()
+
+    def _may_draft(self) -> bool:
+        """Whether one more draft may start: within the limits, and while a slot would otherwise wait for it.
+
+        At most as many proposals wait for a slot (drafted, or drafting) as there are slots; how many
+        are drafted at once follows the measured times. Serial: only when nothing else is in flight.
+        """
+        if self.stop_reason or self._limit():
+            return False
+        if not self.draft_ahead:
+            return not self.flights and not self.drafts
+        if self.flights and self.invalid_drafts >= len(self.slots):
+            return False  # an agent that keeps proposing what is training waits for a result to tell it more
+        waiting = len(self.drafts) + sum(1 for flight, request in self.pending if request.attempt == 0)
+        return len(self.drafts) < self._draft_concurrency() and waiting < len(self.slots)
+
+    def _limit(self, asks_agent: bool = True) -> str | None:
+        unrecorded = sum(1 for draft in self.drafts.values() if not draft.calls)
+        return self.loop._limit_reached(self.state, self.options, self.clock, asks_agent=asks_agent,
+                                        in_flight=len(self.flights) + len(self.drafts), drafting=unrecorded)
+
+    def _draft_concurrency(self) -> int:
+        """How many proposals to draft at once: enough that a slot never waits for one, from measured times."""
+        if not self.propose_times or not self.train_times:
+            return 1
+        ratio = mean(self.propose_times[-5:]) / max(mean(self.train_times[-5:]), 1e-3)
+        return max(1, min(MAX_DRAFTS, math.ceil(len(self.slots) * ratio)))
+
+    def _dispatch(self) -> None:
+        """Queued training runs onto free slots."""
+        for slot in self.slots:
+            if slot.index in self.busy or not self.pending:
+                continue
+            flight, request = self.pending.popleft()
+            self._start_training(slot, flight, request)
+
+    def _handle(self, kind: str, *payload) -> None:
+        if kind == "call":
+            number, call = payload
+            self.loop._record_call(self.state.tag, number, call)
+            if number in self.drafts:
+                self.drafts[number].calls += 1
+        elif kind == "drafted":
+            self._drafted(*payload)
+        elif kind == "trained":
+            self._trained(*payload)
+        elif kind == "evaluated":
+            self._evaluated(*payload)
+        elif kind == "note":
+            self.loop.reporter.note(payload[0])
+
+    # --- the baseline
+
+    def _start_baseline(self) -> None:
+        state = self.state
+        number = self.loop._open_experiment(state, self.options, description=BASELINE_DESCRIPTION,
+                                            commit_sha=state.best_commit)
+        files = self.loop._read_files(state, state.recipe.editable)
+        self.loop.ledger.update_experiment(state.tag, number, files_hash=editable_digest(state.recipe, files))
+        flight = Flight(number, "baseline", BASELINE_DESCRIPTION, state.best_commit, None, [], time.monotonic(),
+                        files=files, commit=state.best_commit)
+        self.flights[number] = flight
+        # The first run and the noise runs are independent: side by side on the slots.
+        for attempt in range(self.options.noise_runs + 1):
+            kind = "first" if attempt == 0 else "noise"
+            description = BASELINE_DESCRIPTION if attempt == 0 else (
+                f"{BASELINE_DESCRIPTION} (noise run {attempt} of {self.options.noise_runs}, "
+                f"seed {derive_seed(self.options.seed, number, attempt)})")
+            self._queue(flight, attempt, kind, description)
+
+    def _baseline_done(self, flight: Flight) -> None:
+        state = self.state
+        first = flight.first
+        if first.outcome is not None:
+            self._close(flight, first.outcome, first.reason, None, first)
+            log = first.evaluation.log_path if first.evaluation else first.result.log_path
+            from autoresearch.loop import StopRun
+
+            raise StopRun(f"the baseline (the unmodified recipe) failed with {first.outcome}"
+                          f"{': ' + first.reason if first.reason else ''}; see {log}", baseline_failed=True)
+        for trained in flight.failed_noise:
+            self.loop.reporter.note(f"a noise run of the baseline failed ({trained.outcome}: {trained.reason}); "
+                                    f"see {trained.result.log_path}")
+        state.noise_groups = []
+        self.loop._refine_noise(state, flight.metrics)
+        decision = {"verdict": "keep", "metrics": flight.metrics, "seeds": flight.seeds, "noise_std": state.noise.std,
+                    "candidate_runs": len(flight.metrics)}
+        self._close(flight, "keep", None, mean(flight.metrics), first, decision=decision)
+
+    # --- drafting
+
+    def _context(self, number: int, files: dict[str, str]) -> AgentContext:
+        state, options = self.state, self.options
+        in_flight = tuple(f"experiment {flight.number}: {flight.description}" for flight in self.flights.values()
+                          if flight.kind == "candidate")
+        seen = frozenset(state.seen_hashes) | frozenset(editable_digest(state.recipe, flight.files)
+                                                        for flight in self.flights.values() if flight.files)
+        return AgentContext(number=number, program=self.loop._read_program(), recipe=state.recipe,
+                            budget_seconds=state.budget_seconds, files=files, lineage=self.loop._lineage(state.tag),
+                            best_metric=state.best_metric, baseline_metric=state.baseline_metric, seen_hashes=seen,
+                            noise_std=state.noise.std, noise_runs=state.noise.runs,
+                            keep_margin=self.loop._keep_margin(state, options), token_budget=options.prompt_tokens,
+                            in_flight=in_flight)
+
+    def _start_draft(self, number: int | None = None) -> None:
+        """A draft against the current best, in a thread of its own; a new experiment row unless `number` is given."""
+        state = self.state
+        if number is None:
+            number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit)
+        files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
+        draft = Draft(number, state.best_commit, state.best_number, files, time.monotonic())
+        self.drafts[number] = draft
+        context = self._context(number, files)
+        self.loop.reporter.keep_margin(context.keep_margin)
+        self.loop.reporter.phase("proposing", number=number)
+        self.loop.reporter.drafting(sorted(self.drafts))
+
+        def record(call) -> None:
+            if draft.cancelled.is_set():
+                raise InterruptedError("the run stopped")
+            self.events.put(("call", number, call))
+
+        def work() -> None:
+            try:
+                candidate = self.loop._ask_agent(self.options, f"experiment {number}",
+                                                 lambda: self.loop.agent.propose(context, record),
+                                                 note=lambda text: self.events.put(("note", text)))
+                self.events.put(("drafted", draft, candidate, None))
+            except BaseException as exc:  # handed to the scheduler, which decides what it means
+                self.events.put(("drafted", draft, None, exc))
+
+        threading.Thread(target=work, daemon=True, name=f"draft-{number}").start()
+
+    def _drafted(self, draft: Draft, candidate: Candidate | None, error: BaseException | None) -> None:
+        state = self.state
+        if draft.cancelled.is_set() or self.drafts.get(draft.number) is not draft:
+            return
+        if error is not None and not isinstance(error, InvalidProposal):
+            raise error  # the draft stays listed, so the stop records its experiment as interrupted
+        del self.drafts[draft.number]
+        self.loop.reporter.drafting(sorted(self.drafts))
+        seconds = time.monotonic() - draft.started
+        self.propose_times.append(seconds)
+        flight = Flight(draft.number, "candidate", "", draft.parent, draft.parent_number, [], draft.started,
+                        propose_seconds=seconds)
+        if isinstance(error, InvalidProposal):
+            self.flights[draft.number] = flight
+            self._close(flight, "invalid", error.reason, None, None, description=error.description,
+                        propose_seconds=seconds)
+            return
+        files = draft.files
+        if draft.parent != state.best_commit:  # the best moved on while this was drafted
+            files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
+            try:
+                changed = apply_blocks(files, candidate.blocks)
+            except EditError as exc:
+                self.loop.reporter.note(f"experiment {draft.number}: the draft no longer applies on top of the new "
+                                        f"best (experiment {state.best_number}: {str(exc).splitlines()[0]}); "
+                                        "drafting it again")
+                self._start_draft(draft.number)
+                return
+            candidate = Candidate(candidate.description, changed, candidate.blocks)
+            flight.parent, flight.parent_number = state.best_commit, state.best_number
+        self._commit(flight, candidate, files)
+
+    def _commit(self, flight: Flight, candidate: Candidate, files: dict[str, str]) -> None:
+        """Guard, commit on top of the flight's parent, and queue its first training."""
+        state = self.state
+        self.flights[flight.number] = flight
+        flight.description, flight.candidate = candidate.description, candidate
+        editable = {name: candidate.changed.get(name, files[name]) for name in state.recipe.editable}
+        digest = editable_digest(state.recipe, editable)
+        self.loop.ledger.update_experiment(state.tag, flight.number, description=candidate.description,
+                                           files_hash=digest, propose_seconds=flight.propose_seconds,
+                                           parent_sha=flight.parent,
+                                           diff=unified_diff({n: files[n] for n in candidate.changed},
+                                                             candidate.changed))
+        reason = check_candidate(state.recipe, candidate.changed) or harness_tampering(files, candidate.changed)
+        if reason is None:
+            earlier = state.seen_hashes.get(digest)
+            if earlier is None:
+                earlier = next((other.number for other in self.flights.values() if other is not flight and
+                                other.files and editable_digest(state.recipe, other.files) == digest), None)
+            if earlier is not None:
+                reason = f"duplicate of experiment {earlier}"
+        if reason is not None:
+            self._close(flight, "invalid", reason, None, None, files=editable)
+            return
+        flight.files = editable
+        self.loop.reporter.phase("committing", candidate.description, number=flight.number)
+        # A commit on top of its parent, made from git's objects: the branch moves only when it is kept.
+        flight.commit = state.worktree.commit_files(flight.parent, {f"{state.recipe_path}/{name}": content
+                                                                    for name, content in candidate.changed.items()},
+                                                    candidate.description)
+        state.worktree.set_ref(f"{EXPERIMENT_REF_PREFIX}{state.tag}/{flight.number}", flight.commit)
+        self.loop.ledger.update_experiment(state.tag, flight.number, commit_sha=flight.commit)
+        flight.parent_runs = list(state.best_runs or [state.best_metric]) if flight.parent == state.best_commit \
+            else flight.parent_runs
+        self._queue(flight, 0, "first", candidate.description)
+
+    # --- training runs on slots
+
+    def _queue(self, flight: Flight, attempt: int, kind: str, description: str, first: bool = False) -> None:
+        request = TrainingRequest(number=flight.number, attempt=attempt, kind=kind,
+                                  seed=derive_seed(self.options.seed, flight.number, attempt),
+                                  commit=flight.commit, description=description)
+        flight.running += 1
+        if first:  # a confirmation run: an experiment already started goes before new ones
+            self.pending.appendleft((flight, request))
+        else:
+            self.pending.append((flight, request))
+
+    def _start_training(self, slot: Slot, flight: Flight, request: TrainingRequest) -> None:
+        state = self.state
+        trainer = state.trainer
+        ticket = trainer.start(request, slot)
+        self.busy[slot.index] = (flight, ticket)
+        self.loop.reporter.phase("training", request.description, budget=state.budget_seconds,
+                                 grace=state.recipe.grace(state.budget_seconds), slot=slot.index, number=flight.number)
+
+        def work() -> None:
+            try:
+                self.events.put(("trained", slot, trainer.run_training(ticket), None))
+            except BaseException as exc:
+                self.events.put(("trained", slot, None, exc))
+
+        threading.Thread(target=work, daemon=True, name=f"slot-{slot.index}").start()
+
+    def _trained(self, slot: Slot, result, error: BaseException | None) -> None:
+        flight, ticket = self.busy[slot.index]
+        if error is not None:
+            raise error
+        self.train_times.append(result.seconds)
+        try:
+            outcome, reason = self.state.trainer.finish_training(ticket, result)
+        except LedgerTampered as exc:
+            from autoresearch.loop import StopRun
+
+            raise StopRun(str(exc)) from None
+        if outcome is not None or ticket.cancelled:
+            self._run_done(slot, self.state.trainer.finish(ticket, result, outcome, reason, None))
+            return
+        self.loop.reporter.phase("evaluating", slot=slot.index, number=flight.number)
+        trainer = self.state.trainer
+
+        def work() -> None:
+            try:
+                self.events.put(("evaluated", slot, result, trainer.run_evaluation(ticket), None))
+            except BaseException as exc:
+                self.events.put(("evaluated", slot, result, None, exc))
+
+        threading.Thread(target=work, daemon=True, name=f"slot-{slot.index}-evaluation").start()
+
+    def _evaluated(self, slot: Slot, result, evaluation, error: BaseException | None) -> None:
+        flight, ticket = self.busy[slot.index]
+        if error is not None:
+            raise error
+        self._run_done(slot, self.state.trainer.finish(ticket, result, None, None, evaluation))
+
+    def _run_done(self, slot: Slot, trained: Trained) -> None:
+        flight, ticket = self.busy.pop(slot.index)
+        self.invalid_drafts = 0
+        flight.running -= 1
+        attempt = ticket.request.attempt
+        if attempt == 0:
+            flight.first = trained
+        if flight.kind == "baseline":
+            if trained.outcome is None:
+                flight.metrics.append(trained.metric)
+                flight.seeds.append(ticket.request.seed)
+            elif attempt > 0:
+                flight.failed_noise.append(trained)
+            if flight.running == 0:
+                self._baseline_done(flight)
+            return
+        if trained.outcome is not None:
+            if attempt == 0:
+                self._close(flight, trained.outcome, trained.reason, None, trained)
+            else:
+                failed = "invalid" if trained.outcome == "invalid" else "discard"
+                self._close(flight, failed, f"confirmation run {attempt} (seed {ticket.request.seed}): "
+                                            f"{trained.outcome}: {trained.reason}", mean(flight.metrics), flight.first,
+                            decision=self._record(flight))
+            return
+        flight.metrics.append(trained.metric)
+        flight.seeds.append(ticket.request.seed)
+        self._decide(flight)
+
+    # --- deciding
+
+    def _record(self, flight: Flight, decision=None, against: list[float] | None = None) -> dict:
+        record = {} if decision is None else decision.as_dict()
+        return {**record, "metrics": flight.metrics, "seeds": flight.seeds,
+                "best_metrics": against if against is not None else flight.parent_runs,
+                "noise_std": self.state.noise.std}
+
+    def _decide(self, flight: Flight) -> None:
+        """The keep rule on the flight's runs so far, against the best it was drafted from."""
+        state, options = self.state, self.options
+        self.loop.reporter.phase("deciding", number=flight.number)
+        against = (state.best_runs or [state.best_metric]) if flight.parent == state.best_commit else flight.parent_runs
+        noise = NoiseFloor.pooled(state.noise_groups + [flight.metrics]) if state.noise.known else state.noise
+        decision = decide(flight.metrics, against, state.recipe.direction, noise.std, options.keep_rule)
+        record = {**self._record(flight, decision, against), "noise_std": noise.std}
+        if decision.verdict == "confirm":
+            attempt = len(flight.metrics)
+            seed = derive_seed(options.seed, flight.number, attempt)
+            self._queue(flight, attempt, "confirm", f"{flight.description} (confirmation run {attempt} of at most "
+                                                     f"{options.confirm_runs}, seed {seed})", first=True)
+            return
+        if ignores_harness_seed(flight.metrics, flight.seeds, state.noise):
+            self._close(flight, "invalid", f"ignores the harness's seed: {state.recipe.metric} {flight.metrics[0]:.6g} "
+                                           f"under seeds {', '.join(map(str, flight.seeds))}", mean(flight.metrics),
+                        flight.first, decision=record)
+            return
+        if len(flight.metrics) > 1:
+            self.loop._refine_noise(state, flight.metrics)
+        if flight.parent == state.best_commit:
+            self._close(flight, decision.verdict, decision.reason, mean(flight.metrics), flight.first, decision=record)
+        elif decision.verdict == "keep":
+            self._combine(flight, record)
+        else:
+            self._close(flight, "discard", decision.reason, mean(flight.metrics), flight.first, decision=record)
+
+    def _combine(self, flight: Flight, record: dict) -> None:
+        """It beat its own parent, but the best moved on meanwhile: its change on top of the new best, as a new experiment."""
+        state = self.state
+        files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
+        try:
+            changed = apply_blocks(files, flight.candidate.blocks)
+        except EditError:
+            changed = None
+        beat = f"beat its parent (experiment {flight.parent_number}), but the best moved on to experiment " \
+               f"{state.best_number}"
+        if not changed:
+            self._close(flight, "discard", f"{beat}, and it does not apply on top of that",
+                        mean(flight.metrics), flight.first, decision=record)
+            return
+        limit = self._limit(asks_agent=False)  # it stays counted as in flight: its place passes to the combination
+        if limit:
+            self._close(flight, "discard", f"{beat}; no combination with it ({limit})", mean(flight.metrics),
+                        flight.first, decision=record)
+            return
+        number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit)
+        self._close(flight, "discard", f"{beat}: combined with it as experiment {number}",
+                    mean(flight.metrics), flight.first, decision=record)
+        combined = Flight(number, "candidate", "", state.best_commit, state.best_number,
+                          list(state.best_runs or [state.best_metric]), time.monotonic())
+        self._commit(combined, Candidate(f"{flight.description} (on top of experiment {state.best_number})", changed,
+                                         flight.candidate.blocks), files)
+
+    def _close(self, flight: Flight, outcome: str, reason: str | None, metric: float | None, trained: Trained | None,
+               files: dict[str, str] | None = None, **fields) -> None:
+        self.flights.pop(flight.number, None)
+        if trained is None and outcome == "invalid":
+            self.invalid_drafts += 1
+        self.loop._close_experiment(self.state, flight.number, outcome, reason, metric, trained=trained,
+                                    commit=flight.commit, files=files or flight.files, started=flight.started,
+                                    **fields)
+        self.clock.record()
+
+    # --- stopping
+
+    def _abandon(self, error: BaseException) -> None:
+        """Ctrl-C or a stop: cancel every training, forget every draft, record each open experiment as interrupted."""
+        for draft in self.drafts.values():
+            draft.cancelled.set()
+        for _, ticket in self.busy.values():
+            ticket.cancel()
+        deadline = time.monotonic() + 30
+        while self.busy and time.monotonic() < deadline:  # their processes end within the kill wait
+            try:
+                kind, slot, *rest = self.events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if kind in ("trained", "evaluated") and slot.index in self.busy:
+                _, ticket = self.busy.pop(slot.index)
+                self.state.trainer.interrupted(ticket)
+        for _, ticket in self.busy.values():
+            self.state.trainer.interrupted(ticket)
+        reason = ("stopped by the person (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
+                  str(error) if type(error).__name__ == "StopRun" else f"tool error: {type(error).__name__}: {error}")
+        for number in list(self.flights) + list(self.drafts):
+            self.loop._interrupt_experiment(self.state, number, reason)
+        self.loop._rewind(self.state)
