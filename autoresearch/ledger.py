@@ -152,19 +152,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE training_runs ADD COLUMN model_sha256 TEXT;
     ALTER TABLE experiments ADD COLUMN evaluation_json TEXT;
     """,
-    # 6: several experiments in flight: the slot and device each training ran on, and the best experiment
-    # of a run as its own pointer (the last kept row by number is not always the best once experiments overlap)
+    # 6: several experiments in flight: the slot and device each training ran on, the best experiment
+    # of a run as its own pointer (the last kept row by number is not always the best once experiments
+    # overlap), the experiment each was drafted from, and the slot-seconds a run had (its duty cycle)
     """
     ALTER TABLE training_runs ADD COLUMN slot INTEGER;
     ALTER TABLE training_runs ADD COLUMN device TEXT;
     ALTER TABLE runs ADD COLUMN best_number INTEGER;
+    ALTER TABLE runs ADD COLUMN slot_seconds REAL NOT NULL DEFAULT 0;
+    ALTER TABLE experiments ADD COLUMN parent_number INTEGER;
     """,
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
                       "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
                       "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds",
-                      "decision_json", "agent", "model", "evaluation_json")
+                      "decision_json", "agent", "model", "evaluation_json", "parent_number")
 # Every table with a row per run or per part of a run, children before the runs they refer to.
 RUN_TABLES = ("llm_calls", "training_runs", "verifications", "experiments", "runs")
 TRAINING_RUN_EXTRAS = frozenset({"evaluation_json", "evaluation_seconds", "sandbox", "stolen_seconds", "model_path",
@@ -271,9 +274,11 @@ class Ledger:
         """The run's settings as they are now (a resume's overrides included)."""
         self._db.execute("UPDATE runs SET config_json = ? WHERE tag = ?", (json.dumps(config, sort_keys=True), tag))
 
-    def add_active_seconds(self, tag: str, seconds: float) -> None:
-        """Time the run has been going, summed over its invocations (what --hours counts)."""
-        self._db.execute("UPDATE runs SET active_seconds = active_seconds + ? WHERE tag = ?", (seconds, tag))
+    def add_active_seconds(self, tag: str, seconds: float, slots: int = 1) -> None:
+        """Time the run has been going, summed over its invocations (what --hours counts), and that
+        time times the slots it had (what its duty cycle is measured against)."""
+        self._db.execute("UPDATE runs SET active_seconds = active_seconds + ?, slot_seconds = slot_seconds + ? "
+                         "WHERE tag = ?", (seconds, seconds * slots, tag))
 
     def rebase_run(self, tag: str, base_commit: str) -> None:
         """A run that has no baseline yet starts again from another commit (its recipe was fixed)."""
@@ -369,9 +374,17 @@ class Ledger:
             (tag, experiment, attempt, kind, seed, commit_sha, log_path, now_iso(), slot, device))
         return cursor.lastrowid
 
-    def set_best(self, tag: str, number: int) -> None:
-        """The run's best experiment now: the one every new experiment is drafted from."""
-        self._db.execute("UPDATE runs SET best_number = ? WHERE tag = ?", (number, tag))
+    def keep_experiment(self, tag: str, number: int, **fields) -> None:
+        """Its outcome `keep` and the run's best pointer to it, in one transaction: a kill between the
+        two would otherwise leave a kept row that is not the best, and its change would be lost."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self.update_experiment(tag, number, outcome="keep", **fields)
+            self._db.execute("UPDATE runs SET best_number = ? WHERE tag = ?", (number, tag))
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def finish_training_run(self, run_id: int, outcome: str, reason: str | None = None, metric: float | None = None,
                             summary: dict | None = None, seconds: float | None = None, **fields) -> None:
@@ -406,6 +419,16 @@ class Ledger:
             query, params = query + " AND experiment = ?", params + [experiment]
         rows = self._db.execute(query + " ORDER BY experiment, attempt", params)
         return [_experiment_dict(row) for row in rows]
+
+    def training_seconds(self) -> dict[str, float]:
+        """Seconds spent training (evaluations not counted) per run, over all its training runs."""
+        return dict(self._db.execute("SELECT tag, SUM(seconds) FROM training_runs WHERE seconds IS NOT NULL "
+                                     "GROUP BY tag"))
+
+    def first_run_places(self, tag: str) -> dict[int, tuple[int | None, str | None]]:
+        """(slot, device) of each experiment's first training run."""
+        return {number: (slot, device) for number, slot, device in self._db.execute(
+            "SELECT experiment, slot, device FROM training_runs WHERE tag = ? AND attempt = 0", (tag,))}
 
     def mark_unfinished_training_runs_interrupted(self, tag: str) -> None:
         """Training runs left `running` by a killed tool become `interrupted`."""
@@ -510,12 +533,25 @@ class Ledger:
         return counts
 
     def kept_metrics(self) -> dict[str, tuple[float | None, float | None]]:
-        """(first kept metric, last kept metric) per run: the baseline and the best so far."""
+        """(first kept metric, the best's metric) per run: the baseline and the best so far (best_row)."""
         # SQLite takes a bare column from the row that MIN() or MAX() picked.
         first = self._db.execute("SELECT tag, MIN(number), metric FROM experiments WHERE outcome = 'keep' GROUP BY tag")
-        last = dict((tag, metric) for tag, _, metric in self._db.execute(
-            "SELECT tag, MAX(number), metric FROM experiments WHERE outcome = 'keep' GROUP BY tag"))
-        return {tag: (metric, last.get(tag)) for tag, _, metric in first}
+        best = dict(self._db.execute(
+            "SELECT e.tag, e.metric FROM experiments e JOIN runs r ON r.tag = e.tag WHERE e.outcome = 'keep' AND "
+            "e.number = COALESCE(r.best_number, (SELECT MAX(number) FROM experiments k WHERE k.tag = e.tag AND "
+            "k.outcome = 'keep'))"))
+        return {tag: (metric, best.get(tag)) for tag, _, metric in first}
+
+
+def best_row(run: dict, kept: list[dict]) -> dict | None:
+    """The run's best experiment among its kept rows: its own pointer (runs.best_number), else, for a
+    run from before it, the last kept. With experiments in flight at once the last kept by number
+    is not always the best: one drafted earlier can be kept after one drafted later."""
+    if run.get("best_number") is not None:
+        for row in kept:
+            if row["number"] == run["best_number"]:
+                return row
+    return kept[-1] if kept else None
 
 
 def _run_dict(row: sqlite3.Row) -> dict:

@@ -18,6 +18,7 @@ import os
 import shlex
 import shutil
 import time
+from functools import partial
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from autoresearch.gains import gain_or_none
 from autoresearch.evaluation import HarnessFiles, prepare_data
 from autoresearch.isolation import choose_sandbox
 from autoresearch.guard import editable_digest
-from autoresearch.ledger import Ledger, now_iso
+from autoresearch.ledger import Ledger, best_row, now_iso
 from autoresearch.noise import NoiseFloor, decide
 from autoresearch.prompts import LineageEntry
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
@@ -303,6 +304,8 @@ class ResearchLoop:
             if not stop_reason:
                 self._check_agent(state, options)  # before anything trains: a wrong URL, key or model costs no training
                 state.trainer, slots, draft_ahead = self._make_trainer(state, options)
+                clock.record()
+                clock.slots = len(slots)
                 self.reporter.limits(options.max_experiments, done, None if options.hours is None else
                                      options.hours * 3600 - clock.seconds(), slots=len(slots))
                 stop_reason = Scheduler(self, state, options, clock, slots, draft_ahead).run()
@@ -463,15 +466,15 @@ class ResearchLoop:
             fields.update(summary=information_only(result.summary, state.recipe), log_path=str(result.log_path),
                           train_seconds=result.seconds, log_tail=failure_tail(trained) if outcome != "keep" else None,
                           evaluation=None if trained.evaluation is None else trained.evaluation.values)
-        self.ledger.update_experiment(state.tag, number, outcome=outcome, reason=reason, metric=metric,
-                                      best_before=best_before, finished_at=now_iso(),
-                                      total_seconds=None if started is None else time.monotonic() - started, **fields)
+        record = self.ledger.keep_experiment if outcome == "keep" else partial(self.ledger.update_experiment,
+                                                                               outcome=outcome)
+        record(state.tag, number, reason=reason, metric=metric, best_before=best_before, finished_at=now_iso(),
+               total_seconds=None if started is None else time.monotonic() - started, **fields)
         if files is not None:
             state.seen_hashes.setdefault(editable_digest(state.recipe, files), number)
         if outcome == "keep":
             state.best_commit = commit or state.best_commit
             state.best_number = number
-            self.ledger.set_best(state.tag, number)
             state.best_metric = metric
             state.best_runs = list((fields.get("decision") or {}).get("metrics") or [metric])
             if state.baseline_metric is None:
@@ -513,7 +516,7 @@ class ResearchLoop:
         model can be large. Each deleted model's size and sha256 stay in the ledger.
         """
         kept = self.ledger.experiments(tag, ("number",), outcome="keep")
-        keep = {(kept[0]["number"], 0), (kept[-1]["number"], 0)} if kept else set()
+        keep = {(kept[0]["number"], 0), (best_row(self.ledger.run(tag), kept)["number"], 0)} if kept else set()
         for run in self.ledger.training_runs(tag):
             if run.get("model_path") and run["outcome"] != "running" and (run["experiment"], run["attempt"]) not in keep:
                 shutil.rmtree(run["model_path"], ignore_errors=True)
@@ -552,6 +555,7 @@ class _ActiveClock:
         self.ledger, self.tag = ledger, tag
         self.before = ledger.run(tag).get("active_seconds") or 0.0
         self.started = self._recorded_at = time.monotonic()
+        self.slots = 1  # trainings it can have at once: the run's duty cycle is measured against them
 
     def seconds(self) -> float:
         return self.before + time.monotonic() - self.started
@@ -559,17 +563,8 @@ class _ActiveClock:
     def record(self) -> None:
         """Add this invocation's time since the last record to the run's row."""
         now = time.monotonic()
-        self.ledger.add_active_seconds(self.tag, now - self._recorded_at)
+        self.ledger.add_active_seconds(self.tag, now - self._recorded_at, self.slots)
         self._recorded_at = now
-
-
-def best_row(run: dict, kept: list[dict]) -> dict | None:
-    """The run's best experiment: its own pointer (runs.best_number), else, for a run from before it, the last kept."""
-    if run.get("best_number") is not None:
-        for row in kept:
-            if row["number"] == run["best_number"]:
-                return row
-    return kept[-1] if kept else None
 
 
 def failure_tail(trained: Trained) -> str:

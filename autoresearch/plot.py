@@ -11,6 +11,7 @@ only the largest gains are labelled, which the chart says.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from pathlib import Path
 
@@ -56,8 +57,11 @@ def render_plot(records: list[dict], summary: dict) -> bytes:
 
     last_number = max((r["number"] for r in finished), default=0)
     if kept:
+        # The running best: with experiments in flight at once, one kept later can carry a lower number.
+        running = list(itertools.accumulate((r["metric"] for r in kept), min if summary["direction"] == "lower"
+                                            else max))
         xs = [r["number"] for r in kept] + [last_number]
-        ys = [r["metric"] for r in kept] + [kept[-1]["metric"]]
+        ys = running + [running[-1]]
         axes.step(xs, ys, where="post", color=OUTCOME_COLORS["keep"], linewidth=1.6, alpha=0.9, zorder=3)
 
     on_axis = axes.get_xaxis_transform()  # x in data, y in axes fractions: marks sit on the x axis

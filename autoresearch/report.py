@@ -94,7 +94,8 @@ def render_report(summary: dict, details: list[dict], plot_png: bytes | None, ge
     parts.append(_experiments_table(details, metric))
     parts.append("<h2>Experiments one by one</h2>\n")
     kept = [d["number"] for d in details if d["outcome"] == "keep"]
-    best = kept[-1] if len(kept) > 1 else None  # the page opens on the change that got the run where it is
+    best = summary.get("best_number", kept[-1] if kept else None) if len(kept) > 1 else None
+    # the page opens on the change that got the run where it is
     for detail in details:
         parts.append(_experiment_block(detail, summary, opened=detail["number"] == best))
     parts.append(f"<footer>made by autoresearch report{' on ' + escape(generated_at) if generated_at else ''}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
-from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger
+from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger, best_row
 from autoresearch.pricing import PriceTable
 from autoresearch.runlock import LOCK_FILE
 
@@ -52,7 +52,8 @@ def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = Non
     between = (rows[0]["number"], rows[-1]["number"]) if rows and (outcome or last) else None
     usage = usage_by_experiment(ledger.token_usage(tag, between), prices)
     direction = run_direction(ledger, tag)
-    return [experiment_record(row, direction, usage.get(row["number"])) for row in rows]
+    places = ledger.first_run_places(tag)
+    return [experiment_record(row, direction, usage.get(row["number"]), places.get(row["number"])) for row in rows]
 
 
 def run_direction(ledger: Ledger, tag: str) -> str:
@@ -60,17 +61,23 @@ def run_direction(ledger: Ledger, tag: str) -> str:
     return run["direction"] if run else "lower"
 
 
-def experiment_record(row: dict, direction: str, usage: dict | None = None) -> dict:
-    """The shared row shape of one experiment, from its ledger row and its summed LLM usage.
+def experiment_record(row: dict, direction: str, usage: dict | None = None,
+                      place: tuple[int | None, str | None] | None = None) -> dict:
+    """The shared row shape of one experiment, from its ledger row, its summed LLM usage and the
+    (slot, device) its first training ran on.
 
     `gain` is the metric's gain over the best before it (positive is better, whatever the direction).
     """
     usage = usage or {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    slot, device = place or (None, None)
     return {
         "tag": row["tag"],
         "number": row["number"],
         "commit": row["commit_sha"],
         "parent": row["parent_sha"],
+        "parent_number": row.get("parent_number"),  # the experiment it was drafted from (or combined onto)
+        "slot": slot,  # where its first training ran: the slot, and the GPU (CUDA_VISIBLE_DEVICES) if any
+        "device": device,
         "outcome": row["outcome"],
         "reason": row["reason"],
         "metric": row["metric"],
@@ -157,7 +164,8 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
     usage = {"prompt_tokens": sum(r["prompt_tokens"] for r in records),
              "completion_tokens": sum(r["completion_tokens"] for r in records),
              "cost_usd": None if None in costs else sum(costs)}
-    summary = _summary(run, counts, kept[0]["metric"] if kept else None, kept[-1]["metric"] if kept else None, usage)
+    summary = _summary(run, counts, kept[0]["metric"] if kept else None,
+                       best_row(run, kept)["metric"] if kept else None, usage, ledger.training_seconds().get(tag))
     summary["verification"] = verification_record(ledger.latest_verification(tag))
     summary["agents"] = ledger.agents_by_run(tag).get(tag, [])
     return summary
@@ -174,8 +182,10 @@ def run_summaries(ledger: Ledger, prices: PriceTable | None = None, runs_dir: Pa
         _add_usage(total, row, pricer)
     verifications = ledger.latest_verifications()
     agents = ledger.agents_by_run()
+    training = ledger.training_seconds()
     summaries = [_summary(run, counts.get(run["tag"], {}), *kept.get(run["tag"], (None, None)),
-                          usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}))
+                          usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}),
+                          training.get(run["tag"]))
                  for run in (_with_live_status(run, runs_dir) for run in ledger.runs())]
     for summary in summaries:
         summary["verification"] = verification_record(verifications.get(summary["tag"]))
@@ -192,7 +202,16 @@ def verification_record(verification: dict | None) -> dict | None:
                                                "baseline_commit", "created_at")}
 
 
-def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: float | None, usage: dict) -> dict:
+def duty_cycle(training_seconds: float | None, slot_seconds: float | None) -> float | None:
+    """The share of the run's slot time spent training: training seconds summed over its slots /
+    (slots x the seconds it has been going). The rest went to proposing, evaluating, deciding."""
+    if not slot_seconds or training_seconds is None:
+        return None
+    return min(1.0, training_seconds / slot_seconds)
+
+
+def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: float | None, usage: dict,
+             training_seconds: float | None = None) -> dict:
     return {
         "tag": run["tag"],
         "recipe": run["recipe"],
@@ -219,6 +238,8 @@ def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: fl
         "sandbox": run.get("sandbox") or "-",  # the sandbox level its trainings ran under (docs/trust.md)
         "noise_std": run.get("noise_std"),  # the measured run-to-run spread of the metric (docs/noise.md)
         "noise_runs": run.get("noise_runs"),
+        "best_number": run.get("best_number"),  # the run's best experiment (ledger.best_row), when it records one
+        "duty_cycle": duty_cycle(training_seconds, run.get("slot_seconds")),
     }
 
 
@@ -339,7 +360,7 @@ def experiment_detail(ledger: Ledger, tag: str, number: int, prices: PriceTable 
         raise UserError(f"run {tag} has no experiment {number} ({known})")
     calls = ledger.llm_calls(tag, number)
     usage = usage_by_experiment(ledger.token_usage(tag), prices).get(number)
-    detail = experiment_record(row, run_direction(ledger, tag), usage)
+    detail = experiment_record(row, run_direction(ledger, tag), usage, ledger.first_run_places(tag).get(number))
     diff = row["diff"]
     if not diff and repo is not None and row["commit_sha"] and row["parent_sha"]:
         try:
@@ -402,8 +423,9 @@ def run_details(ledger: Ledger, tag: str, prices: PriceTable | None = None) -> l
     usage = usage_by_experiment(ledger.token_usage(tag), prices)
     details = []
     direction = run_direction(ledger, tag)
+    places = ledger.first_run_places(tag)
     for row in ledger.experiments(tag):
-        detail = experiment_record(row, direction, usage.get(row["number"]))
+        detail = experiment_record(row, direction, usage.get(row["number"]), places.get(row["number"]))
         detail["diff"] = row["diff"] or None
         detail["log_tail"] = row["log_tail"] or read_log_tail(row["log_path"])
         details.append(detail)

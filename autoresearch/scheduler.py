@@ -7,9 +7,9 @@ events, so the ledger has a single writer and every decision is taken in one pla
 
 - Drafting ahead: while experiments train, the next ones are drafted against the current best,
   with the experiments in flight listed in the prompt ("training now"). How many are drafted at
-  once follows the measured proposal and training times (within MAX_DRAFTS), and a draft ready
-  after the best has moved is applied again onto the new best, or drafted again if it no longer
-  applies. Without the sandbox the loop stays serial: the ledger's check after each training
+  once follows the measured proposal and training times (within MAX_DRAFTS). A ready draft waits,
+  uncommitted, for a free slot; if the best has moved meanwhile its blocks are applied again onto
+  the new best when it gets one, or it is drafted again if they no longer apply. Without the sandbox the loop stays serial: the ledger's check after each training
   (recovery.LedgerGuard) needs the tool to write nothing while a training runs.
 - Slots: `slots` trainings at once, each on its own device (CUDA_VISIBLE_DEVICES), its own fresh
   copy and its own sandbox. The baseline's noise runs use them side by side.
@@ -90,6 +90,7 @@ class Scheduler:
         self.events: queue.Queue = queue.Queue()
         self.flights: dict[int, Flight] = {}
         self.drafts: dict[int, Draft] = {}
+        self.ready: deque[tuple[Draft, Candidate, float]] = deque()  # drafted, waiting for a slot
         self.pending: deque[tuple[Flight, TrainingRequest]] = deque()
         self.busy: dict[int, tuple[Flight, Ticket]] = {}
         self.stop_reason = ""
@@ -104,7 +105,7 @@ class Scheduler:
             while True:
                 self._admit()
                 self._dispatch()
-                if not (self.flights or self.drafts):
+                if not (self.flights or self.drafts or self.ready):
                     if self.stop_reason:
                         return self.stop_reason
                     continue  # _admit starts something, or says why it will not
@@ -140,16 +141,17 @@ class Scheduler:
         if self.stop_reason or self._limit():
             return False
         if not self.draft_ahead:
-            return not self.flights and not self.drafts
+            return not (self.flights or self.drafts or self.ready)
         if self.flights and self.invalid_drafts >= len(self.slots):
             return False  # an agent that keeps proposing what is training waits for a result to tell it more
-        waiting = len(self.drafts) + sum(1 for flight, request in self.pending if request.attempt == 0)
+        waiting = len(self.drafts) + len(self.ready) + sum(1 for _, request in self.pending if request.attempt == 0)
         return len(self.drafts) < self._draft_concurrency() and waiting < len(self.slots)
 
     def _limit(self, asks_agent: bool = True) -> str | None:
         unrecorded = sum(1 for draft in self.drafts.values() if not draft.calls)
         return self.loop._limit_reached(self.state, self.options, self.clock, asks_agent=asks_agent,
-                                        in_flight=len(self.flights) + len(self.drafts), drafting=unrecorded)
+                                        in_flight=len(self.flights) + len(self.drafts) + len(self.ready),
+                                        drafting=unrecorded)
 
     def _draft_concurrency(self) -> int:
         """How many proposals to draft at once: enough that a slot never waits for one, from measured times."""
@@ -159,12 +161,14 @@ class Scheduler:
         return max(1, min(MAX_DRAFTS, math.ceil(len(self.slots) * ratio)))
 
     def _dispatch(self) -> None:
-        """Queued training runs onto free slots."""
+        """Onto each free slot: a queued training run (confirmations first), else the next ready draft."""
         for slot in self.slots:
-            if slot.index in self.busy or not self.pending:
-                continue
-            flight, request = self.pending.popleft()
-            self._start_training(slot, flight, request)
+            while slot.index not in self.busy and (self.pending or self.ready):
+                if self.pending:
+                    flight, request = self.pending.popleft()
+                    self._start_training(slot, flight, request)
+                else:
+                    self._place(*self.ready.popleft())  # commits it and queues its first run, or not
 
     def _handle(self, kind: str, *payload) -> None:
         if kind == "call":
@@ -224,7 +228,9 @@ class Scheduler:
     def _context(self, number: int, files: dict[str, str]) -> AgentContext:
         state, options = self.state, self.options
         in_flight = tuple(f"experiment {flight.number}: {flight.description}" for flight in self.flights.values()
-                          if flight.kind == "candidate")
+                          if flight.kind == "candidate") + tuple(
+            f"experiment {draft.number}: {candidate.description} (waiting for a slot)"
+            for draft, candidate, _ in self.ready)
         seen = frozenset(state.seen_hashes) | frozenset(editable_digest(state.recipe, flight.files)
                                                         for flight in self.flights.values() if flight.files)
         return AgentContext(number=number, program=self.loop._read_program(), recipe=state.recipe,
@@ -238,7 +244,8 @@ class Scheduler:
         """A draft against the current best, in a thread of its own; a new experiment row unless `number` is given."""
         state = self.state
         if number is None:
-            number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit)
+            number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit,
+                                                parent_number=state.best_number)
         files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
         draft = Draft(number, state.best_commit, state.best_number, files, time.monotonic())
         self.drafts[number] = draft
@@ -264,7 +271,6 @@ class Scheduler:
         threading.Thread(target=work, daemon=True, name=f"draft-{number}").start()
 
     def _drafted(self, draft: Draft, candidate: Candidate | None, error: BaseException | None) -> None:
-        state = self.state
         if draft.cancelled.is_set() or self.drafts.get(draft.number) is not draft:
             return
         if error is not None and not isinstance(error, InvalidProposal):
@@ -273,13 +279,19 @@ class Scheduler:
         self.loop.reporter.drafting(sorted(self.drafts))
         seconds = time.monotonic() - draft.started
         self.propose_times.append(seconds)
-        flight = Flight(draft.number, "candidate", "", draft.parent, draft.parent_number, [], draft.started,
-                        propose_seconds=seconds)
         if isinstance(error, InvalidProposal):
+            flight = Flight(draft.number, "candidate", "", draft.parent, draft.parent_number, [], draft.started)
             self.flights[draft.number] = flight
             self._close(flight, "invalid", error.reason, None, None, description=error.description,
                         propose_seconds=seconds)
             return
+        self.ready.append((draft, candidate, seconds))
+
+    def _place(self, draft: Draft, candidate: Candidate, seconds: float) -> None:
+        """A ready draft gets a slot: onto the best as it is now, committed and queued; else drafted again."""
+        state = self.state
+        flight = Flight(draft.number, "candidate", "", draft.parent, draft.parent_number, [], draft.started,
+                        propose_seconds=seconds)
         files = draft.files
         if draft.parent != state.best_commit:  # the best moved on while this was drafted
             files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
@@ -304,7 +316,7 @@ class Scheduler:
         digest = editable_digest(state.recipe, editable)
         self.loop.ledger.update_experiment(state.tag, flight.number, description=candidate.description,
                                            files_hash=digest, propose_seconds=flight.propose_seconds,
-                                           parent_sha=flight.parent,
+                                           parent_sha=flight.parent, parent_number=flight.parent_number,
                                            diff=unified_diff({n: files[n] for n in candidate.changed},
                                                              candidate.changed))
         reason = check_candidate(state.recipe, candidate.changed) or harness_tampering(files, candidate.changed)
@@ -473,7 +485,8 @@ class Scheduler:
             self._close(flight, "discard", f"{beat}; no combination with it ({limit})", mean(flight.metrics),
                         flight.first, decision=record)
             return
-        number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit)
+        number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit,
+                                                parent_number=state.best_number)
         self._close(flight, "discard", f"{beat}: combined with it as experiment {number}",
                     mean(flight.metrics), flight.first, decision=record)
         combined = Flight(number, "candidate", "", state.best_commit, state.best_number,
@@ -512,6 +525,6 @@ class Scheduler:
             self.state.trainer.interrupted(ticket)
         reason = ("stopped by the person (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
                   str(error) if type(error).__name__ == "StopRun" else f"tool error: {type(error).__name__}: {error}")
-        for number in list(self.flights) + list(self.drafts):
+        for number in list(self.flights) + list(self.drafts) + [draft.number for draft, _, _ in self.ready]:
             self.loop._interrupt_experiment(self.state, number, reason)
         self.loop._rewind(self.state)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from autoresearch.errors import UserError
-from autoresearch.ledger import Ledger
+from autoresearch.ledger import Ledger, best_row
 from autoresearch.console import Reporter
 from autoresearch.evaluation import HarnessFiles, prepare_data, scored_metric, write_recipe_files
 from autoresearch.noise import CONFIDENCE, GainInterval, gain_interval, verify_seed
@@ -101,7 +101,7 @@ def _verify_locked(workspace: Workspace, ledger: Ledger, run: dict, kept: list[d
     run_dir = workspace.run_dir(tag)
     marker = run_marker(run_dir)
     stop_processes_marked(RUN_MARKER, marker)  # what a killed verify or run of this tag left behind
-    baseline_commit, best_commit = kept[0]["commit_sha"], kept[-1]["commit_sha"]
+    baseline_commit, best_commit = kept[0]["commit_sha"], best_row(run, kept)["commit_sha"]
     progress = on_progress or (lambda text: None)
     executor = executor or LocalExecutor()
     earlier = sum(len(v["seeds"]) for v in ledger.verifications(tag))
@@ -154,7 +154,7 @@ def _own_models(trainer: Trainer, ledger: Ledger, tag: str, kept: list[dict],
                 progress: Callable[[str], None]) -> list[dict]:
     """The run's own saved models of the baseline and the best, evaluated by the harness on the test split."""
     found = []
-    for role, row in zip(ROLES, (kept[0], kept[-1])):
+    for role, row in zip(ROLES, (kept[0], best_row(ledger.run(tag), kept))):
         first = next((r for r in ledger.training_runs(tag, row["number"]) if r["attempt"] == 0), None)
         if first is None or not first.get("model_path") or not Path(first["model_path"]).is_dir():
             continue

@@ -115,26 +115,44 @@ def log_title(summary: dict) -> str:
 
 
 def log_lines(records: list[dict], summary: dict, paint: Paint = no_paint, width: int | None = None) -> list[str]:
-    """The listing of experiments: one line each, then a line of totals."""
-    header = ["#", "commit", "outcome", summary["metric"], "gain", "time", "tokens", "cost", "description"]
+    """The listing of experiments: one line each, then a line of totals.
+
+    `parent` is the experiment each was drafted from; a `slot` column (and the GPU of each) appears
+    when the run trained on more than one slot or on named GPUs.
+    """
+    with_slots = any(record.get("device") is not None or (record.get("slot") or 0) > 0 for record in records)
+    header = ["#", "commit", "parent", *(["slot"] if with_slots else []), "outcome", summary["metric"], "gain", "time",
+              "tokens", "cost", "description"]
     rows, styles = [], []
     for record in records:
         tokens = record["prompt_tokens"] + record["completion_tokens"]
         description = record["description"] or ""
         if record["reason"]:
             description = f"{description} — {record['reason']}" if description else record["reason"]
-        rows.append([str(record["number"]), (record["commit"] or "-")[:7], record["outcome"],
+        parent = "-" if record.get("parent_number") is None else str(record["parent_number"])
+        place = [format_place(record.get("slot"), record.get("device"))] if with_slots else []
+        rows.append([str(record["number"]), (record["commit"] or "-")[:7], parent, *place, record["outcome"],
                      format_metric(record["metric"]), format_gain(record["gain"]),
                      format_duration(record["duration_seconds"]), format_tokens(tokens),
                      format_cost(record["cost_usd"], tokens), description])
         if paint is not no_paint:
             outcome_style = OUTCOME_STYLES.get(record["outcome"], "")
-            styles.append(["", "dim", outcome_style, "bold" if record["outcome"] == "keep" else "", "", "dim", "dim",
+            styles.append(["", "dim", "dim", *(["dim"] if with_slots else []), outcome_style,
+                           "bold" if record["outcome"] == "keep" else "", "", "dim", "dim",
                            "dim", "" if record["outcome"] in ("keep", "discard") else outcome_style])
+    shift = 1 if with_slots else 0
     lines = [paint(log_title(summary), "bold"),
-             *aligned_lines(header, rows, {0, 3, 4, 5, 6, 7}, styles or None, paint, width)]
+             *aligned_lines(header, rows, {0, 2, 4 + shift, 5 + shift, 6 + shift, 7 + shift, 8 + shift},
+                            styles or None, paint, width)]
     lines.append(totals_line(summary, shown=len(records)))
     return lines
+
+
+def format_place(slot: int | None, device: str | None) -> str:
+    """Where a training ran: its slot, and its GPU when it had one (`1 (GPU 3)`); `-` if it never trained."""
+    if slot is None:
+        return "-"
+    return f"{slot} (GPU {device})" if device is not None else str(slot)
 
 
 def totals_line(summary: dict, shown: int | None = None) -> str:
@@ -154,22 +172,27 @@ def totals_line(summary: dict, shown: int | None = None) -> str:
 
 def runs_lines(summaries: list[dict], paint: Paint = no_paint) -> list[str]:
     """Every run of the workspace, one line each, oldest first."""
-    header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "agent",
-              "sandbox", "status", "verify"]
+    header = ["tag", "started", "duration", "experiments", "kept", "crashes", "metric", "best", "gain", "cost", "duty",
+              "agent", "sandbox", "status", "verify"]
     rows, styles = [], []
     for summary in summaries:
         tokens = summary["prompt_tokens"] + summary["completion_tokens"]
         rows.append([summary["tag"], format_local_time(summary["started_at"]), format_duration(summary["duration_seconds"]),
                      str(summary["experiments"]), str(summary["kept"]), str(summary["crashes"]), summary["metric"],
                      format_metric(summary["best_metric"]), format_gain(summary["gain"]) or "-",
-                     format_cost(summary["cost_usd"], tokens),
+                     format_cost(summary["cost_usd"], tokens), format_duty(summary.get("duty_cycle")),
                      describe_agents(summary, numbers=False).split(" ", 1)[1], summary.get("sandbox") or "-",
                      summary["status"],
                      format_verification(summary.get("verification"))])
-        styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "", "",
+        styles.append(["bold", "", "", "", "green", "red" if summary["crashes"] else "", "", "", "", "", "", "",
                        "" if summary.get("sandbox") == "bubblewrap" else "yellow", STATUS_STYLES.get(summary["status"], ""), VERDICT_STYLES.get(
                            (summary.get("verification") or {}).get("verdict"), "")])
-    return aligned_lines(header, rows, {2, 3, 4, 5, 7, 8, 9}, styles, paint)
+    return aligned_lines(header, rows, {2, 3, 4, 5, 7, 8, 9, 10}, styles, paint)
+
+
+def format_duty(duty_cycle: float | None) -> str:
+    """The share of slot time spent training, as a percentage (review.duty_cycle)."""
+    return "-" if duty_cycle is None else f"{duty_cycle:.0%}"
 
 
 VERDICT_STYLES = {"holds": "green", "overfit": "red", "noise": "red", "inconclusive": "yellow", "unconfirmed": "yellow",
@@ -210,8 +233,11 @@ def experiment_lines(detail: dict, summary: dict, with_prompt: bool = False, pai
         facts.append(("decision", decision, ""))
     commit = detail["commit"] or "-"
     if detail["parent"]:
-        commit += f" (parent {detail['parent'][:12]})"
+        drafted_from = "" if detail.get("parent_number") is None else f", experiment {detail['parent_number']}"
+        commit += f" (parent {detail['parent'][:12]}{drafted_from})"
     facts.append(("commit", commit, ""))
+    if detail.get("slot") is not None:
+        facts.append(("slot", format_place(detail["slot"], detail.get("device")), ""))
     facts.append(("timings", f"proposing {format_seconds(detail['propose_seconds'])}, training "
                              f"{format_seconds(detail['train_seconds'])}, in all {format_seconds(detail['duration_seconds'])}"
                              f"; started {format_local_time(detail['started_at'])}", ""))
@@ -310,11 +336,12 @@ def describe_decision(decision: dict | None) -> str | None:
 
 def training_run_lines(runs: list[dict]) -> list[str]:
     """Every training run of an experiment: the first, and its noise or confirmation runs."""
-    header = ["attempt", "kind", "seed", "outcome", "metric", "training", "evaluation", "sandbox", "reason"]
-    rows = [[str(run["attempt"]), run["kind"], str(run["seed"]), run["outcome"], format_metric(run["metric"]),
-             format_seconds(run["seconds"]), format_seconds(run.get("evaluation_seconds")), run.get("sandbox") or "-",
-             run["reason"] or ""] for run in runs]
-    return aligned_lines(header, rows, {0, 2, 4, 5, 6})
+    header = ["attempt", "kind", "seed", "slot", "outcome", "metric", "training", "evaluation", "sandbox", "reason"]
+    rows = [[str(run["attempt"]), run["kind"], str(run["seed"]), format_place(run.get("slot"), run.get("device")),
+             run["outcome"], format_metric(run["metric"]), format_seconds(run["seconds"]),
+             format_seconds(run.get("evaluation_seconds")), run.get("sandbox") or "-", run["reason"] or ""]
+            for run in runs]
+    return aligned_lines(header, rows, {0, 2, 5, 6, 7})
 
 
 def format_seconds(seconds: float | None) -> str:

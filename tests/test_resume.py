@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent / "faults"))
 
 from conftest import git, reply  # noqa: E402
-from faultkit import RUN_FLAGS, TAG, ToolProcess, make_loop, run_processes, small_options, tool_env  # noqa: E402
+from faultkit import RUN_FLAGS, TAG, ToolProcess, best_kept, make_loop, run_processes, tool_env  # noqa: E402
 
-from autoresearch.ledger import Ledger  # noqa: E402
+from autoresearch.ledger import Ledger, best_row  # noqa: E402
 
 SECONDS = 50
 MIN_CYCLES = 8
@@ -70,8 +70,8 @@ def check_invariants(workspace: Path, started: set[int]) -> list[dict]:
     assert numbers == list(range(len(rows))), numbers
     assert started <= set(numbers), f"started {sorted(started - set(numbers))} without a row"
     assert all(row["outcome"] != "running" for row in rows)
-    kept = [row for row in rows if row["outcome"] == "keep"]
-    best = kept[-1]["commit_sha"] if kept else run["base_commit"]
+    best = best_kept(workspace, rows)["commit_sha"] if any(row["outcome"] == "keep" for row in rows) \
+        else run["base_commit"]
     assert git(workspace, "rev-parse", f"autoresearch/{TAG}") == best
     worktree = workspace / "runs" / TAG / "worktree"
     assert git(worktree, "rev-parse", "HEAD") == best
@@ -104,8 +104,8 @@ def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, f
         loop = make_loop(fake_llm, [random_proposer(seed=cycles)])
         try:
             worktree, run = loop.put_straight(TAG)
-            kept = loop.ledger.experiments(TAG, outcome="keep")
-            worktree.reset_hard(kept[-1]["commit_sha"] if kept else run["base_commit"])
+            best = best_row(run, loop.ledger.experiments(TAG, outcome="keep"))
+            worktree.reset_hard(best["commit_sha"] if best else run["base_commit"])
         finally:
             loop.close()
             loop.ledger.close()

@@ -98,6 +98,8 @@ def pin_clock(path: Path) -> None:
                " WHERE tag = 'night'")
     db.execute("UPDATE runs SET started_at = '2026-11-23T03:00:00+00:00', finished_at = '2026-11-23T03:12:00+00:00'"
                " WHERE tag = 'local'")
+    db.execute("UPDATE runs SET slot_seconds = 2525 WHERE tag = 'night'")  # one slot, 42m05s
+    db.execute("UPDATE runs SET slot_seconds = 720 WHERE tag = 'local'")
     db.execute("UPDATE experiments SET started_at = '2026-11-23T01:00:00+00:00', finished_at = '2026-11-23T01:05:00+00:00',"
                " propose_seconds = CASE WHEN propose_seconds IS NULL THEN NULL ELSE 12.5 END,"
                " train_seconds = CASE WHEN train_seconds IS NULL THEN NULL ELSE 60.0 + number END,"
@@ -137,14 +139,14 @@ def test_log_prints_every_experiment_with_its_cost(in_night):
     assert result.exit_code == 0, result.output
     assert result.stdout == f"""\
 run night · recipes/synth · val_loss (lower is better) · agent llm (gpt-5-mini) · sandbox bubblewrap · finished
-#  commit   outcome  val_loss    gain   time  tokens     cost  description
-0  {shas[0]}  keep         0.29          1m15s       -        -  baseline: the unmodified recipe
-1  {shas[1]}  keep         0.25   +0.04  1m16s    1.2k  $0.0006  lower the learning rate
-2  {shas[2]}  discard       0.5   -0.25  1m17s    1.2k  $0.0006  halve the width
-3  {shas[3]}  crash           -          1m18s    1.2k  $0.0006  divide by zero — exit code 1: ZeroDivisionError: division by zero
-4  -        invalid         -          1m19s    1.2k  $0.0006  edit the evaluation — touched prepare.py
-5  {shas[5]}  timeout         -          1m20s    1.2k  $0.0006  sleep past the budget — {rows[5]['reason']}
-6  {shas[6]}  keep        0.125  +0.125  1m21s    1.2k  $0.0006  double the width
+#  commit   parent  outcome  val_loss    gain   time  tokens     cost  description
+0  {shas[0]}       -  keep         0.29          1m15s       -        -  baseline: the unmodified recipe
+1  {shas[1]}       0  keep         0.25   +0.04  1m16s    1.2k  $0.0006  lower the learning rate
+2  {shas[2]}       1  discard       0.5   -0.25  1m17s    1.2k  $0.0006  halve the width
+3  {shas[3]}       1  crash           -          1m18s    1.2k  $0.0006  divide by zero — exit code 1: ZeroDivisionError: division by zero
+4  -             1  invalid         -          1m19s    1.2k  $0.0006  edit the evaluation — touched prepare.py
+5  {shas[5]}       1  timeout         -          1m20s    1.2k  $0.0006  sleep past the budget — {rows[5]['reason']}
+6  {shas[6]}       1  keep        0.125  +0.125  1m21s    1.2k  $0.0006  double the width
 7 experiments, 3 kept, 1 discarded, 2 crashed or timed out, 1 invalid; best val_loss 0.125, gain over baseline +0.165; \
 tokens 7.2k, cost $0.0039; noise floor 0 (the same value under 3 seeds)
 """
@@ -223,10 +225,13 @@ def test_review_commands_without_runs(workspace):
 def test_runs_lists_every_run(in_night):
     result = invoke("runs")
     assert result.exit_code == 0, result.output
-    assert result.stdout == """\
-tag    started           duration  experiments  kept  crashes  metric     best    gain     cost  agent              sandbox     status       verify
-night  2026-11-23 01:00    42m05s            7     3        2  val_loss  0.125  +0.165  $0.0039  llm (gpt-5-mini)   bubblewrap  finished     -
-local  2026-11-23 03:00    12m00s            3     2        0  val_loss   0.25   +0.04        -  llm (llama-local)  bubblewrap  interrupted  -
+    training = dict(sqlite3.connect(in_night / "runs/ledger.db").execute(
+        "SELECT tag, SUM(seconds) FROM training_runs GROUP BY tag"))  # pinned: 60 s plus the experiment's number
+    night, local = f"{training['night'] / 2525:.0%}", f"{training['local'] / 720:.0%}"
+    assert result.stdout == f"""\
+tag    started           duration  experiments  kept  crashes  metric     best    gain     cost  duty  agent              sandbox     status       verify
+night  2026-11-23 01:00    42m05s            7     3        2  val_loss  0.125  +0.165  $0.0039  {night:>4}  llm (gpt-5-mini)   bubblewrap  finished     -
+local  2026-11-23 03:00    12m00s            3     2        0  val_loss   0.25   +0.04        -  {local:>4}  llm (llama-local)  bubblewrap  interrupted  -
 """
     summaries = json.loads(invoke("runs", "--json").stdout)
     assert [(s["tag"], s["status"], s["experiments"], s["interrupted"]) for s in summaries] == [
@@ -240,7 +245,7 @@ def test_runs_prices_a_local_model_from_the_workspace_config(in_night):
     try:
         local = json.loads(invoke("runs", "--json").stdout)[1]
         assert local["cost_usd"] == pytest.approx(1200 / 1e6)
-        assert "$0.0012  llm (llama-local)  bubblewrap  interrupted" in invoke("runs").stdout.splitlines()[2]
+        assert "$0.0012   33%  llm (llama-local)  bubblewrap  interrupted" in invoke("runs").stdout.splitlines()[2]
     finally:
         (in_night / "autoresearch.yaml").unlink()
 
@@ -281,7 +286,8 @@ description  halve the width
 outcome      discard: val_loss 0.5 is not better than the best before it, 0.25 (lower is better)
 metric       val_loss 0.5 (gain -0.25 over the best before it, 0.25)
 decision     discard, gain -0.25, margin 0, runs: 0.5 (best commit: 1 run)
-commit       {rows[2]['commit_sha']} (parent {rows[1]['commit_sha'][:12]})
+commit       {rows[2]['commit_sha']} (parent {rows[1]['commit_sha'][:12]}, experiment 1)
+slot         0
 timings      proposing 12s, training 1m02s, in all 1m17s; started 2026-11-23 01:00
 tokens       1000 prompt + 200 completion in 1 LLM call; cost $0.0006
 agent        llm (gpt-5-mini)
@@ -292,8 +298,8 @@ val_loss  0.5
 peak_memory_mb  512
 seed            0
 {rule('training runs')}
-attempt  kind   seed  outcome  metric  training  evaluation  sandbox     reason
-      0  first     0  ok          0.5     1m02s        0.5s  bubblewrap
+attempt  kind   seed  slot  outcome  metric  training  evaluation  sandbox     reason
+      0  first     0  0     ok          0.5     1m02s        0.5s  bubblewrap
 {rule('diff against its parent')}
 --- a/train.py
 +++ b/train.py

@@ -19,6 +19,7 @@ from conftest import git, reply
 
 from autoresearch.agents import LLMAgent
 from autoresearch.console import Reporter
+from autoresearch.ledger import Ledger, best_row
 from autoresearch.loop import ResearchLoop, RunOptions
 from autoresearch.runner import LocalExecutor
 from autoresearch.workspace import Workspace
@@ -118,11 +119,28 @@ def wait_until(condition, seconds: float = 5.0) -> bool:
     return condition()
 
 
+def best_kept(workspace: Path, rows: list[dict], tag: str = TAG) -> dict | None:
+    """The run's best row, by the ledger's own pointer; every kept commit is in its history (no keep
+    dropped another's change, whatever order experiments in flight at once ended in)."""
+    ledger = Ledger(workspace / "runs/ledger.db")
+    try:
+        run = ledger.run(tag)
+    finally:
+        ledger.close()
+    kept = [row for row in rows if row["outcome"] == "keep"]
+    best = best_row(run, kept)
+    for row in kept:
+        assert subprocess.run(["git", "merge-base", "--is-ancestor", row["commit_sha"], best["commit_sha"]],
+                              cwd=workspace).returncode == 0, f"kept experiment {row['number']} was dropped"
+    return best
+
+
 def assert_consistent(workspace: Path, rows: list[dict], tag: str = TAG) -> None:
     """The invariants every fault must leave intact."""
     kept = [row for row in rows if row["outcome"] == "keep"]
     assert kept, "the baseline is kept"
-    assert git(workspace, "rev-parse", f"autoresearch/{tag}") == kept[-1]["commit_sha"]
+    best = best_kept(workspace, rows, tag)
+    assert git(workspace, "rev-parse", f"autoresearch/{tag}") == best["commit_sha"]
     assert all(row["outcome"] != "running" for row in rows)
     assert [row["number"] for row in rows] == list(range(len(rows)))
     base_commit = rows[0]["commit_sha"]  # the baseline's
@@ -131,7 +149,7 @@ def assert_consistent(workspace: Path, rows: list[dict], tag: str = TAG) -> None
             assert git(workspace, "rev-parse", f"refs/autoresearch/{tag}/{row['number']}") == row["commit_sha"]
     worktree = workspace / "runs" / tag / "worktree"
     assert git(worktree, "status", "--porcelain", "--untracked-files=no") == ""
-    assert git(worktree, "rev-parse", "HEAD") == kept[-1]["commit_sha"]
+    assert git(worktree, "rev-parse", "HEAD") == best["commit_sha"]
     assert run_processes(workspace, tag) == []
 
 
