@@ -2,9 +2,11 @@
 
 Domain code never prints: the loop calls a Reporter. `PlainReporter` writes one line per event to
 stderr (log files, nohup, CI); `LiveReporter` keeps a live panel: the run, the experiment and its
-phase, a progress bar of the training budget with the latest values the training printed
-(`name: value`, `name=value` or `| name value |`), the best so far and its gain over the baseline,
-the counts of outcomes, the tokens and dollars spent on the LLM so far, and the last few experiments.
+phase (while proposing, how much the model has written of its streamed reply), a progress bar of
+the training budget with the latest values the training printed (`name: value`, `name=value` or
+`| name value |`), the best so far and its gain over the baseline, the counts of outcomes, the
+tokens (and how many the server read from its prompt cache) and dollars spent on the LLM so far,
+and the last few experiments.
 """
 
 from __future__ import annotations
@@ -83,11 +85,13 @@ class TokenTally:
     def __init__(self):
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0
         self.cost: float | None = 0.0
 
-    def add(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int, cost: float | None, cached_tokens: int = 0) -> None:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        self.cached_tokens += cached_tokens
         if cost is None:
             if prompt_tokens or completion_tokens:
                 self.cost = None
@@ -96,7 +100,8 @@ class TokenTally:
 
     def describe(self) -> str:
         tokens = self.prompt_tokens + self.completion_tokens
-        return (f"tokens {format_tokens(tokens)} ({format_tokens(self.prompt_tokens)} in, "
+        cached = f", {format_tokens(self.cached_tokens)} of them cached" if self.cached_tokens else ""
+        return (f"tokens {format_tokens(tokens)} ({format_tokens(self.prompt_tokens)} in{cached}, "
                 f"{format_tokens(self.completion_tokens)} out), cost {format_cost(self.cost, tokens)}")
 
 
@@ -124,7 +129,10 @@ class Reporter:
     def keep_margin(self, margin: float | None) -> None:
         """The gain the next change must show over the best to be kept (beside the noise, it says why
         nothing is kept)."""
-    def tokens_used(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None: ...
+    def tokens_used(self, prompt_tokens: int, completion_tokens: int, cost: float | None,
+                    cached_tokens: int = 0) -> None: ...
+    def llm_writing(self, characters: int) -> None:
+        """How much of its reply the model has written so far (called from the thread reading the stream)."""
     def note(self, text: str) -> None: ...
     def close(self) -> None: ...
 
@@ -208,9 +216,10 @@ class PlainReporter(Reporter):
             self._experiment_line(format_margin(margin))
         self.margin = margin
 
-    def tokens_used(self, prompt_tokens, completion_tokens, cost):
-        self.tally.add(prompt_tokens, completion_tokens, cost)
-        self._experiment_line(f"LLM call, {prompt_tokens} + {completion_tokens} tokens, "
+    def tokens_used(self, prompt_tokens, completion_tokens, cost, cached_tokens=0):
+        self.tally.add(prompt_tokens, completion_tokens, cost, cached_tokens)
+        cached = f" ({cached_tokens} cached)" if cached_tokens else ""
+        self._experiment_line(f"LLM call, {prompt_tokens}{cached} + {completion_tokens} tokens, "
                               f"{format_cost(cost, prompt_tokens + completion_tokens)}; run so far: "
                               f"{self.tally.describe()}")
 
@@ -236,6 +245,7 @@ class LiveReporter(Reporter):
         self.margin: float | None = None
         self.last_output = ""
         self.progress: dict[str, str] = {}
+        self.writing: int | None = None  # characters of the reply the model is streaming now
         self.tally = TokenTally()
         self.best: float | None = None
         self.baseline: float | None = None
@@ -263,6 +273,7 @@ class LiveReporter(Reporter):
 
     def phase(self, name, description=None, budget=None, grace=None):
         self.phase_name = name
+        self.writing = None
         self.phase_started = time.monotonic()
         if description:
             self.description = description
@@ -286,8 +297,12 @@ class LiveReporter(Reporter):
             while len(self.progress) > MAX_PROGRESS_VALUES:
                 self.progress.pop(next(iter(self.progress)))
 
-    def tokens_used(self, prompt_tokens, completion_tokens, cost):
-        self.tally.add(prompt_tokens, completion_tokens, cost)
+    def tokens_used(self, prompt_tokens, completion_tokens, cost, cached_tokens=0):
+        self.tally.add(prompt_tokens, completion_tokens, cost, cached_tokens)
+        self.writing = None
+
+    def llm_writing(self, characters):
+        self.writing = characters
 
     def experiment_finished(self, row, best, baseline):
         self.best, self.baseline = best, baseline
@@ -319,6 +334,9 @@ class LiveReporter(Reporter):
         lines = [header]
         if self.number is not None:
             lines.append(Text(f"experiment {self.number} · {self.phase_name} · {self.description}", style="cyan"))
+        if self.phase_name == "proposing" and self.writing is not None:
+            lines.append(Text(f"the model is writing its reply: {self.writing:,} characters so far "
+                              f"({format_duration(time.monotonic() - self.phase_started)})", style="dim"))
         if self.phase_name == "training" and self.budget:
             bar = Table.grid(padding=(0, 1))
             latest = "  ".join(f"{name} {value}" for name, value in self.progress.items()) or self.last_output

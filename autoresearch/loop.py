@@ -29,12 +29,13 @@ from autoresearch.isolation import choose_sandbox
 from autoresearch.guard import check_candidate, editable_digest
 from autoresearch.ledger import Ledger, now_iso
 from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
-from autoresearch.prompts import AgentContext, LineageEntry
+from autoresearch.hardware import describe_hardware
+from autoresearch.prompts import AgentContext, LineageEntry, Note, Standing
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import LivePrices
 from autoresearch.recovery import LedgerTampered, reconcile, run_marker
-from autoresearch.review import run_usage
+from autoresearch.review import read_log_tail, run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.settings import RunOptions, check_options, override_records, stored_settings
 from autoresearch.runner import Executor, LocalExecutor
@@ -110,6 +111,7 @@ class ResearchLoop:
         self.ledger = ledger or Ledger(workspace.ledger_path)
         self.prices = LivePrices(workspace.root, self.reporter.note)
         self.program = ""
+        self._best_diff: tuple[tuple[str, str] | None, str] = (None, "")  # (baseline, best) and their diff
         self.tag: str | None = None
         self._locks: list[RunLock | WorkspaceLock] = []
 
@@ -290,7 +292,8 @@ class ResearchLoop:
                                   f"{self.agent.name} ({described})" if described else self.agent.name)
         spent = run_usage(self.ledger, state.tag, self.prices.table())
         if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
-            self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
+            self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"],
+                                      spent["cached_tokens"])
         clock = _ActiveClock(self.ledger, state.tag)
         done = sum(n for outcome, n in self.ledger.outcome_counts().get(state.tag, {}).items() if outcome != "interrupted")
         self.reporter.limits(options.max_experiments, done,
@@ -366,24 +369,29 @@ class ResearchLoop:
         with self._closing_on_interrupt(state, number):
             self.reporter.phase("proposing")
             files = self._read_files(state, state.recipe.editable + state.recipe.fixed)
+            rows = [row for row in self.ledger.experiments(state.tag) if row["outcome"] != "running"]
             context = AgentContext(number=number, program=self._read_program(), recipe=state.recipe,
                                    budget_seconds=state.budget_seconds, files=files,
-                                   lineage=self._lineage(state.tag), best_metric=state.best_metric,
+                                   lineage=self._lineage(state.tag, rows), best_metric=state.best_metric,
                                    baseline_metric=state.baseline_metric, seen_hashes=frozenset(state.seen_hashes),
                                    noise_std=state.noise.std, noise_runs=state.noise.runs,
-                                   keep_margin=self._keep_margin(state, options), token_budget=options.prompt_tokens)
+                                   keep_margin=self._keep_margin(state, options), token_budget=options.prompt_tokens,
+                                   hardware=describe_hardware(),
+                                   notes=tuple(Note(row["number"], row["notes"]) for row in rows if row.get("notes")),
+                                   **self._standing(state, rows))
             self.reporter.keep_margin(context.keep_margin)
             propose_started = time.monotonic()
             try:
                 candidate = self._propose(state, options, number, context)
             except InvalidProposal as exc:
                 self._close_experiment(state, number, "invalid", exc.reason, None, description=exc.description,
-                                       propose_seconds=time.monotonic() - propose_started)
+                                       notes=exc.notes or None, propose_seconds=time.monotonic() - propose_started)
                 return
             propose_seconds = time.monotonic() - propose_started
             new_editable = {name: candidate.changed.get(name, files[name]) for name in state.recipe.editable}
             digest = editable_digest(state.recipe, new_editable)
             self.ledger.update_experiment(state.tag, number, description=candidate.description,
+                                          notes=candidate.notes or None,
                                           files_hash=digest, propose_seconds=propose_seconds,
                                           diff=unified_diff({n: files[n] for n in candidate.changed}, candidate.changed))
             reason = check_candidate(state.recipe, candidate.changed) or harness_tampering(files, candidate.changed)
@@ -418,7 +426,8 @@ class ResearchLoop:
     def _propose(self, state: RunState, options: RunOptions, number: int, context: AgentContext):
         return self._ask_agent(options, f"experiment {number}",
                                lambda: self.agent.propose(context, lambda call: self._record_call(state.tag, number,
-                                                                                                   call)))
+                                                                                                   call),
+                                                          on_writing=self.reporter.llm_writing))
 
     def _ask_agent(self, options: RunOptions, what: str, ask):
         """ask(), under the one retry policy of LLM calls; `what` names the asking in the notes.
@@ -445,13 +454,15 @@ class ResearchLoop:
         """Every call goes in the ledger; the reporter hears of the tokens of each answered one (a failed
         call is told by the note that retries it, or by the line that stops the run)."""
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
-                                    call.prompt_tokens, call.completion_tokens, call.latency_seconds)
+                                    call.prompt_tokens, call.completion_tokens, call.latency_seconds,
+                                    cached_tokens=call.cached_tokens, finish_reason=call.finish_reason)
         if call.error is not None:
             return
         prices = self.prices.table()
         prompt_tokens, completion_tokens = call.prompt_tokens or 0, call.completion_tokens or 0
-        cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None
-        self.reporter.tokens_used(prompt_tokens, completion_tokens, cost)
+        cost = (prices.cost(call.model, prompt_tokens, completion_tokens, call.cached_tokens or 0)
+                if prices.is_known(call.model) else None)
+        self.reporter.tokens_used(prompt_tokens, completion_tokens, cost, call.cached_tokens or 0)
 
     def _make_trainer(self, state: RunState, options: RunOptions) -> Trainer:
         """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox."""
@@ -662,17 +673,30 @@ class ResearchLoop:
             self.reporter.note(f"{exc}; using the last version read")
         return self.program
 
-    def _lineage(self, tag: str) -> tuple[LineageEntry, ...]:
-        entries = []
+    def _lineage(self, tag: str, rows: list[dict]) -> tuple[LineageEntry, ...]:
+        """The closed experiments as the agent sees them (rows: the run's experiments in order)."""
         direction = self.ledger.run(tag)["direction"]
-        for row in self.ledger.experiments(tag):
-            if row["outcome"] == "running":
-                continue
-            entries.append(LineageEntry(number=row["number"], outcome=row["outcome"], reason=row["reason"],
-                                        metric=row["metric"],
-                                        gain=gain_or_none(row["metric"], row["best_before"], direction), description=row["description"] or "",
-                                        log_tail=row["log_tail"] or ""))
-        return tuple(entries)
+        return tuple(LineageEntry(number=row["number"], outcome=row["outcome"], reason=row["reason"],
+                                  metric=row["metric"], gain=gain_or_none(row["metric"], row["best_before"], direction),
+                                  description=row["description"] or "", log_tail=row["log_tail"] or "",
+                                  diff=row["diff"] or "")
+                     for row in rows if row["outcome"] != "running")
+
+    def _standing(self, state: RunState, rows: list[dict]) -> dict:
+        """The baseline and the best with their training numbers, the best's whole diff and its log's end."""
+        kept = [row for row in rows if row["outcome"] == "keep"]
+        if not kept:
+            return {}
+        baseline, best = kept[0], kept[-1]
+        diff = ""
+        if best["number"] != baseline["number"] and baseline["commit_sha"] and best["commit_sha"]:
+            key = (baseline["commit_sha"], best["commit_sha"])
+            if self._best_diff[0] != key:
+                self._best_diff = (key, state.worktree.diff(*key, state.recipe_path))
+            diff = self._best_diff[1]
+        return {"baseline": Standing(baseline["number"], baseline["metric"], baseline.get("summary") or {}),
+                "best": Standing(best["number"], best["metric"], best.get("summary") or {}),
+                "best_diff": diff, "best_log_tail": read_log_tail(best["log_path"]) or ""}
 
 
 class _ActiveClock:

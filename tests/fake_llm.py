@@ -45,13 +45,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from autoresearch.agents import CHECK_MESSAGES
 
 CHECK_ANSWER = {"content": "ok", "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}}
-TOKEN = re.compile(r"[A-Za-z]{1,8}|\d{1,3}|\s+|[^\sA-Za-z\d]")
+# GPT-2's pre-tokenizer, roughly: a word with the space before it, up to three digits, a run of punctuation,
+# whitespace; long words split (BPE does too).
+TOKEN = re.compile(r" ?[A-Za-z]{1,10}| ?\d{1,3}| ?[^\sA-Za-z\d]{1,2}|\s+(?!\S)|\s+")
 CHUNK_TOKENS = 4  # tokens per streamed chunk
 RAMBLE = "\nAnd one more thought on why this should help, considered at some length."
 
 
 def count_tokens(text: str) -> int:
-    """The fake tokenizer: about what a BPE tokenizer makes of code and prose (3 to 4 characters a token)."""
+    """The fake tokenizer: about what a BPE tokenizer makes of code and prose (3 to 4.5 characters a token)."""
     return len(tokenize(text))
 
 
@@ -203,7 +205,7 @@ class FakeLLM:
                     usage = {**prompt, "completion_tokens": len(pieces),
                              "total_tokens": prompt["prompt_tokens"] + len(pieces)}
                 if request.get("stream"):
-                    self._stream(request, pieces, finish_reason, usage, options)
+                    self._stream(request, pieces, finish_reason, usage, options, trickle)
                     return
                 body = json.dumps({
                     "id": "chatcmpl-test",
@@ -260,7 +262,7 @@ class FakeLLM:
                 return pieces, finish_reason
 
             def _stream(self, request: dict, pieces: list[str], finish_reason: str, usage: dict,
-                        options: dict) -> None:
+                        options: dict, trickle: float = 0.0) -> None:
                 """Server-sent events, a few tokens a chunk; a client that goes away stops the writing."""
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -271,6 +273,7 @@ class FakeLLM:
                 base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": int(time.time()),
                         "model": request.get("model", "fake")}
                 wait, cut_after = options.get("token_seconds", 0.0), options.get("cut_after")
+                self.trickle = trickle
                 with fake._lock:
                     fake.generating += 1
                 try:
@@ -299,8 +302,12 @@ class FakeLLM:
                         fake.generating -= 1
 
             def _event(self, payload: dict) -> None:
-                self.wfile.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
-                self.wfile.flush()
+                data = b"data: " + json.dumps(payload).encode() + b"\n\n"
+                for piece in ([data[i:i + 1] for i in range(len(data))] if self.trickle else [data]):
+                    if self.trickle and fake._closed.wait(self.trickle):
+                        raise BrokenPipeError("the server is closing")
+                    self.wfile.write(piece)
+                    self.wfile.flush()
 
             def _trickle(self, body: bytes, seconds: float) -> None:
                 """The whole answer, headers and all, one byte at a time: each read is quick, the answer is not."""
