@@ -39,7 +39,8 @@ from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverfl
 from autoresearch.errors import UserError
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
-from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentContext, budget_that_fits, build_messages, prompt_tokens,
+from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentContext, budget_that_fits, build_messages,
+                                  estimate_tokens, prompt_tokens,
                                   repair_conversation, shorten, smallest_prompt_tokens)
 from autoresearch.recipe import TOP_LEVEL_CONSTANT, Tunable
 
@@ -312,8 +313,13 @@ class LLMAgent:
                                           f"({len(answer.text):,} characters, no finish reason)"))
         usage = answer.usage
         details = getattr(usage, "prompt_tokens_details", None)
-        record_call(LLMCall(attempt, self.model, messages, shorten(answer.text, MAX_REPLY_CHARS), None,
-                            getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None),
+        counted = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        if usage is None:  # llama-cpp-python's stream says none: the estimate, so totals and --max-tokens still count
+            ratio = context.chars_per_token if context is not None else self.chars_per_token or CHARS_PER_TOKEN
+            written = estimate_tokens(answer.text, ratio)
+            limit = options.get(self.completion_limit_parameter)
+            counted = (prompt_tokens(messages, ratio), min(written, limit) if limit else written)
+        record_call(LLMCall(attempt, self.model, messages, shorten(answer.text, MAX_REPLY_CHARS), None, *counted,
                             time.monotonic() - started, cached_tokens=getattr(details, "cached_tokens", None),
                             finish_reason=answer.finish_reason))
         return answer.text, answer.finish_reason

@@ -15,7 +15,8 @@ stays open, and the retries queue behind it).
 
 What a local server says of itself, where it says it: the model's context (vLLM's `max_model_len`
 in `/v1/models`, llama.cpp's `n_ctx` in `/props`) and its tokenizer's count of a text (llama.cpp's
-and vLLM's `/tokenize`), which the agent uses to size its prompts. Hosted endpoints say neither.
+and vLLM's `/tokenize`, llama-cpp-python's `/extras/tokenize/count`), which the agent uses to size
+its prompts. Hosted endpoints say neither.
 """
 
 from __future__ import annotations
@@ -162,15 +163,20 @@ def served_context_tokens(base_url: str, model: str, api_key: str | None = None)
 
 
 def served_token_count(base_url: str, model: str, text: str, api_key: str | None = None) -> int | None:
-    """The server's tokenizer's count of text (llama.cpp's and vLLM's /tokenize), else None."""
-    answer = _post_json(server_root(base_url) + "/tokenize", {"content": text, "model": model, "prompt": text},
-                        api_key)
-    if not isinstance(answer, dict):
-        return None
-    if isinstance(answer.get("count"), int):
-        return answer["count"]
-    tokens = answer.get("tokens")
-    return len(tokens) if isinstance(tokens, list) and tokens else None
+    """The server's tokenizer's count of text (llama.cpp's and vLLM's /tokenize, llama-cpp-python's
+    /extras/tokenize/count), else None."""
+    root = server_root(base_url)
+    for path, body in (("/tokenize", {"content": text, "model": model, "prompt": text}),
+                       ("/extras/tokenize/count", {"input": text, "model": model})):
+        answer = _post_json(root + path, body, api_key)
+        if not isinstance(answer, dict):
+            continue
+        if isinstance(answer.get("count"), int) and answer["count"] > 0:
+            return answer["count"]
+        tokens = answer.get("tokens")
+        if isinstance(tokens, list) and tokens:
+            return len(tokens)
+    return None
 
 
 def _get_json(url: str, api_key: str | None):

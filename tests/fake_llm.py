@@ -26,8 +26,10 @@ llama.cpp refuses a prompt that does not fit and stops a reply at the window's e
 (it reports `usage.prompt_tokens_details.cached_tokens`: the tokens of the longest common prefix
 of this prompt and the one before, as llama.cpp's slot cache and OpenAI's prompt caching reuse),
 `drop_system` (a chat template that drops system messages: the scripted model sees the rest only),
-and its metadata: `/v1/models` (vLLM's `max_model_len` when `context_style="vllm"`), llama.cpp's
-`/props` (`default_generation_settings.n_ctx`) and `/tokenize` (`{"content": ...}` -> tokens).
+`stream_usage=False` (no usage chunk in a stream, as llama-cpp-python's server), and its metadata:
+`/v1/models` (vLLM's `max_model_len` when `context_style="vllm"`), llama.cpp's `/props`
+(`default_generation_settings.n_ctx`) and a tokenizer (`tokenizer="llama.cpp"`: `/tokenize`,
+`{"content": ...}` -> tokens; `"llama-cpp-python"`: `/extras/tokenize/count`, `{"input": ...}` -> count).
 
 The tool's endpoint check (agents.CHECK_MESSAGES, sent before anything trains) is answered from
 `check_script` instead, in the same way, and kept in `checks`; its default answer is "ok" with no
@@ -77,7 +79,8 @@ def common_prefix_tokens(first: list[str], second: list[str]) -> int:
 
 class FakeLLM:
     def __init__(self, context_tokens: int | None = None, context_style: str = "llama.cpp",
-                 prefix_cache: bool = False, drop_system: bool = False, tokenizer: bool = False):
+                 prefix_cache: bool = False, drop_system: bool = False, tokenizer: str | None = None,
+                 stream_usage: bool = True):
         self.script: list = []
         self.requests: list[dict] = []
         self.check_script: list = [CHECK_ANSWER]
@@ -87,6 +90,7 @@ class FakeLLM:
         self.prefix_cache = prefix_cache
         self.drop_system = drop_system
         self.tokenizer = tokenizer
+        self.stream_usage = stream_usage
         self.seen: list[list[dict]] = []  # the messages the scripted model saw, after the chat template
         self.cached: list[int] = []  # cached_tokens reported for each proposal request
         self.abandoned: list[float] = []  # when a client went away while its answer was being written
@@ -172,12 +176,16 @@ class FakeLLM:
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 request = json.loads(self.rfile.read(length) or b"{}")
-                if self.path.rstrip("/") == "/tokenize":
-                    if not fake.tokenizer:
+                path = self.path.rstrip("/")
+                if path in ("/tokenize", "/extras/tokenize/count"):
+                    served = {"llama.cpp": "/tokenize", "llama-cpp-python": "/extras/tokenize/count"}
+                    if fake.tokenizer is None or served[fake.tokenizer] != path:
                         self._send(404, b'{"error": {"code": 404, "message": "File Not Found"}}')
-                        return
-                    pieces = tokenize(request.get("content", ""))
-                    self._send(200, json.dumps({"tokens": list(range(len(pieces)))}).encode())
+                    elif path == "/tokenize":
+                        pieces = tokenize(request.get("content", ""))
+                        self._send(200, json.dumps({"tokens": list(range(len(pieces)))}).encode())
+                    else:
+                        self._send(200, json.dumps({"count": count_tokens(request.get("input", ""))}).encode())
                     return
                 entry = fake.next_entry(request)
                 usage, finish_reason, trickle = None, "stop", 0.0
@@ -290,7 +298,7 @@ class FakeLLM:
                                                           "finish_reason": None}]})
                         written += len(text)
                     self._event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
-                    if (request.get("stream_options") or {}).get("include_usage"):
+                    if (request.get("stream_options") or {}).get("include_usage") and fake.stream_usage:
                         self._event({**base, "choices": [], "usage": usage})
                     self.wfile.write(b"data: [DONE]\n\n")
                     self.wfile.flush()

@@ -19,7 +19,7 @@ from autoresearch.agents import LLMAgent
 from autoresearch.console import Reporter
 from autoresearch.ledger import Ledger
 from autoresearch.loop import ResearchLoop
-from autoresearch.prompts import DEFAULT_REPLY_TOKENS, SYSTEM_PROMPT
+from autoresearch.prompts import DEFAULT_REPLY_TOKENS, SYSTEM_PROMPT, estimate_tokens, prompt_tokens
 from autoresearch.workspace import Workspace
 
 CALL_MARGIN = 0.5  # seconds a call may take past its limit (a thread to start, a loaded machine)
@@ -166,8 +166,9 @@ def test_the_prompt_budget_follows_the_context_the_server_reports(workspace, fak
     assert loop.ledger.experiments(TAG)[-1]["outcome"] == "keep"
 
 
-def test_the_servers_tokenizer_measures_the_characters_a_token(workspace, server):
-    fake = server(tokenizer=True)
+@pytest.mark.parametrize("tokenizer", ["llama.cpp", "llama-cpp-python"])
+def test_the_servers_tokenizer_measures_the_characters_a_token(workspace, server, tokenizer):
+    fake = server(tokenizer=tokenizer)
     loop = make_loop(fake, [BETTER])
     loop.start(small_options(tag=TAG, max_experiments=2))
     prompt = "\n\n".join(m["content"] for m in fake.requests[0]["messages"])
@@ -212,6 +213,25 @@ def test_a_budget_too_small_for_any_repair_turn_ends_invalid(workspace, fake_llm
     assert rows[1]["outcome"] == "invalid"
     assert rows[1]["reason"].endswith("no repair turn fits the prompt budget of 50 tokens")
     assert len(fake_llm.requests) == 1
+
+
+def test_a_stream_without_usage_counts_the_estimate_so_the_caps_still_hold(workspace, server):
+    fake = server(stream_usage=False)  # llama-cpp-python's server sends no usage chunk
+    loop = make_loop(fake, [BETTER, reply("wider", "WIDTH = 4", "WIDTH = 8")])
+    summary = loop.start(small_options(tag=TAG, max_experiments=10, max_tokens=1_500))
+    [call] = loop.ledger.llm_calls(TAG, 1)
+    assert call["prompt_tokens"] == prompt_tokens(fake.requests[0]["messages"])
+    assert call["completion_tokens"] == estimate_tokens(BETTER)
+    assert summary.stop_reason.startswith("reached --max-tokens 1500")
+
+
+def test_without_usage_a_reply_counts_no_more_than_the_limit_it_was_sent(workspace, server):
+    fake = server(stream_usage=False)
+    rambling = "DESCRIPTION: x\n" + " abcdefghij" * 200  # long words: fewer tokens than the estimate says
+    loop = make_loop(fake, [{"content": rambling, "endless": True}], reply_tokens=50)
+    loop.start(small_options(tag=TAG, max_experiments=2))
+    calls = loop.ledger.llm_calls(TAG, 1)
+    assert calls[0]["finish_reason"] == "length" and calls[0]["completion_tokens"] == 50
 
 
 # --- a chat template that drops the system message
