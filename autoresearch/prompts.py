@@ -167,16 +167,16 @@ def build_messages(context: AgentContext) -> list[dict]:
     leading += [f"# Current {name}\n\n```python\n{context.files.get(name, '')}\n```" for name in recipe.editable]
     closing = [f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
                f"{recipe.metric} {better}. {CONTRACT_REMINDER}"]
-    count = lambda parts: estimate_tokens(SYSTEM_PROMPT + "\n\n".join(parts), context.chars_per_token)  # noqa: E731
-    room = context.token_budget - repair_room(context.token_budget) - count(leading + closing)
+    size = lambda parts: estimate_tokens("\n\n".join(parts), context.chars_per_token)  # noqa: E731
+    room = context.token_budget - repair_room(context.token_budget) - size([SYSTEM_PROMPT, *leading, *closing])
     state = []
-    for diff_lines, tail_lines in STATE_LEVELS:
+    for diff_lines, tail_lines in STATE_LEVELS:  # the standing takes at most half of what the history needs not
         state = [format_standing(context, diff_lines, tail_lines)]
-        if count(state) <= max(0, room - MIN_HISTORY_TOKENS) // 2:
+        if size(state) <= max(0, room - MIN_HISTORY_TOKENS) // 2:
             break
-    notes = format_notes(context.notes, min(NOTES_TOKENS, max(0, room - count(state) - MIN_HISTORY_TOKENS)),
+    notes = format_notes(context.notes, min(NOTES_TOKENS, max(0, room - size(state) - MIN_HISTORY_TOKENS)),
                          context.chars_per_token)
-    history = format_history(context.lineage, max(MIN_HISTORY_TOKENS, room - count(state + notes)),
+    history = format_history(context.lineage, max(MIN_HISTORY_TOKENS, room - size(state + notes)),
                              context.chars_per_token)
     user = "\n\n".join(part for part in leading + state + notes + history + closing if part)
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
