@@ -22,9 +22,10 @@ state's diff and log, the notes, the lineage and its logs and diffs) gets the bu
 the fixed parts and the room kept for a repair turn; the most recent experiments are listed one by
 one and the older ones summarised (counts by outcome and reason, the best kept changes). When even
 that is too long, fewer rows, fewer diffs and shorter log tails are shown. Tokens are estimated
-from characters (`estimate_tokens`: 3.3 a token, measured on this prompt with small chat models'
-tokenizers, where code is denser than prose), or at the ratio a server's own tokenizer measured
-on the first prompt (`chars_per_token`).
+from characters (`estimate_tokens`): 3.3 a token, what SmolLM2's and Gemma 3's tokenizers made of
+this prompt through llama.cpp (OpenAI's make 3.8 of it: BENCHMARKS.md, so there the estimate errs
+on the side of a shorter prompt), or the ratio a server's own tokenizer measured on the first
+prompt (`chars_per_token`).
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ def test_the_live_panel_shows_the_model_writing():
 # --- the window: what the server reports, and repairs that fit
 
 def crashes_with_long_logs(count: int) -> list[str]:
-    lines = "\n".join(f"print('warning: something long happened ' * 8)" for _ in range(20))
+    lines = "\n".join("print('warning: something long happened ' * 8)" for _ in range(20))
     return [inject(f"crash {index}", f"{lines}\nraise RuntimeError('crash {index}')") for index in range(count)]
 
 
