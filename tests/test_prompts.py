@@ -118,11 +118,24 @@ def test_recent_discarded_tries_show_what_they_changed_most_recent_first(workspa
     assert "+LEARNING_RATE = 0.2" in tries and " WIDTH = 4" not in tries  # the changed lines only
 
 
-def test_the_hardware_line_says_cores_and_gpus(workspace):
+def test_the_hardware_line_says_cores_and_gpus(workspace, tmp_path, monkeypatch):
+    import os
+
     from autoresearch.hardware import describe_hardware
 
     assert "- hardware: 2 CPU cores; no GPU found" in user_message(context(workspace))
-    assert describe_hardware().split(" CPU core")[0].isdigit()
+    # a real nvidia-smi's answer to the tool's query, from a script of that name on PATH
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\nprintf 'NVIDIA H200, 143771\\nNVIDIA H200, 143771\\n'\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    describe_hardware.cache_clear()
+    try:
+        cores = os.cpu_count()
+        assert describe_hardware() == f"{cores} CPU core{'s' if cores != 1 else ''}; GPU: 2 x NVIDIA H200 (140 GiB)"
+    finally:
+        describe_hardware.cache_clear()
 
 
 # --- the notebook
