@@ -8,8 +8,17 @@ Both return a Candidate or raise InvalidProposal; neither touches git or the dis
 
 Before anything trains, the loop asks the agent to `check` itself: the LLM agent sends one cheap
 request, the only kind that proves the URL, the key and the model together (a server's model list
-is no proof: llama.cpp answers to any model name). A failed LLM call raises AgentUnavailable once;
-retrying is the loop's business alone, so the `openai` client is built not to retry on its own.
+is no proof: llama.cpp answers to any model name); it also learns the name the endpoint takes a
+completion limit under and, where a local server reports it, the model's context window. A failed
+LLM call raises AgentUnavailable once; retrying is the loop's business alone, so the `openai`
+client is built not to retry on its own.
+
+Every proposal is a streamed request with a completion limit (`reply_tokens`): without a limit a
+local server writes until its context is full, and a stream is what lets a call given up on stop
+the server's generation (closing it) and lets the person see that the model is writing. The prompt
+budget leaves the completion limit's room in the model's context, and every repair turn is fitted
+into the same budget (prompts.repair_conversation); a conversation that cannot fit ends the
+proposal `invalid`, the calls that worked kept, instead of failing like an endpoint that is down.
 """
 
 from __future__ import annotations
@@ -17,25 +26,31 @@ from __future__ import annotations
 import math
 import os
 import random
-import re
+import socket
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 from autoresearch.edits import EditBlock, EditError, apply_blocks, parse_reply
 from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverflow, call_within, context_overflow,
-                                   server_message, wants_max_completion_tokens)
+                                   served_context_tokens, served_token_count, server_message,
+                                   wants_max_completion_tokens)
 from autoresearch.errors import UserError
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
-from autoresearch.prompts import (AgentContext, budget_that_fits, build_messages, prompt_tokens, repair_message,
-                                  smallest_prompt_tokens)
+from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentContext, budget_that_fits, build_messages,
+                                  estimate_tokens, prompt_tokens,
+                                  repair_conversation, shorten, smallest_prompt_tokens)
 from autoresearch.recipe import TOP_LEVEL_CONSTANT, Tunable
 
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_REQUEST_TIMEOUT = 600.0
 MAX_REPLY_CHARS = 100_000  # about 25k tokens: far more than one focused change needs
-KEPT_REPLY_CHARS = 4_000  # what is kept of an oversized reply, in the repair conversation and the ledger
+KEPT_REPLY_CHARS = 4_000  # the most kept of a failed reply in the repair conversation (less when the budget is tight)
+# Of the room the model's context leaves beside the completion limit, what the prompt budget may take: the
+# estimate of a prompt's tokens is not the server's count (on a server without a tokenizer to measure it).
+CONTEXT_SAFETY = 0.9
 CHECK_MESSAGES = ({"role": "user", "content": "Reply with the single word: ok"},)
 CHECK_COMPLETION_TOKENS = 16  # enough for "ok"; a reasoning model may stop at it with no text, which still proves the way
 
@@ -52,15 +67,17 @@ class Candidate:
     description: str
     changed: dict[str, str]
     blocks: tuple[EditBlock, ...] = ()
+    notes: str = ""  # what the agent wrote under NOTES: for its later experiments
 
 
 class InvalidProposal(Exception):
     """The agent produced nothing that can be trained; `reason` is the typed outcome's reason."""
 
-    def __init__(self, reason: str, description: str = ""):
+    def __init__(self, reason: str, description: str = "", notes: str = ""):
         super().__init__(reason)
         self.reason = reason
         self.description = description
+        self.notes = notes
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,14 @@ class CompletionLimitRefused(AgentUnavailable):
     """The endpoint takes the completion limit under its other name (see `LLMAgent.check`)."""
 
 
+class PromptTooLong(AgentUnavailable):
+    """The server refused the conversation for its length (the model's context is smaller)."""
+
+    def __init__(self, reason: str, overflow: ContextOverflow, remedy: Remedy | None = None):
+        super().__init__(reason, retryable=False, remedy=remedy)
+        self.overflow = overflow
+
+
 @dataclass(frozen=True)
 class LLMCall:
     """One request and its answer, as recorded in the ledger."""
@@ -103,6 +128,8 @@ class LLMCall:
     prompt_tokens: int | None
     completion_tokens: int | None
     latency_seconds: float
+    cached_tokens: int | None = None  # of prompt_tokens, read from the server's prompt cache (where it says)
+    finish_reason: str | None = None  # why the model stopped: stop, length...
 
 
 class Agent(Protocol):
@@ -114,14 +141,17 @@ class Agent(Protocol):
     def check(self, record_call: Callable[[LLMCall], None]) -> None:
         """Prove the agent can propose, before anything trains; raises AgentUnavailable."""
 
-    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate: ...
+    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None],
+                on_writing: Callable[[int], None] | None = None) -> Candidate:
+        """One candidate; `on_writing(characters)` hears, from another thread, how much of a reply has come."""
 
 
 def make_agent(options) -> "Agent":
     """The agent a run's settings (settings.RunOptions) ask for."""
     if options.agent == "mutate":
         return MutateAgent(seed=options.seed)
-    return LLMAgent(model=options.model, base_url=options.base_url, request_timeout=options.llm_timeout)
+    return LLMAgent(model=options.model, base_url=options.base_url, request_timeout=options.llm_timeout,
+                    reply_tokens=options.reply_tokens, context_tokens=options.context_tokens)
 
 
 # --- the LLM agent
@@ -133,7 +163,8 @@ class LLMAgent:
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 temperature: float | None = None):
+                 temperature: float | None = None, reply_tokens: int = DEFAULT_REPLY_TOKENS,
+                 context_tokens: int | None = None):
         import openai
 
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -146,8 +177,15 @@ class LLMAgent:
         self.max_attempts = max_attempts
         self.request_timeout = request_timeout
         self.temperature = temperature
+        self.reply_tokens = reply_tokens
+        # The model's context window: given, or learned by `check` where the server reports it.
+        self.context_tokens = context_tokens
+        # Characters a token, as the server's tokenizer measured the first prompt (None: not measured yet).
+        self.chars_per_token: float | None = None
+        self._measured = False
         # The name the endpoint takes a completion limit under; `check` learns it.
         self.completion_limit_parameter = "max_tokens"
+        self._api_key = api_key
         self._openai = openai
         # Local servers ignore the key but the client insists on one. max_retries=0: the loop's backoff
         # and its count of failures in a row are the only retry policy.
@@ -171,60 +209,127 @@ class LLMAgent:
             self.completion_limit_parameter = "max_completion_tokens"
             self._complete(messages, ENDPOINT_CHECK_ATTEMPT, record_call,
                            {self.completion_limit_parameter: CHECK_COMPLETION_TOKENS})
+        if self.context_tokens is None:
+            self.context_tokens = served_context_tokens(self.base_url, self.model, self._api_key)
 
-    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
+    def prompt_budget(self, wanted: int) -> int:
+        """The prompt budget: the one asked for, or less where the model's context must also hold the reply."""
+        if self.context_tokens is None:
+            return wanted
+        return min(wanted, int(budget_that_fits(self.context_tokens, self.reply_tokens) * CONTEXT_SAFETY))
+
+    def sized(self, context: AgentContext) -> AgentContext:
+        """The context with the budget the model's context allows, at the server's own characters per token.
+
+        The server's tokenizer (where it has one) measures the first prompt once; its ratio then
+        sizes every prompt of the run.
+        """
+        context = replace(context, token_budget=self.prompt_budget(context.token_budget),
+                          chars_per_token=self.chars_per_token or context.chars_per_token)
+        if not self._measured:
+            self._measured = True
+            text = "\n\n".join(message["content"] for message in build_messages(context))
+            counted = served_token_count(self.base_url, self.model, text, self._api_key)
+            if counted:
+                self.chars_per_token = len(text) / counted
+                context = replace(context, chars_per_token=self.chars_per_token)
+        return context
+
+    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None],
+                on_writing: Callable[[int], None] | None = None) -> Candidate:
+        context = self.sized(context)
         messages = build_messages(context)
+        limit = {self.completion_limit_parameter: self.reply_tokens}
         error = "no attempt made"
-        description = ""
+        description = notes = ""
         for attempt in range(1, self.max_attempts + 1):
-            reply, cut_off = self._complete(messages, attempt, record_call, context=context)
+            try:
+                reply, finish_reason = self._complete(messages, attempt, record_call, limit, context, on_writing)
+            except PromptTooLong as exc:
+                if attempt == 1:
+                    raise
+                size = exc.overflow.context_tokens
+                raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}; the repair conversation does "
+                                      "not fit the model's context ("
+                                      + (f"{size:,} tokens)" if size else "the server did not give its size)"),
+                                      description, notes) from None
+            cut_off = finish_reason == "length"
             try:
                 check_reply_size(reply, cut_off)
                 parsed = parse_reply(reply)
-                description = parsed.description
+                description, notes = parsed.description, parsed.notes
                 changed = apply_blocks(context.files, parsed.blocks)
                 if not changed:
                     raise EditError("the blocks change nothing")
-                return Candidate(description=parsed.description, changed=changed, blocks=parsed.blocks)
+                return Candidate(description=parsed.description, changed=changed, blocks=parsed.blocks,
+                                 notes=parsed.notes)
             except EditError as exc:
                 error = str(exc)
                 if cut_off and "length limit" not in error:
                     error = f"the reply was cut off at the model's length limit; {error}"
-                messages = messages + [{"role": "assistant", "content": shorten(reply, KEPT_REPLY_CHARS)},
-                                       repair_message(error)]
-        raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description)
+            if attempt == self.max_attempts:
+                break
+            repaired = repair_conversation(messages, shorten(reply, KEPT_REPLY_CHARS), error, context.token_budget,
+                                           context.chars_per_token)
+            if repaired is None:
+                raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}; no repair turn fits the prompt "
+                                      f"budget of {context.token_budget:,} tokens", description, notes)
+            messages = repaired
+        raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description, notes)
 
     def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None],
-                  options: dict | None = None, context: AgentContext | None = None) -> tuple[str, bool]:
-        """The reply's text, and whether the model stopped at its length limit; every call is recorded."""
+                  options: dict | None = None, context: AgentContext | None = None,
+                  on_writing: Callable[[int], None] | None = None) -> tuple[str, str | None]:
+        """The reply's text and why the model stopped (`length`: at its limit), streamed; every call is recorded.
+
+        Giving up (the whole call past its time, or Ctrl-C) closes the stream, so the server stops writing.
+        """
         started = time.monotonic()
         options = dict(options or {})
         if self.temperature is not None:
             options["temperature"] = self.temperature
+        answer = StreamedAnswer(on_writing)
 
         def failed(unavailable: AgentUnavailable) -> AgentUnavailable:
-            record_call(LLMCall(attempt, self.model, messages, None, str(unavailable), None, None,
+            record_call(LLMCall(attempt, self.model, messages, answer.text or None, str(unavailable), None, None,
                                 time.monotonic() - started))
             return unavailable
 
+        def ask() -> None:
+            answer.read(self.client.chat.completions.create(
+                model=self.model, messages=messages, stream=True, stream_options={"include_usage": True}, **options))
+
         try:
-            response = call_within(self.request_timeout, lambda: self.client.chat.completions.create(
-                model=self.model, messages=messages, **options))
+            call_within(self.request_timeout, ask, give_up=answer.close)
         except (CallTimedOut, self._openai.APITimeoutError):
-            raise failed(AgentUnavailable(f"no answer from {self.base_url} within {self.request_timeout:g}s")) \
-                from None
+            closed = f" (stream closed after {len(answer.text):,} characters)" if answer.text else ""
+            raise failed(AgentUnavailable(f"no answer from {self.base_url} within {self.request_timeout:g}s"
+                                          f"{closed}")) from None
         except (self._openai.OpenAIError, ValueError) as exc:
             # ValueError: a body that is not JSON; the server is having a bad moment, like a 500.
             raise failed(self._refusal(exc, messages, context)) from None
-        choice = response.choices[0] if getattr(response, "choices", None) else None
-        if choice is None:  # a 200 without a completion (a proxy's error page): the server's fault
+        except Exception as exc:  # the connection broke mid-answer (httpx's errors are not the client's)
+            if not isinstance(exc, OSError) and not _is_transport_error(exc):
+                raise
+            raise failed(AgentUnavailable(f"the answer from {self.base_url} broke off after {len(answer.text):,} "
+                                          f"characters ({type(exc).__name__}: {exc})")) from None
+        if not answer.chunks:  # a 200 without a completion (a proxy's error page): the server's fault
             raise failed(AgentUnavailable(f"{self.base_url} answered without a completion"))
-        reply = getattr(getattr(choice, "message", None), "content", None) or ""
-        usage = getattr(response, "usage", None)
-        record_call(LLMCall(attempt, self.model, messages, shorten(reply, MAX_REPLY_CHARS), None,
-                            getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None),
-                            time.monotonic() - started))
-        return reply, getattr(choice, "finish_reason", None) == "length"
+        if answer.finish_reason is None:
+            raise failed(AgentUnavailable(f"the answer from {self.base_url} ended before the model finished "
+                                          f"({len(answer.text):,} characters, no finish reason)"))
+        usage = answer.usage
+        details = getattr(usage, "prompt_tokens_details", None)
+        counted = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        if usage is None:  # llama-cpp-python's stream says none: the estimate, so totals and --max-tokens still count
+            ratio = context.chars_per_token if context is not None else self.chars_per_token or CHARS_PER_TOKEN
+            written = estimate_tokens(answer.text, ratio)
+            limit = options.get(self.completion_limit_parameter)
+            counted = (prompt_tokens(messages, ratio), min(written, limit) if limit else written)
+        record_call(LLMCall(attempt, self.model, messages, shorten(answer.text, MAX_REPLY_CHARS), None, *counted,
+                            time.monotonic() - started, cached_tokens=getattr(details, "cached_tokens", None),
+                            finish_reason=answer.finish_reason))
+        return answer.text, answer.finish_reason
 
     def _refusal(self, exc: Exception, messages: list, context: AgentContext | None) -> AgentUnavailable:
         """What a failed request means for the run: worth another try later, or a setting to change first."""
@@ -250,26 +355,28 @@ class LLMAgent:
                                           retryable=False)
         return AgentUnavailable(f"{url} answered {said}")
 
-    def _overflow(self, overflow: ContextOverflow, messages: list, context: AgentContext | None) -> AgentUnavailable:
+    def _overflow(self, overflow: ContextOverflow, messages: list, context: AgentContext | None) -> PromptTooLong:
         """The prompt is longer than the model's context: how long each is, and the budget that would fit."""
-        estimated = prompt_tokens(messages)
+        estimated = prompt_tokens(messages, context.chars_per_token if context is not None else CHARS_PER_TOKEN)
         counted = f", {overflow.prompt_tokens:,} by the server's count" if overflow.prompt_tokens else ""
         limit = f"{overflow.context_tokens:,} tokens" if overflow.context_tokens else "the server did not give its size"
         problem = (f"the prompt (about {estimated:,} tokens by the tool's estimate{counted}) does not fit the "
                    f"context of model {self.model} at {self.base_url} ({limit})")
         if context is None or overflow.context_tokens is None:
             budget = f" from {context.token_budget:,}" if context is not None else ""
-            return AgentUnavailable(f"{problem}; lower the prompt token budget{budget}, or serve the model with a "
-                                    "longer context", retryable=False, remedy=Remedy("prompt_tokens"))
-        fits = budget_that_fits(overflow.context_tokens, estimated, overflow.prompt_tokens)
+            return PromptTooLong(f"{problem}; lower the prompt token budget{budget}, or serve the model with a "
+                                 "longer context", overflow, Remedy("prompt_tokens"))
+        fits = int(budget_that_fits(overflow.context_tokens, self.reply_tokens, estimated, overflow.prompt_tokens)
+                   * CONTEXT_SAFETY)
         smallest = smallest_prompt_tokens(context)
         if smallest > fits:
-            return AgentUnavailable(f"{problem}; even the shortest prompt (about {smallest:,} tokens: the "
-                                    "instructions, program.md and the editable files) would not leave room for the "
-                                    "reply: serve the model with a longer context", retryable=False)
-        return AgentUnavailable(f"{problem}; lower the prompt token budget from {context.token_budget:,} to "
-                                f"{fits:,} or less, or serve the model with a longer context", retryable=False,
-                                remedy=Remedy("prompt_tokens", str(fits)))
+            return PromptTooLong(f"{problem}; even the shortest prompt (about {smallest:,} tokens: the instructions, "
+                                 f"program.md and the editable files) would not leave room for a reply of "
+                                 f"{self.reply_tokens:,} tokens: serve the model with a longer context, or lower "
+                                 "the completion limit", overflow, Remedy("reply_tokens"))
+        return PromptTooLong(f"{problem}; lower the prompt token budget from {context.token_budget:,} to {fits:,} or "
+                             "less, or serve the model with a longer context", overflow,
+                             Remedy("prompt_tokens", str(fits)))
 
 
 def check_reply_size(reply: str, cut_off: bool) -> None:
@@ -281,12 +388,66 @@ def check_reply_size(reply: str, cut_off: bool) -> None:
                         "answer with one focused change and only the blocks it needs")
 
 
-def shorten(text: str, limit: int) -> str:
-    """text, or its head and tail with a note of how much was left out between them."""
-    if len(text) <= limit:
-        return text
-    half = limit // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:]}"
+class StreamedAnswer:
+    """A reply read from a stream of chunks; `close` (from another thread) ends it and its connection."""
+
+    def __init__(self, on_writing: Callable[[int], None] | None = None):
+        self.on_writing = on_writing
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.usage = None
+        self.chunks = 0
+        self._stream = None
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def read(self, stream) -> None:
+        with self._lock:
+            self._stream, closed = stream, self._closed
+        if closed:
+            self.close()
+            return
+        for chunk in stream:
+            self.chunks += 1
+            if getattr(chunk, "usage", None) is not None:
+                self.usage = chunk.usage
+            for choice in getattr(chunk, "choices", None) or ():
+                content = getattr(getattr(choice, "delta", None), "content", None)
+                if content:
+                    self.parts.append(content)
+                    if self.on_writing is not None:
+                        self.on_writing(sum(map(len, self.parts)))
+                if getattr(choice, "finish_reason", None):
+                    self.finish_reason = choice.finish_reason
+            if self._closed:
+                return
+
+    def close(self) -> None:
+        """Shut the connection at once (a read blocked on it ends, and the server sees the client go)."""
+        with self._lock:
+            self._closed, stream = True, self._stream
+        if stream is None:
+            return
+        network = getattr(getattr(stream, "response", None), "extensions", {}).get("network_stream")
+        sock = network.get_extra_info("socket") if network is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            stream.close()
+        except Exception:  # closing a connection another thread is reading: whatever it says, it is closed
+            pass
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    """An error of the HTTP layer under the client (httpx's), raised while a stream is read."""
+    return type(exc).__module__.split(".")[0] in ("httpx", "httpcore")
 
 
 # --- the mutate agent
@@ -313,7 +474,8 @@ class MutateAgent:
     def check(self, record_call: Callable[[LLMCall], None]) -> None:
         """Nothing to check: no endpoint."""
 
-    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None]) -> Candidate:
+    def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None],
+                on_writing: Callable[[int], None] | None = None) -> Candidate:
         target = context.recipe.editable[0]
         source = context.files[target]
         tunables = {tunable.name: tunable for tunable in context.recipe.tunable}

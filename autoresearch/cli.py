@@ -27,7 +27,7 @@ from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEF
 from autoresearch.runlock import WorkspaceBusy
 from autoresearch.settings import DEFAULT_MODEL, InvalidSetting, check_options
 from autoresearch.pricing import load_price_table
-from autoresearch.prompts import PROMPT_TOKEN_BUDGET
+from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 from autoresearch.recipe import builtin_recipes
 from autoresearch.review import (OUTCOMES, experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
@@ -150,10 +150,18 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         agent_backoff: Optional[float] = typer.Option(None, "--agent-backoff", help="Seconds to wait after a failed "
                                                       "LLM call; doubles with each failure in a row, up to 5 minutes "
                                                       "(default 5)." + RESUME_NOTE),
-        prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help=f"The most tokens (estimated "
-                                                    f"at four characters each) of the prompt for one proposal "
-                                                    f"(default {PROMPT_TOKEN_BUDGET:,}); lower it for a model with a "
-                                                    f"small context." + RESUME_NOTE),
+        prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help=f"The most tokens (estimated) of "
+                                                    f"the conversation for one proposal, repair turns included "
+                                                    f"(default {PROMPT_TOKEN_BUDGET:,}); less where the model's "
+                                                    f"context must also hold the reply." + RESUME_NOTE),
+        reply_tokens: Optional[int] = typer.Option(None, "--reply-tokens", help=f"The completion limit sent with "
+                                                   f"each proposal (default {DEFAULT_REPLY_TOKENS:,}): a local "
+                                                   f"server without one writes until its context is full."
+                                                   + RESUME_NOTE),
+        context_tokens: Optional[int] = typer.Option(None, "--context-tokens", help="The model's context window in "
+                                                     "tokens (default: what the server reports: vLLM, llama.cpp); "
+                                                     "the prompt budget leaves the completion limit's room in it."
+                                                     + RESUME_NOTE),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
                                                  "the run's LLM spending past this many dollars (prices: "
                                                  "autoresearch.yaml)." + RESUME_NOTE),
@@ -184,7 +192,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         hours=hours, min_delta=min_delta, noise_runs=noise_runs, noise_multiple=noise_multiple,
         confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
         agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens,
-        prompt_tokens=prompt_tokens, sandbox=sandbox, slots=slots, gpus=gpus, draft_ahead=draft_ahead).items() if value is not None}
+        prompt_tokens=prompt_tokens, reply_tokens=reply_tokens, context_tokens=context_tokens,
+        sandbox=sandbox, slots=slots, gpus=gpus, draft_ahead=draft_ahead).items() if value is not None}
     with user_errors():
         for name in (tag, resume):
             if name is not None:

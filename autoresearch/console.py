@@ -2,9 +2,11 @@
 
 Domain code never prints: the loop calls a Reporter. `PlainReporter` writes one line per event to
 stderr (log files, nohup, CI); `LiveReporter` keeps a live panel: the run, the experiment and its
-phase, a progress bar of the training budget with the latest values the training printed
-(`name: value`, `name=value` or `| name value |`), the best so far and its gain over the baseline,
-the counts of outcomes, the tokens and dollars spent on the LLM so far, and the last few experiments.
+phase (while proposing, how much the model has written of its streamed reply), a progress bar of
+the training budget with the latest values the training printed (`name: value`, `name=value` or
+`| name value |`), the best so far and its gain over the baseline, the counts of outcomes, the
+tokens (and how many the server read from its prompt cache) and dollars spent on the LLM so far,
+and the last few experiments.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rich.text import Text
 from autoresearch import gains
 
 MAX_PROGRESS_VALUES = 6
+BUSY_PHASES = ("training", "evaluating", "deciding")  # a slot's row shows no draft over these
 OUTCOME_STYLES = {"keep": "green", "discard": "yellow", "crash": "red", "timeout": "magenta",
                   "invalid": "bright_black", "interrupted": "cyan", "running": "blue"}
 
@@ -83,11 +86,13 @@ class TokenTally:
     def __init__(self):
         self.prompt_tokens = 0
         self.completion_tokens = 0
+        self.cached_tokens = 0
         self.cost: float | None = 0.0
 
-    def add(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int, cost: float | None, cached_tokens: int = 0) -> None:
         self.prompt_tokens += prompt_tokens
         self.completion_tokens += completion_tokens
+        self.cached_tokens += cached_tokens
         if cost is None:
             if prompt_tokens or completion_tokens:
                 self.cost = None
@@ -96,7 +101,8 @@ class TokenTally:
 
     def describe(self) -> str:
         tokens = self.prompt_tokens + self.completion_tokens
-        return (f"tokens {format_tokens(tokens)} ({format_tokens(self.prompt_tokens)} in, "
+        cached = f", {format_tokens(self.cached_tokens)} of them cached" if self.cached_tokens else ""
+        return (f"tokens {format_tokens(tokens)} ({format_tokens(self.prompt_tokens)} in{cached}, "
                 f"{format_tokens(self.completion_tokens)} out), cost {format_cost(self.cost, tokens)}")
 
 
@@ -127,7 +133,11 @@ class Reporter:
     def keep_margin(self, margin: float | None) -> None:
         """The gain the next change must show over the best to be kept (beside the noise, it says why
         nothing is kept)."""
-    def tokens_used(self, prompt_tokens: int, completion_tokens: int, cost: float | None) -> None: ...
+    def tokens_used(self, prompt_tokens: int, completion_tokens: int, cost: float | None,
+                    cached_tokens: int = 0, number: int | None = None) -> None: ...
+    def llm_writing(self, characters: int, number: int | None = None) -> None:
+        """How much of its reply the model has written so far for experiment `number` (called from the
+        thread reading the stream)."""
     def note(self, text: str) -> None: ...
     def close(self) -> None: ...
 
@@ -215,11 +225,12 @@ class PlainReporter(Reporter):
             self._experiment_line(format_margin(margin))
         self.margin = margin
 
-    def tokens_used(self, prompt_tokens, completion_tokens, cost):
-        self.tally.add(prompt_tokens, completion_tokens, cost)
-        self._experiment_line(f"LLM call, {prompt_tokens} + {completion_tokens} tokens, "
+    def tokens_used(self, prompt_tokens, completion_tokens, cost, cached_tokens=0, number=None):
+        self.tally.add(prompt_tokens, completion_tokens, cost, cached_tokens)
+        cached = f" ({cached_tokens} cached)" if cached_tokens else ""
+        self._experiment_line(f"LLM call, {prompt_tokens}{cached} + {completion_tokens} tokens, "
                               f"{format_cost(cost, prompt_tokens + completion_tokens)}; run so far: "
-                              f"{self.tally.describe()}")
+                              f"{self.tally.describe()}", number)
 
     def note(self, text):
         self._line(text)
@@ -276,6 +287,8 @@ class LiveReporter(Reporter):
         self.drafts: list[int] = []
         self.run_progress = RunProgress()
         self.margin: float | None = None
+        self.writing: dict[int, int] = {}  # characters of the reply the model is streaming now, per draft
+        self.on_slot: dict[int, int] = {}  # the slot each experiment trained on last
         self.tally = TokenTally()
         self.best: float | None = None
         self.baseline: float | None = None
@@ -299,11 +312,19 @@ class LiveReporter(Reporter):
         self.number = number
 
     def phase(self, name, description=None, budget=None, grace=None, slot=None, number=None):
-        view = self.slots.setdefault(slot or 0, SlotView())
         number = self.number if number is None else number
+        slot = self.on_slot.get(number) if slot is None else slot
+        if slot is None:  # not on a slot yet (proposing): a slot's row shows it only while no slot is busy
+            if any(view.phase_name in BUSY_PHASES for view in self.slots.values()):
+                return
+            slot = 0
+        elif name in BUSY_PHASES:
+            self.on_slot[number] = slot
+        view = self.slots.setdefault(slot, SlotView())
         if view.number != number:
             view.description = "the unmodified recipe (baseline)" if number == 0 else ""
         view.number, view.phase_name, view.phase_started = number, name, time.monotonic()
+        self.writing.pop(number, None)
         if description:
             view.description = description
         view.budget = budget if budget is not None else (view.budget or self.budget)
@@ -319,8 +340,12 @@ class LiveReporter(Reporter):
     def drafting(self, numbers):
         self.drafts = list(numbers)
 
-    def tokens_used(self, prompt_tokens, completion_tokens, cost):
-        self.tally.add(prompt_tokens, completion_tokens, cost)
+    def tokens_used(self, prompt_tokens, completion_tokens, cost, cached_tokens=0, number=None):
+        self.tally.add(prompt_tokens, completion_tokens, cost, cached_tokens)
+        self.writing.pop(self.number if number is None else number, None)
+
+    def llm_writing(self, characters, number=None):
+        self.writing[self.number if number is None else number] = characters
 
     def experiment_finished(self, row, best, baseline):
         self.best, self.baseline = best, baseline
@@ -354,6 +379,9 @@ class LiveReporter(Reporter):
             where = f"slot {slot} · " if len(self.slots) > 1 else ""
             lines.append(Text(f"{where}experiment {view.number} · {view.phase_name} · {view.description}",
                               style="cyan"))
+            if view.phase_name == "proposing" and view.number in self.writing:
+                lines.append(Text(f"the model is writing its reply: {self.writing[view.number]:,} characters so far "
+                                  f"({format_duration(time.monotonic() - view.phase_started)})", style="dim"))
             if view.phase_name == "training" and view.budget:
                 bar = Table.grid(padding=(0, 1))
                 latest = "  ".join(f"{name} {value}" for name, value in view.progress.items()) or view.last_output
@@ -362,8 +390,10 @@ class LiveReporter(Reporter):
                             view.clock(elapsed), Text(latest, overflow="ellipsis", no_wrap=True))
                 lines.append(bar)
         if self.drafts:
-            lines.append(Text("drafting: " + ", ".join(f"experiment {number}" for number in self.drafts),
-                              style="dim"))
+            lines.append(Text("drafting: " + ", ".join(
+                f"experiment {number}" + (f" ({self.writing[number]:,} characters written)"
+                                          if number in self.writing else "") for number in self.drafts),
+                style="dim"))
         gain = ""
         if self.best is not None and self.baseline is not None:
             gain = f" (gain {gains.gain(self.best, self.baseline, self.direction):+.4g} over baseline)"

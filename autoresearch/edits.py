@@ -2,8 +2,9 @@
 
 The reply contract (docs and prompt agree on it):
 
-    DESCRIPTION: one line, becomes the commit message
     (free reasoning)
+    DESCRIPTION: one line, becomes the commit message
+    NOTES: optional lines the agent keeps for its later experiments
     train.py
     <<<<<<< SEARCH
     exact lines from the file
@@ -27,7 +28,9 @@ SEARCH_MARK = re.compile(r"^<{5,9} ?SEARCH\s*$")
 DIVIDER_MARK = re.compile(r"^={5,9}\s*$")
 REPLACE_MARK = re.compile(r"^>{5,9} ?REPLACE\s*$")
 DESCRIPTION_LINE = re.compile(r"^\s*\**DESCRIPTION\**\s*:\s*\**\s*(.+?)\s*$", re.IGNORECASE)
+NOTES_LINE = re.compile(r"^\s*\**NOTES\**\s*:\s*\**\s*(.*?)\s*$", re.IGNORECASE)
 MAX_DESCRIPTION_CHARS = 200
+MAX_NOTES_CHARS = 1_500
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class EditBlock:
 class ParsedReply:
     description: str
     blocks: tuple[EditBlock, ...]
+    notes: str = ""  # what the agent wrote under NOTES:, for its later prompts
 
 
 class EditError(ValueError):
@@ -67,7 +71,7 @@ def parse_reply(text: str) -> ParsedReply:
             index += 1
             continue
         filename = _filename_before(lines, index)
-        search, index = _collect(lines, index + 1, DIVIDER_MARK, "=======")
+        search, index = _collect(lines, index + 1, DIVIDER_MARK, "=======", before=REPLACE_MARK)
         replace, index = _collect(lines, index + 1, REPLACE_MARK, ">>>>>>> REPLACE")
         blocks.append(EditBlock(filename=filename, search=search, replace=replace))
         index += 1
@@ -75,7 +79,26 @@ def parse_reply(text: str) -> ParsedReply:
         raise EditError("the reply has no SEARCH/REPLACE block")
     if not description:
         raise EditError("the reply has no 'DESCRIPTION: ...' line")
-    return ParsedReply(description=description[:MAX_DESCRIPTION_CHARS], blocks=tuple(blocks))
+    return ParsedReply(description=description[:MAX_DESCRIPTION_CHARS], blocks=tuple(blocks), notes=parse_notes(text))
+
+
+def parse_notes(text: str) -> str:
+    """The lines under `NOTES:`, up to the description, the first block or its file's name; "" without them."""
+    lines = text.splitlines()
+    start = next((index for index, line in enumerate(lines) if NOTES_LINE.match(line)), None)
+    if start is None:
+        return ""
+    ends = {index for index, line in enumerate(lines) if SEARCH_MARK.match(line) or DESCRIPTION_LINE.match(line)
+            or line.strip().startswith("```")}
+    for index in [i for i in ends if SEARCH_MARK.match(lines[i])]:
+        above = [i for i in range(max(0, index - 3), index) if lines[i].strip()]
+        ends.update(above[-1:])  # the line naming the block's file
+    notes = [NOTES_LINE.match(lines[start]).group(1)]
+    for index in range(start + 1, len(lines)):
+        if index in ends:
+            break
+        notes.append(lines[index])
+    return "\n".join(notes).strip()[:MAX_NOTES_CHARS]
 
 
 def _filename_before(lines: list[str], search_index: int) -> str:
@@ -87,11 +110,17 @@ def _filename_before(lines: list[str], search_index: int) -> str:
     return ""
 
 
-def _collect(lines: list[str], start: int, end_mark: re.Pattern, end_text: str) -> tuple[str, int]:
+def _collect(lines: list[str], start: int, end_mark: re.Pattern, end_text: str,
+             before: re.Pattern | None = None) -> tuple[str, int]:
+    """The lines from start up to end_mark; a block that reaches `before` first lacks that line, one that
+    reaches the reply's end is cut off."""
     for index in range(start, len(lines)):
         if end_mark.match(lines[index]):
             body = "\n".join(lines[start:index])
             return (body + "\n" if index > start else ""), index
+        if before is not None and before.match(lines[index]):
+            raise EditError(f"the block at line {start} has no {end_text} line between its SEARCH part and its "
+                            "REPLACE line")
     raise EditError(f"a block is cut off: no '{end_text}' line after line {start}")
 
 

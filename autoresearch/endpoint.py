@@ -8,11 +8,20 @@ input length exceeds the context length"), and a completion limit sent under the
 does not take (OpenAI's reasoning models want `max_completion_tokens`, not `max_tokens`).
 
 The `openai` client's timeout bounds the connection and each read, not the whole answer: a server
-that sends a byte every few seconds never trips it. `call_within` bounds the whole call.
+that sends a byte every few seconds never trips it. `call_within` bounds the whole call, and hands
+a call it gives up on to `give_up` (the agent closes the answer's stream, so that the server stops
+generating it: llama.cpp goes on writing an abandoned answer at full speed while the connection
+stays open, and the retries queue behind it).
+
+What a local server says of itself, where it says it: the model's context (vLLM's `max_model_len`
+in `/v1/models`, llama.cpp's `n_ctx` in `/props`) and its tokenizer's count of a text (llama.cpp's
+and vLLM's `/tokenize`, llama-cpp-python's `/extras/tokenize/count`), which the agent uses to size
+its prompts. Hosted endpoints say neither.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from dataclasses import dataclass
@@ -27,10 +36,11 @@ class CallTimedOut(Exception):
     """The call gave no complete answer within its time."""
 
 
-def call_within(seconds: float, call: Callable[[], T]) -> T:
+def call_within(seconds: float, call: Callable[[], T], give_up: Callable[[], None] | None = None) -> T:
     """call() in a worker thread, waited for at most `seconds`; raises CallTimedOut past that.
 
-    A worker left behind ends with its request (each read still has the client's timeout); it only
+    Past the time, or on Ctrl-C, `give_up()` is called first (to close the connection, so the
+    worker's read ends and the server stops). A worker left behind ends with its request; it only
     holds the answer, so nothing of the run is touched by it. The wait is interruptible by Ctrl-C.
     """
     outcome: dict[str, object] = {}
@@ -45,7 +55,15 @@ def call_within(seconds: float, call: Callable[[], T]) -> T:
             done.set()
 
     threading.Thread(target=work, name="llm-call", daemon=True).start()
-    if not done.wait(seconds):
+    try:
+        finished = done.wait(seconds)
+    except BaseException:
+        if give_up is not None:
+            give_up()
+        raise
+    if not finished:
+        if give_up is not None:
+            give_up()
         raise CallTimedOut(f"no complete answer within {seconds:g}s")
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
@@ -118,3 +136,67 @@ def _count(field: object, text: str, patterns: tuple[str, ...]) -> int | None:
 def wants_max_completion_tokens(exc: Exception) -> bool:
     """A 400 saying the model refuses `max_tokens` and takes `max_completion_tokens` (OpenAI's reasoning models)."""
     return getattr(exc, "status_code", None) == 400 and "max_completion_tokens" in server_message(exc)
+
+
+# --- what a local server says of itself
+
+PROBE_SECONDS = 5.0
+
+
+def server_root(base_url: str) -> str:
+    """The server's own address: the base URL without its trailing /v1 (llama.cpp's /props lives there)."""
+    return re.sub(r"/v1/?$", "", base_url.rstrip("/"))
+
+
+def served_context_tokens(base_url: str, model: str, api_key: str | None = None) -> int | None:
+    """The model's context window as the server reports it (vLLM's /v1/models, llama.cpp's /props), else None."""
+    models = _get_json(base_url.rstrip("/") + "/models", api_key)
+    for entry in (models or {}).get("data") or []:
+        if isinstance(entry, dict) and entry.get("id") == model and isinstance(entry.get("max_model_len"), int):
+            return entry["max_model_len"]
+    props = _get_json(server_root(base_url) + "/props", api_key) or {}
+    settings = props.get("default_generation_settings") if isinstance(props, dict) else None
+    for found in ((settings or {}).get("n_ctx"), props.get("n_ctx") if isinstance(props, dict) else None):
+        if isinstance(found, int) and found > 0:
+            return found
+    return None
+
+
+def served_token_count(base_url: str, model: str, text: str, api_key: str | None = None) -> int | None:
+    """The server's tokenizer's count of text (llama.cpp's and vLLM's /tokenize, llama-cpp-python's
+    /extras/tokenize/count), else None."""
+    root = server_root(base_url)
+    for path, body in (("/tokenize", {"content": text, "model": model, "prompt": text}),
+                       ("/extras/tokenize/count", {"input": text, "model": model})):
+        answer = _post_json(root + path, body, api_key)
+        if not isinstance(answer, dict):
+            continue
+        if isinstance(answer.get("count"), int) and answer["count"] > 0:
+            return answer["count"]
+        tokens = answer.get("tokens")
+        if isinstance(tokens, list) and tokens:
+            return len(tokens)
+    return None
+
+
+def _get_json(url: str, api_key: str | None):
+    return _request_json(url, None, api_key)
+
+
+def _post_json(url: str, body: dict, api_key: str | None):
+    return _request_json(url, body, api_key)
+
+
+def _request_json(url: str, body: dict | None, api_key: str | None):
+    """The JSON a short request answers, or None for any failure: these facts are a bonus, never a need."""
+    import urllib.request  # here, not at the top: the review commands import this module and never ask
+
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_SECONDS) as response:
+            return json.loads(response.read(1_000_000))
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
+        return None

@@ -162,12 +162,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE runs ADD COLUMN slot_seconds REAL NOT NULL DEFAULT 0;
     ALTER TABLE experiments ADD COLUMN parent_number INTEGER;
     """,
+    # 7: the agent's side (issue 16): each call's input tokens the server read from its prompt cache (priced as
+    # cached) and why the model stopped (stop, length...), and the notes the agent keeps across experiments;
+    # the covering index of token sums gains the cached tokens
+    """
+    ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER;
+    ALTER TABLE llm_calls ADD COLUMN finish_reason TEXT;
+    ALTER TABLE experiments ADD COLUMN notes TEXT;
+    DROP INDEX llm_calls_tokens;
+    CREATE INDEX llm_calls_usage ON llm_calls(tag, experiment, model, prompt_tokens, completion_tokens, cached_tokens);
+    """,
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
                       "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
                       "started_at", "finished_at", "propose_seconds", "train_seconds", "total_seconds",
-                      "decision_json", "agent", "model", "evaluation_json", "parent_number")
+                      "decision_json", "agent", "model", "evaluation_json", "parent_number", "notes")
 # Every table with a row per run or per part of a run, children before the runs they refer to.
 RUN_TABLES = ("llm_calls", "training_runs", "verifications", "experiments", "runs")
 TRAINING_RUN_EXTRAS = frozenset({"evaluation_json", "evaluation_seconds", "sandbox", "stolen_seconds", "model_path",
@@ -467,12 +477,14 @@ class Ledger:
 
     def record_llm_call(self, tag: str, experiment: int, attempt: int, model: str | None, messages: list,
                         reply: str | None, error: str | None, prompt_tokens: int | None,
-                        completion_tokens: int | None, latency_seconds: float) -> None:
+                        completion_tokens: int | None, latency_seconds: float, cached_tokens: int | None = None,
+                        finish_reason: str | None = None) -> None:
         self._db.execute(
             "INSERT INTO llm_calls (tag, experiment, attempt, model, messages_json, reply, error, prompt_tokens,"
-            " completion_tokens, latency_seconds, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " completion_tokens, latency_seconds, created_at, cached_tokens, finish_reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (tag, experiment, attempt, model, json.dumps(messages), reply, error, prompt_tokens,
-             completion_tokens, latency_seconds, now_iso()))
+             completion_tokens, latency_seconds, now_iso(), cached_tokens, finish_reason))
 
     def llm_calls(self, tag: str, experiment: int | None = None) -> list[dict]:
         query, params = "SELECT * FROM llm_calls WHERE tag = ?", [tag]
@@ -488,7 +500,7 @@ class Ledger:
         return {row[0]: (row[1], row[2]) for row in rows}
 
     def token_usage(self, tag: str | None = None, between: tuple[int, int] | None = None) -> list[dict]:
-        """Prompt and completion tokens summed per run, experiment and model (to price them per model).
+        """Prompt, completion and cached prompt tokens summed per run, experiment and model (to price them per model).
 
         `between` (first, last) keeps the experiments numbered from first to last.
         """
@@ -496,14 +508,16 @@ class Ledger:
         if tag is not None and between is not None:
             where, params = where + " AND experiment BETWEEN ? AND ?", params + list(between)
         rows = self._db.execute("SELECT tag, experiment, model, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-                                " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COUNT(*) AS calls"
+                                " COALESCE(SUM(completion_tokens), 0) AS completion_tokens,"
+                                " COALESCE(SUM(cached_tokens), 0) AS cached_tokens, COUNT(*) AS calls"
                                 f" FROM llm_calls {where} GROUP BY tag, experiment, model", params)
         return [dict(row) for row in rows]
 
     def token_usage_by_model(self) -> list[dict]:
         """Prompt and completion tokens summed per run and model: a run's cost without a row per experiment."""
         rows = self._db.execute("SELECT tag, model, COALESCE(SUM(prompt_tokens), 0) AS prompt_tokens,"
-                                " COALESCE(SUM(completion_tokens), 0) AS completion_tokens, COUNT(*) AS calls"
+                                " COALESCE(SUM(completion_tokens), 0) AS completion_tokens,"
+                                " COALESCE(SUM(cached_tokens), 0) AS cached_tokens, COUNT(*) AS calls"
                                 " FROM llm_calls GROUP BY tag, model")
         return [dict(row) for row in rows]
 

@@ -31,12 +31,12 @@ from autoresearch.isolation import choose_sandbox
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import Ledger, best_row, now_iso
 from autoresearch.noise import NoiseFloor, decide
-from autoresearch.prompts import LineageEntry
+from autoresearch.prompts import LineageEntry, Standing
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
 from autoresearch.repo import RUN_BRANCH_PREFIX, Repo
 from autoresearch.pricing import LivePrices
 from autoresearch.recovery import reconcile, run_marker
-from autoresearch.review import run_usage
+from autoresearch.review import read_log_tail, run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.settings import InvalidSetting, RunOptions, check_options, override_records, run_slots, stored_settings
 from autoresearch.runner import Executor, LocalExecutor
@@ -113,6 +113,7 @@ class ResearchLoop:
         self.ledger = ledger or Ledger(workspace.ledger_path)
         self.prices = LivePrices(workspace.root, self.reporter.note)
         self.program = ""
+        self._best_diff: tuple[tuple[str, str] | None, str] = (None, "")  # (baseline, best) and their diff
         self.tag: str | None = None
         self._locks: list[RunLock | WorkspaceLock] = []
 
@@ -296,7 +297,8 @@ class ResearchLoop:
                                   f"{self.agent.name} ({described})" if described else self.agent.name)
         spent = run_usage(self.ledger, state.tag, self.prices.table())
         if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
-            self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"])
+            self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"],
+                                      spent["cached_tokens"])
         clock = _ActiveClock(self.ledger, state.tag)
         done = sum(n for outcome, n in self.ledger.outcome_counts().get(state.tag, {}).items() if outcome != "interrupted")
         try:
@@ -374,13 +376,15 @@ class ResearchLoop:
         """Every call goes in the ledger; the reporter hears of the tokens of each answered one (a failed
         call is told by the note that retries it, or by the line that stops the run)."""
         self.ledger.record_llm_call(tag, number, call.attempt, call.model, call.messages, call.reply, call.error,
-                                    call.prompt_tokens, call.completion_tokens, call.latency_seconds)
+                                    call.prompt_tokens, call.completion_tokens, call.latency_seconds,
+                                    cached_tokens=call.cached_tokens, finish_reason=call.finish_reason)
         if call.error is not None:
             return
         prices = self.prices.table()
         prompt_tokens, completion_tokens = call.prompt_tokens or 0, call.completion_tokens or 0
-        cost = prices.cost(call.model, prompt_tokens, completion_tokens) if prices.is_known(call.model) else None
-        self.reporter.tokens_used(prompt_tokens, completion_tokens, cost)
+        cost = (prices.cost(call.model, prompt_tokens, completion_tokens, call.cached_tokens or 0)
+                if prices.is_known(call.model) else None)
+        self.reporter.tokens_used(prompt_tokens, completion_tokens, cost, call.cached_tokens or 0, number=number)
 
     def _make_trainer(self, state: RunState, options: RunOptions) -> Trainer:
         """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox."""
@@ -535,17 +539,30 @@ class ResearchLoop:
             self.reporter.note(f"{exc}; using the last version read")
         return self.program
 
-    def _lineage(self, tag: str) -> tuple[LineageEntry, ...]:
-        entries = []
+    def _lineage(self, tag: str, rows: list[dict]) -> tuple[LineageEntry, ...]:
+        """The closed experiments as the agent sees them (rows: the run's experiments in order)."""
         direction = self.ledger.run(tag)["direction"]
-        for row in self.ledger.experiments(tag):
-            if row["outcome"] == "running":
-                continue
-            entries.append(LineageEntry(number=row["number"], outcome=row["outcome"], reason=row["reason"],
-                                        metric=row["metric"],
-                                        gain=gain_or_none(row["metric"], row["best_before"], direction), description=row["description"] or "",
-                                        log_tail=row["log_tail"] or ""))
-        return tuple(entries)
+        return tuple(LineageEntry(number=row["number"], outcome=row["outcome"], reason=row["reason"],
+                                  metric=row["metric"], gain=gain_or_none(row["metric"], row["best_before"], direction),
+                                  description=row["description"] or "", log_tail=row["log_tail"] or "",
+                                  diff=row["diff"] or "")
+                     for row in rows if row["outcome"] != "running")
+
+    def _standing(self, state: RunState, rows: list[dict]) -> dict:
+        """The baseline and the best with their training numbers, the best's whole diff and its log's end."""
+        kept = [row for row in rows if row["outcome"] == "keep"]
+        if not kept:
+            return {}
+        baseline, best = kept[0], best_row(self.ledger.run(state.tag), kept)
+        diff = ""
+        if best["number"] != baseline["number"] and baseline["commit_sha"] and best["commit_sha"]:
+            key = (baseline["commit_sha"], best["commit_sha"])
+            if self._best_diff[0] != key:
+                self._best_diff = (key, state.worktree.diff(*key, state.recipe_path))
+            diff = self._best_diff[1]
+        return {"baseline": Standing(baseline["number"], baseline["metric"], baseline.get("summary") or {}),
+                "best": Standing(best["number"], best["metric"], best.get("summary") or {}),
+                "best_diff": diff, "best_log_tail": read_log_tail(best["log_path"]) or ""}
 
 
 class _ActiveClock:

@@ -1,11 +1,15 @@
 """What LLM tokens cost: a per-model price table, with defaults, overridable in the workspace config.
 
-Prices are US dollars per million tokens, input and output. Local endpoints (vLLM, Ollama,
-llama.cpp) have no entry and cost nothing. The workspace may add or override models in
-`autoresearch.yaml`:
+Prices are US dollars per million tokens: input, output, and cached input (input tokens the
+provider read from its prompt cache, which the big providers bill at a fraction of the input
+price). Local endpoints (vLLM, Ollama, llama.cpp) have no entry and cost nothing. The workspace may
+add or override models in `autoresearch.yaml` (`cached` defaults to the input price: no discount
+assumed where none is known):
 
     prices:
-      my-finetune: {input: 0.5, output: 1.5}
+      my-finetune: {input: 0.5, output: 1.5, cached: 0.05}
+
+`call_cost` is the one place a call is priced; everything that sums dollars goes through it.
 """
 
 from __future__ import annotations
@@ -20,34 +24,55 @@ from autoresearch.errors import UserError
 
 CONFIG_FILE = "autoresearch.yaml"
 
-# Public list prices (USD per 1M tokens) of common hosted models; a model not listed costs 0.
-DEFAULT_PRICES: dict[str, tuple[float, float]] = {
-    "gpt-5": (1.25, 10.0),
-    "gpt-5-mini": (0.25, 2.0),
-    "gpt-5-nano": (0.05, 0.4),
-    "gpt-4.1": (2.0, 8.0),
-    "gpt-4.1-mini": (0.4, 1.6),
-    "gpt-4.1-nano": (0.1, 0.4),
-    "gpt-4o": (2.5, 10.0),
-    "gpt-4o-mini": (0.15, 0.6),
-    "o3": (2.0, 8.0),
-    "o4-mini": (1.1, 4.4),
-    "claude-sonnet-4": (3.0, 15.0),
-    "claude-opus-4": (15.0, 75.0),
-    "claude-haiku-4": (1.0, 5.0),
-    "gemini-2.5-pro": (1.25, 10.0),
-    "gemini-2.5-flash": (0.3, 2.5),
-    "deepseek-chat": (0.27, 1.1),
-    "deepseek-reasoner": (0.55, 2.19),
+
+@dataclass(frozen=True)
+class Price:
+    """Dollars per million tokens of one model."""
+
+    input: float
+    output: float
+    cached: float  # input tokens read from the provider's prompt cache
+
+
+# Public list prices (USD per 1M tokens: input, output, cached input) of common hosted models, from the
+# providers' price pages (2025). Cached input: OpenAI bills it at 10% of input for the gpt-5 family, 25% for
+# gpt-4.1, o3 and o4-mini, 50% for gpt-4o (caching is automatic past 1,024 identical leading tokens); Google
+# 25% for Gemini 2.5 (implicit caching); DeepSeek about 25% (its disk cache, automatic); Anthropic 10%, but
+# only for prompts marked for caching, which this tool does not mark, so its models get no discount here.
+# A model not listed costs 0.
+DEFAULT_PRICES: dict[str, Price] = {
+    "gpt-5": Price(1.25, 10.0, 0.125),
+    "gpt-5-mini": Price(0.25, 2.0, 0.025),
+    "gpt-5-nano": Price(0.05, 0.4, 0.005),
+    "gpt-4.1": Price(2.0, 8.0, 0.5),
+    "gpt-4.1-mini": Price(0.4, 1.6, 0.1),
+    "gpt-4.1-nano": Price(0.1, 0.4, 0.025),
+    "gpt-4o": Price(2.5, 10.0, 1.25),
+    "gpt-4o-mini": Price(0.15, 0.6, 0.075),
+    "o3": Price(2.0, 8.0, 0.5),
+    "o4-mini": Price(1.1, 4.4, 0.275),
+    "claude-sonnet-4": Price(3.0, 15.0, 3.0),
+    "claude-opus-4": Price(15.0, 75.0, 15.0),
+    "claude-haiku-4": Price(1.0, 5.0, 1.0),
+    "gemini-2.5-pro": Price(1.25, 10.0, 0.31),
+    "gemini-2.5-flash": Price(0.3, 2.5, 0.075),
+    "deepseek-chat": Price(0.27, 1.1, 0.07),
+    "deepseek-reasoner": Price(0.55, 2.19, 0.14),
 }
+
+
+def call_cost(price: Price, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+    """Dollars for one call (or a sum of calls of one model): cached input at its own price."""
+    cached = min(max(cached_tokens or 0, 0), prompt_tokens)
+    return ((prompt_tokens - cached) * price.input + cached * price.cached + completion_tokens * price.output) / 1e6
 
 
 @dataclass(frozen=True)
 class PriceTable:
-    prices: dict[str, tuple[float, float]]
+    prices: dict[str, Price]
 
-    def price(self, model: str | None) -> tuple[float, float] | None:
-        """(input, output) dollars per 1M tokens; a dated or prefixed name falls back to its base name."""
+    def price(self, model: str | None) -> Price | None:
+        """Dollars per 1M tokens; a dated or prefixed name falls back to its base name."""
         if not model:
             return None
         name = model.split("/")[-1].lower()
@@ -58,11 +83,9 @@ class PriceTable:
                 return self.prices[known]
         return None
 
-    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float:
+    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
         price = self.price(model)
-        if price is None:
-            return 0.0
-        return (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+        return 0.0 if price is None else call_cost(price, prompt_tokens, completion_tokens, cached_tokens)
 
     def is_known(self, model: str | None) -> bool:
         return self.price(model) is not None
@@ -111,7 +134,9 @@ def load_price_table(workspace_root: Path | None = None) -> PriceTable:
                 raise UserError(f"{path}: expected `prices:` mapping model names to {{input: .., output: ..}}")
             for model, entry in (config.get("prices") or {}).items():
                 try:
-                    prices[str(model).lower()] = (float(entry["input"]), float(entry["output"]))
-                except (TypeError, KeyError, ValueError):
-                    raise UserError(f"{path}: prices.{model} needs numeric input and output (USD per 1M tokens)") from None
+                    prices[str(model).lower()] = Price(float(entry["input"]), float(entry["output"]),
+                                                       float(entry.get("cached", entry["input"])))
+                except (TypeError, KeyError, ValueError, AttributeError):
+                    raise UserError(f"{path}: prices.{model} needs numeric input and output, and cached if given "
+                                    "(USD per 1M tokens)") from None
     return PriceTable(prices)

@@ -1,37 +1,75 @@
 """What the LLM agent is told: the tool, the reply contract, program.md, the recipe and the lineage.
 
-The lineage is what earlier experiments found: outcome (typed, with its reason), metric, gain
-over the best before it and description for the most recent ones, and the log tail of recent
-failures, so the agent repairs near-misses instead of repeating them.
+The order is made for caching. A server's prefix cache (llama.cpp's slot cache, vLLM's prefix
+caching) and hosted prompt caching (OpenAI's, automatic past 1,024 identical leading tokens) only
+reuse the leading part of a prompt that is the same as before, so what changes rarely comes first
+and what changes every experiment last:
+
+1. the system message (the tool and the reply contract: never changes);
+2. program.md (changes when the person edits it), the recipe's facts and the hardware;
+3. the current editable files (they change only when a change is kept);
+4. where the run stands: the baseline's and the best's metric and training numbers (steps, time
+   per step, memory, parameters), the noise floor, the best commit's whole diff against the
+   baseline and the end of its log (all of it changes only when a change is kept);
+5. the agent's own notes (its `NOTES:` of earlier replies, most recent first);
+6. the lineage: every experiment's outcome (typed, with its reason), metric, gain over the best
+   before it and description, the log tails of recent failures and what recent discarded tries
+   changed (their diffs' changed lines); it changes every experiment;
+7. the task, with the reply contract again in brief (some chat templates drop system messages).
 
 The prompt stays within a token budget however long the run is: what grows with the run (the
-lineage and the failures' logs) gets the budget left after the fixed parts; the most recent
-experiments are listed one by one and the older ones summarised (counts by outcome and reason, the
-best kept changes). When even that is too long, fewer rows and shorter log tails are shown.
-Tokens are estimated at four characters each, which is close enough for a budget.
+state's diff and log, the notes, the lineage and its logs and diffs) gets the budget left after
+the fixed parts and the room kept for a repair turn; the most recent experiments are listed one by
+one and the older ones summarised (counts by outcome and reason, the best kept changes). When even
+that is too long, fewer rows, fewer diffs and shorter log tails are shown. Tokens are estimated
+from characters (`estimate_tokens`): 3.3 a token, what SmolLM2's and Gemma 3's tokenizers made of
+this prompt through llama.cpp (OpenAI's make 3.8 of it: BENCHMARKS.md, so there the estimate errs
+on the side of a shorter prompt), or the ratio a server's own tokenizer measured on the first
+prompt (`chars_per_token`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from autoresearch.edits import MAX_NOTES_CHARS
 from autoresearch.recipe import Recipe
 
 LINEAGE_ROWS = 20
 FAILURE_TAILS = 3
 FAILURE_TAIL_LINES = 15
 PROMPT_TOKEN_BUDGET = 12_000
-CHARS_PER_TOKEN = 4
+DEFAULT_REPLY_TOKENS = 4_096  # the completion limit of a proposal: a focused change with its reasoning fits
+CHARS_PER_TOKEN = 3.3
 MIN_HISTORY_TOKENS = 1_000
-# (rows listed one by one, failures shown with their log, lines of each log), most detailed first
-HISTORY_LEVELS = ((LINEAGE_ROWS, FAILURE_TAILS, FAILURE_TAIL_LINES), (20, 2, 10), (12, 2, 8), (8, 1, 8),
-                  (5, 1, 5), (3, 0, 0), (0, 0, 0))
+# (rows listed one by one, failures shown with their log, lines of each log, discarded tries shown with their
+# diff), most detailed first
+HISTORY_LEVELS = ((LINEAGE_ROWS, FAILURE_TAILS, FAILURE_TAIL_LINES, 5), (20, 2, 10, 3), (12, 2, 8, 2), (8, 1, 8, 1),
+                  (5, 1, 5, 0), (3, 0, 0, 0), (0, 0, 0, 0))
+# (lines of the best commit's diff against the baseline, lines of its log tail), most detailed first
+STATE_LEVELS = ((200, 12), (80, 6), (30, 0), (0, 0))
 SUMMARY_BEST_KEPT = 5
 ENTRY_TEXT_CHARS = 200  # a description or a reason, in the lineage table
-REPLY_FRACTION = 0.25  # of a model's context, left for the reply by a prompt that must fit it
 TAIL_LINE_CHARS = 300
+TRY_DIFF_LINES = 12  # changed lines shown of each recent discarded try
+NOTES_TOKENS = 1_000  # of the notes section in a prompt: the most recent notes first, until it is full
+REPAIR_ROOM_TOKENS = 1_500  # of the budget, kept for a repair turn (the failed reply shortened, what went wrong)
+MIN_REPAIR_ROOM_FRACTION = 0.25  # ...or this share of a small budget
+MIN_KEPT_REPLY_TOKENS = 150  # a failed reply shorter than this in a repair turn is no use to the model
+SUMMARY_VALUES = 12  # training numbers shown of the baseline and the best
 
-SYSTEM_PROMPT = """\
+REPLY_FORM = """\
+(your reasoning first, briefly: what the numbers and earlier experiments say, and your hypothesis)
+DESCRIPTION: one line saying what the change is (it becomes the commit message)
+NOTES: (optional, a few lines) what you want to remember in later experiments: your plan, what you learned
+train.py
+<<<<<<< SEARCH
+exact lines copied from the current file
+=======
+the lines that replace them
+>>>>>>> REPLACE"""
+
+SYSTEM_PROMPT = f"""\
 You are the research agent of autoresearch, a tool that runs machine-learning experiments overnight.
 Each experiment: you propose ONE change to the editable files of a training recipe; the tool commits
 it, trains it in a sandbox for a fixed wall-clock budget, and keeps the change if the validation
@@ -40,23 +78,23 @@ and saves its model (through the fixed prepare.py); the tool itself evaluates th
 data the training never sees, and refuses a model that looks at future tokens. A number the training
 prints is not the metric. You see what earlier experiments found; learn from them, do not repeat
 failures, and prefer changes with a clear hypothesis. The training time is fixed, so a change that
-makes each step slower must earn it.
+makes each step slower must earn it: the steps reached and the time per step of the baseline and the
+best are given.
 
 Answer in exactly this form:
 
-DESCRIPTION: one line saying what the change is (it becomes the commit message)
-(your reasoning, briefly)
-train.py
-<<<<<<< SEARCH
-exact lines copied from the current file
-=======
-the lines that replace them
->>>>>>> REPLACE
+{REPLY_FORM}
 
 The line before each block names the file it edits. Several blocks may follow each other. The
 SEARCH part must match the current file exactly (copy whole lines) and must be unique in it. Only
 the editable files may be changed; the random seed is set by the tool, not by you: an edit that
-reads, sets or removes a seed is refused."""
+reads, sets or removes a seed is refused. Your NOTES are shown to you in the next experiments' prompts
+(the latest few): use them to follow a plan across experiments."""
+
+CONTRACT_REMINDER = f"""\
+Answer in the required form (your reasoning, then DESCRIPTION, optional NOTES, then the blocks):
+
+{REPLY_FORM}"""
 
 
 @dataclass(frozen=True)
@@ -70,6 +108,24 @@ class LineageEntry:
     gain: float | None  # over the best before it; positive is better
     description: str
     log_tail: str = ""
+    diff: str = ""  # what it changed, as proposed (for tries that were not kept)
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One experiment the agent measures against (the baseline, the best): its metric and training numbers."""
+
+    number: int
+    metric: float | None
+    summary: dict = field(default_factory=dict)  # what its training printed: steps, seconds, memory, parameters
+
+
+@dataclass(frozen=True)
+class Note:
+    """What the agent wrote under NOTES: in the reply of one experiment."""
+
+    number: int
+    text: str
 
 
 @dataclass(frozen=True)
@@ -88,71 +144,170 @@ class AgentContext:
     noise_std: float | None = None  # run-to-run spread of the metric across seeds (docs/noise.md)
     noise_runs: int = 0
     keep_margin: float | None = None  # the gain a first run must show over the best to be kept
-    token_budget: int = PROMPT_TOKEN_BUDGET  # for the whole prompt; the lineage gets what the rest leaves
+    token_budget: int = PROMPT_TOKEN_BUDGET  # for the whole conversation; the lineage gets what the rest leaves
     in_flight: tuple[str, ...] = ()  # experiments training now (drafting ahead): not to be proposed again
+    hardware: str = ""  # what the training runs on, in one line (hardware.describe_hardware)
+    baseline: Standing | None = None
+    best: Standing | None = None
+    best_diff: str = ""  # the best commit against the baseline, whole
+    best_log_tail: str = ""  # the end of the best's training log
+    notes: tuple[Note, ...] = ()  # oldest first
+    chars_per_token: float = CHARS_PER_TOKEN  # measured by the server's tokenizer where it offers one
 
 
 def build_messages(context: AgentContext) -> list[dict]:
-    """The chat messages for one proposal."""
+    """The chat messages for one proposal: what changes rarely first (see the module's docstring)."""
     recipe = context.recipe
     better = "lower" if recipe.direction == "lower" else "higher"
-    sections = [
-        "# Research direction (program.md)\n\n" + (context.program.strip() or "(empty)"),
-        "# The recipe\n\n"
-        f"- metric: {recipe.metric} ({better} is better)\n"
-        f"- training budget: {context.budget_seconds:g} seconds of wall clock\n"
-        f"- editable files: {', '.join(recipe.editable)}\n"
-        f"- fixed files (data and evaluation, cannot be changed): {', '.join(recipe.fixed)}\n"
-        + (f"- baseline {recipe.metric}: {context.baseline_metric:.6g}\n" if context.baseline_metric is not None else "")
-        + (f"- best {recipe.metric} so far: {context.best_metric:.6g}\n" if context.best_metric is not None else "")
-        + format_noise(context),
-    ]
-    closing = [f"# Current {name}\n\n```python\n{context.files.get(name, '')}\n```" for name in recipe.editable]
-    if context.in_flight:
+    leading = [format_program(context.program),
+               "# The recipe\n\n"
+               f"- metric: {recipe.metric} ({better} is better)\n"
+               f"- training budget: {context.budget_seconds:g} seconds of wall clock\n"
+               f"- editable files: {', '.join(recipe.editable)}\n"
+               f"- fixed files (data and evaluation, cannot be changed): {', '.join(recipe.fixed)}\n"
+               + (f"- hardware: {context.hardware}\n" if context.hardware else "")]
+    leading += [f"# Current {name}\n\n```python\n{context.files.get(name, '')}\n```" for name in recipe.editable]
+    closing = []
+    if context.in_flight:  # it changes with every draft, so it comes last, with the task
         closing.append("# Training now\n\nThese experiments are training while you draft; their results are not "
                        "known yet. Do not propose the same changes:\n" + "\n".join(
                            f"- training now: {_clip(entry)}" for entry in context.in_flight))
     closing.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
-                   f"{recipe.metric} {better}. Answer in the required form.")
-    fixed_tokens = estimate_tokens(SYSTEM_PROMPT + "\n\n".join(sections + closing))
-    history = format_history(context.lineage, max(MIN_HISTORY_TOKENS, context.token_budget - fixed_tokens))
-    user = "\n\n".join(sections + history + closing)
+                   f"{recipe.metric} {better}. {CONTRACT_REMINDER}")
+    size = lambda parts: estimate_tokens("\n\n".join(parts), context.chars_per_token)  # noqa: E731
+    room = context.token_budget - repair_room(context.token_budget) - size([SYSTEM_PROMPT, *leading, *closing])
+    state = []
+    for diff_lines, tail_lines in STATE_LEVELS:  # the standing takes at most half of what the history needs not
+        state = [format_standing(context, diff_lines, tail_lines)]
+        if size(state) <= max(0, room - MIN_HISTORY_TOKENS) // 2:
+            break
+    notes = format_notes(context.notes, min(NOTES_TOKENS, max(0, room - size(state) - MIN_HISTORY_TOKENS)),
+                         context.chars_per_token)
+    history = format_history(context.lineage, max(MIN_HISTORY_TOKENS, room - size(state + notes)),
+                             context.chars_per_token)
+    user = "\n\n".join(part for part in leading + state + notes + history + closing if part)
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-def estimate_tokens(text: str) -> int:
-    return len(text) // CHARS_PER_TOKEN + 1
+def estimate_tokens(text: str, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    """The one token estimate of the tool: characters at a measured ratio (see the module's docstring)."""
+    return int(len(text) / chars_per_token) + 1
 
 
-def prompt_tokens(messages: list[dict]) -> int:
+def prompt_tokens(messages: list[dict], chars_per_token: float = CHARS_PER_TOKEN) -> int:
     """The estimated size of a whole conversation, as the budget counts it."""
-    return estimate_tokens("\n\n".join(str(message.get("content") or "") for message in messages))
+    return estimate_tokens("\n\n".join(str(message.get("content") or "") for message in messages), chars_per_token)
+
+
+def repair_room(budget: int) -> int:
+    """Tokens of the budget a first prompt leaves for one repair turn."""
+    return min(REPAIR_ROOM_TOKENS, int(budget * MIN_REPAIR_ROOM_FRACTION))
 
 
 def smallest_prompt_tokens(context: AgentContext) -> int:
     """The estimated size of the shortest first prompt any budget gives: the history at its least."""
-    return prompt_tokens(build_messages(replace(context, token_budget=0)))
+    return prompt_tokens(build_messages(replace(context, token_budget=0)), context.chars_per_token)
 
 
-def budget_that_fits(context_tokens: int, estimated: int, counted: int | None) -> int:
-    """A prompt budget whose prompts leave a share of the model's context for the reply.
+def budget_that_fits(context_tokens: int, reply_tokens: int, estimated: int | None = None,
+                     counted: int | None = None) -> int:
+    """A prompt budget whose conversations leave the completion limit's room in the model's context.
 
     The budget is in estimated tokens; when the server counted a prompt the estimate sized, the
-    ratio of the two corrects the estimate (code is denser than four characters a token).
+    ratio of the two corrects the estimate.
     """
-    scale = estimated / counted if counted else 1.0
-    return int(context_tokens * (1 - REPLY_FRACTION) * scale)
+    scale = estimated / counted if estimated and counted else 1.0
+    return max(0, int((context_tokens - reply_tokens) * scale))
 
 
-def format_history(lineage: tuple[LineageEntry, ...], budget_tokens: int) -> list[str]:
-    """The lineage and the recent failures' logs, as detailed as budget_tokens allows."""
+def format_program(program: str) -> str:
+    """program.md under a heading of its own, unless it begins with one (no heading twice)."""
+    text = program.strip() or "(empty)"
+    if text.startswith("#"):
+        return f"{text}\n\n(the research direction above is program.md, the person's own words)"
+    return "# Research direction (program.md)\n\n" + text
+
+
+def format_standing(context: AgentContext, diff_lines: int, tail_lines: int) -> str:
+    """Where the run stands: the baseline and the best, their training numbers, the noise, the best's diff and log."""
+    metric = context.recipe.metric
+    lines = ["# Where the run stands", ""]
+    if context.baseline_metric is not None:
+        lines.append(f"- baseline {metric}: {context.baseline_metric:.6g}")
+    if context.best_metric is not None:
+        number = f" (experiment {context.best.number})" if context.best is not None else ""
+        lines.append(f"- best {metric} so far{number}: {context.best_metric:.6g}")
+    noise = format_noise(context)
+    if noise:
+        lines.append(noise.rstrip("\n"))
+    table = format_training_numbers(context.baseline, context.best)
+    if table:
+        lines += ["", "What the trainings printed (information, not the metric):", "", table]
+    if diff_lines and context.best_diff:
+        diff = context.best_diff.rstrip("\n").splitlines()
+        shown = "\n".join(diff[:diff_lines]) + (f"\n[... {len(diff) - diff_lines} more lines]"
+                                                if len(diff) > diff_lines else "")
+        lines += ["", "The best commit against the baseline (every change kept so far):", "```diff", shown, "```"]
+    if tail_lines and context.best_log_tail:
+        tail = "\n".join(line[-TAIL_LINE_CHARS:] for line in context.best_log_tail.splitlines()[-tail_lines:])
+        lines += ["", "The end of the best's training log:", "```", tail, "```"]
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def format_training_numbers(baseline: Standing | None, best: Standing | None) -> str:
+    """The baseline's and the best's training numbers side by side, with the time per step where it shows."""
+    columns = [(f"baseline (#{s.number})" if s is baseline else f"best (#{s.number})", with_step_time(s.summary))
+               for s in (baseline, best) if s is not None and s.summary]
+    if best is not None and baseline is not None and best.number == baseline.number:
+        columns = columns[:1]
+    if not columns:
+        return ""
+    names = list(dict.fromkeys(name for _, summary in columns for name in summary))[:SUMMARY_VALUES]
+    rows = ["| | " + " | ".join(title for title, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in names:
+        rows.append(f"| {name} | " + " | ".join(_number(summary.get(name)) for _, summary in columns) + " |")
+    return "\n".join(rows)
+
+
+def with_step_time(summary: dict) -> dict:
+    """The summary, with seconds per step when it says both the steps and the training time."""
+    steps = next((summary[k] for k in ("num_steps", "steps") if isinstance(summary.get(k), (int, float))), None)
+    seconds = next((summary[k] for k in ("training_seconds", "train_seconds", "training_time")
+                    if isinstance(summary.get(k), (int, float))), None)
+    if steps and seconds and "seconds_per_step" not in summary:
+        return {**summary, "seconds_per_step": seconds / steps}
+    return summary
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def format_notes(notes: tuple[Note, ...], budget_tokens: int, chars_per_token: float = CHARS_PER_TOKEN) -> list[str]:
+    """The agent's notes of earlier experiments, most recent first, as many as budget_tokens holds."""
+    shown: list[str] = []
+    heading = "# Your notes from earlier experiments (most recent first)"
+    for note in reversed(notes):
+        entry = f"Experiment {note.number}:\n{note.text[:MAX_NOTES_CHARS]}"
+        if estimate_tokens("\n\n".join([heading, *shown, entry]), chars_per_token) > budget_tokens:
+            break
+        shown.append(entry)
+    return ["\n\n".join([heading, *shown])] if shown else []
+
+
+def format_history(lineage: tuple[LineageEntry, ...], budget_tokens: int,
+                   chars_per_token: float = CHARS_PER_TOKEN) -> list[str]:
+    """The lineage, the recent failures' logs and the recent tries' diffs, as detailed as budget_tokens allows."""
     sections: list[str] = []
-    for rows, tails, tail_lines in HISTORY_LEVELS:
+    for rows, tails, tail_lines, tries in HISTORY_LEVELS:
         sections = ["# Experiments so far\n\n" + format_lineage(lineage, rows)]
         failures = format_failures(lineage, tails, tail_lines)
         if failures:
             sections.append("# Recent failures, with the end of their logs\n\n" + failures)
-        if estimate_tokens("\n\n".join(sections)) <= budget_tokens:
+        changed = format_tries(lineage, tries)
+        if changed:
+            sections.append("# What recent tries that were not kept changed (most recent first)\n\n" + changed)
+        if estimate_tokens("\n\n".join(sections), chars_per_token) <= budget_tokens:
             break
     return sections
 
@@ -233,6 +388,21 @@ def format_failures(lineage: tuple[LineageEntry, ...], count: int = FAILURE_TAIL
     return "\n\n".join(parts)
 
 
+def format_tries(lineage: tuple[LineageEntry, ...], count: int) -> str:
+    """The changed lines of the last `count` tries that were not kept (what they did, beyond their description)."""
+    if count <= 0:
+        return ""
+    tried = [e for e in lineage if e.outcome != "keep" and e.diff][-count:]
+    parts = []
+    for entry in reversed(tried):
+        changed = [line[:TAIL_LINE_CHARS] for line in entry.diff.splitlines()
+                   if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
+        more = f"\n[... {len(changed) - TRY_DIFF_LINES} more changed lines]" if len(changed) > TRY_DIFF_LINES else ""
+        parts.append(f"Experiment {entry.number} ({entry.outcome}): {_clip(entry.description)}\n```diff\n"
+                     + "\n".join(changed[:TRY_DIFF_LINES]) + more + "\n```")
+    return "\n\n".join(parts)
+
+
 def _clip(text: str, limit: int = ENTRY_TEXT_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -243,3 +413,31 @@ def repair_message(error: str) -> dict:
     return {"role": "user", "content": f"Your reply could not be applied: {error}\n\n"
                                        "Answer again in the required form, with SEARCH parts copied exactly "
                                        "from the current file."}
+
+
+def repair_conversation(messages: list[dict], reply: str, error: str, budget_tokens: int,
+                        chars_per_token: float = CHARS_PER_TOKEN) -> list[dict] | None:
+    """The conversation for the next attempt, within budget_tokens; None when no repair turn fits.
+
+    The failed reply is shortened to the room left (its head and tail, where the description and
+    the last blocks are). When even a short reply does not fit, the earlier repair turns go first,
+    oldest first: the first prompt and the latest failure are what the model needs.
+    """
+    repair = repair_message(error)
+    earlier = list(messages)
+    while True:
+        room = budget_tokens - prompt_tokens(earlier + [repair], chars_per_token)
+        if room >= MIN_KEPT_REPLY_TOKENS:
+            kept = shorten(reply, int(room * chars_per_token))
+            return earlier + [{"role": "assistant", "content": kept}, repair]
+        if len(earlier) <= 2:
+            return None
+        earlier = earlier[:2] + earlier[4:]  # the oldest repair turn: a failed reply and what was said of it
+
+
+def shorten(text: str, limit: int) -> str:
+    """text, or its head and tail with a note of how much was left out between them."""
+    if len(text) <= limit:
+        return text
+    half = max(0, limit - 60) // 2
+    return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:] if half else ''}"

@@ -16,7 +16,7 @@ from pathlib import Path
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger, best_row
-from autoresearch.pricing import PriceTable
+from autoresearch.pricing import Price, PriceTable, call_cost
 from autoresearch.runlock import LOCK_FILE
 
 OUTCOMES = ("keep", "discard", "crash", "timeout", "invalid", "interrupted")
@@ -68,7 +68,7 @@ def experiment_record(row: dict, direction: str, usage: dict | None = None,
 
     `gain` is the metric's gain over the best before it (positive is better, whatever the direction).
     """
-    usage = usage or {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    usage = usage or empty_usage()
     slot, device = place or (None, None)
     return {
         "tag": row["tag"],
@@ -94,12 +94,18 @@ def experiment_record(row: dict, direction: str, usage: dict | None = None,
         "duration_seconds": row["total_seconds"],
         "prompt_tokens": usage["prompt_tokens"],
         "completion_tokens": usage["completion_tokens"],
+        "cached_tokens": usage["cached_tokens"],  # of the prompt tokens, read from the server's prompt cache
         "cost_usd": usage["cost_usd"],
         "log_path": row["log_path"],
         "agent": row.get("agent"),  # which agent and model proposed it (a resume may switch them)
         "model": row.get("model"),
         "decision": row.get("decision"),  # the keep rule's numbers: gain, margin, noise, each run's metric and seed
+        "notes": row.get("notes"),  # what the agent wrote under NOTES: for its later experiments
     }
+
+
+def empty_usage() -> dict:
+    return {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cost_usd": 0.0}
 
 
 def usage_by_experiment(usage_rows: list[dict], prices: PriceTable | None) -> dict[int, dict]:
@@ -107,14 +113,14 @@ def usage_by_experiment(usage_rows: list[dict], prices: PriceTable | None) -> di
     totals: dict[int, dict] = {}
     pricer = _Pricer(prices)
     for row in usage_rows:
-        total = totals.setdefault(row["experiment"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        total = totals.setdefault(row["experiment"], empty_usage())
         _add_usage(total, row, pricer)
     return totals
 
 
 def run_usage(ledger: Ledger, tag: str, prices: PriceTable | None) -> dict:
-    """Prompt tokens, completion tokens and cost of every LLM call of a run (cost None if one had no price)."""
-    total = {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    """Prompt, completion and cached tokens and cost of every LLM call of a run (cost None if one had no price)."""
+    total = empty_usage()
     pricer = _Pricer(prices)
     for row in ledger.token_usage(tag):
         _add_usage(total, row, pricer)
@@ -126,19 +132,20 @@ class _Pricer:
 
     def __init__(self, prices: PriceTable | None):
         self.prices = prices
-        self._by_model: dict[str | None, tuple[float, float] | None] = {}
+        self._by_model: dict[str | None, Price | None] = {}
 
-    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
         if model not in self._by_model:
             self._by_model[model] = self.prices.price(model) if self.prices is not None else None
         price = self._by_model[model]
-        return None if price is None else (prompt_tokens * price[0] + completion_tokens * price[1]) / 1e6
+        return None if price is None else call_cost(price, prompt_tokens, completion_tokens, cached_tokens)
 
 
 def _add_usage(total: dict, row: dict, pricer: _Pricer) -> None:
     total["prompt_tokens"] += row["prompt_tokens"]
     total["completion_tokens"] += row["completion_tokens"]
-    cost = pricer.cost(row["model"], row["prompt_tokens"], row["completion_tokens"])
+    total["cached_tokens"] += row.get("cached_tokens") or 0
+    cost = pricer.cost(row["model"], row["prompt_tokens"], row["completion_tokens"], row.get("cached_tokens") or 0)
     if cost is None:
         if row["prompt_tokens"] or row["completion_tokens"]:
             total["cost_usd"] = None
@@ -163,6 +170,7 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
     costs = [r["cost_usd"] for r in records]
     usage = {"prompt_tokens": sum(r["prompt_tokens"] for r in records),
              "completion_tokens": sum(r["completion_tokens"] for r in records),
+             "cached_tokens": sum(r.get("cached_tokens") or 0 for r in records),
              "cost_usd": None if None in costs else sum(costs)}
     summary = _summary(run, counts, kept[0]["metric"] if kept else None,
                        best_row(run, kept)["metric"] if kept else None, usage, ledger.training_seconds().get(tag))
@@ -178,14 +186,13 @@ def run_summaries(ledger: Ledger, prices: PriceTable | None = None, runs_dir: Pa
     usage: dict[str, dict] = {}
     pricer = _Pricer(prices)
     for row in ledger.token_usage_by_model():  # prices are per token: per run and model is exact
-        total = usage.setdefault(row["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0})
+        total = usage.setdefault(row["tag"], empty_usage())
         _add_usage(total, row, pricer)
     verifications = ledger.latest_verifications()
     agents = ledger.agents_by_run()
     training = ledger.training_seconds()
     summaries = [_summary(run, counts.get(run["tag"], {}), *kept.get(run["tag"], (None, None)),
-                          usage.get(run["tag"], {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}),
-                          training.get(run["tag"]))
+                          usage.get(run["tag"], empty_usage()), training.get(run["tag"]))
                  for run in (_with_live_status(run, runs_dir) for run in ledger.runs())]
     for summary in summaries:
         summary["verification"] = verification_record(verifications.get(summary["tag"]))
@@ -234,6 +241,7 @@ def _summary(run: dict, counts: dict[str, int], baseline: float | None, best: fl
         "gain": gain_or_none(best, baseline, run["direction"]),
         "prompt_tokens": usage["prompt_tokens"],
         "completion_tokens": usage["completion_tokens"],
+        "cached_tokens": usage["cached_tokens"],
         "cost_usd": usage["cost_usd"],
         "sandbox": run.get("sandbox") or "-",  # the sandbox level its trainings ran under (docs/trust.md)
         "noise_std": run.get("noise_std"),  # the measured run-to-run spread of the metric (docs/noise.md)
@@ -375,12 +383,11 @@ def experiment_detail(ledger: Ledger, tag: str, number: int, prices: PriceTable 
 
 
 def _call_record(call: dict, prices: PriceTable | None, with_prompt: bool) -> dict:
-    prompt_tokens, completion_tokens = call["prompt_tokens"] or 0, call["completion_tokens"] or 0
-    cost = None
-    if prices is not None and prices.is_known(call["model"]):
-        cost = prices.cost(call["model"], prompt_tokens, completion_tokens)
+    cost = _Pricer(prices).cost(call["model"], call["prompt_tokens"] or 0, call["completion_tokens"] or 0,
+                                call.get("cached_tokens") or 0)
     record = {"attempt": call["attempt"], "model": call["model"], "prompt_tokens": call["prompt_tokens"],
-              "completion_tokens": call["completion_tokens"], "cost_usd": cost,
+              "completion_tokens": call["completion_tokens"], "cached_tokens": call.get("cached_tokens"),
+              "finish_reason": call.get("finish_reason"), "cost_usd": cost,
               "latency_seconds": call["latency_seconds"], "error": call["error"], "created_at": call["created_at"]}
     if with_prompt:
         record["messages"] = call["messages"]

@@ -35,7 +35,8 @@ from autoresearch.agents import Candidate, InvalidProposal
 from autoresearch.edits import EditError, apply_blocks, unified_diff
 from autoresearch.guard import check_candidate, editable_digest
 from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
-from autoresearch.prompts import AgentContext
+from autoresearch.hardware import describe_hardware
+from autoresearch.prompts import AgentContext, Note
 from autoresearch.recovery import LedgerTampered
 from autoresearch.repo import EXPERIMENT_REF_PREFIX
 from autoresearch.trainer import Slot, Ticket, Trained, TrainingRequest
@@ -97,6 +98,7 @@ class Scheduler:
         self.invalid_drafts = 0  # drafts found invalid since a training run last ended
         self.propose_times: list[float] = []
         self.train_times: list[float] = []
+        self.hardware: str | None = None  # described once, at the first draft
 
     # --- the loop
 
@@ -227,6 +229,9 @@ class Scheduler:
 
     def _context(self, number: int, files: dict[str, str]) -> AgentContext:
         state, options = self.state, self.options
+        rows = [row for row in self.loop.ledger.experiments(state.tag) if row["outcome"] != "running"]
+        if self.hardware is None:
+            self.hardware = describe_hardware()
         in_flight = tuple(f"experiment {flight.number}: {flight.description}" for flight in self.flights.values()
                           if flight.kind == "candidate") + tuple(
             f"experiment {draft.number}: {candidate.description} (waiting for a slot)"
@@ -234,11 +239,13 @@ class Scheduler:
         seen = frozenset(state.seen_hashes) | frozenset(editable_digest(state.recipe, flight.files)
                                                         for flight in self.flights.values() if flight.files)
         return AgentContext(number=number, program=self.loop._read_program(), recipe=state.recipe,
-                            budget_seconds=state.budget_seconds, files=files, lineage=self.loop._lineage(state.tag),
+                            budget_seconds=state.budget_seconds, files=files, lineage=self.loop._lineage(state.tag, rows),
                             best_metric=state.best_metric, baseline_metric=state.baseline_metric, seen_hashes=seen,
                             noise_std=state.noise.std, noise_runs=state.noise.runs,
                             keep_margin=self.loop._keep_margin(state, options), token_budget=options.prompt_tokens,
-                            in_flight=in_flight)
+                            in_flight=in_flight, hardware=self.hardware,
+                            notes=tuple(Note(row["number"], row["notes"]) for row in rows if row.get("notes")),
+                            **self.loop._standing(state, rows))
 
     def _start_draft(self, number: int | None = None) -> None:
         """A draft against the current best, in a thread of its own; a new experiment row unless `number` is given."""
@@ -262,7 +269,9 @@ class Scheduler:
         def work() -> None:
             try:
                 candidate = self.loop._ask_agent(self.options, f"experiment {number}",
-                                                 lambda: self.loop.agent.propose(context, record),
+                                                 lambda: self.loop.agent.propose(
+                                                     context, record, on_writing=lambda characters:
+                                                     self.loop.reporter.llm_writing(characters, number)),
                                                  note=lambda text: self.events.put(("note", text)))
                 self.events.put(("drafted", draft, candidate, None))
             except BaseException as exc:  # handed to the scheduler, which decides what it means
@@ -283,7 +292,7 @@ class Scheduler:
             flight = Flight(draft.number, "candidate", "", draft.parent, draft.parent_number, [], draft.started)
             self.flights[draft.number] = flight
             self._close(flight, "invalid", error.reason, None, None, description=error.description,
-                        propose_seconds=seconds)
+                        notes=error.notes or None, propose_seconds=seconds)
             return
         self.ready.append((draft, candidate, seconds))
 
@@ -303,7 +312,7 @@ class Scheduler:
                                         "drafting it again")
                 self._start_draft(draft.number)
                 return
-            candidate = Candidate(candidate.description, changed, candidate.blocks)
+            candidate = Candidate(candidate.description, changed, candidate.blocks, candidate.notes)
             flight.parent, flight.parent_number = state.best_commit, state.best_number
         self._commit(flight, candidate, files)
 
@@ -315,7 +324,7 @@ class Scheduler:
         editable = {name: candidate.changed.get(name, files[name]) for name in state.recipe.editable}
         digest = editable_digest(state.recipe, editable)
         self.loop.ledger.update_experiment(state.tag, flight.number, description=candidate.description,
-                                           files_hash=digest, propose_seconds=flight.propose_seconds,
+                                           notes=candidate.notes or None, files_hash=digest, propose_seconds=flight.propose_seconds,
                                            parent_sha=flight.parent, parent_number=flight.parent_number,
                                            diff=unified_diff({n: files[n] for n in candidate.changed},
                                                              candidate.changed))

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from autoresearch.errors import UserError
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
-from autoresearch.prompts import PROMPT_TOKEN_BUDGET
+from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 
 DEFAULT_MODEL = "gpt-5-mini"
 AGENTS = ("llm", "mutate")
@@ -35,7 +35,9 @@ class RunOptions:
     model: str = DEFAULT_MODEL
     base_url: str | None = None  # None: the hosted OpenAI endpoint
     llm_timeout: float = 600.0  # seconds one LLM request may take
-    prompt_tokens: int = PROMPT_TOKEN_BUDGET  # the estimated size of each proposal's first prompt, at most
+    prompt_tokens: int = PROMPT_TOKEN_BUDGET  # the estimated size of each proposal's conversation, at most
+    reply_tokens: int = DEFAULT_REPLY_TOKENS  # the completion limit sent with each proposal
+    context_tokens: int | None = None  # the model's context window; None: what the server reports, if it does
     budget_seconds: float | None = None  # None: the recipe's
     max_experiments: int | None = None
     hours: float | None = None
@@ -91,6 +93,11 @@ def check_options(options: RunOptions) -> None:
     _at_least("max_agent_failures", options.max_agent_failures, 1)
     _at_least("max_tokens", options.max_tokens, 1)
     _at_least("prompt_tokens", options.prompt_tokens, 1)
+    _at_least("reply_tokens", options.reply_tokens, 1)
+    _at_least("context_tokens", options.context_tokens, 2)
+    if options.context_tokens is not None and options.reply_tokens >= options.context_tokens:
+        raise InvalidSetting("reply_tokens", f"must be less than the model's context ({options.context_tokens:,} "
+                                             f"tokens), not {options.reply_tokens:,}")
     _at_least("slots", options.slots, 1)
     if options.gpus is not None:
         devices = [device.strip() for device in options.gpus.split(",")]

@@ -60,7 +60,7 @@ def run_spending(ledger: Ledger, tag: str, prices: PriceTable) -> Spending:
     per_experiment: dict[int, tuple[int, float]] = {}
     for usage in ledger.token_usage(tag):
         tokens = usage["prompt_tokens"] + usage["completion_tokens"]
-        cost = prices.cost(usage["model"], usage["prompt_tokens"], usage["completion_tokens"])
+        cost = prices.cost(usage["model"], usage["prompt_tokens"], usage["completion_tokens"], usage["cached_tokens"])
         have_tokens, have_cost = per_experiment.get(usage["experiment"], (0, 0.0))
         per_experiment[usage["experiment"]] = (have_tokens + tokens, have_cost + cost)
     recent = [per_experiment[number] for number in sorted(per_experiment)[-RECENT_EXPERIMENTS:]]

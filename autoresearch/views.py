@@ -243,7 +243,8 @@ def experiment_lines(detail: dict, summary: dict, with_prompt: bool = False, pai
                              f"; started {format_local_time(detail['started_at'])}", ""))
     tokens = detail["prompt_tokens"] + detail["completion_tokens"]
     calls = detail["llm_calls"]
-    facts.append(("tokens", f"{detail['prompt_tokens']} prompt + {detail['completion_tokens']} completion in "
+    cached = f" ({detail['cached_tokens']} of them cached)" if detail.get("cached_tokens") else ""
+    facts.append(("tokens", f"{detail['prompt_tokens']} prompt{cached} + {detail['completion_tokens']} completion in "
                             f"{plural(len(calls), 'LLM call')}; cost {format_cost(detail['cost_usd'], tokens)}", ""))
     facts.append(("agent", agent_name(detail.get("agent"), detail.get("model")), ""))
     facts.append(("seed", "-" if detail["seed"] is None else str(detail["seed"]), ""))
@@ -274,21 +275,61 @@ def experiment_lines(detail: dict, summary: dict, with_prompt: bool = False, pai
         lines.append(paint("the training printed nothing" if detail["log_tail"] == "" else "no log: it never trained",
                            "dim"))
 
+    if detail.get("notes"):
+        lines.append(rule("the agent's notes (shown to it in the next prompts)", paint, width))
+        lines += detail["notes"].splitlines()
+
     if with_prompt:
-        for call in calls:
-            name = "endpoint check" if call["attempt"] == ENDPOINT_CHECK_ATTEMPT else f"LLM call {call['attempt']}"
-            lines.append(rule(f"{name} · {call['model']} · "
-                              f"{call['prompt_tokens'] or 0}+{call['completion_tokens'] or 0} tokens", paint, width))
-            for message in call.get("messages") or []:
-                lines.append(paint(f"[{message.get('role', '?')}]", "bold cyan"))
-                lines += str(message.get("content", "")).splitlines()
-            lines.append(paint("[reply]", "bold green"))
-            reply = call["reply"] if call.get("reply") is not None else f"(no reply: {call['error']})"
-            lines += reply.splitlines()
+        lines += call_lines(calls, paint, width)
         if not calls:
             lines.append(rule("prompt", paint, width))
             lines.append(paint("no LLM call for this experiment", "dim"))
     return lines
+
+
+def call_lines(calls: list[dict], paint: Paint = no_paint, width: int = RULE_WIDTH) -> list[str]:
+    """Every LLM call of an experiment with its prompt and reply; a call that goes on an earlier one's
+    conversation shows only its new turns.
+
+    Proposal calls are numbered in order across the proposal's restarts (after a failed call the
+    loop asks again from the first prompt, and the agent's own attempts count from 1 again).
+    """
+    lines: list[str] = []
+    shown: list[tuple[str, list]] = []  # (name, messages) of the calls above
+    proposals = 0
+    for call in calls:
+        if call["attempt"] == ENDPOINT_CHECK_ATTEMPT:
+            name = "endpoint check"
+        else:
+            proposals += 1
+            restarted = call["attempt"] == 1 and proposals > 1
+            name = f"LLM call {proposals} (attempt {call['attempt']}{', asked again from the start' if restarted else ''})"
+        lines.append(rule(f"{name} · {call['model']} · {describe_call(call)}", paint, width))
+        messages = call.get("messages") or []
+        earlier = next(((title, len(before)) for title, before in reversed(shown)
+                        if before and messages[:len(before)] == before), None)
+        if earlier is not None:
+            lines.append(paint(f"(the {plural(earlier[1], 'message')} of {earlier[0]}, then:)", "dim"))
+        for message in messages[earlier[1] if earlier else 0:]:
+            lines.append(paint(f"[{message.get('role', '?')}]", "bold cyan"))
+            lines += str(message.get("content", "")).splitlines()
+        lines.append(paint("[reply]", "bold green"))
+        reply = call["reply"] if call.get("reply") is not None else f"(no reply: {call['error']})"
+        if call.get("reply") is not None and call.get("error"):
+            reply += f"\n(then the call failed: {call['error']})"
+        lines += reply.splitlines()
+        shown.append((name.split(" (")[0], messages))
+        if call.get("reply") is not None:  # a repair turn goes on with the reply as it was (or shortened)
+            shown.append((name.split(" (")[0], messages + [{"role": "assistant", "content": call["reply"]}]))
+    return lines
+
+
+def describe_call(call: dict) -> str:
+    """`4,210+380 tokens (3,900 cached) · 12.3s · stop`: its tokens, its latency and why the model stopped."""
+    cached = f" ({call['cached_tokens']:,} cached)" if call.get("cached_tokens") else ""
+    ended = "failed" if call.get("error") else (call.get("finish_reason") or "finish reason not recorded")
+    latency = format_seconds(call.get("latency_seconds"))
+    return f"{call['prompt_tokens'] or 0}+{call['completion_tokens'] or 0} tokens{cached} · {latency} · {ended}"
 
 
 def diff_style(line: str) -> str:

@@ -39,11 +39,11 @@ class PromptBuildingMutateAgent(MutateAgent):
         super().__init__(seed)
         self.prompt_seconds: list[float] = []
 
-    def propose(self, context, record_call):
+    def propose(self, context, record_call, on_writing=None):
         started = time.perf_counter()
         build_messages(context)
         self.prompt_seconds.append(time.perf_counter() - started)
-        return super().propose(context, record_call)
+        return super().propose(context, record_call, on_writing)
 
 
 def measure(experiments: int, sandbox: str) -> dict[str, float]:

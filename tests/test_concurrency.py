@@ -9,7 +9,6 @@ Everything here needs the sandbox (drafting ahead and slots do), as CI has it.
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import time
 from pathlib import Path

@@ -333,7 +333,8 @@ def test_show_prompt_prints_the_exact_prompt_and_reply(in_night):
     for message in calls[0]["messages"]:
         assert message["content"] in out
     assert calls[0]["reply"] in out
-    assert "LLM call 1 · gpt-5-mini · 1000+200 tokens" in out
+    assert "LLM call 1 (attempt 1) · gpt-5-mini · 1000+200 tokens · " in out
+    assert f"{calls[0]['latency_seconds']:.1f}s · stop" in out  # its latency and why the model stopped
 
 
 def test_show_the_baseline_lists_its_noise_runs(in_night):
@@ -531,7 +532,7 @@ def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):
         def __init__(self):
             self.calls = []
 
-        def tokens_used(self, prompt_tokens, completion_tokens, cost):
+        def tokens_used(self, prompt_tokens, completion_tokens, cost, cached_tokens=0):
             self.calls.append((prompt_tokens, completion_tokens, cost))
 
     fake_llm.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])

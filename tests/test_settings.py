@@ -40,6 +40,8 @@ def experiments(root, tag="t"):
     ("--noise-multiple", "inf", "--noise-multiple must be zero or more, not inf"),
     ("--max-agent-failures", "0", "--max-agent-failures must be at least 1, not 0"),
     ("--agent", "gpt", "--agent must be llm or mutate, not 'gpt'"),
+    ("--reply-tokens", "0", "--reply-tokens must be at least 1, not 0"),
+    ("--context-tokens", "1", "--context-tokens must be at least 2, not 1"),
 ])
 def test_a_setting_that_cannot_work_is_one_line_and_nothing_is_made(workspace, flag, value, words):
     result = invoke("run", "--agent", "mutate", flag, value)
@@ -49,12 +51,19 @@ def test_a_setting_that_cannot_work_is_one_line_and_nothing_is_made(workspace, f
     assert git(workspace, "branch", "--list", "autoresearch/*") == ""
 
 
+def test_a_completion_limit_that_fills_the_context_is_refused(workspace):
+    result = invoke("run", "--agent", "mutate", "--context-tokens", "4096", "--reply-tokens", "4096")
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: --reply-tokens must be less than the model's context (4,096 tokens), not 4,096"
+
+
 # --- resume goes on with the run's own settings
 
 def test_resume_keeps_every_setting_the_run_was_started_with(workspace):
     started = invoke("run", "--agent", "mutate", "--tag", "t", "--max-experiments", "2", "--seed", "7",
                      "--min-delta", "0.001", "--noise-runs", "0", "--confirm-runs", "1", "--hours", "5",
-                     "--budget", "3", "--max-tokens", "1000", "--noise-multiple", "1.5")
+                     "--budget", "3", "--max-tokens", "1000", "--noise-multiple", "1.5", "--reply-tokens", "2000",
+                     "--context-tokens", "8192")
     assert started.exit_code == 0, started.output
     config = Ledger(workspace / "runs/ledger.db").run("t")["config"]
     again = invoke("run", "--resume", "t")
@@ -65,6 +74,7 @@ def test_resume_keeps_every_setting_the_run_was_started_with(workspace):
     assert {key: run["config"][key] for key in config} == config
     assert (config["seed"], config["min_delta"], config["noise_runs"], config["confirm_runs"], config["hours"],
             config["budget_seconds"], config["max_tokens"], config["agent"]) == (7, 0.001, 0, 1, 5, 3, 1000, "mutate")
+    assert (config["reply_tokens"], config["context_tokens"]) == (2000, 8192)
 
 
 def test_a_flag_given_on_resume_overrides_that_setting_says_so_and_is_recorded(workspace):

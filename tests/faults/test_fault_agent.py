@@ -166,7 +166,8 @@ def test_cli_says_in_one_line_why_the_run_stopped_and_how_to_go_on(workspace, mo
      "edit did not apply: block 1 names 'model.py'; the files are: prepare.py,"),
     (reply("better eval", "    return (learning_rate - 0.3) ** 2 + 1.0 / width", "    return 0.0",
            filename="prepare.py"), "touched prepare.py"),
-    (BETTER + "\n" + "x" * (MAX_REPLY_CHARS + 1), "edit did not apply: the reply is"),
+    # a proxy that does not pass the completion limit on
+    ({"content": BETTER + "\n" + "x" * (MAX_REPLY_CHARS + 1), "ignore_limit": True}, "edit did not apply: the reply is"),
 ], ids=["empty", "empty-cut-off", "truncated", "truncated-length", "no-blocks", "unknown-file", "fixed-file",
         "enormous"])
 def test_reply_that_cannot_be_trained_is_invalid_and_the_reason_reaches_the_agent(workspace, fake_llm, answer,
@@ -184,7 +185,7 @@ def test_reply_that_cannot_be_trained_is_invalid_and_the_reason_reaches_the_agen
 
 
 def test_enormous_reply_is_not_sent_back_or_stored_whole(workspace, fake_llm):
-    enormous = BETTER + "\n" + "x" * 2_000_000
+    enormous = {"content": BETTER + "\n" + "x" * 300_000, "ignore_limit": True}
     loop, rows = run_with(fake_llm, [enormous, enormous, enormous, BETTER], max_experiments=2)
     assert rows[1]["outcome"] == "invalid"
     repair_request = json.dumps(fake_llm.requests[1]["messages"])

@@ -22,7 +22,7 @@ from autoresearch.cli import app
 from autoresearch.console import PlainReporter
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT, Ledger
 from autoresearch.loop import ResearchLoop, StopRun
-from autoresearch.prompts import PROMPT_TOKEN_BUDGET
+from autoresearch.prompts import PROMPT_TOKEN_BUDGET, estimate_tokens
 from autoresearch.workspace import Workspace
 
 REFUSED_KEY = {"status": 401, "body": {"error": {"message": "Incorrect API key provided: sk-wrong",
@@ -198,7 +198,7 @@ def test_a_prompt_longer_than_the_context_stops_at_once_saying_both_sizes(worksp
     assert len(fake_llm.requests) == 1  # not retried
     estimated = re.search(r"about ([\d,]+) tokens by the tool's estimate", message).group(1)
     prompt = fake_llm.requests[0]["messages"]
-    assert int(estimated.replace(",", "")) == len("\n\n".join(m["content"] for m in prompt)) // 4 + 1
+    assert int(estimated.replace(",", "")) == estimate_tokens("\n\n".join(m["content"] for m in prompt))
     assert f"does not fit the context of model fake-model at {fake_llm.base_url}" in message
     assert (f"({context_tokens:,} tokens)" if context_tokens else "(the server did not give its size)") in message
     assert (f"{counted or 0:,} by the server's count" in message) == (counted is not None)
@@ -242,7 +242,7 @@ def test_the_suggested_prompt_budget_fits_and_the_cli_takes_it(workspace, fake_l
     assert [row["outcome"] for row in rows] == ["keep", "crash", "crash", "crash"]
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
     fake_llm.set_script([server_with_a_small_context(3000)])
-    result = invoke("run", "--resume", TAG, "--model", "fake-model", "--max-experiments", "5")
+    result = invoke("run", "--resume", TAG, "--model", "fake-model", "--max-experiments", "5", "--reply-tokens", "1000")
     assert result.exit_code == 1 and len(fake_llm.requests) == 1
     line = result.output.strip().splitlines()[-1]
     suggested = re.search(r"--prompt-tokens (\d+)$", line).group(1)
@@ -250,6 +250,6 @@ def test_the_suggested_prompt_budget_fits_and_the_cli_takes_it(workspace, fake_l
     assert "(3,000 tokens)" in line and "by the server's count" in line
 
     result = invoke("run", "--resume", TAG, "--model", "fake-model", "--max-experiments", "5", "--noise-runs", "0",
-                    "--prompt-tokens", suggested)
+                    "--reply-tokens", "1000", "--prompt-tokens", suggested)
     assert result.exit_code == 0, result.output
     assert Ledger(workspace / "runs/ledger.db").experiments(TAG)[-1]["description"] == "lower the learning rate"
