@@ -314,11 +314,12 @@ class LiveReporter(Reporter):
     def phase(self, name, description=None, budget=None, grace=None, slot=None, number=None):
         number = self.number if number is None else number
         slot = self.on_slot.get(number) if slot is None else slot
-        if slot is None:  # not on a slot yet (proposing): a slot's row shows it only while no slot is busy
-            if any(view.phase_name in BUSY_PHASES for view in self.slots.values()):
+        if slot is None:  # not on a slot yet (proposing): a slot's row shows it only while no other is busy
+            if name not in BUSY_PHASES and any(view.phase_name in BUSY_PHASES and view.number != number
+                                               for view in self.slots.values()):
                 return
             slot = 0
-        elif name in BUSY_PHASES:
+        if name in BUSY_PHASES:
             self.on_slot[number] = slot
         view = self.slots.setdefault(slot, SlotView())
         if view.number != number:

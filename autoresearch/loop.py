@@ -29,7 +29,7 @@ from autoresearch.gains import gain_or_none
 from autoresearch.evaluation import HarnessFiles, prepare_data
 from autoresearch.isolation import choose_sandbox
 from autoresearch.guard import editable_digest
-from autoresearch.ledger import Ledger, best_row, now_iso
+from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT, Ledger, best_row, now_iso
 from autoresearch.noise import NoiseFloor, decide
 from autoresearch.prompts import LineageEntry, Standing
 from autoresearch.recipe import Recipe, check_tunables, load_recipe
@@ -384,7 +384,9 @@ class ResearchLoop:
         prompt_tokens, completion_tokens = call.prompt_tokens or 0, call.completion_tokens or 0
         cost = (prices.cost(call.model, prompt_tokens, completion_tokens, call.cached_tokens or 0)
                 if prices.is_known(call.model) else None)
-        self.reporter.tokens_used(prompt_tokens, completion_tokens, cost, call.cached_tokens or 0, number=number)
+        # the endpoint check is filed under the next experiment's number, but is no part of it yet
+        self.reporter.tokens_used(prompt_tokens, completion_tokens, cost, call.cached_tokens or 0,
+                                  number=None if call.attempt == ENDPOINT_CHECK_ATTEMPT else number)
 
     def _make_trainer(self, state: RunState, options: RunOptions) -> Trainer:
         """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox."""

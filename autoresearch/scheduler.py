@@ -156,11 +156,16 @@ class Scheduler:
                                         drafting=unrecorded)
 
     def _draft_concurrency(self) -> int:
-        """How many proposals to draft at once: enough that a slot never waits for one, from measured times."""
-        if not self.propose_times or not self.train_times:
-            return 1
-        ratio = mean(self.propose_times[-5:]) / max(mean(self.train_times[-5:]), 1e-3)
-        return max(1, min(MAX_DRAFTS, math.ceil(len(self.slots) * ratio)))
+        """How many proposals to draft at once: one for each slot that has nothing to do now, and, for
+        the busy ones, enough that none waits when its training ends: slots x proposal time / training
+        time, from the times measured (the way ShinkaEvolve sizes its proposals in flight)."""
+        starting = sum(1 for _, request in self.pending if request.attempt == 0)
+        idle = max(0, len(self.slots) - len(self.busy) - len(self.ready) - starting)
+        ahead = 1
+        if self.propose_times and self.train_times:
+            ratio = mean(self.propose_times[-5:]) / max(mean(self.train_times[-5:]), 1e-3)
+            ahead = math.ceil(len(self.slots) * ratio)
+        return max(1, min(MAX_DRAFTS, idle + ahead))
 
     def _dispatch(self) -> None:
         """Onto each free slot: a queued training run (confirmations first), else the next ready draft."""

@@ -7,6 +7,7 @@ the fresh copy of it the training runs in, the fixed files the evaluation runs),
 ledger, the lineage and the prompt, results.tsv. The training and evaluation processes (the
 recipe's own work, and the sandbox around them) are reported beside it, once with the sandbox and
 once without, in the same run of the benchmark.
+The loop runs serially here (drafting ahead and slots are benchmarks/duty_cycle.py's).
 Target on the 2-core reference machine: the loop's own time at most 0.25 s median.
 
     .venv/bin/python benchmarks/loop_overhead.py [--experiments 50]
@@ -52,7 +53,7 @@ def measure(experiments: int, sandbox: str) -> dict[str, float]:
         os.chdir(root)
         agent = PromptBuildingMutateAgent(seed=0)
         loop = ResearchLoop(Workspace.find(), agent)
-        loop.start(RunOptions(tag="bench", max_experiments=experiments + 1, sandbox=sandbox))
+        loop.start(RunOptions(tag="bench", max_experiments=experiments + 1, sandbox=sandbox, draft_ahead=False))
         rows = [r for r in loop.ledger.experiments("bench") if r["number"] > 0]
         evaluation = {run["experiment"]: 0.0 for run in loop.ledger.training_runs("bench")}
         for run in loop.ledger.training_runs("bench"):

@@ -4,9 +4,11 @@ The CLI runs as a real process against the fake endpoint, which proposes random 
 to train, some crashing) after a random delay, so the kills land while proposing, committing,
 training, deciding, writing the ledger or starting up. After each kill (sometimes of the tool
 alone, sometimes of its whole job with the git it was running), a resume that runs no experiment
-puts the run straight, and the invariants are checked:
+puts the run straight, and the invariants are checked (on one slot and on two, drafting ahead, so
+that some kills find two trainings and a draft in flight):
 - every experiment the tool said it started has a row, numbered without gaps, none left `running`;
-- the branch and the worktree are at the best kept commit, with nothing uncommitted;
+- the branch and the worktree are at the best kept commit (the run's own pointer), with nothing
+  uncommitted, and every kept commit is in its history;
 - every commit an experiment recorded is reachable under refs/autoresearch/<tag>/<n> (a baseline's
   is the base commit itself);
 - no process of the run is alive.
@@ -93,7 +95,8 @@ def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, f
     cycles = 0
     while time.monotonic() < deadline or cycles < MIN_CYCLES:
         args = ("run", "--tag", TAG) if cycles == 0 else ("run", "--resume", TAG)
-        tool = ToolProcess(workspace, *args, *RUN_FLAGS, env=env)
+        # one slot or two, drafting ahead: the kills land with several experiments in flight too
+        tool = ToolProcess(workspace, *args, *RUN_FLAGS, "--slots", str(1 + cycles % 2), env=env)
         time.sleep(rng.uniform(0.3, 4.5))  # the tool takes a second or two to start
         tool.kill(whole_group=rng.random() < 0.3)
         tool.wait(10)

@@ -532,7 +532,7 @@ def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):
         def __init__(self):
             self.calls = []
 
-        def tokens_used(self, prompt_tokens, completion_tokens, cost, cached_tokens=0):
+        def tokens_used(self, prompt_tokens, completion_tokens, cost, cached_tokens=0, number=None):
             self.calls.append((prompt_tokens, completion_tokens, cost))
 
     fake_llm.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])

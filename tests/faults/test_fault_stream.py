@@ -115,9 +115,11 @@ def test_the_person_sees_that_the_model_is_writing(workspace, fake_llm):
     class Writing(Reporter):
         def __init__(self):
             self.heard: list[int] = []
+            self.numbers: set[int | None] = set()
 
-        def llm_writing(self, characters):
+        def llm_writing(self, characters, number=None):
             self.heard.append(characters)
+            self.numbers.add(number)
 
     reporter = Writing()
     fake_llm.set_script([BETTER])
@@ -126,6 +128,7 @@ def test_the_person_sees_that_the_model_is_writing(workspace, fake_llm):
     chunks = -(-count_tokens(BETTER) // CHUNK_TOKENS)
     assert len(reporter.heard) == chunks and reporter.heard == sorted(reporter.heard)
     assert reporter.heard[-1] == len(BETTER)
+    assert reporter.numbers == {1}  # of experiment 1's reply
 
 
 def test_the_live_panel_shows_the_model_writing():
@@ -143,6 +146,17 @@ def test_the_live_panel_shows_the_model_writing():
         console = Console(file=StringIO(), width=120)
         console.print(reporter._render())
         assert "the model is writing its reply: 1,234 characters so far" in console.file.getvalue()
+        # drafting ahead: experiment 4 is drafted while 3 trains; its row stays a training row
+        reporter.phase("training", "wider", budget=60.0, slot=0, number=3)
+        reporter.experiment_started(4)
+        reporter.phase("proposing", number=4)
+        reporter.drafting([4])
+        reporter.llm_writing(99, 4)
+        console = Console(file=StringIO(), width=120)
+        console.print(reporter._render())
+        panel = console.file.getvalue()
+        assert "experiment 3 · training · wider" in panel
+        assert "drafting: experiment 4 (99 characters written)" in panel
     finally:
         reporter.close()
 
