@@ -287,6 +287,13 @@ class ResearchLoop:
             return None
         return cap.stop_reason(run_spending(self.ledger, state.tag, self.prices.table()), drafting)
 
+    def _spending_unmeasured(self, state: RunState, options: RunOptions) -> bool:
+        """A spending cap is set, but no proposal's cost is known yet to count the drafts under way at."""
+        if not SpendingCap(options.max_cost, options.max_tokens).is_set:
+            return False
+        spending = run_spending(self.ledger, state.tag, self.prices.table())
+        return spending.next_tokens == 0 and spending.next_cost == 0
+
     # --- the loop
 
     def _loop(self, state: RunState, options: RunOptions) -> RunSummary:

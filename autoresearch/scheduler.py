@@ -142,6 +142,9 @@ class Scheduler:
         """
         if self.stop_reason or self._limit():
             return False
+        if any(not draft.calls for draft in self.drafts.values()) and \
+                self.loop._spending_unmeasured(self.state, self.options):
+            return False  # under a cap, one draft at a time until one proposal's cost is known
         if not self.draft_ahead:
             return not (self.flights or self.drafts or self.ready)
         if self.flights and self.invalid_drafts >= len(self.slots):

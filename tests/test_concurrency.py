@@ -65,6 +65,19 @@ def is_for(number: int):
     return lambda request: f"Propose experiment {number}:" in prompt_of(request)
 
 
+def by_experiment(answers: dict[int, object]) -> list:
+    """A script that answers each request (a repair turn too) by the experiment it drafts, not by arrival.
+
+    Drafts for several idle slots are asked at once, so the order their requests reach the server is a race.
+    """
+    def answer(request: dict):
+        asked = "\n".join(str(message.get("content")) for message in request["messages"])
+        number = next(number for number in answers if f"Propose experiment {number}:" in asked)
+        entry = answers[number]
+        return entry(request) if callable(entry) else entry
+    return [answer]
+
+
 @pytest.fixture
 def slow_workspace(tmp_path, monkeypatch) -> Path:
     """The synthetic recipe, training for a second."""
@@ -157,19 +170,22 @@ def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_d
                     ("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.0"))
     wider = blocks("double the width", ("WIDTH = 4", "WIDTH = 8"),
                    ("save_model(LEARNING_RATE, WIDTH)", "time.sleep(2.5)\nsave_model(LEARNING_RATE, WIDTH)"))
-    # A third draft, made while both train, is held until experiment 2 is decided, and is no edit at all.
+    # A third draft, made while both train, and a fourth, made for the slot experiment 1 left, are held
+    # until experiment 2 is decided, and are no edit at all.
     held = answer_when(lambda: outcome_of(workspace, 2) not in (None, "running"),
                        reply("nothing", "NO SUCH LINE", "NOTHING"))
-    loop, rows = run_ahead(fake_llm, [faster, wider, held], slots=2, max_experiments=5)
+    loop, rows = run_ahead(fake_llm, by_experiment({1: faster, 2: wider, 3: held, 4: held}), slots=2,
+                           max_experiments=6)
     outcomes = [(row["number"], row["outcome"], row["parent_number"]) for row in rows]
-    assert outcomes == [(0, "keep", None), (1, "keep", 0), (2, "discard", 0), (3, "invalid", 0), (4, "keep", 1)]
-    assert "best moved on to experiment 1: combined with it as experiment 4" in rows[2]["reason"]
+    assert outcomes == [(0, "keep", None), (1, "keep", 0), (2, "discard", 0), (3, "invalid", 0), (4, "invalid", 1),
+                        (5, "keep", 1)]
+    assert "best moved on to experiment 1: combined with it as experiment 5" in rows[2]["reason"]
     assert rows[2]["metric"] == pytest.approx(0.04 + 0.125)  # better than its parent, never kept on it
-    combined = rows[4]
+    combined = rows[5]
     assert combined["description"] == "double the width (on top of experiment 1)"
     assert commit_parent(workspace, combined["commit_sha"]) == rows[1]["commit_sha"]
     assert (combined["metric"], combined["best_before"]) == (pytest.approx(0.125), pytest.approx(0.25))
-    assert best_kept(workspace, rows)["number"] == 4
+    assert best_kept(workspace, rows)["number"] == 5
     assert_consistent(workspace, rows)
 
 
@@ -178,7 +194,7 @@ def test_no_combination_past_the_runs_limit(workspace, fake_llm):
                     ("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.0"))
     wider = blocks("double the width", ("WIDTH = 4", "WIDTH = 8"),
                    ("save_model(LEARNING_RATE, WIDTH)", "time.sleep(2.5)\nsave_model(LEARNING_RATE, WIDTH)"))
-    _, rows = run_ahead(fake_llm, [faster, wider], slots=2, max_experiments=3)
+    _, rows = run_ahead(fake_llm, by_experiment({1: faster, 2: wider}), slots=2, max_experiments=3)
     assert [(row["number"], row["outcome"]) for row in rows] == [(0, "keep"), (1, "keep"), (2, "discard")]
     assert "no combination with it (reached --max-experiments 3)" in rows[2]["reason"]
     assert_consistent(workspace, rows)
@@ -188,7 +204,8 @@ def test_no_combination_past_the_runs_limit(workspace, fake_llm):
 
 @pytest.mark.parametrize("gpus", ["0,1", "3,5,7,9"])
 def test_each_training_runs_on_its_own_gpu_side_by_side(tmp_path, monkeypatch, fake_llm, gpus):
-    root = make_workspace(tmp_path / "ws", train=DEVICE_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 0.6"))
+    # Each training outlasts a second: the ledger times them to the second, and side by side must show.
+    root = make_workspace(tmp_path / "ws", train=DEVICE_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.5"))
     monkeypatch.chdir(root)
     devices = gpus.split(",")
     # Changes that leave the metric as it is (nothing is kept) and that apply whatever trained before.
@@ -262,4 +279,19 @@ def test_a_resume_with_several_in_flight_at_the_kill_puts_each_straight(workspac
     assert [(row["number"], row["outcome"]) for row in rows] == [
         (0, "keep"), (1, "interrupted"), (2, "interrupted"), (3, "interrupted"), (4, "keep")]
     assert all(run["outcome"] != "running" for run in loop.ledger.training_runs(TAG))
+    assert_consistent(workspace, rows)
+
+
+# --- spending caps with drafts under way
+
+def test_a_token_cap_counts_the_drafts_under_way_on_four_slots(workspace, fake_llm):
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100}
+    script = [{"content": reply(f"variant {n}", "# --- summary", f"# --- summary\n# variant {n}"), "usage": usage,
+               "delay": 0.3} for n in range(6)]
+    loop, rows = run_ahead(fake_llm, script, slots=4, max_experiments=10, max_tokens=2500)
+    # Four idle slots would draft four at once (4,400 tokens); the first draft's cost is measured
+    # before a second starts, and the second, under way, counts before a third would.
+    spent = sum(row["prompt_tokens"] + row["completion_tokens"] for row in loop.ledger.token_usage(TAG))
+    assert spent == 2200 and len(rows) == 3
+    assert loop.ledger.run(TAG)["status"] == "finished"
     assert_consistent(workspace, rows)
