@@ -173,13 +173,21 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
                                               "on; on: refuse to start without it; off: no sandbox (docs/trust.md)."
                                               + RESUME_NOTE),
         slots: Optional[int] = typer.Option(None, "--slots", help="Trainings at once, each in its own sandbox "
-                                            "(default 1; more need the sandbox)." + RESUME_NOTE),
+                                            "(default 1, or on Ray what the cluster offers, which it caps; more "
+                                            "than one need the sandbox)." + RESUME_NOTE),
         gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to train on, one training on each at once, "
                                            "e.g. 0,1,2,3 (each training sees only its own: CUDA_VISIBLE_DEVICES); "
                                            "instead of --slots." + RESUME_NOTE),
         draft_ahead: Optional[bool] = typer.Option(None, "--draft-ahead/--no-draft-ahead", help="Draft the next "
                                                    "proposals while experiments train (default on; needs the "
                                                    "sandbox, else the loop is serial)." + RESUME_NOTE),
+        executor: Optional[str] = typer.Option(None, "--executor", help="local (the default): train on this "
+                                               "machine; ray: every training and evaluation is a job on a Ray "
+                                               "cluster, one GPU each (pip install 'autoresearch[ray]'; "
+                                               "docs/cluster.md)." + RESUME_NOTE),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster to join with "
+                                                  "--executor ray (default RAY_ADDRESS, else auto: the one started "
+                                                  "on this machine)." + RESUME_NOTE),
         allow_concurrent: bool = typer.Option(False, "--allow-concurrent", help="Train although another run trains "
                                               "in this workspace (they will share the machine).")):
     """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
@@ -193,7 +201,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
         agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens,
         prompt_tokens=prompt_tokens, reply_tokens=reply_tokens, context_tokens=context_tokens,
-        sandbox=sandbox, slots=slots, gpus=gpus, draft_ahead=draft_ahead).items() if value is not None}
+        sandbox=sandbox, slots=slots, gpus=gpus, draft_ahead=draft_ahead, executor=executor,
+        ray_address=ray_address).items() if value is not None}
     with user_errors():
         for name in (tag, resume):
             if name is not None:

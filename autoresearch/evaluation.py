@@ -35,6 +35,7 @@ from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, TrainingResul
 
 REFUSED_EXIT_CODE = 3
 SPLITS = ("val", "test")
+MODEL_DIR_ENV = "AUTORESEARCH_MODEL_DIR"  # the saved model an evaluation reads
 PREPARE_SECONDS = 6 * 3600.0  # a first download of a large data set may take hours; a cached one takes seconds
 
 
@@ -129,8 +130,8 @@ def evaluation_job(recipe: Recipe, folder: Path, model_dir: Path, split: str, se
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     return TrainingJob(command=recipe.evaluate, cwd=folder, log_path=log_path, budget_seconds=recipe.evaluation_seconds,
                        grace_seconds=0, passthrough=recipe.env, isolated=True,
-                       env={"AUTORESEARCH_MODEL_DIR": str(model_dir), "AUTORESEARCH_SPLIT": split,
-                            "AUTORESEARCH_SEED": str(seed), RUN_MARKER: marker})
+                       env={MODEL_DIR_ENV: str(model_dir), "AUTORESEARCH_SPLIT": split,
+                            "AUTORESEARCH_SEED": str(seed), RUN_MARKER: marker}, carries=(MODEL_DIR_ENV,))
 
 
 def evaluate_model(executor: Executor, job: TrainingJob) -> Evaluation:
@@ -142,6 +143,8 @@ def evaluate_model(executor: Executor, job: TrainingJob) -> Evaluation:
 
 
 def evaluation_outcome(result: TrainingResult, limit_seconds: float) -> tuple[str | None, str | None]:
+    if result.lost:
+        return "crash", "worker lost (during the evaluation of its model)"
     if result.timed_out:
         return "timeout", f"the evaluation of its model ran past {limit_seconds:g}s"
     if result.exit_code == REFUSED_EXIT_CODE:

@@ -172,6 +172,11 @@ MIGRATIONS: list[str] = [
     DROP INDEX llm_calls_tokens;
     CREATE INDEX llm_calls_usage ON llm_calls(tag, experiment, model, prompt_tokens, completion_tokens, cached_tokens);
     """,
+    # 8: beyond one box (issue 14): where each training's job ran, as its executor names it ("ray:<actor>:<job>",
+    # "local:<job>"), written before it starts, so that a resume can look up what a killed tool left in flight
+    """
+    ALTER TABLE training_runs ADD COLUMN job TEXT;
+    """,
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
@@ -181,7 +186,7 @@ EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "comm
 # Every table with a row per run or per part of a run, children before the runs they refer to.
 RUN_TABLES = ("llm_calls", "training_runs", "verifications", "experiments", "runs")
 TRAINING_RUN_EXTRAS = frozenset({"evaluation_json", "evaluation_seconds", "sandbox", "stolen_seconds", "model_path",
-                                 "model_bytes", "model_sha256"})
+                                 "model_bytes", "model_sha256", "device"})
 TRAINING_RUN_KINDS = ("first", "noise", "confirm")  # the baseline's extra runs are `noise`, a candidate's `confirm`
 
 
@@ -376,12 +381,13 @@ class Ledger:
 
     def start_training_run(self, tag: str, experiment: int, attempt: int, kind: str, seed: int,
                            commit_sha: str | None, log_path: str, slot: int | None = None,
-                           device: str | None = None) -> int:
-        """The write-ahead row of one training run (outcome `running`); returns its id."""
+                           device: str | None = None, job: str | None = None) -> int:
+        """The write-ahead row of one training run (outcome `running`); returns its id. `job`: the executor's
+        name for it (Executor.job_ref)."""
         cursor = self._db.execute(
             "INSERT INTO training_runs (tag, experiment, attempt, kind, seed, commit_sha, outcome, log_path,"
-            " started_at, slot, device) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-            (tag, experiment, attempt, kind, seed, commit_sha, log_path, now_iso(), slot, device))
+            " started_at, slot, device, job) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+            (tag, experiment, attempt, kind, seed, commit_sha, log_path, now_iso(), slot, device, job))
         return cursor.lastrowid
 
     def keep_experiment(self, tag: str, number: int, **fields) -> None:

@@ -40,6 +40,7 @@ from autoresearch.review import read_log_tail, run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.settings import InvalidSetting, RunOptions, check_options, override_records, run_slots, stored_settings
 from autoresearch.runner import Executor, LocalExecutor
+from autoresearch.cluster import executor_for
 from autoresearch.spending import SpendingCap, run_spending
 from autoresearch.scheduler import Scheduler
 from autoresearch.trainer import SCRATCH_DIR, RunContext, Trained, Trainer, information_only
@@ -109,7 +110,7 @@ class ResearchLoop:
         self.workspace = workspace
         self.agent = agent
         self.reporter = reporter or Reporter()
-        self.executor = executor or LocalExecutor()
+        self.executor = executor  # None: the one the run's options name (executor_for), once they are known
         self.ledger = ledger or Ledger(workspace.ledger_path)
         self.prices = LivePrices(workspace.root, self.reporter.note)
         self.program = ""
@@ -142,6 +143,7 @@ class ResearchLoop:
 
     def _new_run(self, options: RunOptions) -> tuple[RunState, RunOptions]:
         check_options(options)
+        self.executor = self.executor or executor_for(options)
         workspace = self.workspace
         self.program = workspace.read_program()
         recipe_path = workspace.resolve_recipe(options.recipe)
@@ -178,6 +180,7 @@ class ResearchLoop:
 
     def _resumed_run(self, tag: str, options: RunOptions) -> tuple[RunState, RunOptions]:
         check_options(options)
+        self.executor = self.executor or executor_for(options)
         self.tag = check_tag(tag)
         self.program = self.workspace.read_program()
         self._check_caps(options)
@@ -221,6 +224,8 @@ class ResearchLoop:
             if options is not None:
                 self._hold_workspace(options, tag)
             worktree, reconciled = reconcile(self.ledger, self.workspace.repo, run, self.workspace.run_dir(tag))
+            if options is not None:
+                self._look_up_jobs(tag)
             self.ledger.mark_unfinished_training_runs_interrupted(tag)
         except BaseException:
             self._release_lock()
@@ -228,6 +233,19 @@ class ResearchLoop:
         if reconciled.describe():
             self.reporter.note(f"run {tag}: {reconciled.describe()}")
         return worktree, run
+
+    def _look_up_jobs(self, tag: str) -> None:
+        """The jobs a killed tool left in flight where they ran (a Ray cluster): each is stopped if it still
+        runs, and the person is told which they were; their training runs are then recorded as interrupted."""
+        in_flight = [row for row in self.ledger.training_runs(tag) if row["outcome"] == "running" and row.get("job")]
+        if not in_flight:
+            return
+        found = self.executor.find_jobs([row["job"] for row in in_flight], run_marker(self.workspace.run_dir(tag)))
+        said = [f"experiment {row['experiment']} run {row['attempt']} ({row['job']}: {found[row['job']]})"
+                for row in in_flight if row["job"] in found]
+        if said:
+            self.reporter.note(f"run {tag}: in flight when the tool stopped: {', '.join(said)}; recorded as "
+                               "interrupted")
 
     def close(self) -> None:
         """Let go of the run (after `put_straight` without a loop)."""
@@ -329,6 +347,7 @@ class ResearchLoop:
             raise
         finally:
             clock.record()
+            self.executor.close()  # on a cluster: every worker of this invocation is given back
             self._release_lock()
         self.ledger.set_run_status(state.tag, "finished")
         rows = self.ledger.experiments(state.tag)
@@ -412,7 +431,7 @@ class ResearchLoop:
             self.reporter.note(f"run {state.tag}: {sandbox.problem}")
         context.sandbox, context.sandbox_level = sandbox.policy, sandbox.level
         self.ledger.set_run_sandbox(state.tag, context.sandbox_level)
-        slots = run_slots(options)
+        slots = run_slots(options, self.executor.offered_slots())
         draft_ahead = options.draft_ahead
         if sandbox.policy is None and (len(slots) > 1 or draft_ahead):
             if len(slots) > 1:

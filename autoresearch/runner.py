@@ -52,6 +52,7 @@ POLL_SECONDS = 0.05
 TREE_SAMPLE_SECONDS = 0.25
 JOB_MARKER = "AUTORESEARCH_JOB"
 RUN_MARKER = "AUTORESEARCH_RUN"  # set by the loop: which run a training process belongs to
+OUTPUT_DIR_ENV = "AUTORESEARCH_OUTPUT_DIR"  # where a training saves its model
 # What of the tool's environment a training sees (docs/recipe-contract.md): enough to find its
 # interpreter, its home and cache, the locale and the GPU; never a secret such as OPENAI_API_KEY.
 ALLOWED_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "TZ", "LANG", "LANGUAGE",
@@ -93,6 +94,12 @@ class TrainingJob:
     isolated: bool = False
     makes_up_steal: bool = False  # the deadline moves by the steal measured while it runs, up to a quarter of the budget
     sandbox: object | None = None  # a sandbox.SandboxSpec: the command runs inside bubblewrap as it describes
+    job_id: str | None = None  # the harness's name for it (its process marker); None: a fresh one
+    slot: int | None = None  # which of the executor's slots it takes; None: a harness step of this machine
+    # Names in `env` whose values are folders: what travels with the job to where it runs (read), and
+    # what it writes there and must bring back (the saved model). Only an executor elsewhere moves them.
+    carries: tuple[str, ...] = ()
+    brings_back: tuple[str, ...] = ()
 
 
 @dataclass
@@ -109,6 +116,9 @@ class TrainingResult:
     log_error: str | None = None
     stolen_seconds: float = 0.0  # CPU time the hypervisor gave to other tenants while it ran (harness-measured)
     cancelled: bool = False  # stopped by the harness (Ctrl-C, the run stopping), not finished
+    lost: bool = False  # the worker or node running it died before it ended (an executor elsewhere)
+    device: str | None = None  # the GPU it was given where the executor chose one (Ray), as CUDA_VISIBLE_DEVICES
+    sandbox_level: str | None = None  # the sandbox in force where it ran, where that was decided there (Ray)
 
 
 def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float, seed: int, run_marker: str,
@@ -120,8 +130,8 @@ def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float,
     """
     return TrainingJob(command=recipe.command, cwd=cwd, log_path=log_path, budget_seconds=budget_seconds,
                        grace_seconds=recipe.grace(budget_seconds), passthrough=recipe.env, makes_up_steal=True,
-                       env={"AUTORESEARCH_SEED": str(seed), "AUTORESEARCH_OUTPUT_DIR": str(output_dir),
-                            RUN_MARKER: run_marker})
+                       env={"AUTORESEARCH_SEED": str(seed), OUTPUT_DIR_ENV: str(output_dir),
+                            RUN_MARKER: run_marker}, brings_back=(OUTPUT_DIR_ENV,))
 
 
 class JobHandle:
@@ -136,8 +146,8 @@ class JobHandle:
     after a first Ctrl-C would not be waited for.
     """
 
-    def __init__(self, work: Callable[["JobHandle"], TrainingResult]):
-        self.id = uuid.uuid4().hex
+    def __init__(self, work: Callable[["JobHandle"], TrainingResult], job_id: str | None = None):
+        self.id = job_id or new_job_id()
         self.cancelled = threading.Event()
         self._result: TrainingResult | None = None
         self._error: BaseException | None = None
@@ -190,12 +200,29 @@ class JobHandle:
         return self._result
 
 
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
 class Executor(Protocol):
-    """Where a training (or a harness step) runs: `submit` returns a handle at once, `run` waits for it."""
+    """Where a training (or a harness step) runs: `submit` returns a handle at once, `run` waits for it.
+
+    `offered_slots` is how many trainings it can run at once when it knows (a cluster), else None;
+    `job_ref` is what the ledger keeps of a job before it starts, for a resume to look it up with
+    `find_jobs` (job ref -> what became of it, for the person); `close` gives back what it holds.
+    """
 
     def submit(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> JobHandle: ...
 
     def run(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> TrainingResult: ...
+
+    def offered_slots(self) -> int | None: ...
+
+    def job_ref(self, job_id: str, slot: int | None) -> str: ...
+
+    def find_jobs(self, refs: list[str], run_marker: str) -> dict[str, str]: ...
+
+    def close(self) -> None: ...
 
 
 def parse_summary_line(line: str) -> tuple[str, float] | None:
@@ -338,14 +365,30 @@ class LocalExecutor:
 
     def submit(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> "JobHandle":
         """Start the job in a thread of its own and return at once; the handle waits for it or cancels it."""
-        return JobHandle(lambda handle: self._execute(job, on_output, handle.id, handle.cancelled))
+        return JobHandle(lambda handle: self.execute(job, on_output, handle.id, handle.cancelled), job.job_id)
 
     def run(self, job: TrainingJob, on_output: Callable[[str], None] | None = None) -> TrainingResult:
         """Run the job to its end (JobHandle.result: Ctrl-C cancels it and waits for its processes)."""
         return self.submit(job, on_output).result()
 
-    def _execute(self, job: TrainingJob, on_output: Callable[[str], None] | None, marker: str,
-                 cancelled: threading.Event) -> TrainingResult:
+    def offered_slots(self) -> int | None:
+        return None  # this machine's slots are the person's choice (--slots, --gpus)
+
+    def job_ref(self, job_id: str, slot: int | None) -> str:
+        return f"local:{job_id}"  # its processes carry the id as their marker
+
+    def find_jobs(self, refs: list[str], run_marker: str) -> dict[str, str]:
+        return {}  # what a killed tool left here is found by the run's process marker (recovery.reconcile)
+
+    def close(self) -> None:
+        pass
+
+    def execute(self, job: TrainingJob, on_output: Callable[[str], None] | None, marker: str,
+                cancelled: threading.Event) -> TrainingResult:
+        """The job in this thread, to its end: also what a Ray worker runs on its node (cluster.py).
+
+        The process is started from this thread and reaped in it (the parent-death signal belongs to it).
+        """
         env = {**training_environment(dict(os.environ), job.passthrough), **job.env,
                "AUTORESEARCH_TIME_BUDGET": f"{job.budget_seconds:g}",
                "PYTHONUNBUFFERED": "1", JOB_MARKER: marker}

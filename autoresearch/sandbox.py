@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -131,6 +131,17 @@ def sandbox_argv(spec: SandboxSpec, argv: Sequence[str], bwrap: str = BWRAP) -> 
     for path, role in _layers(spec, workdir):
         args += _mount_args(path, role)
     return [*args, "--chdir", str(workdir), "--", *argv]
+
+
+def relocated(spec: SandboxSpec, moves: dict[Path, Path]) -> SandboxSpec:
+    """The same sandbox for a job that runs on another machine (a Ray node): each path of `moves` at its
+    new place there, and that machine's own interpreter, home folder and GPU device nodes."""
+    def moved(paths):
+        return tuple(moves.get(Path(path), Path(path)) for path in paths)
+
+    return replace(spec, workdir=moves.get(Path(spec.workdir), Path(spec.workdir)), writable=moved(spec.writable),
+                   readable=moved(spec.readable), hidden=moved(spec.hidden), devices=gpu_devices(),
+                   home=None if spec.home is None else Path.home(), interpreter=interpreter_paths())
 
 
 def gpu_devices(dev: Path = Path("/dev")) -> tuple[Path, ...]:

@@ -13,6 +13,7 @@ over its invocations (the time it was stopped does not count).
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -23,6 +24,8 @@ from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 DEFAULT_MODEL = "gpt-5-mini"
 AGENTS = ("llm", "mutate")
 SANDBOX_MODES = ("auto", "on", "off")
+EXECUTORS = ("local", "ray")
+RAY_EXTRA_HINT = "pip install 'autoresearch[ray]'"
 
 
 @dataclass
@@ -51,9 +54,11 @@ class RunOptions:
     noise_multiple: float = DEFAULT_NOISE_MULTIPLE
     confirm_runs: int = DEFAULT_CONFIRM_RUNS
     sandbox: str = "auto"  # auto | on | off: train inside bubblewrap (docs/trust.md)
-    slots: int = 1  # trainings at once (CPU slots); `gpus` names a device for each instead
+    slots: int | None = None  # trainings at once; None: 1 here, what the cluster offers on Ray (which it caps)
     gpus: str | None = None  # "0,1,2,3": one slot per GPU, each training with CUDA_VISIBLE_DEVICES set to it
     draft_ahead: bool = True  # draft the next proposals while experiments train (needs the sandbox)
+    executor: str = "local"  # local | ray: where trainings and evaluations run (cluster.py)
+    ray_address: str | None = None  # None: RAY_ADDRESS when the run starts or resumes, else auto
     overrides: list["Override"] = field(default_factory=list)  # what a resume changed, said and recorded
     allow_concurrent: bool = False  # train although another run trains in the workspace (this invocation only)
 
@@ -89,6 +94,16 @@ def check_options(options: RunOptions) -> None:
         raise InvalidSetting("agent", f"must be {' or '.join(AGENTS)}, not {options.agent!r}")
     if options.sandbox not in SANDBOX_MODES:
         raise InvalidSetting("sandbox", f"must be {', '.join(SANDBOX_MODES)}, not {options.sandbox!r}")
+    if options.executor not in EXECUTORS:
+        raise InvalidSetting("executor", f"must be {' or '.join(EXECUTORS)}, not {options.executor!r}")
+    if options.executor == "ray":
+        if not ray_installed():
+            raise InvalidSetting("executor", f"is ray, but Ray is not installed here: {RAY_EXTRA_HINT}")
+        if options.gpus is not None:
+            raise InvalidSetting("gpus", "names GPUs of this machine; on Ray the cluster gives each training its "
+                                         "own (--slots caps how many at once)")
+    elif options.ray_address is not None:
+        raise InvalidSetting("ray_address", "needs --executor ray")
     _at_least("max_experiments", options.max_experiments, 1)
     _at_least("max_agent_failures", options.max_agent_failures, 1)
     _at_least("max_tokens", options.max_tokens, 1)
@@ -103,7 +118,7 @@ def check_options(options: RunOptions) -> None:
         devices = [device.strip() for device in options.gpus.split(",")]
         if not all(devices) or len(set(devices)) != len(devices):
             raise InvalidSetting("gpus", f"lists GPU numbers (or ids) apart by commas, each once, not {options.gpus!r}")
-        if options.slots not in (1, len(devices)):
+        if options.slots not in (None, 1, len(devices)):
             raise InvalidSetting("slots", f"is one per GPU with gpus {options.gpus}; give one of the two")
     _at_least("noise_runs", options.noise_runs, 0)
     _at_least("confirm_runs", options.confirm_runs, 0)
@@ -126,13 +141,26 @@ def _positive(name: str, value: float | None, zero_allowed: bool = False) -> Non
         raise InvalidSetting(name, f"must be {'zero or more' if zero_allowed else 'more than zero'}, not {value:g}")
 
 
-def run_slots(options: RunOptions):
-    """The places trainings run at once: one per GPU of `gpus`, else `slots` CPU slots."""
+def ray_installed() -> bool:
+    """Whether the `ray` extra is installed, without importing Ray (the tool without it never does)."""
+    try:
+        return importlib.util.find_spec("ray") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def run_slots(options: RunOptions, offered: int | None = None):
+    """The places trainings run at once: one per GPU of `gpus`, else `slots` of them.
+
+    `offered`: how many the executor can run at once (a cluster's GPUs), the default and the cap of
+    `slots`; the devices are then the executor's to give.
+    """
     from autoresearch.trainer import Slot
 
     if options.gpus:
         return [Slot(index, device.strip()) for index, device in enumerate(options.gpus.split(","))]
-    return [Slot(index) for index in range(options.slots)]
+    count = options.slots or offered or 1
+    return [Slot(index) for index in range(min(count, offered) if offered else count)]
 
 
 def stored_settings(options: RunOptions) -> dict:

@@ -31,7 +31,7 @@ from autoresearch.ledger import Ledger
 from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
-from autoresearch.runner import Executor, JobHandle, TrainingResult, recipe_job
+from autoresearch.runner import Executor, JobHandle, TrainingResult, new_job_id, recipe_job
 
 MODELS_DIR = "models"
 WORK_DIR = "work"
@@ -116,6 +116,7 @@ class Ticket:
     guard: LedgerGuard | None = None
     git_guard: GitGuard | None = None
     head: str | None = None  # the run branch's commit while it trains (checked afterwards, without the sandbox)
+    job_id: str = ""  # the executor's name for its training (its evaluation's: with a suffix)
     cancelled: bool = False
     _handle: JobHandle | None = None
 
@@ -161,12 +162,13 @@ class Trainer:
         context = self.context
         ticket = Ticket(request, slot, None, context.run_dir / f"{request.stem}.log",
                         fresh_folder(context.run_dir / MODELS_DIR / request.stem),
-                        context.run_dir / WORK_DIR / request.stem)
+                        context.run_dir / WORK_DIR / request.stem, job_id=new_job_id())
         shutil.rmtree(ticket.copy_root, ignore_errors=True)
         if self.record:
             ticket.run_id = self.ledger.start_training_run(context.tag, request.number, request.attempt,
                                                            request.kind, request.seed, request.commit,
-                                                           str(ticket.log_path), slot=slot.index, device=slot.device)
+                                                           str(ticket.log_path), slot=slot.index, device=slot.device,
+                                                           job=self.executor.job_ref(ticket.job_id, slot.index))
         if not context.sandboxed:
             ticket.guard = LedgerGuard(self.ledger, context.run_dir, context.tag)
             if problem := ticket.guard.before():
@@ -222,12 +224,13 @@ class Trainer:
         if result.cancelled and outcome is None:
             outcome, reason = "interrupted", "stopped by the harness"
         if ticket.run_id is not None:
+            placed = {} if result.device is None else {"device": result.device}  # chosen where it ran (Ray)
             self.ledger.finish_training_run(
                 ticket.run_id, outcome or "ok", reason, metric, information_only(result.summary, self.context.recipe),
                 result.seconds, evaluation=None if evaluation is None else evaluation.values,
                 evaluation_seconds=None if evaluation is None else evaluation.seconds,
-                sandbox=self.context.sandbox_level, stolen_seconds=result.stolen_seconds,
-                **model_record(ticket.model_dir))
+                sandbox=result.sandbox_level or self.context.sandbox_level, stolen_seconds=result.stolen_seconds,
+                **placed, **model_record(ticket.model_dir))
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
     def interrupted(self, ticket: Ticket) -> None:
@@ -249,14 +252,16 @@ class Trainer:
                 if context.sandbox is not None:
                     job = replace(job, sandbox=context.sandbox.evaluation(folder, model_dir))
                 return evaluate_model(self.executor, job)
-            job = self._placed(job, ticket, folder, context.sandbox.evaluation if context.sandbox else None)
+            job = self._placed(job, ticket, folder, context.sandbox.evaluation if context.sandbox else None,
+                               suffix=f"-{split}")
             result = self._wait(ticket, job)
             outcome, reason = evaluation_outcome(result, job.budget_seconds)
             return Evaluation(outcome=outcome, reason=reason, values=result.summary, seconds=result.seconds,
                               log_path=job.log_path, log_tail=result.log_tail)
 
-    def _placed(self, job, ticket: Ticket, workdir: Path, sandbox_for):
-        """The job on its slot: its device only, inside the sandbox when there is one."""
+    def _placed(self, job, ticket: Ticket, workdir: Path, sandbox_for, suffix: str = ""):
+        """The job on its slot: its device only, inside the sandbox when there is one, named after its ticket."""
+        job = replace(job, job_id=ticket.job_id + suffix, slot=ticket.slot.index)
         if ticket.slot.device is not None:
             job = replace(job, env={**job.env, "CUDA_VISIBLE_DEVICES": ticket.slot.device})
         if sandbox_for is not None:
@@ -292,6 +297,8 @@ def training_outcome(result: TrainingResult, touched: list[str], budget_seconds:
     """(outcome, reason) of the training process alone; None when it exited cleanly within its limit."""
     if touched:
         return "invalid", f"touched {', '.join(touched)} during training"
+    if result.lost:
+        return "crash", "worker lost"
     if result.timed_out:
         return "timeout", f"still running after {result.seconds:.0f}s (budget {budget_seconds:g}s)"
     if result.exit_code != 0:

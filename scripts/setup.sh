@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up .venv from nothing but Python 3.11+: torch first (the pinned build), then the project
-# with its test and nanogpt extras. Safe to run again: it only installs what is missing.
+# with its test and nanogpt extras (and those named in EXTRAS, e.g. EXTRAS=ray). Safe to run
+# again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -13,7 +14,7 @@ fi
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
 fi
-.venv/bin/python -m pip install -q -e '.[test,nanogpt]'
+.venv/bin/python -m pip install -q -e ".[test,nanogpt${EXTRAS:+,$EXTRAS}]"
 if [ "$(uname -s)" = Linux ] && ! command -v bwrap >/dev/null 2>&1; then
   echo "note: the training sandbox needs bubblewrap, which is missing: sudo apt-get install bubblewrap" >&2
 fi
