@@ -65,6 +65,7 @@ POLL_SECONDS = 0.1  # how often the driver asks a worker for news of its job
 POLL_TIMEOUT_SECONDS = 30.0  # one poll's answer, at most (a node that stopped answering is counted as gone then)
 FORCE_SLACK_SECONDS = 10.0  # after the kill wait, before a worker that does not stop its job is killed
 SWEEP_SECONDS = 30.0  # a sweep of one node for leftover processes, at most
+FORWARDED_ENV_NAMES = ("AUTORESEARCH_CACHE",)
 LOG_SLACK_BYTES = 64_000  # room for the line the runner writes between a log's head and its tail
 LOST_ERRORS = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
                "ActorUnavailableError", "ActorDiedError", "LocalRayletDiedError", "RaySystemError")
@@ -349,6 +350,7 @@ class RayExecutor:
     def find_jobs(self, refs: list[str], run_marker: str) -> dict[str, str]:
         """What became of jobs a killed tool left: each one still running is stopped; every node is swept."""
         ray = self._ray()
+        lost_errors = self._lost_errors(ray)
         found = {}
         for ref in refs:
             kind, _, rest = ref.partition(":")
@@ -356,14 +358,12 @@ class RayExecutor:
                 continue
             name, _, job_id = rest.rpartition(":")
             try:
+                # A dead actor's name can still be found while a handle to it lives; asking it tells.
                 actor = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
+                running = ray.get(actor.running.remote(), timeout=POLL_TIMEOUT_SECONDS)
+            except (ValueError, ray.exceptions.GetTimeoutError) + lost_errors:
                 found[ref] = "gone with the tool"
                 continue
-            try:
-                running = ray.get(actor.running.remote(), timeout=POLL_TIMEOUT_SECONDS)
-            except Exception:
-                running = []
             ray.kill(actor, no_restart=True)
             still = any(other == job_id or other.startswith(job_id + "-") for other in running)
             found[ref] = "still running: stopped" if still else "its worker was still there: stopped"
@@ -386,16 +386,24 @@ class RayExecutor:
 
     # --- one job
 
+    @staticmethod
+    def _lost_errors(ray) -> tuple[type, ...]:
+        """Ray's errors that say the actor, its worker or its node is gone (their names vary across versions)."""
+        return tuple(getattr(ray.exceptions, name) for name in LOST_ERRORS if hasattr(ray.exceptions, name))
+
     def _package(self, job: TrainingJob, job_id: str) -> JobPackage:
+        # The node's own environment gives PATH, HOME and the GPU; what the person set for the run here
+        # (the data cache the prepare step filled, the recipe's `env:` names) goes with the job.
+        forwarded = {name: os.environ[name] for name in (*FORWARDED_ENV_NAMES, *job.passthrough) if name in os.environ}
         return JobPackage(job_id=job_id, command=job.command, folder=pack_folder(job.cwd), folder_path=str(job.cwd),
                           carried={name: pack_folder(Path(job.env[name])) for name in job.carries},
-                          brings_back=job.brings_back, env=dict(job.env), passthrough=job.passthrough,
+                          brings_back=job.brings_back, env={**forwarded, **job.env}, passthrough=job.passthrough,
                           isolated=job.isolated, budget_seconds=job.budget_seconds, sandbox=job.sandbox,
                           package_dir=str(PACKAGE_DIR), require_sandbox=self.require_sandbox)
 
     def _execute(self, job: TrainingJob, on_output: Callable[[str], None] | None, handle: JobHandle) -> TrainingResult:
         ray = self._ray()
-        lost_errors = tuple(getattr(ray.exceptions, name) for name in LOST_ERRORS if hasattr(ray.exceptions, name))
+        lost_errors = self._lost_errors(ray)
         name, actor = self._worker(job.slot)
         log = BoundedLog(job.log_path, self.log_head_bytes + self.log_tail_bytes + LOG_SLACK_BYTES, LOG_SLACK_BYTES)
         started = time.monotonic()

@@ -102,8 +102,6 @@ def check_options(options: RunOptions) -> None:
         if options.gpus is not None:
             raise InvalidSetting("gpus", "names GPUs of this machine; on Ray the cluster gives each training its "
                                          "own (--slots caps how many at once)")
-    elif options.ray_address is not None:
-        raise InvalidSetting("ray_address", "needs --executor ray")
     _at_least("max_experiments", options.max_experiments, 1)
     _at_least("max_agent_failures", options.max_agent_failures, 1)
     _at_least("max_tokens", options.max_tokens, 1)
