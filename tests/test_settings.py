@@ -147,3 +147,45 @@ def test_a_fixed_recipe_is_what_the_resume_trains(tmp_path, monkeypatch):
     assert [row["outcome"] for row in rows] == ["crash", "keep"]
     assert rows[1]["commit_sha"] == git(root, "rev-parse", "HEAD")
     assert Ledger(root / "runs/ledger.db").run("t")["base_commit"] == git(root, "rev-parse", "HEAD")
+
+
+# --- the executor: Ray only with its extra, and never imported without it
+
+WITHOUT_RAY = "import sys; sys.modules['ray'] = None; from autoresearch.cli import app; app()"  # as if not installed
+
+
+def tool_without_ray(root, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", WITHOUT_RAY, *args], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_ray_without_its_extra_is_one_line_naming_the_extra(workspace):
+    result = tool_without_ray(workspace, "run", "--agent", "mutate", "--executor", "ray", "--max-experiments", "1")
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("error: --executor is ray, but Ray is not installed here: "
+                                     "pip install 'autoresearch[ray]'")
+    assert not (workspace / "runs").exists()
+
+
+def test_a_local_run_never_imports_ray(workspace):
+    # Ray cannot be imported in that process: a run that tried would fail.
+    result = tool_without_ray(workspace, "run", "--agent", "mutate", "--max-experiments", "2", "--noise-runs", "0",
+                              "--budget", "2", "--tag", "t")
+    assert result.returncode == 0, result.stderr
+    assert [row["outcome"] for row in experiments(workspace)][0] == "keep"
+    assert Ledger(workspace / "runs/ledger.db").training_runs("t")[0]["job"].startswith("local:")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--executor", "slurm"), "--executor must be local or ray, not 'slurm'"),
+    (("--executor", "ray", "--gpus", "0,1"), "--gpus names GPUs of this machine; on Ray the cluster gives each "
+                                             "training its own (--slots caps how many at once)"),
+])
+def test_executor_settings_that_cannot_work_are_refused(workspace, args, words):
+    pytest.importorskip("ray")
+    result = invoke("run", "--agent", "mutate", *args)
+    assert result.exit_code == 1
+    assert words in result.stderr
