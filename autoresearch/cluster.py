@@ -61,7 +61,7 @@ from autoresearch.runner import (JOB_MARKER, KILL_WAIT_SECONDS, LOG_HEAD_BYTES, 
 from autoresearch.settings import InvalidSetting
 
 NAMESPACE = "autoresearch"  # the Ray namespace of every actor the tool makes
-POLL_SECONDS = 0.1  # how often the driver asks a worker for news of its job
+POLL_SECONDS = 0.1  # how long a worker holds a poll for its job's end before it answers with the news so far
 POLL_TIMEOUT_SECONDS = 30.0  # one poll's answer, at most (a node that stopped answering is counted as gone then)
 FORCE_SLACK_SECONDS = 10.0  # after the kill wait, before a worker that does not stop its job is killed
 SWEEP_SECONDS = 30.0  # a sweep of one node for leftover processes, at most
@@ -199,9 +199,10 @@ class NodeJob:
                           passthrough=package.passthrough, isolated=package.isolated, sandbox=sandbox)
         return job, level, None
 
-    def news(self, offset: int) -> dict:
-        """What the log gained since `offset`, the last line seen, the steal so far, and the result once done."""
-        done = self.done.is_set()
+    def news(self, offset: int, wait_seconds: float = 0.0) -> dict:
+        """What the log gained since `offset`, the last line seen, the steal so far, and the result once done;
+        after waiting up to `wait_seconds` for the job to end (so that its end reaches the driver at once)."""
+        done = self.done.wait(wait_seconds)
         if done:
             chunk = self.final_log[offset:]
         else:
@@ -239,7 +240,7 @@ class SlotWorker:
         return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
 
     def poll(self, job_id: str, offset: int) -> dict:
-        return self.jobs[job_id].news(offset)
+        return self.jobs[job_id].news(offset, POLL_SECONDS)
 
     def stop(self, job_id: str) -> None:
         self.jobs[job_id].cancelled.set()
@@ -307,8 +308,9 @@ class RayExecutor:
                     self.offered_slots()
                 self._made += 1
                 name = f"{self.name}-slot{slot}-{self._made}"
+                # Threaded (max_concurrency): a stop is answered while a poll waits for the job's end.
                 actor = ray.remote(SlotWorker).options(
-                    name=name, namespace=NAMESPACE, max_restarts=0, **self._per_slot).remote(
+                    name=name, namespace=NAMESPACE, max_restarts=0, max_concurrency=4, **self._per_slot).remote(
                     self.kill_wait_seconds, self.log_head_bytes, self.log_tail_bytes)
                 self._workers[slot] = (name, actor)
             return self._workers[slot]
@@ -350,7 +352,6 @@ class RayExecutor:
     def find_jobs(self, refs: list[str], run_marker: str) -> dict[str, str]:
         """What became of jobs a killed tool left: each one still running is stopped; every node is swept."""
         ray = self._ray()
-        lost_errors = self._lost_errors(ray)
         found = {}
         for ref in refs:
             kind, _, rest = ref.partition(":")
@@ -358,10 +359,11 @@ class RayExecutor:
                 continue
             name, _, job_id = rest.rpartition(":")
             try:
-                # A dead actor's name can still be found while a handle to it lives; asking it tells.
+                # A dead actor's name can still be found while a handle to it lives, and the class of one
+                # whose driver died may no longer load: only an answer says it is there.
                 actor = ray.get_actor(name, namespace=NAMESPACE)
                 running = ray.get(actor.running.remote(), timeout=POLL_TIMEOUT_SECONDS)
-            except (ValueError, ray.exceptions.GetTimeoutError) + lost_errors:
+            except Exception:
                 found[ref] = "gone with the tool"
                 continue
             ray.kill(actor, no_restart=True)
@@ -468,7 +470,6 @@ class RayExecutor:
                     stop_sent = now
             elif now - stop_sent > self.kill_wait_seconds + FORCE_SLACK_SECONDS:
                 return None
-            time.sleep(POLL_SECONDS)
 
     def _lost(self, job: TrainingJob, log: BoundedLog, started: float, why: str) -> TrainingResult:
         log.write(f"\n[autoresearch: {why}]\n".encode())

@@ -84,9 +84,9 @@ def actors_alive(refs: list[str]) -> list[str]:
     alive = []
     for ref in refs:
         name = ref.split(":")[1]
-        try:  # a dead actor's name is still found while a handle to it lives: ask it
+        try:  # a dead actor's name is still found while a handle to it lives (its class may not load): ask it
             ray.get(ray.get_actor(name, namespace=NAMESPACE).running.remote(), timeout=10)
-        except (ValueError, ray.exceptions.RayError):
+        except Exception:
             continue
         alive.append(name)
     return alive
