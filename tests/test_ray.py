@@ -279,3 +279,27 @@ def test_the_executor_and_the_address_are_the_runs_own_settings(ray_cluster, wor
     assert (config["executor"], config["ray_address"]) == ("ray", ray_cluster)
     options = resumed_options(loop.ledger.run(TAG), {"executor": "local"})
     assert [(o.setting, o.before, o.after) for o in options.overrides] == [("executor", "ray", "local")]
+
+
+# --- the log streams back, bounded as locally
+
+def test_a_flood_of_output_comes_back_bounded_with_its_summary(ray_cluster, tmp_path):
+    from autoresearch.runner import TrainingJob
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "flood.py").write_text("import sys\nfor i in range(200_000):\n    print('x' * 50, i)\n"
+                                     "print('steps: 200000')\n")
+    executor = RayExecutor(kill_wait_seconds=KILL_WAIT, log_head_bytes=10_000, log_tail_bytes=10_000)
+    try:
+        result = executor.run(TrainingJob(command="python flood.py", cwd=folder, log_path=tmp_path / "flood.log",
+                                          budget_seconds=60, grace_seconds=5, slot=0))
+    finally:
+        executor.close()
+    assert result.exit_code == 0 and result.summary == {"steps": 200000.0}
+    log = (tmp_path / "flood.log").read_bytes()
+    assert result.log_bytes > 10_000_000  # what it printed
+    assert len(log) < 10_000 + 10_000 + 200  # what came back and was kept: the head, the tail, one line between
+    assert log.startswith(b"x" * 50 + b" 0\n") and log.endswith(b"steps: 200000\n")
+    assert b"bytes of output left out here]" in log
+    assert wait_until(lambda: not slot_workers(), 10)
