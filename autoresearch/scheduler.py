@@ -9,8 +9,10 @@ events, so the ledger has a single writer and every decision is taken in one pla
   with the experiments in flight listed in the prompt ("training now"). How many are drafted at
   once follows the measured proposal and training times (within MAX_DRAFTS). A ready draft waits,
   uncommitted, for a free slot; if the best has moved meanwhile its blocks are applied again onto
-  the new best when it gets one, or it is drafted again if they no longer apply. Without the sandbox the loop stays serial: the ledger's check after each training
-  (recovery.LedgerGuard) needs the tool to write nothing while a training runs.
+  the new best when it gets one, or it is drafted again if they no longer apply. The first drafts
+  start while the baseline trains, past half its budget, and wait for its decision. Without the
+  sandbox the loop stays serial: the ledger's check after each training (recovery.LedgerGuard)
+  needs the tool to write nothing while a training runs.
 - Slots: `slots` trainings at once, each on its own device (CUDA_VISIBLE_DEVICES), its own fresh
   copy and its own sandbox. The baseline's noise runs use them side by side.
 - One best, nothing lost: a candidate is decided against the best it was drafted from. If the best
