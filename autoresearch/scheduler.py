@@ -9,8 +9,10 @@ events, so the ledger has a single writer and every decision is taken in one pla
   with the experiments in flight listed in the prompt ("training now"). How many are drafted at
   once follows the measured proposal and training times (within MAX_DRAFTS). A ready draft waits,
   uncommitted, for a free slot; if the best has moved meanwhile its blocks are applied again onto
-  the new best when it gets one, or it is drafted again if they no longer apply. Without the sandbox the loop stays serial: the ledger's check after each training
-  (recovery.LedgerGuard) needs the tool to write nothing while a training runs.
+  the new best when it gets one, or it is drafted again if they no longer apply. The first drafts
+  start while the baseline trains, past half its budget, and wait for its decision. Without the
+  sandbox the loop stays serial: the ledger's check after each training (recovery.LedgerGuard)
+  needs the tool to write nothing while a training runs.
 - Slots: `slots` trainings at once, each on its own device (CUDA_VISIBLE_DEVICES), its own fresh
   copy and its own sandbox. The baseline's noise runs use them side by side.
 - One best, nothing lost: a candidate is decided against the best it was drafted from. If the best
@@ -130,7 +132,8 @@ class Scheduler:
         if state.best_metric is None:
             if not self.flights:
                 self._start_baseline()
-            return
+            if not self._baseline_proven():
+                return
         while self._may_draft():
             self._start_draft()
 
@@ -158,12 +161,26 @@ class Scheduler:
                                         in_flight=len(self.flights) + len(self.drafts) + len(self.ready),
                                         drafting=unrecorded)
 
+    def _baseline_proven(self) -> bool:
+        """While the baseline trains: whether it has trained long enough to draft the first proposals.
+
+        Past half its budget a broken recipe has usually crashed, so drafts for every slot started then
+        are ready when the baseline ends, and few are wasted on a recipe that fails. They are told the
+        baseline trains; its numbers come with the next drafts.
+        """
+        if not self.draft_ahead:
+            return False
+        baseline = next((flight for flight in self.flights.values() if flight.kind == "baseline"), None)
+        return baseline is not None and time.monotonic() - baseline.started >= self.state.budget_seconds / 2
+
     def _draft_concurrency(self) -> int:
         """How many proposals to draft at once: one for each slot that has nothing to do now, and, for
         the busy ones, enough that none waits when its training ends: slots x proposal time / training
         time, from the times measured (the way ShinkaEvolve sizes its proposals in flight)."""
         starting = sum(1 for _, request in self.pending if request.attempt == 0)
         idle = max(0, len(self.slots) - len(self.busy) - len(self.ready) - starting)
+        if self.state.best_metric is None:  # the baseline trains: every slot wants a draft when it ends
+            return max(1, min(MAX_DRAFTS, len(self.slots)))
         ahead = 1
         if self.propose_times and self.train_times:
             ratio = mean(self.propose_times[-5:]) / max(mean(self.train_times[-5:]), 1e-3)
@@ -177,6 +194,8 @@ class Scheduler:
                 if self.pending:
                     flight, request = self.pending.popleft()
                     self._start_training(slot, flight, request)
+                elif self.state.best_metric is None:
+                    break  # drafted while the baseline trains: placed once it is decided
                 else:
                     self._place(*self.ready.popleft())  # commits it and queues its first run, or not
 
@@ -240,8 +259,9 @@ class Scheduler:
         rows = [row for row in self.loop.ledger.experiments(state.tag) if row["outcome"] != "running"]
         if self.hardware is None:
             self.hardware = describe_hardware()
-        in_flight = tuple(f"experiment {flight.number}: {flight.description}" for flight in self.flights.values()
-                          if flight.kind == "candidate") + tuple(
+        in_flight = tuple(f"experiment {flight.number}: {flight.description}"
+                          + (" (its numbers come when it ends)" if flight.kind == "baseline" else "")
+                          for flight in self.flights.values() if flight.kind in ("baseline", "candidate")) + tuple(
             f"experiment {draft.number}: {candidate.description} (waiting for a slot)"
             for draft, candidate, _ in self.ready)
         seen = frozenset(state.seen_hashes) | frozenset(editable_digest(state.recipe, flight.files)
@@ -258,11 +278,14 @@ class Scheduler:
     def _start_draft(self, number: int | None = None) -> None:
         """A draft against the current best, in a thread of its own; a new experiment row unless `number` is given."""
         state = self.state
+        parent_number = state.best_number
+        if parent_number is None:  # drafted while the baseline trains: the baseline is its parent
+            parent_number = next(flight.number for flight in self.flights.values() if flight.kind == "baseline")
         if number is None:
             number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit,
-                                                parent_number=state.best_number)
+                                                parent_number=parent_number)
         files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
-        draft = Draft(number, state.best_commit, state.best_number, files, time.monotonic())
+        draft = Draft(number, state.best_commit, parent_number, files, time.monotonic())
         self.drafts[number] = draft
         context = self._context(number, files)
         self.loop.reporter.keep_margin(context.keep_margin)

@@ -5,8 +5,10 @@ and a scripted chat-completions endpoint on 127.0.0.1 that answers each proposal
 20% of the budget. Each configuration runs a baseline and then N experiments (default 20) in a
 fresh workspace, in one run of this script, and reports:
 - duty cycle: training seconds summed over the slots / (slots x wall seconds), over the experiments
-  after the baseline (wall: from the first experiment's start to the last one's end); the run's
-  own figure from the ledger, as `autoresearch runs` shows it, beside it;
+  after the baseline (wall: from the baseline's decision to the last experiment's end; drafts made
+  while the baseline trained are hidden in its training, which used the slots); the run's own
+  figure from the ledger, as `autoresearch runs` shows it, beside it: the whole run, the baseline
+  and its noise runs (one per extra slot, side by side, as a run on N GPUs would have) included;
 - experiments per hour, and the ratio of 4 slots to 1;
 - the scheduler's own time per training on a slot: from one training's start on a slot to the next
   one's, less the first's training and evaluation (the gap a slot waits between two trainings).
@@ -114,9 +116,9 @@ def measure(experiments: int, budget: float, slots: int, draft_ahead: bool, exec
         agent = LLMAgent(model="fake-model", base_url=fake.base_url, request_timeout=60)
         loop = ResearchLoop(Workspace.find(), agent, clock, executor=make_executor(executor))
         try:
-            loop.start(RunOptions(tag="bench", budget_seconds=budget, max_experiments=experiments + 1, noise_runs=0,
-                                  confirm_runs=0, sandbox="on", slots=slots, draft_ahead=draft_ahead,
-                                  executor=executor))
+            loop.start(RunOptions(tag="bench", budget_seconds=budget, max_experiments=experiments + 1,
+                                  noise_runs=slots - 1, confirm_runs=0, sandbox="on", slots=slots,
+                                  draft_ahead=draft_ahead, executor=executor))
             rows = [row for row in loop.ledger.experiments("bench") if row["number"] > 0]
             runs = {(run["experiment"], run["attempt"]): run for run in loop.ledger.training_runs("bench")}
             summary = run_summary(loop.ledger, "bench")
@@ -124,7 +126,7 @@ def measure(experiments: int, budget: float, slots: int, draft_ahead: bool, exec
             loop.close()
             fake.close()
             os.chdir(here)
-    wall = max(clock.closed[row["number"]] for row in rows) - min(clock.opened[row["number"]] for row in rows)
+    wall = max(clock.closed[row["number"]] for row in rows) - clock.closed[0]
     training = sum(runs[(row["number"], 0)]["seconds"] or 0.0 for row in rows)
     gaps = []
     for starts in clock.starts.values():

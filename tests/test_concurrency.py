@@ -148,6 +148,47 @@ def test_a_draft_that_no_longer_applies_after_a_keep_is_drafted_again(slow_works
     assert_consistent(slow_workspace, rows)
 
 
+def test_the_first_drafts_are_made_while_the_baseline_trains_and_wait_for_it(tmp_path, monkeypatch, fake_llm):
+    # The baseline trains for 4 s of its 5 s budget; past half of it, a draft for each of the two slots.
+    root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 4.0"))
+    monkeypatch.chdir(root)
+    seen = {}
+
+    def drafted(number: int, change: tuple[str, str]):
+        def answer(request: dict):
+            seen[number] = (ledger_query(root, "SELECT experiment FROM training_runs WHERE tag = ? AND "
+                                         "outcome = 'running'", TAG), prompt_of(request))
+            return blocks(f"change {number}", ("SLEEP_SECONDS = 4.0", "SLEEP_SECONDS = 0.0"), change)
+        return answer
+
+    _, rows = run_ahead(fake_llm, by_experiment({1: drafted(1, ("LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")),
+                                                 2: drafted(2, ("# --- summary", "# --- summary\n# the same"))}),
+                        slots=2, max_experiments=3)
+    for number in (1, 2):
+        training, prompt = seen[number]
+        assert training == [(0,)]  # asked while the baseline trained
+        assert "training now: experiment 0: baseline: the unmodified recipe (its numbers come when it ends)" in prompt
+    runs = ledger_query(root, "SELECT experiment, started_at, finished_at FROM training_runs WHERE tag = ? "
+                        "ORDER BY id", TAG)
+    assert runs[0][0] == 0 and sorted(run[0] for run in runs[1:]) == [1, 2]
+    assert all(run[1] >= runs[0][2] for run in runs[1:])  # trained only once the baseline was decided
+    assert [(row["number"], row["outcome"], row["parent_number"]) for row in rows] == [
+        (0, "keep", None), (1, "keep", 0), (2, "discard", 0)]
+    assert rows[1]["best_before"] == rows[0]["metric"]
+    assert_consistent(root, rows)
+
+
+def test_a_baseline_that_fails_early_asks_the_agent_nothing(tmp_path, monkeypatch, fake_llm):
+    root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("time.sleep(SLEEP_SECONDS)",
+                                                                     "time.sleep(1.0)\nraise SystemExit(3)"))
+    monkeypatch.chdir(root)
+    loop = make_loop(fake_llm, [BETTER])
+    with pytest.raises(Exception, match="baseline"):
+        loop.start(small_options(tag=TAG, sandbox="on", draft_ahead=True, slots=2, max_experiments=3))
+    assert not [request for request in fake_llm.requests if "Propose experiment" in prompt_of(request)]
+    assert [row["number"] for row in loop.ledger.experiments(TAG)] == [0]
+
+
 def test_without_drafting_ahead_nothing_is_asked_while_a_training_runs(slow_workspace, fake_llm):
     seen = []
 
