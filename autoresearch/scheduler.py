@@ -10,9 +10,9 @@ events, so the ledger has a single writer and every decision is taken in one pla
   once follows the measured proposal and training times (within MAX_DRAFTS). A ready draft waits,
   uncommitted, for a free slot; if the best has moved meanwhile its blocks are applied again onto
   the new best when it gets one, or it is drafted again if they no longer apply. The first drafts
-  start while the baseline trains, past half its budget, and wait for its decision. Without the
-  sandbox the loop stays serial: the ledger's check after each training (recovery.LedgerGuard)
-  needs the tool to write nothing while a training runs.
+  start while the baseline's last run trains, past half its budget, and wait for its decision.
+  Without the sandbox the loop stays serial: the ledger's check after each training
+  (recovery.LedgerGuard) needs the tool to write nothing while a training runs.
 - Slots: `slots` trainings at once, each on its own device (CUDA_VISIBLE_DEVICES), its own fresh
   copy and its own sandbox. The baseline's noise runs use them side by side.
 - One best, nothing lost: a candidate is decided against the best it was drafted from. If the best
@@ -67,6 +67,7 @@ class Flight:
     seeds: list[int] = field(default_factory=list)
     first: Trained | None = None
     running: int = 0  # its training runs queued or on a slot
+    last_run_started: float | None = None  # when the latest of its training runs got a slot
     failed_noise: list[Trained] = field(default_factory=list)
 
 
@@ -164,14 +165,18 @@ class Scheduler:
     def _baseline_proven(self) -> bool:
         """While the baseline trains: whether it has trained long enough to draft the first proposals.
 
-        Past half its budget a broken recipe has usually crashed, so drafts for every slot started then
-        are ready when the baseline ends, and few are wasted on a recipe that fails. They are told the
-        baseline trains; its numbers come with the next drafts.
+        Once its last run (of the first and the noise runs) is past half its budget: a broken recipe has
+        usually crashed by then, so few drafts are wasted on it, and drafts for every slot started then
+        are ready when the baseline ends, without waiting long for it. They are told the baseline
+        trains; its numbers come with the next drafts.
         """
         if not self.draft_ahead:
             return False
         baseline = next((flight for flight in self.flights.values() if flight.kind == "baseline"), None)
-        return baseline is not None and time.monotonic() - baseline.started >= self.state.budget_seconds / 2
+        if baseline is None or baseline.last_run_started is None or any(
+                flight is baseline for flight, _ in self.pending):
+            return False
+        return time.monotonic() - baseline.last_run_started >= self.state.budget_seconds / 2
 
     def _draft_concurrency(self) -> int:
         """How many proposals to draft at once: one for each slot that has nothing to do now, and, for
@@ -399,6 +404,7 @@ class Scheduler:
         trainer = state.trainer
         ticket = trainer.start(request, slot)
         self.busy[slot.index] = (flight, ticket)
+        flight.last_run_started = time.monotonic()
         self.loop.reporter.phase("training", request.description, budget=state.budget_seconds,
                                  grace=state.recipe.grace(state.budget_seconds), slot=slot.index, number=flight.number)
 

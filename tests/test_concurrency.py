@@ -178,6 +178,24 @@ def test_the_first_drafts_are_made_while_the_baseline_trains_and_wait_for_it(tmp
     assert_consistent(root, rows)
 
 
+def test_on_one_slot_the_first_draft_waits_for_the_baselines_last_run(tmp_path, monkeypatch, fake_llm):
+    # One slot, a first run and a noise run of 3 s each: drafting during the first would wait out all
+    # of the noise run; the draft starts past half of the last one.
+    root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 3.0"))
+    monkeypatch.chdir(root)
+    seen = []
+
+    def answer(request: dict):
+        seen.append(ledger_query(root, "SELECT experiment, attempt FROM training_runs WHERE tag = ? AND "
+                                 "outcome = 'running'", TAG))
+        return reply("no sleep", "SLEEP_SECONDS = 3.0", "SLEEP_SECONDS = 0.0")
+
+    _, rows = run_ahead(fake_llm, [answer], noise_runs=1, max_experiments=2)
+    assert seen == [[(0, 1)]]  # asked while the noise run, the baseline's last, trained
+    assert [(row["number"], row["outcome"]) for row in rows] == [(0, "keep"), (1, "discard")]
+    assert_consistent(root, rows)
+
+
 def test_a_baseline_that_fails_early_asks_the_agent_nothing(tmp_path, monkeypatch, fake_llm):
     root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("time.sleep(SLEEP_SECONDS)",
                                                                      "time.sleep(1.0)\nraise SystemExit(3)"))
