@@ -229,15 +229,16 @@ def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_d
                     ("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.0"))
     wider = blocks("double the width", ("WIDTH = 4", "WIDTH = 8"),
                    ("save_model(LEARNING_RATE, WIDTH)", "time.sleep(2.5)\nsave_model(LEARNING_RATE, WIDTH)"))
-    # A third draft, made while both train, and a fourth, made for the slot experiment 1 left, are held
-    # until experiment 2 is decided, and are no edit at all.
+    # A third and a fourth draft (made while both train, or the fourth for the slot experiment 1 left:
+    # how many are drafted ahead follows the measured times) are held until experiment 2 is decided,
+    # and are no edit at all.
     held = answer_when(lambda: outcome_of(workspace, 2) not in (None, "running"),
                        reply("nothing", "NO SUCH LINE", "NOTHING"))
     loop, rows = run_ahead(fake_llm, by_experiment({1: faster, 2: wider, 3: held, 4: held}), slots=2,
                            max_experiments=6)
     outcomes = [(row["number"], row["outcome"], row["parent_number"]) for row in rows]
-    assert outcomes == [(0, "keep", None), (1, "keep", 0), (2, "discard", 0), (3, "invalid", 0), (4, "invalid", 1),
-                        (5, "keep", 1)]
+    assert outcomes[:4] == [(0, "keep", None), (1, "keep", 0), (2, "discard", 0), (3, "invalid", 0)]
+    assert outcomes[4] in ((4, "invalid", 0), (4, "invalid", 1)) and outcomes[5] == (5, "keep", 1)
     assert "best moved on to experiment 1: combined with it as experiment 5" in rows[2]["reason"]
     assert rows[2]["metric"] == pytest.approx(0.04 + 0.125)  # better than its parent, never kept on it
     combined = rows[5]
