@@ -13,9 +13,11 @@ sent SIGTERM, then SIGKILL after a short wait, when the job ends or passes its l
 - every descendant seen while it ran (the tree is sampled a few times a second);
 - every process carrying the job's marker in its environment (`AUTORESEARCH_JOB`), which children
   inherit whatever they do to their session or parent.
-On Linux the training command also gets SIGKILL from the kernel when the tool itself dies (`kill -9`,
-a second Ctrl-C), through a tiny launcher that sets PR_SET_PDEATHSIG before exec; what it leaves
-behind is found by its environment marker when the run is resumed (`stop_processes_marked`).
+On Linux the training command is also stopped when the tool itself dies (`kill -9`, a second
+Ctrl-C): a tiny launcher, its parent, asks the kernel (PR_SET_PDEATHSIG) for a signal at the
+tool's death and then kills every process with the job's marker; the command dies with the
+launcher. What anything leaves behind all the same is found by its environment marker when the
+run is resumed (`stop_processes_marked`).
 """
 
 from __future__ import annotations
@@ -60,18 +62,69 @@ ALLOWED_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM
 ALLOWED_ENV_PREFIXES = ("LC_", "CUDA_", "NCCL_", "NVIDIA_", "TORCH_", "PYTORCH_", "TORCHINDUCTOR_", "TRITON_", "OMP_",
                         "MKL_", "OPENBLAS_")
 
-# Runs the real command with exec after asking the kernel to SIGKILL it when its parent (the tool)
-# dies; exits at once if the parent is already gone. argv: parent pid, then the command.
+# Runs the real command as its child and stays its parent, having asked the kernel for SIGUSR2 when
+# its own parent (the tool) dies: then it kills every process carrying the job's marker and exits.
+# It does not exec the command, because the signal does not survive what bubblewrap does at its
+# start (its credentials change before it asks for its own): a tool killed in those milliseconds
+# left a sandbox running. The command gets SIGKILL when the launcher dies, as the launcher once did
+# with the tool. It exits at once if the tool is already gone; otherwise it passes SIGTERM,
+# SIGINT and SIGHUP on to the command and ends as the command ended (its code, or its signal).
+# argv: the tool's pid, then the command. Standard library only (it runs with -I -S).
 PARENT_DEATH_LAUNCHER = (
-    "import ctypes, os, sys\n"
-    "ctypes.CDLL(None).prctl(1, 9)\n"  # PR_SET_PDEATHSIG = 1, SIGKILL = 9
-    "if os.getppid() != int(sys.argv[1]):\n"
+    "import ctypes, os, signal, sys\n"
+    "marker = ('AUTORESEARCH_JOB=' + os.environ.get('AUTORESEARCH_JOB', '')).encode()\n"
+    "children = []\n"
+    "def sweep(*_):\n"
+    "    for pid in children:\n"
+    "        try:\n"
+    "            os.kill(pid, signal.SIGKILL)\n"
+    "        except OSError:\n"
+    "            pass\n"
+    "    for name in os.listdir('/proc'):\n"
+    "        if name.isdigit() and int(name) != os.getpid() and 'AUTORESEARCH_JOB' in os.environ:\n"
+    "            try:\n"
+    "                with open(f'/proc/{name}/environ', 'rb') as handle:\n"
+    "                    if marker in handle.read().split(b'\\0'):\n"
+    "                        os.kill(int(name), signal.SIGKILL)\n"
+    "            except OSError:\n"
+    "                pass\n"
     "    os._exit(137)\n"
-    "try:\n"
-    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
-    "except OSError as exc:\n"
-    "    print(f'cannot start {sys.argv[2]}: {exc.strerror or exc}', file=sys.stderr)\n"
+    "signal.signal(signal.SIGUSR2, sweep)\n"
+    "ctypes.CDLL(None).prctl(1, signal.SIGUSR2)\n"  # PR_SET_PDEATHSIG = 1
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sweep()\n"
+    "launcher = os.getpid()\n"
+    "child = os.fork()\n"
+    "if child == 0:\n"
+    "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"  # and the command dies with the launcher
+    "    if os.getppid() != launcher:\n"
+    "        os._exit(137)\n"
+    "    try:\n"
+    "        os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "    except OSError as exc:\n"
+    "        print(f'cannot start {sys.argv[2]}: {exc.strerror or exc}', file=sys.stderr)\n"
     "    os._exit(127)\n"
+    "children.append(child)\n"
+    "def forward(number, _):\n"
+    "    try:\n"
+    "        os.kill(child, number)\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+    "    signal.signal(number, forward)\n"
+    "while True:\n"
+    "    try:\n"
+    "        _, status = os.waitpid(child, 0)\n"
+    "        break\n"
+    "    except ChildProcessError:\n"
+    "        os._exit(127)\n"
+    "    except InterruptedError:\n"
+    "        continue\n"
+    "if os.WIFSIGNALED(status):\n"
+    "    number = os.WTERMSIG(status)\n"
+    "    signal.signal(number, signal.SIG_DFL)\n"
+    "    os.kill(os.getpid(), number)\n"
+    "os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)\n"
 )
 
 

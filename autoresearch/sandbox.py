@@ -36,9 +36,11 @@ the training). `/` can only be read-only. The other entries of sys.path (an edit
 source folder, which here is the workspace itself) are not re-exposed: list them in `readable`.
 
 With the runner, wrap the whole command: `with_parent_death_signal(sandbox_argv(spec, argv))`. The
-launcher sets PR_SET_PDEATHSIG and execs bwrap, which keeps it (bwrap is not setuid on current
-distributions; where it is, exec clears it, and bwrap's own --die-with-parent still ties it to the
-tool); --die-with-parent then carries the kill to everything inside, so `kill -9` of the tool leaves
+launcher stays bwrap's parent and, told by the kernel that the tool died, kills every process with
+the job's marker (bwrap keeps the caller's environment): bwrap's own parent-death signal is not
+enough, since at its start its credentials change before it asks for its own, and a tool killed in
+those milliseconds left a sandbox running. bwrap dies with the launcher (PR_SET_PDEATHSIG before
+its exec) and --die-with-parent carries that to everything inside, so `kill -9` of the tool leaves
 nothing of the sandbox alive.
 
 `probe()` runs one small command in a sandbox built the same way and checks that it really holds;

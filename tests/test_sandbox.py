@@ -510,3 +510,34 @@ def test_the_probe_checks_the_protections_rather_than_trusting_bwrap(tmp_path):
     assert (result.available, result.level) == (False, "none")
     for missing in ("a hidden file can be read", "the network can be reached", "no PID namespace"):
         assert missing in result.problem
+
+
+CLEARING_PARENT = """\
+import subprocess, sys, time
+from autoresearch.runner import with_parent_death_signal
+# A command that clears its parent-death signal as it starts, as bubblewrap's does for a moment
+# when its credentials change (a tool killed then once left the whole sandbox running).
+command = [sys.executable, "-c", "import ctypes, time; ctypes.CDLL(None).prctl(1, 0); print('up', flush=True); "
+           "time.sleep(600)"]
+child = subprocess.Popen(with_parent_death_signal(command), start_new_session=True, stdout=subprocess.PIPE)
+child.stdout.readline()
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def test_kill_9_of_the_tool_stops_a_command_that_cleared_its_parent_death_signal():
+    job = uuid.uuid4().hex
+    marker = f"AUTORESEARCH_JOB={job}"
+    parent = subprocess.Popen([sys.executable, "-c", CLEARING_PARENT], env={**os.environ, "AUTORESEARCH_JOB": job},
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        assert len(marked_processes(marker)) >= 2  # the tool and the command (and the launcher)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        assert wait_until(lambda: not marked_processes(marker), 5), f"still alive: {marked_processes(marker)}"
+    finally:
+        parent.kill()
+        for pid in marked_processes(marker):
+            os.kill(pid, signal.SIGKILL)

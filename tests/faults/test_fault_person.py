@@ -6,7 +6,9 @@ Ctrl-C and kill -9 are real signals to the real CLI in its own process, as from 
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -75,11 +77,15 @@ def test_ctrl_c_twice_exits_at_once_and_the_next_start_is_consistent(workspace, 
     assert tool.wait(10) == 130
     assert time.monotonic() - second < 1.0
     assert "interrupted again: stopped at once. `autoresearch run --resume t`" in tool.stderr()
-    # the training itself died with the tool (PR_SET_PDEATHSIG); its setsid'd child is left for the resume
-    assert wait_until(lambda: not any("train.py" in open(f"/proc/{pid}/cmdline").read()
-                                      for pid in map(str, run_processes(workspace))), 3)
-    loop, rows = resume_with(fake_llm, [BETTER], sandbox="off")
+    # the launcher saw the tool die (PR_SET_PDEATHSIG) and stopped every process of the training by its
+    # marker, the setsid'd child too
+    assert wait_until(lambda: run_processes(workspace) == [], 3)
     assert pids_with_cmdline("987611") == []
+    # what escaped it (a launcher killed with -9 by something else) is stopped by the resume
+    leftover = subprocess.Popen(["sleep", "987612"], start_new_session=True,
+                                env={**os.environ, "AUTORESEARCH_RUN": str((workspace / "runs" / "t").resolve())})
+    loop, rows = resume_with(fake_llm, [BETTER], sandbox="off")
+    assert leftover.wait(5) != 0 and pids_with_cmdline("987612") == []
     assert rows[1]["outcome"] == "interrupted" and rows[2]["outcome"] == "keep"
     assert any("leftover training process" in note for note in loop.reporter.notes)
     assert_consistent(workspace, rows)
