@@ -162,6 +162,9 @@ class Scheduler:
                                         in_flight=len(self.flights) + len(self.drafts) + len(self.ready),
                                         drafting=unrecorded)
 
+    def _baseline_in_flight(self) -> Flight | None:
+        return next((flight for flight in self.flights.values() if flight.kind == "baseline"), None)
+
     def _baseline_proven(self) -> bool:
         """While the baseline trains: whether it has trained long enough to draft the first proposals.
 
@@ -172,7 +175,7 @@ class Scheduler:
         """
         if not self.draft_ahead:
             return False
-        baseline = next((flight for flight in self.flights.values() if flight.kind == "baseline"), None)
+        baseline = self._baseline_in_flight()
         if baseline is None or baseline.last_run_started is None or any(
                 flight is baseline for flight, _ in self.pending):
             return False
@@ -285,7 +288,7 @@ class Scheduler:
         state = self.state
         parent_number = state.best_number
         if parent_number is None:  # drafted while the baseline trains: the baseline is its parent
-            parent_number = next(flight.number for flight in self.flights.values() if flight.kind == "baseline")
+            parent_number = self._baseline_in_flight().number
         if number is None:
             number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit,
                                                 parent_number=parent_number)

@@ -297,7 +297,8 @@ def test_several_slots_need_the_sandbox(workspace, fake_llm):
 
 # --- stopping with several things in flight
 
-def test_ctrl_c_with_trainings_and_a_draft_in_flight_stops_within_seconds(workspace, fake_llm):
+def two_trainings_and_a_draft_in_flight(workspace: Path, fake_llm) -> ToolProcess:
+    """The tool as a real process on two slots, both training experiments that hang, a third being drafted."""
     hang = [inject(f"wait for the data {n}", f"time.sleep({60 + n})") for n in (1, 2)]
     fake_llm.set_script([*hang, {"content": BETTER, "delay": 60}])
     tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--slots", "2", "--sandbox", "on",
@@ -305,6 +306,11 @@ def test_ctrl_c_with_trainings_and_a_draft_in_flight_stops_within_seconds(worksp
     assert tool.wait_for("experiment 3: started", 30), tool.stderr()
     assert wait_until(lambda: ledger_query(workspace, "SELECT COUNT(*) FROM training_runs WHERE tag = ? AND "
                                            "outcome = 'running' AND experiment > 0", TAG)[0][0] == 2, 20)
+    return tool
+
+
+def test_ctrl_c_with_trainings_and_a_draft_in_flight_stops_within_seconds(workspace, fake_llm):
+    tool = two_trainings_and_a_draft_in_flight(workspace, fake_llm)
     started = time.monotonic()
     tool.interrupt()
     assert tool.wait(20) == 130, tool.stderr()
@@ -323,13 +329,7 @@ def test_ctrl_c_with_trainings_and_a_draft_in_flight_stops_within_seconds(worksp
 
 
 def test_a_resume_with_several_in_flight_at_the_kill_puts_each_straight(workspace, fake_llm):
-    hang = [inject(f"wait for the data {n}", f"time.sleep({60 + n})") for n in (1, 2)]
-    fake_llm.set_script([*hang, {"content": BETTER, "delay": 60}])
-    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--slots", "2", "--sandbox", "on",
-                       env=tool_env(fake_llm))
-    assert tool.wait_for("experiment 3: started", 30), tool.stderr()
-    assert wait_until(lambda: ledger_query(workspace, "SELECT COUNT(*) FROM training_runs WHERE tag = ? AND "
-                                           "outcome = 'running' AND experiment > 0", TAG)[0][0] == 2, 20)
+    tool = two_trainings_and_a_draft_in_flight(workspace, fake_llm)
     tool.kill(whole_group=True)
     tool.wait(10)
     assert wait_until(lambda: run_processes(workspace) == [], 10)  # the sandboxes die with their launcher
