@@ -36,7 +36,7 @@ from autoresearch.edits import EditBlock, EditError, apply_blocks, parse_reply
 from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverflow, call_within, context_overflow,
                                    served_context_tokens, served_token_count, server_message,
                                    wants_max_completion_tokens)
-from autoresearch.errors import UserError
+from autoresearch.errors import AgentUnavailable, InvalidProposal, Remedy, UserError
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentContext, budget_that_fits, build_messages,
@@ -68,40 +68,6 @@ class Candidate:
     changed: dict[str, str]
     blocks: tuple[EditBlock, ...] = ()
     notes: str = ""  # what the agent wrote under NOTES: for its later experiments
-
-
-class InvalidProposal(Exception):
-    """The agent produced nothing that can be trained; `reason` is the typed outcome's reason."""
-
-    def __init__(self, reason: str, description: str = "", notes: str = ""):
-        super().__init__(reason)
-        self.reason = reason
-        self.description = description
-        self.notes = notes
-
-
-@dataclass(frozen=True)
-class Remedy:
-    """The setting that mends a refusal: a run option or an agent parameter, by name, and a value to try.
-
-    The value is None when the person must choose it (another model). The CLI words the setting as its flag.
-    """
-
-    setting: str
-    value: str | None = None
-
-
-class AgentUnavailable(Exception):
-    """An LLM call failed: no proposal this time. The message names the endpoint's URL.
-
-    `retryable` is False when asking again cannot help (the key, the model or the prompt's length was
-    refused); `remedy` then says what to change, when one setting does it.
-    """
-
-    def __init__(self, reason: str, retryable: bool = True, remedy: Remedy | None = None):
-        super().__init__(reason)
-        self.retryable = retryable
-        self.remedy = remedy
 
 
 class CompletionLimitRefused(AgentUnavailable):

@@ -24,8 +24,9 @@ from autoresearch.gains import gain_or_none
 from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
-from autoresearch.runlock import WorkspaceBusy
-from autoresearch.settings import DEFAULT_MODEL, InvalidSetting, check_options
+from autoresearch.errors import WorkspaceBusy
+from autoresearch.settings import DEFAULT_MODEL, check_options
+from autoresearch.errors import InvalidSetting
 from autoresearch.pricing import load_price_table
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 from autoresearch.recipe import builtin_recipes
@@ -192,7 +193,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
                                               "in this workspace (they will share the machine).")):
     """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
     from autoresearch.agents import make_agent
-    from autoresearch.loop import ResearchLoop, StopRun
+    from autoresearch.loop import ResearchLoop
+    from autoresearch.errors import StopRun
     from autoresearch.settings import RunOptions, resumed_options
 
     given = {name: value for name, value in dict(

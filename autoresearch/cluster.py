@@ -58,7 +58,7 @@ from autoresearch.isolation import PACKAGE_DIR
 from autoresearch.runner import (JOB_MARKER, KILL_WAIT_SECONDS, LOG_HEAD_BYTES, LOG_TAIL_BYTES, RUN_MARKER, BoundedLog,
                                  JobHandle, LocalExecutor, StealMeter, TrainingJob, TrainingResult,
                                  stop_processes_marked)
-from autoresearch.settings import InvalidSetting
+from autoresearch.errors import InvalidSetting
 
 NAMESPACE = "autoresearch"  # the Ray namespace of every actor the tool makes
 POLL_SECONDS = 0.1  # how long a worker holds a poll for its job's end before it answers with the news so far

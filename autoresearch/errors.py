@@ -1,5 +1,87 @@
-"""The one error type for problems a user can fix; the CLI turns it into one line and exit 1."""
+"""The tool's error vocabulary: every typed error a domain module raises and another one catches.
+
+Domain modules raise these and never word a CLI flag; the CLI turns a `UserError` into one line and
+exit code 1, and words a `Remedy` or an `InvalidSetting` with the flag a person types. A Python caller
+(or a Ray driver) reads the setting's name, not a flag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class UserError(Exception):
     """A problem the person can fix (a bad flag, a broken recipe, a missing key)."""
+
+
+class InvalidSetting(UserError):
+    """A setting with a value that cannot work; `setting` is its name in settings.RunOptions."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class LockHeld(UserError):
+    """Someone else holds the lock; `holder` is what they wrote in it (a pid, a tag)."""
+
+    def __init__(self, message: str, holder: str):
+        super().__init__(message)
+        self.holder = holder
+
+
+class WorkspaceBusy(LockHeld):
+    """Another run (or verify) trains in this workspace."""
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """The setting that mends a refusal: a run option or an agent parameter, by name, and a value to try.
+
+    The value is None when the person must choose it (another model). The CLI words the setting as its flag.
+    """
+
+    setting: str
+    value: str | None = None
+
+
+class StopRun(Exception):
+    """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person.
+
+    `remedy`, when one setting mends it, names that setting. `baseline_failed` tells the caller the
+    recipe itself is broken: a resume after the fix is committed starts again from the workspace's
+    last commit.
+    """
+
+    def __init__(self, message: str, remedy: Remedy | None = None, baseline_failed: bool = False):
+        super().__init__(message)
+        self.remedy = remedy
+        self.baseline_failed = baseline_failed
+
+
+class AgentUnavailable(Exception):
+    """An LLM call failed: no proposal this time. The message names the endpoint's URL.
+
+    `retryable` is False when asking again cannot help (the key, the model or the prompt's length was
+    refused); `remedy` then says what to change, when one setting does it.
+    """
+
+    def __init__(self, reason: str, retryable: bool = True, remedy: Remedy | None = None):
+        super().__init__(reason)
+        self.retryable = retryable
+        self.remedy = remedy
+
+
+class InvalidProposal(Exception):
+    """The agent produced nothing that can be trained; `reason` is the typed outcome's reason."""
+
+    def __init__(self, reason: str, description: str = "", notes: str = ""):
+        super().__init__(reason)
+        self.reason = reason
+        self.description = description
+        self.notes = notes
+
+
+class LedgerTampered(Exception):
+    """The training changed the ledger and its safety copy both: the record cannot be put back."""

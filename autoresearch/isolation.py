@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch.evaluation import PreparedData
-from autoresearch.settings import InvalidSetting
+from autoresearch.errors import InvalidSetting
 
 PACKAGE_DIR = Path(__file__).resolve().parent  # recipes' fixed files may import the harness's own library
 

@@ -22,9 +22,10 @@ from functools import partial
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from autoresearch.agents import Agent, AgentUnavailable, LLMCall, Remedy
+from autoresearch.agents import Agent, LLMCall
+from autoresearch.errors import AgentUnavailable, Remedy
 from autoresearch.console import Reporter, times
-from autoresearch.errors import UserError
+from autoresearch.errors import StopRun, UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.evaluation import HarnessFiles, prepare_data
 from autoresearch.isolation import choose_sandbox
@@ -38,7 +39,8 @@ from autoresearch.pricing import LivePrices
 from autoresearch.recovery import reconcile, run_marker
 from autoresearch.review import read_log_tail, run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
-from autoresearch.settings import InvalidSetting, RunOptions, check_options, override_records, run_slots, stored_settings
+from autoresearch.errors import InvalidSetting
+from autoresearch.settings import RunOptions, check_options, override_records, run_slots, stored_settings
 from autoresearch.runner import Executor, LocalExecutor
 from autoresearch.cluster import executor_for
 from autoresearch.spending import SpendingCap, run_spending
@@ -50,20 +52,6 @@ WORKTREE_DIR = "worktree"
 RESULTS_FILE = "results.tsv"
 PREPARE_LOG = "prepare.log"
 MAX_BACKOFF_SECONDS = 300.0
-
-
-class StopRun(Exception):
-    """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person.
-
-    `remedy`, when one setting mends it, names that setting (see agents.Remedy). `baseline_failed`
-    tells the caller the recipe itself is broken: a resume after the fix is committed starts again
-    from the workspace's last commit.
-    """
-
-    def __init__(self, message: str, remedy: Remedy | None = None, baseline_failed: bool = False):
-        super().__init__(message)
-        self.remedy = remedy
-        self.baseline_failed = baseline_failed
 
 
 @dataclass

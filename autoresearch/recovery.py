@@ -22,6 +22,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoresearch.errors import LedgerTampered
 from autoresearch.ledger import Ledger
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, TOOL_IDENTITY, Repo
 from autoresearch.runner import RUN_MARKER, stop_processes_marked
@@ -91,10 +92,6 @@ def _lost_commit(worktree: Repo, tag: str, row: dict) -> str | None:
             and worktree.author_email(head) == TOOL_IDENTITY["GIT_AUTHOR_EMAIL"]):
         return head
     return None
-
-
-class LedgerTampered(Exception):
-    """The training changed the ledger and its safety copy both: the record cannot be put back."""
 
 
 class LedgerGuard:

@@ -18,22 +18,10 @@ import fcntl
 import os
 from pathlib import Path
 
-from autoresearch.errors import UserError
+from autoresearch.errors import LockHeld, WorkspaceBusy
 
 LOCK_FILE = "lock"
 WORKSPACE_LOCK_FILE = "training.lock"
-
-
-class LockHeld(UserError):
-    """Someone else holds the lock; `holder` is what they wrote in it (a pid, a tag)."""
-
-    def __init__(self, message: str, holder: str):
-        super().__init__(message)
-        self.holder = holder
-
-
-class WorkspaceBusy(LockHeld):
-    """Another run (or verify) trains in this workspace."""
 
 
 class _FileLock:

@@ -33,13 +33,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from autoresearch.agents import Candidate, InvalidProposal
+from autoresearch.agents import Candidate
+from autoresearch.errors import InvalidProposal
 from autoresearch.edits import EditError, apply_blocks, unified_diff
 from autoresearch.guard import check_candidate, editable_digest
 from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
 from autoresearch.hardware import describe_hardware
 from autoresearch.prompts import AgentContext, Note
-from autoresearch.recovery import LedgerTampered
+from autoresearch.errors import LedgerTampered
 from autoresearch.repo import EXPERIMENT_REF_PREFIX
 from autoresearch.trainer import Slot, Ticket, Trained, TrainingRequest
 
@@ -247,7 +248,7 @@ class Scheduler:
         if first.outcome is not None:
             self._close(flight, first.outcome, first.reason, None, first)
             log = first.evaluation.log_path if first.evaluation else first.result.log_path
-            from autoresearch.loop import StopRun
+            from autoresearch.errors import StopRun
 
             raise StopRun(f"the baseline (the unmodified recipe) failed with {first.outcome}"
                           f"{': ' + first.reason if first.reason else ''}; see {log}", baseline_failed=True)
@@ -427,7 +428,7 @@ class Scheduler:
         try:
             outcome, reason = self.state.trainer.finish_training(ticket, result)
         except LedgerTampered as exc:
-            from autoresearch.loop import StopRun
+            from autoresearch.errors import StopRun
 
             raise StopRun(str(exc)) from None
         if outcome is not None or ticket.cancelled:

@@ -17,7 +17,7 @@ import importlib.util
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from autoresearch.errors import UserError
+from autoresearch.errors import InvalidSetting
 from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 
@@ -77,15 +77,6 @@ class Override:
     setting: str
     before: object
     after: object
-
-
-class InvalidSetting(UserError):
-    """A setting with a value that cannot work; `setting` is its name in RunOptions."""
-
-    def __init__(self, setting: str, problem: str):
-        super().__init__(f"{setting} {problem}")
-        self.setting = setting
-        self.problem = problem
 
 
 def check_options(options: RunOptions) -> None:

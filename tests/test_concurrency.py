@@ -19,7 +19,8 @@ from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, be
                       run_processes, small_options, tool_env, wait_until)
 
 from autoresearch.loop import ResearchLoop
-from autoresearch.settings import InvalidSetting, resumed_options
+from autoresearch.errors import InvalidSetting
+from autoresearch.settings import resumed_options
 
 SLOW_TRAIN = SYNTH_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.0")
 DEVICE_TRAIN = SYNTH_TRAIN.replace("# --- training\n", """# --- training

@@ -10,7 +10,8 @@ from conftest import git, reply
 
 from autoresearch.agents import LLMAgent, MutateAgent
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions, StopRun
+from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.errors import StopRun
 from autoresearch.workspace import Workspace
 
 BETTER = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")

@@ -180,7 +180,7 @@ def without_bubblewrap(tmp_path, monkeypatch) -> None:
 
 
 def test_on_refuses_to_start_without_the_sandbox(workspace, fake_llm, monkeypatch, tmp_path):
-    from autoresearch.settings import InvalidSetting
+    from autoresearch.errors import InvalidSetting
 
     without_bubblewrap(tmp_path, monkeypatch)
     with pytest.raises(InvalidSetting, match="is on, but the sandbox cannot run here: bubblewrap is not installed"):

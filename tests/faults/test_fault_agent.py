@@ -23,7 +23,8 @@ from autoresearch.agents import MAX_REPLY_CHARS, LLMAgent
 from autoresearch.cli import app
 from autoresearch.console import PlainReporter
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, StopRun
+from autoresearch.loop import ResearchLoop
+from autoresearch.errors import StopRun
 from autoresearch.workspace import Workspace
 
 WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")

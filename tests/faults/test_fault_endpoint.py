@@ -21,7 +21,8 @@ from autoresearch.agents import CHECK_COMPLETION_TOKENS, CHECK_MESSAGES, LLMAgen
 from autoresearch.cli import app
 from autoresearch.console import PlainReporter
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT, Ledger
-from autoresearch.loop import ResearchLoop, StopRun
+from autoresearch.loop import ResearchLoop
+from autoresearch.errors import StopRun
 from autoresearch.prompts import PROMPT_TOKEN_BUDGET, estimate_tokens
 from autoresearch.workspace import Workspace
 

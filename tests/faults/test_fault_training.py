@@ -18,7 +18,7 @@ from conftest import git
 from faultkit import BETTER, TAG, assert_consistent, inject, pids_with_cmdline, resume_with, run_with
 
 from autoresearch.ledger import Ledger
-from autoresearch.loop import StopRun
+from autoresearch.errors import StopRun
 
 
 def fault_row(rows):
