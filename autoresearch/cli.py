@@ -23,14 +23,15 @@ from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
-from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
+from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.errors import WorkspaceBusy
 from autoresearch.settings import DEFAULT_MODEL, check_options
 from autoresearch.errors import InvalidSetting
 from autoresearch.pricing import load_price_table
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 from autoresearch.recipe import builtin_recipes
-from autoresearch.review import (OUTCOMES, experiment_detail, experiment_records, pick_tag, row_json, rows_json,
+from autoresearch.outcomes import OUTCOMES
+from autoresearch.review import (experiment_detail, experiment_records, pick_tag, row_json, rows_json,
                                  rows_tsv, run_details, run_summaries, run_summary)
 from autoresearch.views import RULE_WIDTH, experiment_lines, log_lines, painter, runs_lines
 from autoresearch.workspace import RECIPES_DIR, Workspace, check_tag, init_workspace
@@ -193,7 +194,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
                                               "in this workspace (they will share the machine).")):
     """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
     from autoresearch.agents import make_agent
-    from autoresearch.loop import ResearchLoop
+    from autoresearch.run.session import Session
     from autoresearch.errors import StopRun
     from autoresearch.settings import RunOptions, resumed_options
 
@@ -230,7 +231,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         check_options(options)
         chosen = make_agent(options)
         reporter = make_reporter(stderr)
-        loop = ResearchLoop(workspace, chosen, reporter)
+        loop = Session(workspace, chosen, reporter)
 
         def resume_command() -> str:
             return f"autoresearch run --resume {shlex.quote(loop.tag or resume or tag or 'TAG')}"

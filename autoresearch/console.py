@@ -20,6 +20,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from autoresearch import gains
+from autoresearch.pricing import Usage
 
 MAX_PROGRESS_VALUES = 6
 BUSY_PHASES = ("training", "evaluating", "deciding")  # a slot's row shows no draft over these
@@ -80,30 +81,11 @@ def progress_values(line: str) -> dict[str, str]:
     return values
 
 
-class TokenTally:
-    """The LLM tokens and dollars of a run so far; the cost is unknown once a call had no price."""
-
-    def __init__(self):
-        self.prompt_tokens = 0
-        self.completion_tokens = 0
-        self.cached_tokens = 0
-        self.cost: float | None = 0.0
-
-    def add(self, prompt_tokens: int, completion_tokens: int, cost: float | None, cached_tokens: int = 0) -> None:
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += completion_tokens
-        self.cached_tokens += cached_tokens
-        if cost is None:
-            if prompt_tokens or completion_tokens:
-                self.cost = None
-        elif self.cost is not None:
-            self.cost += cost
-
-    def describe(self) -> str:
-        tokens = self.prompt_tokens + self.completion_tokens
-        cached = f", {format_tokens(self.cached_tokens)} of them cached" if self.cached_tokens else ""
-        return (f"tokens {format_tokens(tokens)} ({format_tokens(self.prompt_tokens)} in{cached}, "
-                f"{format_tokens(self.completion_tokens)} out), cost {format_cost(self.cost, tokens)}")
+def describe_usage(usage: Usage) -> str:
+    """The LLM tokens and dollars of a run so far, in one phrase."""
+    cached = f", {format_tokens(usage.cached_tokens)} of them cached" if usage.cached_tokens else ""
+    return (f"tokens {format_tokens(usage.tokens)} ({format_tokens(usage.prompt_tokens)} in{cached}, "
+            f"{format_tokens(usage.completion_tokens)} out), cost {format_cost(usage.cost_usd, usage.tokens)}")
 
 
 def format_duration(seconds: float | None) -> str:
@@ -183,7 +165,7 @@ class PlainReporter(Reporter):
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.number: int | None = None  # until the first experiment starts (the endpoint check comes before it)
-        self.tally = TokenTally()
+        self.tally = Usage()
         self.progress = RunProgress()
         self.margin: float | None = None
         self.many_slots = False
@@ -230,7 +212,7 @@ class PlainReporter(Reporter):
         cached = f" ({cached_tokens} cached)" if cached_tokens else ""
         self._experiment_line(f"LLM call, {prompt_tokens}{cached} + {completion_tokens} tokens, "
                               f"{format_cost(cost, prompt_tokens + completion_tokens)}; run so far: "
-                              f"{self.tally.describe()}", number)
+                              f"{describe_usage(self.tally)}", number)
 
     def note(self, text):
         self._line(text)
@@ -289,7 +271,7 @@ class LiveReporter(Reporter):
         self.margin: float | None = None
         self.writing: dict[int, int] = {}  # characters of the reply the model is streaming now, per draft
         self.on_slot: dict[int, int] = {}  # the slot each experiment trained on last
-        self.tally = TokenTally()
+        self.tally = Usage()
         self.best: float | None = None
         self.baseline: float | None = None
         self.noise: str | None = None
@@ -405,7 +387,7 @@ class LiveReporter(Reporter):
             noise += f" ({format_margin(self.margin)})"
         lines.append(Text(f"best {self.metric} {format_metric(self.best)}{gain}{noise}   {counts}"))
         if self.tally.prompt_tokens or self.tally.completion_tokens:
-            lines.append(Text(f"LLM {self.tally.describe()}", style="dim"))
+            lines.append(Text(f"LLM {describe_usage(self.tally)}", style="dim"))
         if self.recent:
             recent = Table(show_header=False, box=None, padding=(0, 1))
             for row in self.recent:

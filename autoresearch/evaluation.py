@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import UserError
+from autoresearch.outcomes import EVALUATION, job_outcome, last_line
 from autoresearch.recipe import Recipe
 from autoresearch.repo import safe_git_environment
-from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, TrainingResult, is_finite
+from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, is_finite
 
-REFUSED_EXIT_CODE = 3
 SPLITS = ("val", "test")
 MODEL_DIR_ENV = "AUTORESEARCH_MODEL_DIR"  # the saved model an evaluation reads
 PREPARE_SECONDS = 6 * 3600.0  # a first download of a large data set may take hours; a cached one takes seconds
@@ -137,23 +137,9 @@ def evaluation_job(recipe: Recipe, folder: Path, model_dir: Path, split: str, se
 def evaluate_model(executor: Executor, job: TrainingJob) -> Evaluation:
     """Run an evaluation job; its printed `name: value` lines are the model's numbers."""
     result = executor.run(job)
-    outcome, reason = evaluation_outcome(result, job.budget_seconds)
+    outcome, reason = job_outcome(result, EVALUATION, job.budget_seconds)
     return Evaluation(outcome=outcome, reason=reason, values=result.summary, seconds=result.seconds,
                       log_path=job.log_path, log_tail=result.log_tail)
-
-
-def evaluation_outcome(result: TrainingResult, limit_seconds: float) -> tuple[str | None, str | None]:
-    if result.lost:
-        return "crash", "worker lost (during the evaluation of its model)"
-    if result.timed_out:
-        return "timeout", f"the evaluation of its model ran past {limit_seconds:g}s"
-    if result.exit_code == REFUSED_EXIT_CODE:
-        refused = [line for line in result.log_tail.splitlines() if line.startswith("refused:")]
-        why = refused[-1].split(":", 1)[1].strip() if refused else last_line(result.log_tail)
-        return "invalid", why or "the evaluation refused the model"
-    if result.exit_code != 0:
-        return "crash", f"evaluation failed (exit code {result.exit_code}): {last_line(result.log_tail)}"
-    return None, None
 
 
 def scored_metric(evaluation: Evaluation, name: str) -> tuple[str | None, str | None, float | None]:
@@ -185,15 +171,6 @@ def model_digest(model_dir: Path) -> tuple[int, str]:
 
 def has_model(model_dir: Path) -> bool:
     return Path(model_dir).is_dir() and any(p.is_file() for p in Path(model_dir).rglob("*"))
-
-
-def last_line(tail: str) -> str:
-    """The line of a log tail that says what went wrong: the last one naming an error, else the last."""
-    lines = [line.strip() for line in tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "Exception" in line:
-            return line[:160]
-    return lines[-1][:160] if lines else "no output"
 
 
 def read_text(path: Path) -> str:

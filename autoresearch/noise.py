@@ -1,6 +1,6 @@
-"""Telling progress from noise: seeds, the noise floor, the keep rule and the seed guard.
+"""Telling progress from noise: the harness's seeds, the noise floor, the seed guard and verify's intervals.
 
-The rule, in full in docs/noise.md:
+The keep rule that uses them is keep.py's; the whole of it in docs/noise.md.
 
 - The harness owns the seed. The first training run of every experiment gets the run's seed (so
   first runs are paired with the baseline's); every other run gets a seed derived from the run's
@@ -10,25 +10,10 @@ The rule, in full in docs/noise.md:
   in four the estimate is off by a factor of two or more), so it is refined as the run goes: every
   commit that ran on several seeds (its confirmation runs) adds its spread, pooled within commits,
   the candidate being decided included.
-  A confirmation is asked for after a lucky-looking first run, which widens the spread a little:
-  the refinement errs on the cautious side.
-- A candidate with n_c runs is compared with the best commit's n_b runs (reused, never re-run):
-  `gain` is the improvement of the candidate's mean over the best's mean, and `noise` is the
-  standard error of that difference, sigma * sqrt(1/n_c + 1/n_b). The margin is
-  max(noise_multiple * noise, min_delta).
-  * gain <= 0: discarded. gain <= noise, or gain <= min_delta: discarded as within the noise.
-  * gain > margin: kept, but only once it holds over at least two seeds: a single run above the
-    margin gets one confirmation run first (unless --confirm-runs is 0).
-  * in between: confirmation runs with new seeds (at most --confirm-runs), deciding again after each.
-  When the confirmations are spent the candidate is kept only if its gain is past the margin.
-- A candidate whose runs give the very same metric under different seeds, while the unmodified
-  recipe varies from seed to seed, has fixed its own seed: it is invalid (`ignores_harness_seed`).
-  An edit that reads or sets the seed is refused before it trains (`harness_tampering`).
-- Without a noise floor (--noise-runs 0, or a recipe whose metric does not vary with the seed)
-  the rule is the plain one: keep when the gain exceeds --min-delta.
+- An edit that reads or sets the seed is refused before it trains (`harness_tampering`).
+- `gain_interval`: verify's 95% interval of a gain over new seeds.
 
-Everything here is a pure function of numbers and texts; the loop and `verify` call it, and the
-benchmark in benchmarks/noise_rule.py drives it over many simulated runs.
+Everything here is a pure function of numbers and texts.
 """
 
 from __future__ import annotations
@@ -37,15 +22,10 @@ import difflib
 import hashlib
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from autoresearch import gains
 
-DEFAULT_NOISE_RUNS = 2
-DEFAULT_NOISE_MULTIPLE = 2.0
-DEFAULT_CONFIRM_RUNS = 3  # benchmarks/noise_rule.py: 3 or 4 beat 2 on gain and on honesty, at +1% runs
-# Gains within one standard error of the difference are indistinguishable from noise.
-NOISE_BAND = 1.0
 SEED_RANGE = 2 ** 31
 
 
@@ -111,77 +91,6 @@ class NoiseFloor:
     def known(self) -> bool:
         """True when the spread was measured and is not zero (a zero spread means: the metric is deterministic)."""
         return self.std is not None and self.std > 0
-
-
-# --- the keep rule
-
-@dataclass(frozen=True)
-class KeepRule:
-    """The knobs of the decision: `--noise-multiple`, `--min-delta`, `--confirm-runs`."""
-
-    noise_multiple: float = DEFAULT_NOISE_MULTIPLE
-    min_delta: float = 0.0
-    confirm_runs: int = DEFAULT_CONFIRM_RUNS
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do with a candidate after its latest training run, and the numbers behind it."""
-
-    verdict: str  # keep | discard | confirm
-    gain: float
-    margin: float
-    noise: float | None  # standard error of the gain; None when the noise floor is unknown or zero
-    candidate_runs: int
-    best_runs: int
-    reason: str | None = None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def decide(candidate: list[float], best: list[float], direction: str, noise_std: float | None,
-           rule: KeepRule) -> Decision:
-    """Keep, discard or confirm a candidate given its runs' metrics and the best commit's."""
-    gain = gains.gain(mean(candidate), mean(best), direction)
-    n_candidate, n_best = len(candidate), len(best)
-    if noise_std is None or noise_std <= 0:
-        verdict = "keep" if gain > rule.min_delta else "discard"
-        reason = None if verdict == "keep" else _not_better(gain, rule.min_delta)
-        return Decision(verdict, gain, rule.min_delta, None, n_candidate, n_best, reason)
-    noise = noise_std * math.sqrt(1 / n_candidate + 1 / n_best)
-    margin = max(rule.noise_multiple * noise, rule.min_delta)
-    can_confirm = n_candidate - 1 < rule.confirm_runs
-    runs = f"{n_candidate} run{'s' if n_candidate > 1 else ''}"
-    if gain > margin:
-        if n_candidate == 1 and can_confirm:
-            return Decision("confirm", gain, margin, noise, n_candidate, n_best,
-                            "past the margin on one seed; a keep must hold on another")
-        return Decision("keep", gain, margin, noise, n_candidate, n_best,
-                        f"gain {gain:+.4g} > margin {margin:.3g} over {runs}")
-    if gain <= 0:
-        return Decision("discard", gain, margin, noise, n_candidate, n_best)
-    if gain <= min(NOISE_BAND, rule.noise_multiple) * noise:
-        return Decision("discard", gain, margin, noise, n_candidate, n_best,
-                        f"within noise: gain {gain:+.4g} <= noise {noise:.3g} ({runs})")
-    if gain <= rule.min_delta:
-        return Decision("discard", gain, margin, noise, n_candidate, n_best, _not_better(gain, rule.min_delta))
-    if can_confirm:
-        return Decision("confirm", gain, margin, noise, n_candidate, n_best,
-                        f"gain {gain:+.4g} between the noise {noise:.3g} and the margin {margin:.3g}")
-    return Decision("discard", gain, margin, noise, n_candidate, n_best,
-                    f"below the margin: gain {gain:+.4g} <= {margin:.3g} after {runs}")
-
-
-def _not_better(gain: float, min_delta: float) -> str | None:
-    if min_delta > 0 and gain > 0:
-        return f"gain {gain:+.4g} <= --min-delta {min_delta:g}"
-    return None
-
-
-def ignores_harness_seed(metrics: list[float], seeds: list[int], noise: NoiseFloor) -> bool:
-    """True when different seeds gave the very same metric although the unmodified recipe varies with the seed."""
-    return noise.known and len(set(seeds)) >= 2 and len(metrics) >= 2 and max(metrics) == min(metrics)
 
 
 # --- the seed guard

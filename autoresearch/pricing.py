@@ -9,14 +9,15 @@ assumed where none is known):
     prices:
       my-finetune: {input: 0.5, output: 1.5, cached: 0.05}
 
-`call_cost` is the one place a call is priced; everything that sums dollars goes through it.
+`call_cost` is the one place a call is priced, and `Usage` (with `usage_by`) the one tally of tokens and
+dollars: the live view, the spending caps, `log`, `show` and `runs` all sum calls through them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import yaml
 
@@ -89,6 +90,63 @@ class PriceTable:
 
     def is_known(self, model: str | None) -> bool:
         return self.price(model) is not None
+
+    def priced(self, model: str | None, prompt_tokens: int, completion_tokens: int,
+               cached_tokens: int = 0) -> float | None:
+        """Dollars for one call, or None when the model has no price (a local endpoint: its cost is unknown)."""
+        price = self.price(model)
+        return None if price is None else call_cost(price, prompt_tokens, completion_tokens, cached_tokens)
+
+
+@dataclass
+class Usage:
+    """Tokens and dollars of some LLM calls; the cost is unknown (None) once a call with tokens had no price."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, read from the server's prompt cache
+    cost_usd: float | None = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, prompt_tokens: int, completion_tokens: int, cost: float | None, cached_tokens: int = 0) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        self.cached_tokens += cached_tokens or 0
+        if cost is None:
+            if prompt_tokens or completion_tokens:
+                self.cost_usd = None
+        elif self.cost_usd is not None:
+            self.cost_usd += cost
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def usage_by(rows: Iterable[dict], prices: PriceTable | None, key: str | None = None,
+             unpriced_free: bool = False) -> dict:
+    """Usage rows of the ledger (prompt, completion and cached tokens of one model) summed per `key` column
+    (one total under None without a key). A model without a price makes the cost unknown, or costs nothing
+    with `unpriced_free` (what a spending cap counts: a dollar cap is refused for a model without a price)."""
+    totals: dict = {}
+    looked_up: dict[str | None, Price | None] = {}  # each model's price looked up once (the lookup normalizes)
+    for row in rows:
+        model = row["model"]
+        if model not in looked_up:
+            looked_up[model] = prices.price(model) if prices is not None else None
+        price = looked_up[model]
+        cached = row.get("cached_tokens") or 0
+        cost = call_cost(price, row["prompt_tokens"], row["completion_tokens"], cached) if price is not None else (
+            0.0 if unpriced_free else None)
+        totals.setdefault(row[key] if key else None, Usage()).add(row["prompt_tokens"], row["completion_tokens"],
+                                                                  cost, cached)
+    return totals
+
+
+def total_usage(rows: Iterable[dict], prices: PriceTable | None) -> Usage:
+    return usage_by(rows, prices).get(None, Usage())
 
 
 class LivePrices:

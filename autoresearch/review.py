@@ -16,10 +16,10 @@ from pathlib import Path
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger, best_row
-from autoresearch.pricing import Price, PriceTable, call_cost
+from autoresearch.outcomes import OUTCOMES
+from autoresearch.pricing import PriceTable, Usage, total_usage, usage_by
 from autoresearch.runlock import LOCK_FILE
 
-OUTCOMES = ("keep", "discard", "crash", "timeout", "invalid", "interrupted")
 # What listings read of each experiment: everything but the diff, the log tail and the files' hash.
 LISTING_COLUMNS = tuple(c for c in EXPERIMENT_COLUMNS if c not in ("diff", "log_tail", "files_hash"))
 LOG_TAIL_LINES = 40
@@ -105,52 +105,17 @@ def experiment_record(row: dict, direction: str, usage: dict | None = None,
 
 
 def empty_usage() -> dict:
-    return {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0, "cost_usd": 0.0}
+    return Usage().as_dict()
 
 
 def usage_by_experiment(usage_rows: list[dict], prices: PriceTable | None) -> dict[int, dict]:
     """Tokens and cost per experiment number; cost is None where a model has no price (a local endpoint)."""
-    totals: dict[int, dict] = {}
-    pricer = _Pricer(prices)
-    for row in usage_rows:
-        total = totals.setdefault(row["experiment"], empty_usage())
-        _add_usage(total, row, pricer)
-    return totals
+    return {number: usage.as_dict() for number, usage in usage_by(usage_rows, prices, "experiment").items()}
 
 
 def run_usage(ledger: Ledger, tag: str, prices: PriceTable | None) -> dict:
     """Prompt, completion and cached tokens and cost of every LLM call of a run (cost None if one had no price)."""
-    total = empty_usage()
-    pricer = _Pricer(prices)
-    for row in ledger.token_usage(tag):
-        _add_usage(total, row, pricer)
-    return total
-
-
-class _Pricer:
-    """Dollars for tokens, each model's price looked up once (the lookup normalizes the name)."""
-
-    def __init__(self, prices: PriceTable | None):
-        self.prices = prices
-        self._by_model: dict[str | None, Price | None] = {}
-
-    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float | None:
-        if model not in self._by_model:
-            self._by_model[model] = self.prices.price(model) if self.prices is not None else None
-        price = self._by_model[model]
-        return None if price is None else call_cost(price, prompt_tokens, completion_tokens, cached_tokens)
-
-
-def _add_usage(total: dict, row: dict, pricer: _Pricer) -> None:
-    total["prompt_tokens"] += row["prompt_tokens"]
-    total["completion_tokens"] += row["completion_tokens"]
-    total["cached_tokens"] += row.get("cached_tokens") or 0
-    cost = pricer.cost(row["model"], row["prompt_tokens"], row["completion_tokens"], row.get("cached_tokens") or 0)
-    if cost is None:
-        if row["prompt_tokens"] or row["completion_tokens"]:
-            total["cost_usd"] = None
-    elif total["cost_usd"] is not None:
-        total["cost_usd"] += cost
+    return total_usage(ledger.token_usage(tag), prices).as_dict()
 
 
 def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, prices: PriceTable | None = None,
@@ -167,13 +132,11 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
     counts: dict[str, int] = {}
     for record in records:
         counts[record["outcome"]] = counts.get(record["outcome"], 0) + 1
-    costs = [r["cost_usd"] for r in records]
-    usage = {"prompt_tokens": sum(r["prompt_tokens"] for r in records),
-             "completion_tokens": sum(r["completion_tokens"] for r in records),
-             "cached_tokens": sum(r.get("cached_tokens") or 0 for r in records),
-             "cost_usd": None if None in costs else sum(costs)}
+    usage = Usage()
+    for record in records:
+        usage.add(record["prompt_tokens"], record["completion_tokens"], record["cost_usd"], record.get("cached_tokens"))
     summary = _summary(run, counts, kept[0]["metric"] if kept else None,
-                       best_row(run, kept)["metric"] if kept else None, usage, ledger.training_seconds().get(tag))
+                       best_row(run, kept)["metric"] if kept else None, usage.as_dict(), ledger.training_seconds().get(tag))
     summary["verification"] = verification_record(ledger.latest_verification(tag))
     summary["agents"] = ledger.agents_by_run(tag).get(tag, [])
     return summary
@@ -183,11 +146,8 @@ def run_summaries(ledger: Ledger, prices: PriceTable | None = None, runs_dir: Pa
     """The summary of every run in the workspace, oldest first, from aggregates (fast on big ledgers)."""
     counts = ledger.outcome_counts()
     kept = ledger.kept_metrics()
-    usage: dict[str, dict] = {}
-    pricer = _Pricer(prices)
-    for row in ledger.token_usage_by_model():  # prices are per token: per run and model is exact
-        total = usage.setdefault(row["tag"], empty_usage())
-        _add_usage(total, row, pricer)
+    # prices are per token: per run and model is exact
+    usage = {tag: total.as_dict() for tag, total in usage_by(ledger.token_usage_by_model(), prices, "tag").items()}
     verifications = ledger.latest_verifications()
     agents = ledger.agents_by_run()
     training = ledger.training_seconds()
@@ -383,8 +343,8 @@ def experiment_detail(ledger: Ledger, tag: str, number: int, prices: PriceTable 
 
 
 def _call_record(call: dict, prices: PriceTable | None, with_prompt: bool) -> dict:
-    cost = _Pricer(prices).cost(call["model"], call["prompt_tokens"] or 0, call["completion_tokens"] or 0,
-                                call.get("cached_tokens") or 0)
+    cost = None if prices is None else prices.priced(call["model"], call["prompt_tokens"] or 0,
+                                                     call["completion_tokens"] or 0, call.get("cached_tokens") or 0)
     record = {"attempt": call["attempt"], "model": call["model"], "prompt_tokens": call["prompt_tokens"],
               "completion_tokens": call["completion_tokens"], "cached_tokens": call.get("cached_tokens"),
               "finish_reason": call.get("finish_reason"), "cost_usd": cost,

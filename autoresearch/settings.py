@@ -18,7 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from autoresearch.errors import InvalidSetting
-from autoresearch.noise import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
+from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 
 DEFAULT_MODEL = "gpt-5-mini"

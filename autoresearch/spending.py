@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
-from autoresearch.pricing import PriceTable
+from autoresearch.pricing import PriceTable, usage_by
 
 RECENT_EXPERIMENTS = 5
 
@@ -57,12 +57,9 @@ class SpendingCap:
 
 def run_spending(ledger: Ledger, tag: str, prices: PriceTable) -> Spending:
     """Totals over every LLM call of the run, each priced for its own model."""
-    per_experiment: dict[int, tuple[int, float]] = {}
-    for usage in ledger.token_usage(tag):
-        tokens = usage["prompt_tokens"] + usage["completion_tokens"]
-        cost = prices.cost(usage["model"], usage["prompt_tokens"], usage["completion_tokens"], usage["cached_tokens"])
-        have_tokens, have_cost = per_experiment.get(usage["experiment"], (0, 0.0))
-        per_experiment[usage["experiment"]] = (have_tokens + tokens, have_cost + cost)
+    per_experiment = {number: (usage.tokens, usage.cost_usd)
+                      for number, usage in usage_by(ledger.token_usage(tag), prices, "experiment",
+                                                    unpriced_free=True).items()}
     recent = [per_experiment[number] for number in sorted(per_experiment)[-RECENT_EXPERIMENTS:]]
     return Spending(tokens=sum(t for t, _ in per_experiment.values()),
                     cost=sum(c for _, c in per_experiment.values()),

@@ -24,10 +24,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.console import Reporter
-from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, evaluation_outcome,
-                                     has_model, last_line, model_digest, scored_metric, write_recipe_files)
+from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, has_model,
+                                     model_digest, scored_metric, write_recipe_files)
 from autoresearch.isolation import SandboxPolicy
 from autoresearch.ledger import Ledger
+from autoresearch.outcomes import EVALUATION, TRAINING, job_outcome
 from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
@@ -36,8 +37,6 @@ from autoresearch.runner import Executor, JobHandle, TrainingResult, new_job_id,
 MODELS_DIR = "models"
 WORK_DIR = "work"
 SCRATCH_DIR = "scratch"
-OOM_MARKERS = ("out of memory", "memoryerror", "cuda error: out of memory", "outofmemoryerror")
-NAN_MARKERS = ("loss is nan", "nan loss", "loss is inf", "non-finite loss", "loss exploded")
 SEED_SPACE = 2 ** 31
 
 
@@ -201,7 +200,7 @@ class Trainer:
         """
         if result.log_error:
             self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
-        outcome, reason = training_outcome(result, self._check_after(ticket), self.context.budget_seconds)
+        outcome, reason = job_outcome(result, TRAINING, self.context.budget_seconds, self._check_after(ticket))
         if outcome is None and not has_model(ticket.model_dir):
             outcome, reason = "crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)"
         return outcome, reason
@@ -255,7 +254,7 @@ class Trainer:
             job = self._placed(job, ticket, folder, context.sandbox.evaluation if context.sandbox else None,
                                suffix=f"-{split}")
             result = self._wait(ticket, job)
-            outcome, reason = evaluation_outcome(result, job.budget_seconds)
+            outcome, reason = job_outcome(result, EVALUATION, job.budget_seconds)
             return Evaluation(outcome=outcome, reason=reason, values=result.summary, seconds=result.seconds,
                               log_path=job.log_path, log_tail=result.log_tail)
 
@@ -291,24 +290,6 @@ class Trainer:
         if touched:
             worktree.reset_hard(ticket.head)
         return touched
-
-
-def training_outcome(result: TrainingResult, touched: list[str], budget_seconds: float) -> tuple[str | None, str | None]:
-    """(outcome, reason) of the training process alone; None when it exited cleanly within its limit."""
-    if touched:
-        return "invalid", f"touched {', '.join(touched)} during training"
-    if result.lost:
-        return "crash", "worker lost"
-    if result.timed_out:
-        return "timeout", f"still running after {result.seconds:.0f}s (budget {budget_seconds:g}s)"
-    if result.exit_code != 0:
-        tail = result.log_tail.lower()
-        if any(marker in tail for marker in OOM_MARKERS):
-            return "crash", "oom"
-        if any(marker in tail for marker in NAN_MARKERS):
-            return "crash", "nan"
-        return "crash", f"exit code {result.exit_code}: {last_line(result.log_tail)}"
-    return None, None
 
 
 def information_only(summary: dict[str, float], recipe: Recipe) -> dict[str, float]:

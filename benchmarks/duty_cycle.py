@@ -38,7 +38,8 @@ from fake_llm import FakeLLM  # noqa: E402
 
 from autoresearch.agents import LLMAgent  # noqa: E402
 from autoresearch.console import Reporter  # noqa: E402
-from autoresearch.loop import ResearchLoop, RunOptions  # noqa: E402
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.review import run_summary  # noqa: E402
 from autoresearch.workspace import Workspace  # noqa: E402
 
@@ -114,7 +115,7 @@ def measure(experiments: int, budget: float, slots: int, draft_ahead: bool, exec
         fake.set_script([proposals(0.2 * budget)])
         clock = SlotClock()
         agent = LLMAgent(model="fake-model", base_url=fake.base_url, request_timeout=60)
-        loop = ResearchLoop(Workspace.find(), agent, clock, executor=make_executor(executor))
+        loop = Session(Workspace.find(), agent, clock, executor=make_executor(executor))
         try:
             loop.start(RunOptions(tag="bench", budget_seconds=budget, max_experiments=experiments + 1,
                                   noise_runs=slots - 1, confirm_runs=0, sandbox="on", slots=slots,

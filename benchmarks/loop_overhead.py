@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import make_workspace  # noqa: E402
 
 from autoresearch.agents import MutateAgent  # noqa: E402
-from autoresearch.loop import ResearchLoop, RunOptions  # noqa: E402
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.prompts import build_messages  # noqa: E402
 from autoresearch.workspace import Workspace  # noqa: E402
 
@@ -52,7 +53,7 @@ def measure(experiments: int, sandbox: str) -> dict[str, float]:
         root = make_workspace(Path(tmp) / "ws")
         os.chdir(root)
         agent = PromptBuildingMutateAgent(seed=0)
-        loop = ResearchLoop(Workspace.find(), agent)
+        loop = Session(Workspace.find(), agent)
         loop.start(RunOptions(tag="bench", max_experiments=experiments + 1, sandbox=sandbox, draft_ahead=False))
         rows = [r for r in loop.ledger.experiments("bench") if r["number"] > 0]
         evaluation = {run["experiment"]: 0.0 for run in loop.ledger.training_runs("bench")}

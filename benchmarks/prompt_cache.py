@@ -31,7 +31,8 @@ from conftest import SYNTH_TRAIN, make_workspace, reply  # noqa: E402
 from fake_llm import FakeLLM  # noqa: E402
 
 from autoresearch.agents import LLMAgent  # noqa: E402
-from autoresearch.loop import ResearchLoop, RunOptions  # noqa: E402
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.repo import Repo  # noqa: E402
 from autoresearch.workspace import Workspace  # noqa: E402
 
@@ -67,7 +68,7 @@ def measure(experiments: int, seed: int) -> dict:
             Repo.init(root).commit_all("workspace")
             os.chdir(root)
             agent = LLMAgent(model="fake-model", base_url=fake.base_url, request_timeout=30)
-            loop = ResearchLoop(Workspace.find(), agent)
+            loop = Session(Workspace.find(), agent)
             loop.start(RunOptions(tag="bench", max_experiments=experiments + 1, noise_runs=0, confirm_runs=0,
                                   sandbox="off"))
             rows = loop.ledger.experiments("bench")

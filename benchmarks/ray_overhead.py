@@ -31,7 +31,8 @@ from duty_cycle import SlotClock, start_ray  # noqa: E402
 from fake_llm import FakeLLM  # noqa: E402
 
 from autoresearch.agents import LLMAgent  # noqa: E402
-from autoresearch.loop import ResearchLoop, RunOptions  # noqa: E402
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.runner import LocalExecutor  # noqa: E402
 from autoresearch.workspace import Workspace  # noqa: E402
 
@@ -70,7 +71,7 @@ def measure(experiments: int, executor) -> dict:
         root = make_workspace(Path(tmp) / "ws")
         os.chdir(root)
         clock = SlotClock()
-        loop = ResearchLoop(Workspace.find(), LLMAgent(model="fake-model", base_url=fake.base_url, request_timeout=60),
+        loop = Session(Workspace.find(), LLMAgent(model="fake-model", base_url=fake.base_url, request_timeout=60),
                             clock, executor=timed)
         try:
             loop.start(RunOptions(tag="bench", max_experiments=experiments + 1, noise_runs=0, confirm_runs=0,

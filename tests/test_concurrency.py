@@ -18,7 +18,7 @@ from conftest import SYNTH_TRAIN, git, make_workspace, reply
 from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, best_kept, inject, make_loop,
                       run_processes, small_options, tool_env, wait_until)
 
-from autoresearch.loop import ResearchLoop
+from autoresearch.run.session import Session
 from autoresearch.errors import InvalidSetting
 from autoresearch.settings import resumed_options
 
@@ -87,7 +87,7 @@ def slow_workspace(tmp_path, monkeypatch) -> Path:
     return root
 
 
-def run_ahead(fake_llm, script: list, **options) -> tuple[ResearchLoop, list[dict]]:
+def run_ahead(fake_llm, script: list, **options) -> tuple[Session, list[dict]]:
     loop = make_loop(fake_llm, script)
     loop.start(small_options(tag=TAG, sandbox="on", draft_ahead=True, **options))
     return loop, loop.ledger.experiments(TAG)

@@ -10,7 +10,8 @@ from conftest import git, reply
 
 from autoresearch.agents import LLMAgent, MutateAgent
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.errors import StopRun
 from autoresearch.workspace import Workspace
 
@@ -22,7 +23,7 @@ def run_loop(fake_llm, script, max_experiments=2, **options):
     fake_llm.set_script(script)
     workspace = Workspace.find()
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
-    loop = ResearchLoop(workspace, agent)
+    loop = Session(workspace, agent)
     # Serial (no drafting ahead): these tests read what each prompt holds of the experiments before it.
     summary = loop.start(RunOptions(tag="t", max_experiments=max_experiments, **{"draft_ahead": False, **options}))
     return summary, loop.ledger.experiments("t"), workspace
@@ -187,7 +188,7 @@ def test_results_tsv_has_the_familiar_columns(workspace, fake_llm):
 
 
 def test_mutate_agent_runs_the_same_path(workspace):
-    loop = ResearchLoop(Workspace.find(), MutateAgent(seed=3))
+    loop = Session(Workspace.find(), MutateAgent(seed=3))
     loop.start(RunOptions(tag="t", max_experiments=4))
     rows = loop.ledger.experiments("t")
     assert len(rows) == 4
@@ -219,7 +220,7 @@ def test_mutate_never_proposes_what_the_run_already_trained(tmp_path, monkeypatc
 
     root = make_workspace(tmp_path / "small", recipe_yaml=SYNTH_RECIPE + "tunable:\n  WIDTH: {choices: [2, 4, 8]}\n")
     monkeypatch.chdir(root)
-    loop = ResearchLoop(Workspace.find(), MutateAgent(seed=0))
+    loop = Session(Workspace.find(), MutateAgent(seed=0))
     loop.start(RunOptions(tag="t", max_experiments=5, noise_runs=0, confirm_runs=0))
     rows = loop.ledger.experiments("t")
     reasons = [row["reason"] or "" for row in rows]

@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from autoresearch.noise import (KeepRule, NoiseFloor, decide, derive_seed, gain_interval, harness_tampering,
-                                ignores_harness_seed, t_quantile_95, verify_seed)
+from autoresearch.keep import KeepRule, decide, ignores_harness_seed
+from autoresearch.noise import NoiseFloor, derive_seed, gain_interval, harness_tampering, t_quantile_95, verify_seed
 
 TRAIN = """\
 import os

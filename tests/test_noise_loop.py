@@ -14,7 +14,8 @@ from noisy_recipe import NOISE_SD, make_noisy_workspace, val_noise
 
 from autoresearch.agents import LLMAgent
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.workspace import Workspace
 
 REAL_GAIN = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")  # gain 0.04 = 4 sd
@@ -31,7 +32,7 @@ def noisy(tmp_path, monkeypatch):
 def run_noisy(fake_llm, script, max_experiments=2, tag="t", **options):
     fake_llm.set_script(script)
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
-    loop = ResearchLoop(Workspace.find(), agent)
+    loop = Session(Workspace.find(), agent)
     loop.start(RunOptions(tag=tag, max_experiments=max_experiments, **options))
     return loop.ledger, loop.ledger.experiments(tag)
 
@@ -137,7 +138,7 @@ def test_noise_runs_zero_is_the_plain_rule(noisy, fake_llm):
 def test_resume_keeps_the_noise_floor_and_the_best_runs(noisy, fake_llm):
     run_noisy(fake_llm, [REAL_GAIN], max_experiments=1)
     fake_llm.set_script([REAL_GAIN])
-    loop = ResearchLoop(Workspace.find(), LLMAgent(model="fake-model", base_url=fake_llm.base_url))
+    loop = Session(Workspace.find(), LLMAgent(model="fake-model", base_url=fake_llm.base_url))
     loop.resume("t", RunOptions(max_experiments=2))
     rows = Ledger(noisy / "runs/ledger.db").experiments("t")
     assert rows[1]["outcome"] == "keep"

@@ -28,7 +28,7 @@ from faultkit import (BETTER, KILL_WAIT, RUN_FLAGS, TAG, RecordingReporter, Tool
 from test_concurrency import DEVICE_TRAIN, ledger_query
 
 from autoresearch.agents import LLMAgent
-from autoresearch.loop import ResearchLoop
+from autoresearch.run.session import Session
 from autoresearch.settings import resumed_options
 from autoresearch.workspace import Workspace
 
@@ -92,14 +92,14 @@ def actors_alive(refs: list[str]) -> list[str]:
     return alive
 
 
-def ray_loop(fake_llm, script: list) -> ResearchLoop:
+def ray_loop(fake_llm, script: list) -> Session:
     fake_llm.set_script(script)
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
-    return ResearchLoop(Workspace.find(), agent, reporter=RecordingReporter(),
+    return Session(Workspace.find(), agent, reporter=RecordingReporter(),
                         executor=RayExecutor(kill_wait_seconds=KILL_WAIT, require_sandbox=True))
 
 
-def run_on_ray(fake_llm, script: list, **options) -> tuple[ResearchLoop, list[dict]]:
+def run_on_ray(fake_llm, script: list, **options) -> tuple[Session, list[dict]]:
     loop = ray_loop(fake_llm, script)
     loop.start(small_options(tag=TAG, sandbox="on", draft_ahead=True, executor="ray", **options))
     return loop, loop.ledger.experiments(TAG)

@@ -30,7 +30,8 @@ from autoresearch.agents import LLMAgent
 from autoresearch.cli import app
 from autoresearch.console import LiveReporter, PlainReporter, Reporter, progress_values
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.plot import MAX_LABELS, labelled_experiments
 from autoresearch.workspace import Workspace
 
@@ -81,7 +82,7 @@ def night(tmp_path_factory):
                                          "--budget", "1", "--no-draft-ahead"], catch_exceptions=False)
             assert result.exit_code == 0, result.output
             fake.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
-            loop = ResearchLoop(Workspace.find(), LLMAgent(model="llama-local", base_url=fake.base_url),
+            loop = Session(Workspace.find(), LLMAgent(model="llama-local", base_url=fake.base_url),
                                 CtrlCAtExperiment(2))
             with pytest.raises(KeyboardInterrupt):
                 loop.start(RunOptions(tag="local", max_experiments=5, budget_seconds=1, draft_ahead=False))
@@ -538,7 +539,7 @@ def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):
     fake_llm.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
     fake_llm.set_check_script([{"content": "ok", "usage": {"prompt_tokens": 10, "completion_tokens": 1}}])
     reporter = Tokens()
-    loop = ResearchLoop(Workspace.find(), LLMAgent(model="gpt-5-mini", base_url=fake_llm.base_url),
+    loop = Session(Workspace.find(), LLMAgent(model="gpt-5-mini", base_url=fake_llm.base_url),
                         reporter)
     loop.start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
     check_cost = (10 * 0.25 + 1 * 2.0) / 1e6

@@ -16,7 +16,8 @@ from autoresearch.agents import MutateAgent
 from autoresearch.cli import app
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.workspace import Workspace, check_tag
 
 runner = CliRunner()
@@ -84,7 +85,7 @@ def test_hints_quote_the_tag_so_that_they_can_be_pasted(workspace):
 
 
 def test_the_loop_checks_the_tag_for_callers_other_than_the_cli(workspace):
-    loop = ResearchLoop(Workspace.find(), MutateAgent())
+    loop = Session(Workspace.find(), MutateAgent())
     for call in (lambda: loop.start(RunOptions(tag="x y")), lambda: loop.resume("a/b", RunOptions())):
         with pytest.raises(UserError, match="cannot be a run's tag"):
             call()

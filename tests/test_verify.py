@@ -13,7 +13,8 @@ from autoresearch.agents import LLMAgent
 from autoresearch.cli import app
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.noise import GainInterval
 from autoresearch.review import run_summaries, run_summary
 from autoresearch.verify import judge, verify_run
@@ -34,7 +35,7 @@ def noisy(tmp_path, monkeypatch):
 def run_loop(fake_llm, script, max_experiments=2, tag="t"):
     fake_llm.set_script(script)
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
-    ResearchLoop(Workspace.find(), agent).start(RunOptions(tag=tag, max_experiments=max_experiments))
+    Session(Workspace.find(), agent).start(RunOptions(tag=tag, max_experiments=max_experiments))
 
 
 def invoke(*args):
@@ -89,7 +90,7 @@ def test_a_lucky_keep_of_the_naive_rule_does_not_survive_verify(noisy, fake_llm)
     lucky = reply("a better learning rate", "LEARNING_RATE = 0.5", f"LEARNING_RATE = {value}")
     fake_llm.set_script([lucky])
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
-    ResearchLoop(Workspace.find(), agent).start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
+    Session(Workspace.find(), agent).start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
     assert Ledger(noisy / "runs/ledger.db").experiments("t")[1]["outcome"] == "keep"  # the naive rule kept it
     result = invoke("verify", "--seeds", "5")
     assert result.exit_code == 0, result.output

@@ -20,7 +20,8 @@ from conftest import git, reply
 from autoresearch.agents import LLMAgent
 from autoresearch.console import Reporter
 from autoresearch.ledger import Ledger, best_row
-from autoresearch.loop import ResearchLoop, RunOptions
+from autoresearch.run.session import Session
+from autoresearch.settings import RunOptions
 from autoresearch.runner import LocalExecutor
 from autoresearch.workspace import Workspace
 
@@ -45,10 +46,10 @@ class RecordingReporter(Reporter):
         self.notes.append(text)
 
 
-def make_loop(fake_llm, script: list, kill_wait: float = KILL_WAIT, **agent_options) -> ResearchLoop:
+def make_loop(fake_llm, script: list, kill_wait: float = KILL_WAIT, **agent_options) -> Session:
     fake_llm.set_script(script)
     agent = LLMAgent(**{"model": "fake-model", "base_url": fake_llm.base_url, "request_timeout": 5, **agent_options})
-    return ResearchLoop(Workspace.find(), agent, reporter=RecordingReporter(),
+    return Session(Workspace.find(), agent, reporter=RecordingReporter(),
                         executor=LocalExecutor(kill_wait_seconds=kill_wait))
 
 

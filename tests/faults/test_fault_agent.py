@@ -23,7 +23,7 @@ from autoresearch.agents import MAX_REPLY_CHARS, LLMAgent
 from autoresearch.cli import app
 from autoresearch.console import PlainReporter
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop
+from autoresearch.run.session import Session
 from autoresearch.errors import StopRun
 from autoresearch.workspace import Workspace
 
@@ -136,7 +136,7 @@ def test_ctrl_c_while_waiting_for_a_slow_endpoint_stops_at_once(workspace, fake_
 
 
 def test_backoff_doubles_and_is_capped(workspace, fake_llm):
-    from autoresearch.loop import MAX_BACKOFF_SECONDS
+    from autoresearch.proposer import MAX_BACKOFF_SECONDS
     loop, _ = run_with(fake_llm, [{"status": 500}, {"status": 500}, {"status": 500}, BETTER], max_experiments=2,
                        agent_backoff_seconds=0.05)
     waits = [note.rsplit("trying again in ", 1)[1] for note in loop.reporter.notes if "trying again in" in note]
@@ -231,7 +231,7 @@ def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(work
     fake_llm.set_check_script([{"content": "ok", "usage": {"prompt_tokens": 12, "completion_tokens": 1}}])
     stream = io.StringIO()
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
-    ResearchLoop(Workspace.find(), agent, PlainReporter(stream)).start(small_options(tag=TAG, max_experiments=2))
+    Session(Workspace.find(), agent, PlainReporter(stream)).start(small_options(tag=TAG, max_experiments=2))
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
     assert "LLM call, 12 + 1 tokens, -; run so far: tokens 13 (12 in, 1 out), cost -" in lines  # the check
     assert (f"experiment 1: LLM call failed: {fake_llm.base_url} answered 500 scripted failure; trying again in "

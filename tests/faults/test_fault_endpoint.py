@@ -21,7 +21,7 @@ from autoresearch.agents import CHECK_COMPLETION_TOKENS, CHECK_MESSAGES, LLMAgen
 from autoresearch.cli import app
 from autoresearch.console import PlainReporter
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT, Ledger
-from autoresearch.loop import ResearchLoop
+from autoresearch.run.session import Session
 from autoresearch.errors import StopRun
 from autoresearch.prompts import PROMPT_TOKEN_BUDGET, estimate_tokens
 from autoresearch.workspace import Workspace
@@ -39,7 +39,7 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
-def stop(loop: ResearchLoop, resume: bool = False, **options) -> str:
+def stop(loop: Session, resume: bool = False, **options) -> str:
     """Run (or resume) the loop expecting it to stop; returns its one line."""
     with pytest.raises(StopRun) as stopped:
         if resume:
@@ -118,7 +118,7 @@ def test_resume_checks_again_before_training_and_says_which_endpoint_and_model(w
     fake_llm.set_check_script(["ok"])
     stream = io.StringIO()
     agent = LLMAgent(model="other-model", base_url=fake_llm.base_url, request_timeout=5)
-    ResearchLoop(Workspace.find(), agent, PlainReporter(stream)).resume(TAG, small_options(max_experiments=3))
+    Session(Workspace.find(), agent, PlainReporter(stream)).resume(TAG, small_options(max_experiments=3))
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
     assert (f"run t: recipe synth, val_loss (lower is better), budget 5s, agent llm (model other-model at "
             f"{fake_llm.base_url})") in lines

@@ -18,7 +18,7 @@ from faultkit import BETTER, TAG, assert_consistent, inject, make_loop, run_with
 from autoresearch.agents import LLMAgent
 from autoresearch.console import Reporter
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop
+from autoresearch.run.session import Session
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, SYSTEM_PROMPT, estimate_tokens, prompt_tokens
 from autoresearch.workspace import Workspace
 
@@ -124,7 +124,7 @@ def test_the_person_sees_that_the_model_is_writing(workspace, fake_llm):
     reporter = Writing()
     fake_llm.set_script([BETTER])
     agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
-    ResearchLoop(Workspace.find(), agent, reporter).start(small_options(tag=TAG, max_experiments=2))
+    Session(Workspace.find(), agent, reporter).start(small_options(tag=TAG, max_experiments=2))
     chunks = -(-count_tokens(BETTER) // CHUNK_TOKENS)
     assert len(reporter.heard) == chunks and reporter.heard == sorted(reporter.heard)
     assert reporter.heard[-1] == len(BETTER)

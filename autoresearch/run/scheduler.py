@@ -22,6 +22,11 @@ events, so the ledger has a single writer and every decision is taken in one pla
   kept change is dropped by a later one. The best is recorded as its own pointer (runs.best_number).
 
 With one slot and no drafting ahead it is the serial loop: propose, train, decide, propose again.
+
+It is handed its collaborators and owns none of their rules: the journal records (the only writer),
+the briefing says what the agent is shown, the limits say whether another experiment may start, the
+proposer asks the agent under the retry policy, the keep rule (keep.py) judges, the trainer trains
+and evaluates. It reads the run's state and never changes it.
 """
 
 from __future__ import annotations
@@ -34,15 +39,18 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from autoresearch.agents import Candidate
-from autoresearch.errors import InvalidProposal
+from autoresearch.console import Reporter
 from autoresearch.edits import EditError, apply_blocks, unified_diff
+from autoresearch.errors import InvalidProposal, LedgerTampered, StopRun
 from autoresearch.guard import check_candidate, editable_digest
-from autoresearch.noise import NoiseFloor, decide, derive_seed, harness_tampering, ignores_harness_seed, mean
-from autoresearch.hardware import describe_hardware
-from autoresearch.prompts import AgentContext, Note
-from autoresearch.errors import LedgerTampered
-from autoresearch.repo import EXPERIMENT_REF_PREFIX
-from autoresearch.trainer import Slot, Ticket, Trained, TrainingRequest
+from autoresearch.keep import DecisionRecord, Evidence, KeepRule, failed_confirmation, judge
+from autoresearch.noise import derive_seed, harness_tampering, mean
+from autoresearch.proposer import Proposer
+from autoresearch.run.briefing import Briefing
+from autoresearch.run.journal import Journal
+from autoresearch.run.limits import Limits
+from autoresearch.run.state import Best, RunState
+from autoresearch.trainer import Slot, Ticket, Trained, Trainer, TrainingRequest
 
 MAX_DRAFTS = 4  # proposals drafted at once, at most
 POLL_SECONDS = 0.2  # how often the scheduler looks at its limits when nothing happens
@@ -56,9 +64,7 @@ class Flight:
     number: int
     kind: str  # baseline | candidate
     description: str
-    parent: str  # the commit it was drafted from: what it is decided against
-    parent_number: int | None
-    parent_runs: list[float]
+    parent: Best  # the best it was drafted from: what it is decided against
     started: float
     files: dict[str, str] | None = None  # its editable files (the duplicate digest)
     candidate: Candidate | None = None
@@ -88,10 +94,14 @@ class Draft:
 class Scheduler:
     """Runs one invocation of a run's loop until a limit is reached and nothing is in flight."""
 
-    def __init__(self, loop, state, options, clock, slots: list[Slot], draft_ahead: bool):
-        self.loop, self.state, self.options, self.clock = loop, state, options, clock
+    def __init__(self, state: RunState, journal: Journal, briefing: Briefing, limits: Limits, proposer: Proposer,
+                 rule: KeepRule, trainer: Trainer, reporter: Reporter, slots: list[Slot], draft_ahead: bool,
+                 seed: int, noise_runs: int, confirm_runs: int):
+        self.state, self.journal, self.briefing, self.limits = state, journal, briefing, limits
+        self.proposer, self.rule, self.trainer, self.reporter = proposer, rule, trainer, reporter
         self.slots = slots
         self.draft_ahead = draft_ahead
+        self.seed, self.noise_runs, self.confirm_runs = seed, noise_runs, confirm_runs
         self.events: queue.Queue = queue.Queue()
         self.flights: dict[int, Flight] = {}
         self.drafts: dict[int, Draft] = {}
@@ -102,7 +112,6 @@ class Scheduler:
         self.invalid_drafts = 0  # drafts found invalid since a training run last ended
         self.propose_times: list[float] = []
         self.train_times: list[float] = []
-        self.hardware: str | None = None  # described once, at the first draft
 
     # --- the loop
 
@@ -126,12 +135,11 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Start what may start now: the baseline, new drafts; or note that a limit stops new ones."""
-        state = self.state
         if not self.stop_reason:
             self.stop_reason = self._limit() or ""
         if self.stop_reason:
             return
-        if state.best_metric is None:
+        if not self.state.best.measured:
             if not self.flights:
                 self._start_baseline()
             if not self._baseline_proven():
@@ -147,8 +155,7 @@ class Scheduler:
         """
         if self.stop_reason or self._limit():
             return False
-        if any(not draft.calls for draft in self.drafts.values()) and \
-                self.loop._spending_unmeasured(self.state, self.options):
+        if any(not draft.calls for draft in self.drafts.values()) and self.limits.spending_unmeasured():
             return False  # under a cap, one draft at a time until one proposal's cost is known
         if not self.draft_ahead:
             return not (self.flights or self.drafts or self.ready)
@@ -159,9 +166,8 @@ class Scheduler:
 
     def _limit(self, asks_agent: bool = True) -> str | None:
         unrecorded = sum(1 for draft in self.drafts.values() if not draft.calls)
-        return self.loop._limit_reached(self.state, self.options, self.clock, asks_agent=asks_agent,
-                                        in_flight=len(self.flights) + len(self.drafts) + len(self.ready),
-                                        drafting=unrecorded)
+        return self.limits.reached(in_flight=len(self.flights) + len(self.drafts) + len(self.ready),
+                                   drafting=unrecorded, asks_agent=asks_agent)
 
     def _baseline_in_flight(self) -> Flight | None:
         return next((flight for flight in self.flights.values() if flight.kind == "baseline"), None)
@@ -188,7 +194,7 @@ class Scheduler:
         time, from the times measured (the way ShinkaEvolve sizes its proposals in flight)."""
         starting = sum(1 for _, request in self.pending if request.attempt == 0)
         idle = max(0, len(self.slots) - len(self.busy) - len(self.ready) - starting)
-        if self.state.best_metric is None:  # the baseline trains: every slot wants a draft when it ends
+        if not self.state.best.measured:  # the baseline trains: every slot wants a draft when it ends
             return max(1, min(MAX_DRAFTS, len(self.slots)))
         ahead = 1
         if self.propose_times and self.train_times:
@@ -203,7 +209,7 @@ class Scheduler:
                 if self.pending:
                     flight, request = self.pending.popleft()
                     self._start_training(slot, flight, request)
-                elif self.state.best_metric is None:
+                elif not self.state.best.measured:
                     break  # drafted while the baseline trains: placed once it is decided
                 else:
                     self._place(*self.ready.popleft())  # commits it and queues its first run, or not
@@ -211,7 +217,7 @@ class Scheduler:
     def _handle(self, kind: str, *payload) -> None:
         if kind == "call":
             number, call = payload
-            self.loop._record_call(self.state.tag, number, call)
+            self.journal.record_call(number, call)
             if number in self.drafts:
                 self.drafts[number].calls += 1
         elif kind == "drafted":
@@ -221,85 +227,68 @@ class Scheduler:
         elif kind == "evaluated":
             self._evaluated(*payload)
         elif kind == "note":
-            self.loop.reporter.note(payload[0])
+            self.reporter.note(payload[0])
 
     # --- the baseline
 
     def _start_baseline(self) -> None:
         state = self.state
-        number = self.loop._open_experiment(state, self.options, description=BASELINE_DESCRIPTION,
-                                            commit_sha=state.best_commit)
-        files = self.loop._read_files(state, state.recipe.editable)
-        self.loop.ledger.update_experiment(state.tag, number, files_hash=editable_digest(state.recipe, files))
-        flight = Flight(number, "baseline", BASELINE_DESCRIPTION, state.best_commit, None, [], time.monotonic(),
-                        files=files, commit=state.best_commit)
+        number = self.journal.open_experiment(description=BASELINE_DESCRIPTION, commit_sha=state.best.commit)
+        files = state.read_files(state.recipe.editable)
+        self.journal.update(number, files_hash=editable_digest(state.recipe, files))
+        flight = Flight(number, "baseline", BASELINE_DESCRIPTION, state.best, time.monotonic(), files=files,
+                        commit=state.best.commit)
         self.flights[number] = flight
         # The first run and the noise runs are independent: side by side on the slots.
-        for attempt in range(self.options.noise_runs + 1):
+        for attempt in range(self.noise_runs + 1):
             kind = "first" if attempt == 0 else "noise"
             description = BASELINE_DESCRIPTION if attempt == 0 else (
-                f"{BASELINE_DESCRIPTION} (noise run {attempt} of {self.options.noise_runs}, "
-                f"seed {derive_seed(self.options.seed, number, attempt)})")
+                f"{BASELINE_DESCRIPTION} (noise run {attempt} of {self.noise_runs}, "
+                f"seed {derive_seed(self.seed, number, attempt)})")
             self._queue(flight, attempt, kind, description)
 
     def _baseline_done(self, flight: Flight) -> None:
-        state = self.state
         first = flight.first
         if first.outcome is not None:
             self._close(flight, first.outcome, first.reason, None, first)
             log = first.evaluation.log_path if first.evaluation else first.result.log_path
-            from autoresearch.errors import StopRun
-
             raise StopRun(f"the baseline (the unmodified recipe) failed with {first.outcome}"
                           f"{': ' + first.reason if first.reason else ''}; see {log}", baseline_failed=True)
         for trained in flight.failed_noise:
-            self.loop.reporter.note(f"a noise run of the baseline failed ({trained.outcome}: {trained.reason}); "
-                                    f"see {trained.result.log_path}")
-        state.noise_groups = []
-        self.loop._refine_noise(state, flight.metrics)
-        decision = {"verdict": "keep", "metrics": flight.metrics, "seeds": flight.seeds, "noise_std": state.noise.std,
-                    "candidate_runs": len(flight.metrics)}
-        self._close(flight, "keep", None, mean(flight.metrics), first, decision=decision)
+            self.reporter.note(f"a noise run of the baseline failed ({trained.outcome}: {trained.reason}); "
+                               f"see {trained.result.log_path}")
+        self.journal.refine_noise(flight.metrics, restart=True)
+        self._close(flight, "keep", None, mean(flight.metrics), first,
+                    decision=DecisionRecord.of_baseline(flight.metrics, flight.seeds, self.state.noise.std))
 
     # --- drafting
 
-    def _context(self, number: int, files: dict[str, str]) -> AgentContext:
-        state, options = self.state, self.options
-        rows = [row for row in self.loop.ledger.experiments(state.tag) if row["outcome"] != "running"]
-        if self.hardware is None:
-            self.hardware = describe_hardware()
-        in_flight = tuple(f"experiment {flight.number}: {flight.description}"
-                          + (" (its numbers come when it ends)" if flight.kind == "baseline" else "")
-                          for flight in self.flights.values() if flight.kind in ("baseline", "candidate")) + tuple(
+    def _in_flight(self) -> tuple[str, ...]:
+        """Each experiment training or waiting for a slot, in one line for the agent."""
+        return tuple(f"experiment {flight.number}: {flight.description}"
+                     + (" (its numbers come when it ends)" if flight.kind == "baseline" else "")
+                     for flight in self.flights.values() if flight.kind in ("baseline", "candidate")) + tuple(
             f"experiment {draft.number}: {candidate.description} (waiting for a slot)"
             for draft, candidate, _ in self.ready)
-        seen = frozenset(state.seen_hashes) | frozenset(editable_digest(state.recipe, flight.files)
-                                                        for flight in self.flights.values() if flight.files)
-        return AgentContext(number=number, program=self.loop._read_program(), recipe=state.recipe,
-                            budget_seconds=state.budget_seconds, files=files, lineage=self.loop._lineage(state.tag, rows),
-                            best_metric=state.best_metric, baseline_metric=state.baseline_metric, seen_hashes=seen,
-                            noise_std=state.noise.std, noise_runs=state.noise.runs,
-                            keep_margin=self.loop._keep_margin(state, options), token_budget=options.prompt_tokens,
-                            in_flight=in_flight, hardware=self.hardware,
-                            notes=tuple(Note(row["number"], row["notes"]) for row in rows if row.get("notes")),
-                            **self.loop._standing(state, rows))
 
     def _start_draft(self, number: int | None = None) -> None:
         """A draft against the current best, in a thread of its own; a new experiment row unless `number` is given."""
         state = self.state
-        parent_number = state.best_number
+        best = state.best
+        parent_number = best.number
         if parent_number is None:  # drafted while the baseline trains: the baseline is its parent
             parent_number = self._baseline_in_flight().number
         if number is None:
-            number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit,
-                                                parent_number=parent_number)
-        files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
-        draft = Draft(number, state.best_commit, parent_number, files, time.monotonic())
+            number = self.journal.open_experiment(parent_sha=best.commit, parent_number=parent_number)
+        files = state.read_files(state.recipe.editable + state.recipe.fixed)
+        draft = Draft(number, best.commit, parent_number, files, time.monotonic())
         self.drafts[number] = draft
-        context = self._context(number, files)
-        self.loop.reporter.keep_margin(context.keep_margin)
-        self.loop.reporter.phase("proposing", number=number)
-        self.loop.reporter.drafting(sorted(self.drafts))
+        training = frozenset(editable_digest(state.recipe, flight.files) for flight in self.flights.values()
+                             if flight.files)
+        context = self.briefing.context(number, files, self._in_flight(), training)
+        self.reporter.keep_margin(context.keep_margin)
+        self.reporter.phase("proposing", number=number)
+        self.reporter.drafting(sorted(self.drafts))
 
         def record(call) -> None:
             if draft.cancelled.is_set():
@@ -308,11 +297,10 @@ class Scheduler:
 
         def work() -> None:
             try:
-                candidate = self.loop._ask_agent(self.options, f"experiment {number}",
-                                                 lambda: self.loop.agent.propose(
-                                                     context, record, on_writing=lambda characters:
-                                                     self.loop.reporter.llm_writing(characters, number)),
-                                                 note=lambda text: self.events.put(("note", text)))
+                candidate = self.proposer.propose(
+                    f"experiment {number}", context, record,
+                    on_writing=lambda characters: self.reporter.llm_writing(characters, number),
+                    note=lambda text: self.events.put(("note", text)))
                 self.events.put(("drafted", draft, candidate, None))
             except BaseException as exc:  # handed to the scheduler, which decides what it means
                 self.events.put(("drafted", draft, None, exc))
@@ -325,11 +313,11 @@ class Scheduler:
         if error is not None and not isinstance(error, InvalidProposal):
             raise error  # the draft stays listed, so the stop records its experiment as interrupted
         del self.drafts[draft.number]
-        self.loop.reporter.drafting(sorted(self.drafts))
+        self.reporter.drafting(sorted(self.drafts))
         seconds = time.monotonic() - draft.started
         self.propose_times.append(seconds)
         if isinstance(error, InvalidProposal):
-            flight = Flight(draft.number, "candidate", "", draft.parent, draft.parent_number, [], draft.started)
+            flight = Flight(draft.number, "candidate", "", Best(draft.parent, draft.parent_number), draft.started)
             self.flights[draft.number] = flight
             self._close(flight, "invalid", error.reason, None, None, description=error.description,
                         notes=error.notes or None, propose_seconds=seconds)
@@ -339,21 +327,19 @@ class Scheduler:
     def _place(self, draft: Draft, candidate: Candidate, seconds: float) -> None:
         """A ready draft gets a slot: onto the best as it is now, committed and queued; else drafted again."""
         state = self.state
-        flight = Flight(draft.number, "candidate", "", draft.parent, draft.parent_number, [], draft.started,
-                        propose_seconds=seconds)
         files = draft.files
-        if draft.parent != state.best_commit:  # the best moved on while this was drafted
-            files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
+        if draft.parent != state.best.commit:  # the best moved on while this was drafted
+            files = state.read_files(state.recipe.editable + state.recipe.fixed)
             try:
                 changed = apply_blocks(files, candidate.blocks)
             except EditError as exc:
-                self.loop.reporter.note(f"experiment {draft.number}: the draft no longer applies on top of the new "
-                                        f"best (experiment {state.best_number}: {str(exc).splitlines()[0]}); "
-                                        "drafting it again")
+                self.reporter.note(f"experiment {draft.number}: the draft no longer applies on top of the new "
+                                   f"best (experiment {state.best.number}: {str(exc).splitlines()[0]}); "
+                                   "drafting it again")
                 self._start_draft(draft.number)
                 return
             candidate = Candidate(candidate.description, changed, candidate.blocks, candidate.notes)
-            flight.parent, flight.parent_number = state.best_commit, state.best_number
+        flight = Flight(draft.number, "candidate", "", state.best, draft.started, propose_seconds=seconds)
         self._commit(flight, candidate, files)
 
     def _commit(self, flight: Flight, candidate: Candidate, files: dict[str, str]) -> None:
@@ -363,11 +349,10 @@ class Scheduler:
         flight.description, flight.candidate = candidate.description, candidate
         editable = {name: candidate.changed.get(name, files[name]) for name in state.recipe.editable}
         digest = editable_digest(state.recipe, editable)
-        self.loop.ledger.update_experiment(state.tag, flight.number, description=candidate.description,
-                                           notes=candidate.notes or None, files_hash=digest, propose_seconds=flight.propose_seconds,
-                                           parent_sha=flight.parent, parent_number=flight.parent_number,
-                                           diff=unified_diff({n: files[n] for n in candidate.changed},
-                                                             candidate.changed))
+        self.journal.update(flight.number, description=candidate.description, notes=candidate.notes or None,
+                            files_hash=digest, propose_seconds=flight.propose_seconds, parent_sha=flight.parent.commit,
+                            parent_number=flight.parent.number,
+                            diff=unified_diff({n: files[n] for n in candidate.changed}, candidate.changed))
         reason = check_candidate(state.recipe, candidate.changed) or harness_tampering(files, candidate.changed)
         if reason is None:
             earlier = state.seen_hashes.get(digest)
@@ -380,22 +365,16 @@ class Scheduler:
             self._close(flight, "invalid", reason, None, None, files=editable)
             return
         flight.files = editable
-        self.loop.reporter.phase("committing", candidate.description, number=flight.number)
-        # A commit on top of its parent, made from git's objects: the branch moves only when it is kept.
-        flight.commit = state.worktree.commit_files(flight.parent, {f"{state.recipe_path}/{name}": content
-                                                                    for name, content in candidate.changed.items()},
-                                                    candidate.description)
-        state.worktree.set_ref(f"{EXPERIMENT_REF_PREFIX}{state.tag}/{flight.number}", flight.commit)
-        self.loop.ledger.update_experiment(state.tag, flight.number, commit_sha=flight.commit)
-        flight.parent_runs = list(state.best_runs or [state.best_metric]) if flight.parent == state.best_commit \
-            else flight.parent_runs
+        self.reporter.phase("committing", candidate.description, number=flight.number)
+        flight.commit = self.journal.commit(flight.number, flight.parent.commit, candidate.changed,
+                                            candidate.description)
         self._queue(flight, 0, "first", candidate.description)
 
     # --- training runs on slots
 
     def _queue(self, flight: Flight, attempt: int, kind: str, description: str, first: bool = False) -> None:
         request = TrainingRequest(number=flight.number, attempt=attempt, kind=kind,
-                                  seed=derive_seed(self.options.seed, flight.number, attempt),
+                                  seed=derive_seed(self.seed, flight.number, attempt),
                                   commit=flight.commit, description=description)
         flight.running += 1
         if first:  # a confirmation run: an experiment already started goes before new ones
@@ -404,13 +383,12 @@ class Scheduler:
             self.pending.append((flight, request))
 
     def _start_training(self, slot: Slot, flight: Flight, request: TrainingRequest) -> None:
-        state = self.state
-        trainer = state.trainer
+        state, trainer = self.state, self.trainer
         ticket = trainer.start(request, slot)
         self.busy[slot.index] = (flight, ticket)
         flight.last_run_started = time.monotonic()
-        self.loop.reporter.phase("training", request.description, budget=state.budget_seconds,
-                                 grace=state.recipe.grace(state.budget_seconds), slot=slot.index, number=flight.number)
+        self.reporter.phase("training", request.description, budget=state.budget_seconds,
+                            grace=state.recipe.grace(state.budget_seconds), slot=slot.index, number=flight.number)
 
         def work() -> None:
             try:
@@ -426,16 +404,14 @@ class Scheduler:
             raise error
         self.train_times.append(result.seconds)
         try:
-            outcome, reason = self.state.trainer.finish_training(ticket, result)
+            outcome, reason = self.trainer.finish_training(ticket, result)
         except LedgerTampered as exc:
-            from autoresearch.errors import StopRun
-
             raise StopRun(str(exc)) from None
         if outcome is not None or ticket.cancelled:
-            self._run_done(slot, self.state.trainer.finish(ticket, result, outcome, reason, None))
+            self._run_done(slot, self.trainer.finish(ticket, result, outcome, reason, None))
             return
-        self.loop.reporter.phase("evaluating", slot=slot.index, number=flight.number)
-        trainer = self.state.trainer
+        self.reporter.phase("evaluating", slot=slot.index, number=flight.number)
+        trainer = self.trainer
 
         def work() -> None:
             try:
@@ -449,7 +425,7 @@ class Scheduler:
         flight, ticket = self.busy[slot.index]
         if error is not None:
             raise error
-        self._run_done(slot, self.state.trainer.finish(ticket, result, None, None, evaluation))
+        self._run_done(slot, self.trainer.finish(ticket, result, None, None, evaluation))
 
     def _run_done(self, slot: Slot, trained: Trained) -> None:
         flight, ticket = self.busy.pop(slot.index)
@@ -474,7 +450,8 @@ class Scheduler:
                 failed = "invalid" if trained.outcome == "invalid" else "discard"
                 self._close(flight, failed, f"confirmation run {attempt} (seed {ticket.request.seed}): "
                                             f"{trained.outcome}: {trained.reason}", mean(flight.metrics), flight.first,
-                            decision=self._record(flight))
+                            decision=failed_confirmation(flight.metrics, flight.seeds, flight.parent.run_metrics(),
+                                                         self.state.noise.std))
             return
         flight.metrics.append(trained.metric)
         flight.seeds.append(ticket.request.seed)
@@ -482,50 +459,39 @@ class Scheduler:
 
     # --- deciding
 
-    def _record(self, flight: Flight, decision=None, against: list[float] | None = None) -> dict:
-        record = {} if decision is None else decision.as_dict()
-        return {**record, "metrics": flight.metrics, "seeds": flight.seeds,
-                "best_metrics": against if against is not None else flight.parent_runs,
-                "noise_std": self.state.noise.std}
-
     def _decide(self, flight: Flight) -> None:
-        """The keep rule on the flight's runs so far, against the best it was drafted from."""
-        state, options = self.state, self.options
-        self.loop.reporter.phase("deciding", number=flight.number)
-        against = (state.best_runs or [state.best_metric]) if flight.parent == state.best_commit else flight.parent_runs
-        noise = NoiseFloor.pooled(state.noise_groups + [flight.metrics]) if state.noise.known else state.noise
-        decision = decide(flight.metrics, against, state.recipe.direction, noise.std, options.keep_rule)
-        record = {**self._record(flight, decision, against), "noise_std": noise.std}
-        if decision.verdict == "confirm":
+        """The keep rule on the flight's runs so far, against the best it was drafted from; then act on it."""
+        state = self.state
+        self.reporter.phase("deciding", number=flight.number)
+        parent_is_best = flight.parent.commit == state.best.commit
+        against = state.best.run_metrics() if parent_is_best else flight.parent.run_metrics()
+        judgement = judge(Evidence(flight.metrics, flight.seeds, against, parent_is_best, state.recipe.direction,
+                                   state.noise, state.noise_groups), self.rule, state.recipe.metric)
+        if judgement.verdict == "confirm":
             attempt = len(flight.metrics)
-            seed = derive_seed(options.seed, flight.number, attempt)
+            seed = derive_seed(self.seed, flight.number, attempt)
             self._queue(flight, attempt, "confirm", f"{flight.description} (confirmation run {attempt} of at most "
-                                                     f"{options.confirm_runs}, seed {seed})", first=True)
+                                                     f"{self.confirm_runs}, seed {seed})", first=True)
             return
-        if ignores_harness_seed(flight.metrics, flight.seeds, state.noise):
-            self._close(flight, "invalid", f"ignores the harness's seed: {state.recipe.metric} {flight.metrics[0]:.6g} "
-                                           f"under seeds {', '.join(map(str, flight.seeds))}", mean(flight.metrics),
-                        flight.first, decision=record)
+        if judgement.refines_noise:
+            self.journal.refine_noise(flight.metrics)
+        if judgement.verdict == "combine":
+            self._combine(flight, judgement.record)
             return
-        if len(flight.metrics) > 1:
-            self.loop._refine_noise(state, flight.metrics)
-        if flight.parent == state.best_commit:
-            self._close(flight, decision.verdict, decision.reason, mean(flight.metrics), flight.first, decision=record)
-        elif decision.verdict == "keep":
-            self._combine(flight, record)
-        else:
-            self._close(flight, "discard", decision.reason, mean(flight.metrics), flight.first, decision=record)
+        self._close(flight, judgement.verdict, judgement.reason, judgement.metric, flight.first,
+                    decision=judgement.record)
 
-    def _combine(self, flight: Flight, record: dict) -> None:
+    def _combine(self, flight: Flight, record: DecisionRecord) -> None:
         """It beat its own parent, but the best moved on meanwhile: its change on top of the new best, as a new experiment."""
         state = self.state
-        files = self.loop._read_files(state, state.recipe.editable + state.recipe.fixed)
+        best = state.best
+        files = state.read_files(state.recipe.editable + state.recipe.fixed)
         try:
             changed = apply_blocks(files, flight.candidate.blocks)
         except EditError:
             changed = None
-        beat = f"beat its parent (experiment {flight.parent_number}), but the best moved on to experiment " \
-               f"{state.best_number}"
+        beat = f"beat its parent (experiment {flight.parent.number}), but the best moved on to experiment " \
+               f"{best.number}"
         if not changed:
             self._close(flight, "discard", f"{beat}, and it does not apply on top of that",
                         mean(flight.metrics), flight.first, decision=record)
@@ -535,13 +501,11 @@ class Scheduler:
             self._close(flight, "discard", f"{beat}; no combination with it ({limit})", mean(flight.metrics),
                         flight.first, decision=record)
             return
-        number = self.loop._open_experiment(state, self.options, parent_sha=state.best_commit,
-                                                parent_number=state.best_number)
+        number = self.journal.open_experiment(parent_sha=best.commit, parent_number=best.number)
         self._close(flight, "discard", f"{beat}: combined with it as experiment {number}",
                     mean(flight.metrics), flight.first, decision=record)
-        combined = Flight(number, "candidate", "", state.best_commit, state.best_number,
-                          list(state.best_runs or [state.best_metric]), time.monotonic())
-        self._commit(combined, Candidate(f"{flight.description} (on top of experiment {state.best_number})", changed,
+        combined = Flight(number, "candidate", "", best, time.monotonic())
+        self._commit(combined, Candidate(f"{flight.description} (on top of experiment {best.number})", changed,
                                          flight.candidate.blocks), files)
 
     def _close(self, flight: Flight, outcome: str, reason: str | None, metric: float | None, trained: Trained | None,
@@ -549,10 +513,9 @@ class Scheduler:
         self.flights.pop(flight.number, None)
         if trained is None and outcome == "invalid":
             self.invalid_drafts += 1
-        self.loop._close_experiment(self.state, flight.number, outcome, reason, metric, trained=trained,
-                                    commit=flight.commit, files=files or flight.files, started=flight.started,
-                                    **fields)
-        self.clock.record()
+        self.journal.close(flight.number, outcome, reason, metric, trained=trained, commit=flight.commit,
+                           files=files or flight.files, started=flight.started, **fields)
+        self.limits.clock.record()
 
     # --- stopping
 
@@ -570,11 +533,11 @@ class Scheduler:
                 continue
             if kind in ("trained", "evaluated") and slot.index in self.busy:
                 _, ticket = self.busy.pop(slot.index)
-                self.state.trainer.interrupted(ticket)
+                self.trainer.interrupted(ticket)
         for _, ticket in self.busy.values():
-            self.state.trainer.interrupted(ticket)
+            self.trainer.interrupted(ticket)
         reason = ("stopped by the person (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
-                  str(error) if type(error).__name__ == "StopRun" else f"tool error: {type(error).__name__}: {error}")
+                  str(error) if isinstance(error, StopRun) else f"tool error: {type(error).__name__}: {error}")
         for number in list(self.flights) + list(self.drafts) + [draft.number for draft, _, _ in self.ready]:
-            self.loop._interrupt_experiment(self.state, number, reason)
-        self.loop._rewind(self.state)
+            self.journal.interrupt(number, reason)
+        self.journal.rewind()

@@ -1,0 +1,67 @@
+"""The one retry and backoff policy around an agent: how often a failed LLM call is asked again, and when to stop.
+
+A failed call (agents raise AgentUnavailable) is asked again after a wait that doubles with each
+failure in a row (`--agent-backoff`, up to MAX_BACKOFF_SECONDS), until `--max-agent-failures` in a
+row; a refusal no retry can mend (the key, the model, a prompt too long for the model) stops the run
+at once with the setting that mends it. The `openai` client is built not to retry on its own
+(agents.py), so this is the only retry there is. The agent's own repair turns for a reply that does
+not apply are not retries: they are part of one proposal.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+from autoresearch.agents import Agent, Candidate, LLMCall
+from autoresearch.console import times
+from autoresearch.errors import AgentUnavailable, StopRun
+from autoresearch.prompts import AgentContext
+
+MAX_BACKOFF_SECONDS = 300.0
+Answer = TypeVar("Answer")
+
+
+class Proposer:
+    """An agent under the retry policy: `check` (the endpoint, before anything trains) and `propose`.
+
+    `note` hears each retry, in one line; a draft's thread passes its own (the scheduler's queue).
+    """
+
+    def __init__(self, agent: Agent, max_failures: int, backoff_seconds: float, note: Callable[[str], None]):
+        self.agent, self.max_failures, self.backoff_seconds, self.note = agent, max_failures, backoff_seconds, note
+
+    @property
+    def name(self) -> str:
+        return self.agent.name
+
+    @property
+    def model(self) -> str | None:
+        return getattr(self.agent, "model", None)
+
+    def check(self, record: Callable[[LLMCall], None]) -> None:
+        """The agent proves it can propose (one cheap LLM call), before anything trains."""
+        self.ask("endpoint check", lambda: self.agent.check(record))
+
+    def propose(self, what: str, context: AgentContext, record: Callable[[LLMCall], None],
+                on_writing: Callable[[int], None] | None = None, note: Callable[[str], None] | None = None
+                ) -> Candidate:
+        return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing), note)
+
+    def ask(self, what: str, ask: Callable[[], Answer], note: Callable[[str], None] | None = None) -> Answer:
+        """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up."""
+        note = note or self.note
+        failures = 0
+        while True:
+            try:
+                return ask()
+            except AgentUnavailable as exc:
+                failures += 1
+                if not exc.retryable:
+                    raise StopRun(str(exc), exc.remedy) from None
+                if failures >= self.max_failures:
+                    in_a_row = f"{times(failures)} in a row (last: {exc})" if failures > 1 else f"{times(1)} ({exc})"
+                    raise StopRun(f"the LLM endpoint failed {in_a_row}") from None
+                wait = min(MAX_BACKOFF_SECONDS, self.backoff_seconds * 2 ** (failures - 1))
+                note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
+                time.sleep(wait)
