@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import shutil
 import subprocess
@@ -29,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import UserError
+from autoresearch.execution.jobs import RUN_MARKER, Executor, TrainingJob, TrainingResult
 from autoresearch.recipe import Recipe
 from autoresearch.repo import safe_git_environment
-from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, TrainingResult, is_finite
 
 REFUSED_EXIT_CODE = 3
 SPLITS = ("val", "test")
@@ -181,6 +182,10 @@ def model_digest(model_dir: Path) -> tuple[int, str]:
                 digest.update(block)
                 total += len(block)
     return total, digest.hexdigest()
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def has_model(model_dir: Path) -> bool:

@@ -7,7 +7,7 @@ the best commit once an experiment is decided; every commit an experiment made s
 under refs/autoresearch/<tag>/<n>. The state of a run (best commit, next number) is derived from
 the ledger, which is what makes `--resume` possible. A training and the harness's evaluation of
 its model are trainer.py's; the run's settings are settings.py's; the sandbox is chosen once per
-invocation, after the recipe's data is prepared (isolation.py); what is in flight at once (drafts
+invocation, after the recipe's data is prepared (execution/sandbox.py); what is in flight at once (drafts
 of proposals, trainings on slots) and the order of things is scheduler.py's, which calls back here
 to open, record and close experiments.
 """
@@ -28,7 +28,7 @@ from autoresearch.console import Reporter, times
 from autoresearch.errors import StopRun, UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.evaluation import HarnessFiles, prepare_data
-from autoresearch.isolation import choose_sandbox
+from autoresearch.execution.sandbox import choose_sandbox
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT, Ledger, best_row, now_iso
 from autoresearch.noise import NoiseFloor, decide
@@ -41,8 +41,9 @@ from autoresearch.review import read_log_tail, run_usage
 from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.errors import InvalidSetting
 from autoresearch.settings import RunOptions, check_options, override_records, run_slots, stored_settings
-from autoresearch.runner import Executor, LocalExecutor
-from autoresearch.cluster import executor_for
+from autoresearch.execution.jobs import Executor
+from autoresearch.execution.local import LocalExecutor
+from autoresearch.execution.ray import RayExecutor
 from autoresearch.spending import SpendingCap, run_spending
 from autoresearch.scheduler import Scheduler
 from autoresearch.trainer import SCRATCH_DIR, RunContext, Trained, Trainer, information_only
@@ -52,6 +53,13 @@ WORKTREE_DIR = "worktree"
 RESULTS_FILE = "results.tsv"
 PREPARE_LOG = "prepare.log"
 MAX_BACKOFF_SECONDS = 300.0
+
+
+def executor_for(options) -> Executor:
+    """The executor a run's options name (settings.RunOptions.executor)."""
+    if options.executor == "ray":
+        return RayExecutor(options.ray_address, require_sandbox=options.sandbox == "on")
+    return LocalExecutor()
 
 
 @dataclass

@@ -42,7 +42,8 @@ from autoresearch.hardware import describe_hardware
 from autoresearch.prompts import AgentContext, Note
 from autoresearch.errors import LedgerTampered
 from autoresearch.repo import EXPERIMENT_REF_PREFIX
-from autoresearch.trainer import Slot, Ticket, Trained, TrainingRequest
+from autoresearch.execution.jobs import Slot
+from autoresearch.trainer import Ticket, Trained, TrainingRequest
 
 MAX_DRAFTS = 4  # proposals drafted at once, at most
 POLL_SECONDS = 0.2  # how often the scheduler looks at its limits when nothing happens

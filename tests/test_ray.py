@@ -35,7 +35,7 @@ from autoresearch.workspace import Workspace
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
-from autoresearch.cluster import NAMESPACE, RayExecutor  # noqa: E402
+from autoresearch.execution.ray import NAMESPACE, RayExecutor  # noqa: E402
 
 GPUS = 4
 WORKER_TITLE = "ray::SlotWorker"  # the process title Ray gives a slot's actor
@@ -284,7 +284,7 @@ def test_the_executor_and_the_address_are_the_runs_own_settings(ray_cluster, wor
 # --- the log streams back, bounded as locally
 
 def test_a_flood_of_output_comes_back_bounded_with_its_summary(ray_cluster, tmp_path):
-    from autoresearch.runner import TrainingJob
+    from autoresearch.execution.jobs import TrainingJob
 
     folder = tmp_path / "job"
     folder.mkdir()

@@ -21,7 +21,7 @@ from autoresearch.agents import LLMAgent
 from autoresearch.console import Reporter
 from autoresearch.ledger import Ledger, best_row
 from autoresearch.loop import ResearchLoop, RunOptions
-from autoresearch.runner import LocalExecutor
+from autoresearch.execution.local import LocalExecutor
 from autoresearch.workspace import Workspace
 
 TAG = "t"
