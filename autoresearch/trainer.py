@@ -120,6 +120,12 @@ class Ticket:
         if self._handle is not None:
             self._handle.cancel()
 
+    def attach(self, handle: JobHandle) -> None:
+        """The job it now waits for (its training, then its evaluation): a cancel stops that one."""
+        self._handle = handle
+        if self.cancelled:
+            handle.cancel()
+
 
 class Trainer:
     """Trains one request and measures it, for the loop and for `verify`.
@@ -264,9 +270,7 @@ class Trainer:
 
     def _wait(self, ticket: Ticket, job, on_output=None) -> TrainingResult:
         handle = self.executor.submit(job, on_output)
-        ticket._handle = handle
-        if ticket.cancelled:
-            handle.cancel()
+        ticket.attach(handle)
         return handle.result()
 
     def _check_after(self, ticket: Ticket) -> list[str]:
