@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import shutil
 import subprocess
@@ -29,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import UserError
+from autoresearch.execution.jobs import RUN_MARKER, Executor, TrainingJob
 from autoresearch.outcomes import EVALUATION, job_outcome, last_line
 from autoresearch.recipe import Recipe
 from autoresearch.repo import safe_git_environment
-from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, is_finite
 
 SPLITS = ("val", "test")
 MODEL_DIR_ENV = "AUTORESEARCH_MODEL_DIR"  # the saved model an evaluation reads
@@ -167,6 +168,10 @@ def model_digest(model_dir: Path) -> tuple[int, str]:
                 digest.update(block)
                 total += len(block)
     return total, digest.hexdigest()
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
 
 
 def has_model(model_dir: Path) -> bool:

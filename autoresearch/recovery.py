@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import LedgerTampered
+from autoresearch.execution.jobs import RUN_MARKER
+from autoresearch.execution.processes import stop_processes_marked
 from autoresearch.ledger import Ledger
 from autoresearch.repo import EXPERIMENT_REF_PREFIX, TOOL_IDENTITY, Repo
-from autoresearch.runner import RUN_MARKER, stop_processes_marked
 
 LEDGER_BACKUP_FILE = "ledger-backup.db"
 

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autoresearch.errors import UserError
+from autoresearch.execution.jobs import RUN_MARKER
+from autoresearch.execution.processes import stop_processes_marked
 from autoresearch.ledger import Ledger
 from autoresearch.recovery import run_marker
 from autoresearch.repo import RUN_BRANCH_PREFIX
 from autoresearch.runlock import RunLock
-from autoresearch.runner import RUN_MARKER, stop_processes_marked
 from autoresearch.workspace import Workspace, check_tag
 
 

@@ -18,6 +18,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from autoresearch.errors import InvalidSetting
+from autoresearch.execution.jobs import Slot
 from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 
@@ -57,7 +58,7 @@ class RunOptions:
     slots: int | None = None  # trainings at once; None: 1 here, what the cluster offers on Ray (which it caps)
     gpus: str | None = None  # "0,1,2,3": one slot per GPU, each training with CUDA_VISIBLE_DEVICES set to it
     draft_ahead: bool = True  # draft the next proposals while experiments train (needs the sandbox)
-    executor: str = "local"  # local | ray: where trainings and evaluations run (cluster.py)
+    executor: str = "local"  # local | ray: where trainings and evaluations run (execution/)
     ray_address: str | None = None  # None: RAY_ADDRESS when the run starts or resumes, else auto
     overrides: list["Override"] = field(default_factory=list)  # what a resume changed, said and recorded
     allow_concurrent: bool = False  # train although another run trains in the workspace (this invocation only)
@@ -144,8 +145,6 @@ def run_slots(options: RunOptions, offered: int | None = None):
     `offered`: how many the executor can run at once (a cluster's GPUs), the default and the cap of
     `slots`; the devices are then the executor's to give.
     """
-    from autoresearch.trainer import Slot
-
     if options.gpus:
         return [Slot(index, device.strip()) for index, device in enumerate(options.gpus.split(","))]
     count = options.slots or offered or 1

@@ -3,9 +3,10 @@
 1. A fresh copy of the commit's recipe folder, written from git's objects into its own folder, is
    the training's working folder; it is deleted afterwards, so nothing a training leaves there
    (bytecode, a patched file, a cache) reaches a later experiment.
-2. The training runs there (in the sandbox when there is one; `sandbox.py`), with the budget, a
-   seed, and an empty folder outside the copy to save its model into. The harness's clock and
-   process-tree kill bound it (runner.py); what it prints is information only.
+2. The training runs there (in the sandbox when there is one; execution/sandbox.py), with the
+   budget, a seed, and an empty folder outside the copy to save its model into (`recipe_job`). The
+   harness's clock and process-tree kill bound it (the executor: execution/); what it prints is
+   information only.
 3. If it exited cleanly and saved a model, the harness evaluates that model in a separate process
    from the recipe's fixed files as committed at the run's start (evaluation.py): that process's
    output is the metric. A model it refuses makes the training `invalid`.
@@ -26,13 +27,14 @@ from pathlib import Path
 from autoresearch.console import Reporter
 from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, has_model,
                                      model_digest, scored_metric, write_recipe_files)
-from autoresearch.isolation import SandboxPolicy
+from autoresearch.execution.jobs import (OUTPUT_DIR_ENV, RUN_MARKER, Executor, JobHandle, Slot, TrainingJob,
+                                         TrainingResult, new_job_id)
+from autoresearch.execution.sandbox import SandboxPolicy
 from autoresearch.ledger import Ledger
 from autoresearch.outcomes import EVALUATION, TRAINING, job_outcome
 from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
-from autoresearch.runner import Executor, JobHandle, TrainingResult, new_job_id, recipe_job
 
 MODELS_DIR = "models"
 WORK_DIR = "work"
@@ -86,20 +88,12 @@ class RunContext:
     budget_seconds: float
     marker: str  # the run's process marker (recovery.run_marker)
     worktree: Repo | None = None  # the run's worktree, checked after each training without the sandbox
-    sandbox: SandboxPolicy | None = None  # None: no sandbox (isolation.py)
+    sandbox: SandboxPolicy | None = None  # None: no sandbox (execution/sandbox.py)
     sandbox_level: str = "none"
 
     @property
     def sandboxed(self) -> bool:
         return self.sandbox is not None
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One place a training runs at once: a GPU of this box (`device`, for CUDA_VISIBLE_DEVICES), or a CPU slot."""
-
-    index: int
-    device: str | None = None
 
 
 @dataclass
@@ -124,6 +118,12 @@ class Ticket:
         self.cancelled = True
         if self._handle is not None:
             self._handle.cancel()
+
+    def attach(self, handle: JobHandle) -> None:
+        """The job it now waits for (its training, then its evaluation): a cancel stops that one."""
+        self._handle = handle
+        if self.cancelled:
+            handle.cancel()
 
 
 class Trainer:
@@ -269,9 +269,7 @@ class Trainer:
 
     def _wait(self, ticket: Ticket, job, on_output=None) -> TrainingResult:
         handle = self.executor.submit(job, on_output)
-        ticket._handle = handle
-        if ticket.cancelled:
-            handle.cancel()
+        ticket.attach(handle)
         return handle.result()
 
     def _check_after(self, ticket: Ticket) -> list[str]:
@@ -290,6 +288,19 @@ class Trainer:
         if touched:
             worktree.reset_hard(ticket.head)
         return touched
+
+
+def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float, seed: int, run_marker: str,
+               output_dir: Path) -> TrainingJob:
+    """The job that trains a recipe once: for the loop's experiments and for `verify` alike.
+
+    Every such job carries its run's marker, so a resume (or the next verify) finds what a killed
+    tool left running. The training saves its model into `output_dir`; it never evaluates.
+    """
+    return TrainingJob(command=recipe.command, cwd=cwd, log_path=log_path, budget_seconds=budget_seconds,
+                       grace_seconds=recipe.grace(budget_seconds), passthrough=recipe.env, makes_up_steal=True,
+                       env={"AUTORESEARCH_SEED": str(seed), OUTPUT_DIR_ENV: str(output_dir),
+                            RUN_MARKER: run_marker}, brings_back=(OUTPUT_DIR_ENV,))
 
 
 def information_only(summary: dict[str, float], recipe: Recipe) -> dict[str, float]:

@@ -36,11 +36,13 @@ from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, best_row
 from autoresearch.console import Reporter
 from autoresearch.evaluation import HarnessFiles, prepare_data, scored_metric, write_recipe_files
+from autoresearch.execution.jobs import RUN_MARKER, Executor
+from autoresearch.execution.local import LocalExecutor
+from autoresearch.execution.processes import stop_processes_marked
 from autoresearch.noise import CONFIDENCE, GainInterval, gain_interval, verify_seed
 from autoresearch.recipe import load_recipe
 from autoresearch.recovery import run_marker
 from autoresearch.runlock import RunLock, WorkspaceLock
-from autoresearch.runner import RUN_MARKER, Executor, LocalExecutor, stop_processes_marked
 from autoresearch.trainer import SCRATCH_DIR, RunContext, Trained, Trainer, TrainingRequest
 from autoresearch.workspace import Workspace
 

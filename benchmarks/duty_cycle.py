@@ -15,7 +15,7 @@ fresh workspace, in one run of this script, and reports:
 Targets: duty cycle at least 0.95 with drafting ahead on 1 and on 4 slots; 4 slots at least 3.6x
 the experiments per hour of 1; the loop's own time per experiment at most 0.25 s median.
 
-`--executor ray` runs the same through Ray (cluster.py): against RAY_ADDRESS if set, else a local
+`--executor ray` runs the same through Ray (execution/ray.py): against RAY_ADDRESS if set, else a local
 head this script starts with four logical GPUs and stops; `--slots 4` runs only the 4-slot rows.
 
     .venv/bin/python benchmarks/duty_cycle.py [--experiments 20] [--budget 10] [--executor ray] [--slots 4]
@@ -85,7 +85,7 @@ def make_executor(name: str):
     """None (the loop's own local executor), or a Ray executor on the cluster start_ray joined."""
     if name == "local":
         return None
-    from autoresearch.cluster import RayExecutor
+    from autoresearch.execution.ray import RayExecutor
 
     return RayExecutor()
 

@@ -33,7 +33,7 @@ from fake_llm import FakeLLM  # noqa: E402
 from autoresearch.agents import LLMAgent  # noqa: E402
 from autoresearch.run.session import Session
 from autoresearch.settings import RunOptions
-from autoresearch.runner import LocalExecutor  # noqa: E402
+from autoresearch.execution.local import LocalExecutor  # noqa: E402
 from autoresearch.workspace import Workspace  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     local = measure(args.experiments, LocalExecutor())
     ray = start_ray()
-    from autoresearch.cluster import RayExecutor
+    from autoresearch.execution.ray import RayExecutor
 
     through_ray = measure(args.experiments, RayExecutor())
     ray.shutdown()

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fake chat-completions endpoint, and real git workspaces with a synthetic recipe.
+"""Shared fixtures: a fake chat-completions endpoint, real git workspaces with a synthetic recipe, and a
+real local Ray cluster (for the tests marked `ray`; skipped where the ray extra is not installed).
 
 The synthetic recipe trains nothing: the model it saves is its constants, and the harness's evaluation
 (its fixed prepare.py) scores them by a known function, so each test knows which edit is better, and
@@ -7,12 +8,17 @@ it finishes in a fraction of a second.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,7 +28,10 @@ os.environ["COLUMNS"] = "200"
 
 from fake_llm import FakeLLM  # noqa: E402
 
+from autoresearch.execution.ray import NAMESPACE  # noqa: E402
 from autoresearch.repo import TOOL_IDENTITY, Repo  # noqa: E402
+
+RAY_GPUS = 4  # the logical GPUs of the test cluster
 
 SYNTH_TRAIN = '''\
 """Synthetic training script: the model it saves is its constants, scored by the harness. Run: python train.py"""
@@ -123,6 +132,44 @@ def fake_llm():
     server = FakeLLM()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray head on 127.0.0.1 with four logical GPUs, owned by this process; the tool's processes join it
+    through RAY_ADDRESS. Stopped at the end, and nothing of it may be left."""
+    ray = pytest.importorskip("ray")
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
+    context = ray.init(address="local", num_cpus=4, num_gpus=RAY_GPUS, include_dashboard=False, _temp_dir=temp,
+                       _node_ip_address="127.0.0.1", namespace=NAMESPACE, logging_level=logging.ERROR,
+                       log_to_driver=False)
+    before = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+        if before is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = before
+        deadline = time.monotonic() + 15
+        while processes_mentioning(temp) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not processes_mentioning(temp), processes_mentioning(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions text."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in part for part in process.info["cmdline"] or ()) and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def git(root: Path, *args: str) -> str:

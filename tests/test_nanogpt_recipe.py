@@ -25,7 +25,7 @@ torch = pytest.importorskip("torch")
 
 from autoresearch import lm  # noqa: E402
 from autoresearch.recipe import load_recipe  # noqa: E402
-from autoresearch.runner import parse_summary  # noqa: E402
+from autoresearch.execution.output import parse_summary  # noqa: E402
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "nanogpt"
 SUMMARY_KEYS = ("training_seconds", "export_seconds", "model_mb", "total_seconds", "peak_memory_mb",

@@ -20,3 +20,5 @@ def test_wheel_ships_recipes_and_program(tmp_path):
         for part in ("recipe.yaml", "train.py", "prepare.py"):
             assert f"autoresearch/_recipes/{recipe}/{part}" in names
     assert "autoresearch/cli.py" in names
+    assert {f"autoresearch/execution/{name}.py" for name in ("__init__", "jobs", "local", "processes", "output", "steal",
+                                                             "ray", "sandbox")} <= names

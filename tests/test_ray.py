@@ -10,19 +10,16 @@ resume, the tiny recipe end to end, and that no actor and no process of a run is
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
 import signal
 import sqlite3
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-from conftest import SYNTH_TRAIN, make_workspace, reply
+from conftest import RAY_GPUS, make_workspace, processes_mentioning, reply
 from faultkit import (BETTER, KILL_WAIT, RUN_FLAGS, TAG, RecordingReporter, ToolProcess, assert_consistent, inject,
                       run_processes, small_options, tool_env, wait_until)
 from test_concurrency import DEVICE_TRAIN, ledger_query
@@ -35,43 +32,10 @@ from autoresearch.workspace import Workspace
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
-from autoresearch.cluster import NAMESPACE, RayExecutor  # noqa: E402
+from autoresearch.execution.ray import NAMESPACE, RayExecutor  # noqa: E402
 
-GPUS = 4
+GPUS = RAY_GPUS
 WORKER_TITLE = "ray::SlotWorker"  # the process title Ray gives a slot's actor
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A Ray head on 127.0.0.1 with four logical GPUs, owned by this process; the tool's processes join it
-    through RAY_ADDRESS. Stopped at the end, and nothing of it may be left."""
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths live under it
-    context = ray.init(address="local", num_cpus=4, num_gpus=GPUS, include_dashboard=False, _temp_dir=temp,
-                       _node_ip_address="127.0.0.1", namespace=NAMESPACE, logging_level=logging.ERROR,
-                       log_to_driver=False)
-    before = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = context.address_info["gcs_address"]
-    try:
-        yield context.address_info["gcs_address"]
-    finally:
-        ray.shutdown()
-        if before is None:
-            os.environ.pop("RAY_ADDRESS", None)
-        else:
-            os.environ["RAY_ADDRESS"] = before
-        assert wait_until(lambda: not processes_mentioning(temp), 15), processes_mentioning(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def processes_mentioning(text: str) -> list[int]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if any(text in part for part in process.info["cmdline"] or ()) and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def slot_workers() -> list[int]:
@@ -284,7 +248,7 @@ def test_the_executor_and_the_address_are_the_runs_own_settings(ray_cluster, wor
 # --- the log streams back, bounded as locally
 
 def test_a_flood_of_output_comes_back_bounded_with_its_summary(ray_cluster, tmp_path):
-    from autoresearch.runner import TrainingJob
+    from autoresearch.execution.jobs import TrainingJob
 
     folder = tmp_path / "job"
     folder.mkdir()

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent / "faults"))
 
 from faultkit import alive, wait_until  # noqa: E402
 
-from autoresearch.sandbox import (SandboxError, SandboxSpec, gpu_devices, interpreter_paths, probe,  # noqa: E402
+from autoresearch.execution.sandbox import (SandboxError, SandboxSpec, gpu_devices, interpreter_paths, probe,  # noqa: E402
                                   sandbox_argv)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -361,8 +361,8 @@ def test_the_callers_environment_is_kept(tree):
 PARENT = """\
 import subprocess, sys, time
 from pathlib import Path
-from autoresearch.runner import with_parent_death_signal
-from autoresearch.sandbox import SandboxSpec, sandbox_argv
+from autoresearch.execution.local import with_parent_death_signal
+from autoresearch.execution.sandbox import SandboxSpec, sandbox_argv
 argv = sandbox_argv(SandboxSpec(workdir=Path(sys.argv[1]), home=None), ["sleep", "600"])
 subprocess.Popen(with_parent_death_signal(argv) if sys.argv[2] == "launcher" else argv, start_new_session=True)
 time.sleep(600)
@@ -482,7 +482,7 @@ def test_the_probe_says_how_to_install_bwrap_when_it_is_missing(tmp_path, monkey
 def test_the_probe_reports_bwraps_own_words_when_namespaces_are_refused(tree):
     # Inside the sandbox no user namespace can be made: a real refusal, as a locked-down kernel gives.
     report = run_in(spec_in(tree, readable=(REPO,)), """
-    from autoresearch.sandbox import probe
+    from autoresearch.execution.sandbox import probe
     result = probe()
     report = [result.available, result.level, result.problem]
     """)
@@ -514,7 +514,7 @@ def test_the_probe_checks_the_protections_rather_than_trusting_bwrap(tmp_path):
 
 CLEARING_PARENT = """\
 import subprocess, sys, time
-from autoresearch.runner import with_parent_death_signal
+from autoresearch.execution.local import with_parent_death_signal
 # A command that clears its parent-death signal as it starts, as bubblewrap's does for a moment
 # when its credentials change (a tool killed then once left the whole sandbox running).
 command = [sys.executable, "-c", "import ctypes, time; ctypes.CDLL(None).prctl(1, 0); print('up', flush=True); "

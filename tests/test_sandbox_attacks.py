@@ -16,7 +16,7 @@ from conftest import SYNTH_PREPARE, SYNTH_RECIPE, git, make_workspace
 from faultkit import BETTER, TAG, assert_consistent, inject, run_processes, run_with
 
 from autoresearch.ledger import Ledger
-from autoresearch.sandbox import probe
+from autoresearch.execution.sandbox import probe
 
 PROBE = probe()
 pytestmark = pytest.mark.skipif(not PROBE.available, reason=f"no sandbox here: {PROBE.problem}")

@@ -50,7 +50,8 @@ from autoresearch.run.briefing import Briefing
 from autoresearch.run.journal import Journal
 from autoresearch.run.limits import Limits
 from autoresearch.run.state import Best, RunState
-from autoresearch.trainer import Slot, Ticket, Trained, Trainer, TrainingRequest
+from autoresearch.execution.jobs import Slot
+from autoresearch.trainer import Ticket, Trained, Trainer, TrainingRequest
 
 MAX_DRAFTS = 4  # proposals drafted at once, at most
 POLL_SECONDS = 0.2  # how often the scheduler looks at its limits when nothing happens

@@ -16,8 +16,9 @@ from autoresearch.agents import Agent
 from autoresearch.console import Reporter
 from autoresearch.errors import InvalidSetting, StopRun, UserError
 from autoresearch.evaluation import HarnessFiles, prepare_data
-from autoresearch.isolation import choose_sandbox
-from autoresearch.runner import Executor, LocalExecutor
+from autoresearch.execution.jobs import Executor, Slot
+from autoresearch.execution.local import LocalExecutor
+from autoresearch.execution.sandbox import choose_sandbox
 from autoresearch.ledger import Ledger, now_iso
 from autoresearch.pricing import LivePrices
 from autoresearch.proposer import Proposer
@@ -32,7 +33,7 @@ from autoresearch.run.scheduler import Scheduler
 from autoresearch.run.state import Best, RunState, RunSummary, rebuild_state
 from autoresearch.runlock import RunLock, WorkspaceLock
 from autoresearch.settings import RunOptions, check_options, override_records, run_slots, stored_settings
-from autoresearch.trainer import SCRATCH_DIR, RunContext, Slot, Trainer
+from autoresearch.trainer import SCRATCH_DIR, RunContext, Trainer
 from autoresearch.workspace import Workspace, check_tag
 
 WORKTREE_DIR = "worktree"
@@ -42,7 +43,7 @@ PREPARE_LOG = "prepare.log"
 def executor_for(options: RunOptions) -> Executor:
     """The executor a run's options name (settings.RunOptions.executor); Ray is imported only when it is named."""
     if options.executor == "ray":
-        from autoresearch.cluster import RayExecutor
+        from autoresearch.execution.ray import RayExecutor
 
         return RayExecutor(options.ray_address, require_sandbox=options.sandbox == "on")
     return LocalExecutor()

@@ -22,7 +22,7 @@ from autoresearch.console import Reporter
 from autoresearch.ledger import Ledger, best_row
 from autoresearch.run.session import Session
 from autoresearch.settings import RunOptions
-from autoresearch.runner import LocalExecutor
+from autoresearch.execution.local import LocalExecutor
 from autoresearch.workspace import Workspace
 
 TAG = "t"

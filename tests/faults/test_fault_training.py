@@ -218,7 +218,8 @@ def test_flood_of_output_keeps_the_tool_memory_flat(tmp_path):
     probe = textwrap.dedent(f"""
         import resource, sys
         from pathlib import Path
-        from autoresearch.runner import LocalExecutor, TrainingJob
+        from autoresearch.execution.jobs import TrainingJob
+        from autoresearch.execution.local import LocalExecutor
         flood = "import sys\\nblock = (b'y' * 99 + b'\\\\n') * 10000\\nfor _ in range(300): sys.stdout.buffer.write(block)\\nprint('val: 1.5')"
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         result = LocalExecutor().run(TrainingJob(command=f"python -c \\"{{flood}}\\"", cwd=Path({str(tmp_path)!r}),
@@ -407,7 +408,8 @@ def test_a_submitted_job_is_cancelled_and_its_processes_are_gone(tmp_path):
     """The executor's handle: submit returns at once, cancel ends the process tree as at a deadline."""
     import threading
 
-    from autoresearch.runner import LocalExecutor, TrainingJob
+    from autoresearch.execution.jobs import TrainingJob
+    from autoresearch.execution.local import LocalExecutor
 
     script = tmp_path / "stubborn.py"
     script.write_text("import signal, subprocess, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"

@@ -11,9 +11,10 @@ from autoresearch.recovery import run_marker
 from autoresearch.run.briefing import Briefing
 from autoresearch.run.limits import ActiveClock, Limits
 from autoresearch.run.scheduler import Scheduler
-from autoresearch.runner import LocalExecutor
+from autoresearch.execution.local import LocalExecutor
 from autoresearch.settings import RunOptions
-from autoresearch.trainer import RunContext, Slot, Trainer
+from autoresearch.trainer import RunContext, Trainer
+from autoresearch.execution.jobs import Slot
 
 
 def test_a_baseline_then_experiments_until_the_limit_each_decided_and_recorded(new_run):

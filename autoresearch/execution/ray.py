@@ -1,6 +1,6 @@
 """Experiments on a Ray cluster: `run --executor ray` (docs/cluster.md).
 
-`RayExecutor` has the Executor shape of runner.py, so the trainer and the scheduler do not know
+`RayExecutor` has the Executor shape of execution.jobs, so the trainer and the scheduler do not know
 where a job runs. Ray is imported here only, and only when a Ray executor is used: the tool without
 the `ray` extra never imports it.
 
@@ -11,7 +11,7 @@ the `ray` extra never imports it.
 - A job travels as data, never as a path of this machine: its working folder (the recipe's files
   at the experiment's commit, which `git archive` wrote) packed as a tar, the folders it carries (the
   saved model an evaluation reads), the command, budget, environment and sandbox. On the node the
-  worker unpacks it into a temporary folder and runs it with the local runner's own code
+  worker unpacks it into a temporary folder and runs it with the local executor's own code
   (`LocalExecutor.execute`: the bounded log, the summary lines, the process-tree kill), inside
   bubblewrap when the job has a sandbox and the node can run one (the level in force comes back with
   the result). The folders the job brings back (the saved model) come back as a tar, unpacked with
@@ -23,7 +23,7 @@ the `ray` extra never imports it.
   wait); a worker that does not answer within the kill wait and FORCE_SLACK_SECONDS more is killed
   with force (`ray.kill`), and the node is swept for the job's processes by their marker.
 - The log streams back: each poll brings what the worker's bounded log file gained since the last;
-  the whole stream is at most the runner's head and tail bounds, whatever the training prints.
+  the whole stream is at most the local executor's head and tail bounds, whatever the training prints.
 - A worker or node that dies mid-job makes the result `lost` (the trainer's `crash: worker lost`),
   and the run goes on: the slot gets a new actor for its next job.
 - Ctrl-C cancels every job as at a deadline; `close` kills every actor of this executor. The actors
@@ -50,15 +50,17 @@ import threading
 import time
 import uuid
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from autoresearch.isolation import PACKAGE_DIR
-from autoresearch.runner import (JOB_MARKER, KILL_WAIT_SECONDS, LOG_HEAD_BYTES, LOG_TAIL_BYTES, RUN_MARKER, BoundedLog,
-                                 JobHandle, LocalExecutor, StealMeter, TrainingJob, TrainingResult,
-                                 stop_processes_marked)
 from autoresearch.errors import InvalidSetting
+from autoresearch.execution.jobs import JOB_MARKER, RUN_MARKER, JobHandle, TrainingJob, TrainingResult
+from autoresearch.execution.local import LocalExecutor
+from autoresearch.execution.output import LOG_HEAD_BYTES, LOG_TAIL_BYTES, BoundedLog
+from autoresearch.execution.processes import KILL_WAIT_SECONDS, stop_processes_marked
+from autoresearch.execution.sandbox import PACKAGE_DIR, gpu_devices, probe, relocated
+from autoresearch.execution.steal import StealMeter
 
 NAMESPACE = "autoresearch"  # the Ray namespace of every actor the tool makes
 POLL_SECONDS = 0.1  # how long a worker holds a poll for its job's end before it answers with the news so far
@@ -66,16 +68,9 @@ POLL_TIMEOUT_SECONDS = 30.0  # one poll's answer, at most (a node that stopped a
 FORCE_SLACK_SECONDS = 10.0  # after the kill wait, before a worker that does not stop its job is killed
 SWEEP_SECONDS = 30.0  # a sweep of one node for leftover processes, at most
 FORWARDED_ENV_NAMES = ("AUTORESEARCH_CACHE",)
-LOG_SLACK_BYTES = 64_000  # room for the line the runner writes between a log's head and its tail
+LOG_SLACK_BYTES = 64_000  # room for the line the local executor writes between a log's head and its tail
 LOST_ERRORS = ("RayActorError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
                "ActorUnavailableError", "ActorDiedError", "LocalRayletDiedError", "RaySystemError")
-
-
-def executor_for(options) -> "LocalExecutor | RayExecutor":
-    """The executor a run's options name (settings.RunOptions.executor)."""
-    if options.executor == "ray":
-        return RayExecutor(options.ray_address, require_sandbox=options.sandbox == "on")
-    return LocalExecutor()
 
 
 def ray_address(address: str | None) -> str:
@@ -99,7 +94,7 @@ class JobPackage:
     passthrough: tuple[str, ...]
     isolated: bool
     budget_seconds: float
-    sandbox: object | None  # sandbox.SandboxSpec with the tool's paths, moved on the node
+    sandbox: object | None  # execution.sandbox.SandboxSpec with the tool's paths, moved on the node
     package_dir: str  # the tool's autoresearch package folder (the sandbox re-exposes the node's own)
     require_sandbox: bool
 
@@ -172,8 +167,6 @@ class NodeJob:
 
     def _unpacked(self) -> tuple[TrainingJob, str, str | None]:
         """The job with this node's folders; the sandbox level in force, or why it may not run here."""
-        from autoresearch.sandbox import relocated
-
         package = self.package
         workdir = unpack_folder(package.folder, self.root / "work")
         env = dict(package.env)
@@ -226,8 +219,6 @@ class SlotWorker:
 
     def _sandbox_check(self) -> tuple[bool, str | None]:
         if self._sandbox is None:  # once per worker: the node's bubblewrap does not change under it
-            from autoresearch.sandbox import gpu_devices, probe
-
             found = probe(devices=gpu_devices())
             self._sandbox = (found.available, found.problem)
         return self._sandbox

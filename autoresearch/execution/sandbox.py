@@ -1,9 +1,23 @@
-"""The sandbox a training runs in: a bubblewrap command line, the GPU device nodes, and a probe.
+"""The sandbox a training runs in: whether a run uses one, what each job may see, and bubblewrap.
+
+`--sandbox auto|on|off` (settings.RunOptions.sandbox): `auto` probes bubblewrap when a run starts
+(`probe`: it runs a small command in a sandbox built the same way and checks that it holds) and
+uses it when the check passes, else says in one line what protection is missing and goes on; `on`
+refuses to start without it; `off` never uses it (`choose_sandbox`). The level in force is recorded
+per run and per training run.
+
+With the sandbox (`SandboxPolicy`), a training sees the machine read-only, its fresh copy and its
+model folder writable, the data the recipe's prepare step showed, and nothing of the workspace (the
+ledger, runs/, .git, program.md, the person's checkout), of the home folder, or of what the prepare
+step hid (the held-out data and the files it is made from). The harness's evaluation runs sandboxed
+too, without network and without the workspace, but it reads the held-out data and the model.
+
+How a sandbox is built: a bubblewrap command line, the GPU device nodes, and a probe.
 
 The training is untrusted code, so it runs under bubblewrap (`bwrap`, Linux namespaces, no root
 needed). `sandbox_argv(spec, argv)` returns `["bwrap", ..., "--", *argv]`; the caller starts it as it
 would have started argv, with the environment it would have given argv (bwrap hands its own
-environment to the command unchanged, so the runner's allowlist stays the only filter).
+environment to the command unchanged, so the local executor's allowlist stays the only filter).
 
 What the sandboxed command gets:
 - a read-only view of the machine (`--ro-bind / /`), with every capability dropped (as root, bwrap
@@ -35,7 +49,7 @@ Paths that do not exist when the command line is built are skipped (build it jus
 the training). `/` can only be read-only. The other entries of sys.path (an editable install's
 source folder, which here is the workspace itself) are not re-exposed: list them in `readable`.
 
-With the runner, wrap the whole command: `with_parent_death_signal(sandbox_argv(spec, argv))`. The
+The local executor wraps the whole command: `with_parent_death_signal(sandbox_argv(spec, argv))`. The
 launcher stays bwrap's parent and, told by the kernel that the tool died, kills every process with
 the job's marker (bwrap keeps the caller's environment): bwrap's own parent-death signal is not
 enough, since at its start its credentials change before it asks for its own, and a tool killed in
@@ -60,12 +74,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
+
+from autoresearch.errors import InvalidSetting
 
 BWRAP = "bwrap"
 INSTALL_HINT = "install bubblewrap (apt-get install bubblewrap)"
 PROBE_TIMEOUT_SECONDS = 10.0
 GPU_DEVICE_PATTERNS = ("nvidia*", "nvidia-caps/*", "dri/*", "kfd")  # NVIDIA, DRM render nodes, AMD ROCm
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # recipes' fixed files may import the harness's own library
 
 HIDDEN = "hidden"
 READ_ONLY = "read-only"
@@ -361,3 +378,60 @@ def _expected_home_entries(spec: SandboxSpec) -> set[str]:
         if real != home and real.is_relative_to(home):
             names.add(real.relative_to(home).parts[0])
     return names
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's sandbox: whether there is one, and what a training and an evaluation may see in it
+
+class VisiblePaths(Protocol):
+    """What the recipe's prepare step said (evaluation.PreparedData): the paths a training may read
+    (`show`), and those it must never see (`hide`)."""
+
+    show: tuple[Path, ...]
+    hide: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class SandboxPolicy:
+    """The two kinds of sandbox of a run: a training's and an evaluation's.
+
+    `show` and `hide` are the prepared data's paths: what a training may read, and what it must never see.
+    """
+
+    workspace_root: Path
+    show: tuple[Path, ...]
+    hide: tuple[Path, ...]
+    devices: tuple[Path, ...]
+
+    def training(self, workdir: Path, model_dir: Path) -> SandboxSpec:
+        """`workdir`: the training's fresh copy of its recipe folder, writable and its current folder."""
+        return SandboxSpec(workdir=workdir, writable=(model_dir,), readable=(*self.show, PACKAGE_DIR),
+                           hidden=(self.workspace_root, *self.hide), devices=self.devices)
+
+    def evaluation(self, workdir: Path, model_dir: Path) -> SandboxSpec:
+        """`workdir`: the evaluation's fresh folder of the fixed files; the model is read-only."""
+        return SandboxSpec(workdir=workdir, readable=(model_dir, *self.show, *self.hide, PACKAGE_DIR),
+                           hidden=(self.workspace_root,), devices=self.devices)
+
+
+@dataclass(frozen=True)
+class SandboxChoice:
+    """What a run trains in: `policy` None means no sandbox; `problem` says why there is none when one was wanted."""
+
+    level: str
+    policy: SandboxPolicy | None
+    problem: str | None = None
+
+
+def choose_sandbox(mode: str, workspace_root: Path, data: VisiblePaths) -> SandboxChoice:
+    """The sandbox for a run under `mode` (auto, on, off), after a probe that shows it holds on this machine."""
+    if mode == "off":
+        return SandboxChoice("none", None)
+    devices = gpu_devices()
+    found = probe(devices=devices)
+    if not found.available:
+        if mode == "on":
+            raise InvalidSetting("sandbox", f"is on, but the sandbox cannot run here: {found.problem}")
+        return SandboxChoice("none", None, f"training without a sandbox ({found.problem}): the training can read "
+                                           "and write whatever this user can; docs/trust.md says what that leaves open")
+    return SandboxChoice(found.level, SandboxPolicy(Path(workspace_root), tuple(data.show), tuple(data.hide), devices))
