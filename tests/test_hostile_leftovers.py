@@ -93,3 +93,40 @@ def test_the_recipe_sets_the_quota_and_a_model_within_it_is_recorded(tmp_path, f
 
     runs = Ledger(root / "runs/ledger.db").training_runs("t")
     assert runs[0]["model_sha256"] and runs[0]["model_bytes"] > 0  # a model within bounds is hashed as before
+
+
+# --- git's object lookup (attack 6): replace refs and grafts are ignored by the tool's git, and removed
+
+REPLACE_PREPARE = """
+import subprocess
+def git(*args, data=None):
+    return subprocess.run(["git", *args], input=data, capture_output=True, text=True).stdout.strip()
+real = git("rev-parse", "HEAD:recipes/synth/prepare.py")
+fake = git("hash-object", "-w", "--stdin", data='print("val_loss: 0.01")\\n')
+git("replace", "-f", real, fake)
+print("REPLACED", real[:12], "by", fake[:12], git("cat-file", "-p", real)[:30])
+"""
+GRAFTS = """
+import subprocess
+top = subprocess.run(["git", "rev-parse", "--git-common-dir"], capture_output=True, text=True).stdout.strip()
+head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+import os
+os.makedirs(os.path.join(top, "info"), exist_ok=True)
+open(os.path.join(top, "info", "grafts"), "w").write(head + "\\n")  # HEAD without parents
+"""
+
+
+@pytest.mark.parametrize("code, touched", [(REPLACE_PREPARE, "the git replace refs"), (GRAFTS, "the git grafts")],
+                         ids=["replace-ref-fakes-prepare", "grafts"])
+def test_git_object_lookup_cannot_be_redirected_without_the_sandbox(workspace, fake_llm, code, touched):
+    from conftest import git
+
+    _, rows, seconds = attack(fake_llm, code, "off")
+    log = (workspace / "runs/t/1.log").read_text()
+    if "REPLACED" in code:
+        assert "REPLACED" in log and "val_loss: 0.01" in log  # it did plant the replacement
+    assert_refused_and_went_on(workspace, rows, seconds, touched)
+    assert all(row["metric"] != pytest.approx(0.01) for row in rows if row["metric"] is not None)
+    assert rows[2]["metric"] == pytest.approx(0.25)  # (0.3 - 0.3) ** 2 + 1 / 4: the real prepare.py's
+    assert git(workspace, "for-each-ref", "refs/replace/") == ""
+    assert not (workspace / ".git/info/grafts").exists()
