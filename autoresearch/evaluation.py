@@ -29,6 +29,7 @@ from pathlib import Path
 
 from autoresearch.errors import UserError
 from autoresearch.leftovers import Limits, digest, survey
+from autoresearch.watch import evaluation_watch
 from autoresearch.recipe import Recipe
 from autoresearch.repo import safe_git_environment
 from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, TrainingResult, is_finite
@@ -36,6 +37,7 @@ from autoresearch.runner import RUN_MARKER, Executor, TrainingJob, TrainingResul
 REFUSED_EXIT_CODE = 3
 SPLITS = ("val", "test")
 MODEL_DIR_ENV = "AUTORESEARCH_MODEL_DIR"  # the saved model an evaluation reads
+MODEL_BYTES_ENV = "AUTORESEARCH_MODEL_BYTES"  # the most of it the evaluation reads (lm.MODEL_BYTES_ENV)
 PREPARE_SECONDS = 6 * 3600.0  # a first download of a large data set may take hours; a cached one takes seconds
 
 
@@ -131,7 +133,9 @@ def evaluation_job(recipe: Recipe, folder: Path, model_dir: Path, split: str, se
     return TrainingJob(command=recipe.evaluate, cwd=folder, log_path=log_path, budget_seconds=recipe.evaluation_seconds,
                        grace_seconds=0, passthrough=recipe.env, isolated=True,
                        env={MODEL_DIR_ENV: str(model_dir), "AUTORESEARCH_SPLIT": split,
-                            "AUTORESEARCH_SEED": str(seed), RUN_MARKER: marker}, carries=(MODEL_DIR_ENV,))
+                            "AUTORESEARCH_SEED": str(seed), RUN_MARKER: marker,
+                            MODEL_BYTES_ENV: str(model_limits(recipe).bytes)},
+                       carries=(MODEL_DIR_ENV,), watch=evaluation_watch(recipe.evaluation_memory_mb))
 
 
 def evaluate_model(executor: Executor, job: TrainingJob) -> Evaluation:
@@ -145,6 +149,8 @@ def evaluate_model(executor: Executor, job: TrainingJob) -> Evaluation:
 def evaluation_outcome(result: TrainingResult, limit_seconds: float) -> tuple[str | None, str | None]:
     if result.lost:
         return "crash", "worker lost (during the evaluation of its model)"
+    if result.stopped_for:
+        return "invalid", f"the evaluation of its model: {result.stopped_for}"
     if result.timed_out:
         return "timeout", f"the evaluation of its model ran past {limit_seconds:g}s"
     if result.exit_code == REFUSED_EXIT_CODE:

@@ -292,3 +292,44 @@ def _removal_pass(root: int, visited: set[tuple[int, int]]) -> bool:
             if fd != root:
                 os.close(fd)
     return moved
+
+
+def disk_usage(folder: Path, max_entries: int = MAX_ENTRIES * 10, max_depth: int = 64) -> tuple[int, int]:
+    """(bytes on disk, entries) of what a running training has written under `folder`, links and specials not counted.
+
+    Iterative, through descriptors, never following a link; stops counting at max_entries (the caller
+    treats that as over) and does not descend past max_depth (the survey after the training refuses that).
+    """
+    used = entries = 0
+    try:
+        root = os.open(folder, DIR_FLAGS)
+    except OSError:
+        return 0, 0
+    stack: list[tuple[int, object]] = []
+    try:
+        stack.append((root, os.scandir(root)))
+        while stack and entries <= max_entries:
+            fd, listing = stack[-1]
+            entry = next(listing, None)
+            if entry is None:
+                listing.close()
+                os.close(fd)
+                stack.pop()
+                continue
+            entries += 1
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode) and len(stack) <= max_depth:
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                    stack.append((child, os.scandir(child)))
+                elif stat.S_ISREG(info.st_mode):
+                    used += getattr(info, "st_blocks", 0) * 512
+            except OSError:
+                continue
+    except OSError:
+        pass
+    finally:
+        for fd, listing in stack:
+            listing.close()
+            os.close(fd)
+    return used, entries

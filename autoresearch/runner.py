@@ -154,6 +154,7 @@ class TrainingJob:
     # what it writes there and must bring back (the saved model). Only an executor elsewhere moves them.
     carries: tuple[str, ...] = ()
     brings_back: tuple[str, ...] = ()
+    watch: object | None = None  # a watch.Watch: disk and memory limits checked while it runs
 
 
 @dataclass
@@ -173,6 +174,7 @@ class TrainingResult:
     lost: bool = False  # the worker or node running it died before it ended (an executor elsewhere)
     device: str | None = None  # the GPU it was given where the executor chose one (Ray), as CUDA_VISIBLE_DEVICES
     sandbox_level: str | None = None  # the sandbox in force where it ran, where that was decided there (Ray)
+    stopped_for: str | None = None  # stopped by its watch (watch.py): over its disk quota or memory limit
 
 
 def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float, seed: int, run_marker: str,
@@ -469,6 +471,7 @@ class LocalExecutor:
         reader.start()
         timed_out = was_cancelled = False
         steal = StealMeter() if job.makes_up_steal else None
+        watcher, stopped_for = (job.watch.start() if job.watch is not None else None), None
         try:
             deadline = started + job.budget_seconds + job.grace_seconds
             next_sample = 0.0
@@ -484,6 +487,8 @@ class LocalExecutor:
                 if now >= next_sample:
                     tree.sample()
                     next_sample = now + TREE_SAMPLE_SECONDS
+                if watcher is not None and (stopped_for := watcher.check(tree.members())):
+                    break
                 time.sleep(POLL_SECONDS)
             seconds = time.monotonic() - started  # the training's own time, not the cleanup's
         finally:
@@ -506,6 +511,7 @@ class LocalExecutor:
             log_tail=log.tail_text(),
             log_bytes=log.total_bytes,
             log_error=log.error,
+            stopped_for=stopped_for,
         )
 
 

@@ -33,6 +33,7 @@ from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
 from autoresearch.runner import Executor, JobHandle, TrainingResult, new_job_id, recipe_job
+from autoresearch.watch import training_watch
 
 MODELS_DIR = "models"
 WORK_DIR = "work"
@@ -189,6 +190,7 @@ class Trainer:
             job = recipe_job(context.recipe, workdir, ticket.log_path, context.budget_seconds, request.seed,
                              context.marker, ticket.model_dir)
             job = self._placed(job, ticket, workdir, context.sandbox.training if context.sandbox else None)
+            job = replace(job, watch=training_watch((ticket.copy_root, ticket.model_dir), context.recipe.disk_quota_mb))
             return self._wait(ticket, job, on_output=lambda line: self.reporter.training_output(
                 line, slot=ticket.slot.index))
         finally:
@@ -300,6 +302,8 @@ def training_outcome(result: TrainingResult, touched: list[str], budget_seconds:
     """(outcome, reason) of the training process alone; None when it exited cleanly within its limit."""
     if touched:
         return "invalid", f"touched {', '.join(touched)} during training"
+    if result.stopped_for:
+        return "invalid", result.stopped_for
     if result.lost:
         return "crash", "worker lost"
     if result.timed_out:

@@ -239,3 +239,94 @@ def test_the_live_view_shows_escape_sequences_escaped():
     text = screen.getvalue()
     assert "\x1b]" not in text and "\x07" not in text and "\x1b[2J" not in text
     assert "\\x1b]52;c;SGVsbG8=\\x07" in text and "[red]not markup[/red]" in text
+
+
+# --- the saved model's archive and the evaluation's memory (attack 4)
+
+LM_PREPARE = '''\
+"""The synthetic recipe, whose evaluation loads a model.pt2 through the harness's own autoresearch.lm when there is one."""
+import json
+import os
+import sys
+import time
+
+
+def evaluate(learning_rate, width):
+    return (learning_rate - 0.3) ** 2 + 1.0 / width
+
+
+def save_model(learning_rate, width):
+    with open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "model.json"), "w") as handle:
+        json.dump({"learning_rate": learning_rate, "width": width}, handle)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--evaluate"]:
+    folder = os.environ["AUTORESEARCH_MODEL_DIR"]
+    if os.path.exists(os.path.join(folder, "model.pt2")):
+        from autoresearch.lm import load_model, run_evaluation
+
+        sys.exit(run_evaluation(lambda request: (load_model(request.model_dir, vocab_size=16, max_context=8),
+                                                 {"val_loss": 0.001})[1]))
+    with open(os.path.join(folder, "model.json")) as handle:
+        model = json.load(handle)
+    ballast = b"x" * (int(model.get("ballast_mb", 0)) << 20)  # an evaluation whose memory the model decides
+    time.sleep(2 if ballast else 0)
+    print(f"val_loss: {evaluate(float(model['learning_rate']), float(model['width'])):.6f}")
+'''
+ZIP_BOMB = """
+import json, os, zipfile
+out = os.environ["AUTORESEARCH_OUTPUT_DIR"]
+with zipfile.ZipFile(os.path.join(out, "model.pt2"), "w", zipfile.ZIP_DEFLATED) as archive:
+    with archive.open("model/data/weights/weight_0", "w", force_zip64=True) as member:
+        for _ in range(256):
+            member.write(bytes(1 << 20))  # 256 MiB declared, a few hundred KB in the archive
+json.dump({"format": 1, "context": 8, "vocab_size": 16, "device": "cpu", "autocast": None},
+          open(os.path.join(out, "model.json"), "w"))
+print("ARCHIVE", os.path.getsize(os.path.join(out, "model.pt2")))
+os._exit(0)
+"""
+BALLAST = """
+import json, os
+json.dump({"learning_rate": 0.3, "width": 4, "ballast_mb": 600},
+          open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "model.json"), "w"))
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("sandbox", SANDBOXES)
+def test_a_model_archive_that_would_inflate_is_refused_before_it_is_read(tmp_path, fake_llm, monkeypatch, sandbox):
+    # torch alone takes some 250 MiB; inflating the member would take 256 MiB more
+    root = make_workspace(tmp_path / "ws", prepare=LM_PREPARE, recipe_yaml=SYNTH_RECIPE + "evaluation_memory_mb: 2000\n")
+    monkeypatch.chdir(root)
+    _, rows, seconds = attack(fake_llm, ZIP_BOMB, sandbox)
+    assert int((root / "runs/t/1.log").read_text().split("ARCHIVE ")[1].split()[0]) < 2_000_000
+    assert_refused_and_went_on(root, rows, seconds, "is compressed", "268,435,456")
+
+
+def test_the_evaluation_runs_under_a_memory_limit(tmp_path, fake_llm, monkeypatch):
+    root = make_workspace(tmp_path / "ws", prepare=LM_PREPARE, recipe_yaml=SYNTH_RECIPE + "evaluation_memory_mb: 200\n")
+    monkeypatch.chdir(root)
+    _, rows, seconds = attack(fake_llm, BALLAST, "on" if PROBE.available else "off")
+    assert_refused_and_went_on(root, rows, seconds, "the evaluation of its model", "more than 200.0 MiB of memory")
+
+
+# --- the disk a training fills while it runs
+
+def test_a_training_that_writes_without_end_is_stopped_at_its_disk_quota(tmp_path, fake_llm, monkeypatch):
+    root = make_workspace(tmp_path / "ws", recipe_yaml=SYNTH_RECIPE.replace("budget_seconds: 5", "budget_seconds: 20")
+                          + "disk_quota_mb: 4\n")
+    monkeypatch.chdir(root)
+    code = """
+    import os, time
+    with open("filler.bin", "wb") as handle:
+        for _ in range(400):  # 400 MiB over 8 s, if nothing stopped it
+            handle.write(os.urandom(1 << 20))
+            handle.flush()
+            time.sleep(0.02)
+    """
+    _, rows, seconds = attack(fake_llm, code, "on" if PROBE.available else "off")
+    assert_refused_and_went_on(root, rows, seconds, "disk quota of 4.0 MiB", "stopped")
+    from autoresearch.ledger import Ledger
+
+    first = [run for run in Ledger(root / "runs/ledger.db").training_runs("t") if run["experiment"] == 1][0]
+    assert first["seconds"] < 4  # stopped at once, not at its budget
