@@ -29,6 +29,7 @@ from autoresearch.settings import DEFAULT_MODEL, check_options
 from autoresearch.errors import InvalidSetting
 from autoresearch.pricing import load_price_table
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
+from autoresearch.quoting import printable, printable_record
 from autoresearch.recipe import builtin_recipes
 from autoresearch.outcomes import OUTCOMES
 from autoresearch.review import (experiment_detail, experiment_records, pick_tag, row_json, rows_json,
@@ -56,11 +57,11 @@ def user_errors():
 
 def say(text: str) -> None:
     """One line for the person on stderr: no markup read into it, never wrapped (a nohup log keeps it whole)."""
-    stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+    stderr.print(printable(text), markup=False, highlight=False, soft_wrap=True)
 
 
 def _error(text: str) -> None:
-    stderr.print(f"[red]error:[/red] {escape(text)}", highlight=False, soft_wrap=True)
+    stderr.print(f"[red]error:[/red] {escape(printable(text))}", highlight=False, soft_wrap=True)
     raise typer.Exit(1) from None
 
 
@@ -282,6 +283,8 @@ def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (defa
             return
         everything = outcome is None and last is None  # else the totals come from the ledger's indexes
         summary = run_summary(ledger, tag, records if everything else None, prices, workspace.runs_dir)
+    # what a training printed (a reason quoting its last line) is shown escaped, never interpreted (quoting.py)
+    records, summary = printable_record(records), printable_record(summary)
     _emit("\n".join(log_lines(records, summary, painter(stdout), stdout.width if stdout.is_terminal else None)))
 
 
@@ -296,7 +299,7 @@ def runs(as_json: bool = typer.Option(False, "--json", help="Print the run summa
     elif not summaries:
         say("no runs yet in this workspace; start one with `autoresearch run`")
     else:
-        _emit("\n".join(runs_lines(summaries, painter(stdout))))
+        _emit("\n".join(runs_lines(printable_record(summaries), painter(stdout))))
 
 
 @app.command()
@@ -313,6 +316,7 @@ def show(number: int = typer.Argument(..., help="Experiment number, as in `autor
             _emit(row_json(detail))
             return
         summary = run_summary(ledger, tag, prices=prices, runs_dir=workspace.runs_dir)
+    detail, summary = printable_record(detail), printable_record(summary)  # its log tail, reason...: escaped
     _emit("\n".join(experiment_lines(detail, summary, with_prompt=prompt, paint=painter(stdout),
                                       width=stdout.width if stdout.is_terminal else RULE_WIDTH)))
 

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from autoresearch import gains
 from autoresearch.pricing import Usage
+from autoresearch.quoting import printable
 
 MAX_PROGRESS_VALUES = 6
 BUSY_PHASES = ("training", "evaluating", "deciding")  # a slot's row shows no draft over these
@@ -125,7 +126,8 @@ class Reporter:
 
 
 def outcome_text(row: dict) -> str:
-    return f"{row['outcome']}: {row['reason']}" if row.get("reason") else row["outcome"]
+    """`crash: why`; the reason can quote the training's output, so its control characters are shown escaped."""
+    return f"{row['outcome']}: {printable(row['reason'], keep_lines=False)}" if row.get("reason") else row["outcome"]
 
 
 def format_margin(margin: float | None) -> str:
@@ -171,7 +173,7 @@ class PlainReporter(Reporter):
         self.many_slots = False
 
     def _line(self, text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+        print(f"[{time.strftime('%H:%M:%S')}] {printable(text, keep_lines=False)}", file=self.stream, flush=True)
 
     def _experiment_line(self, text: str, number: int | None = None) -> None:
         number = self.number if number is None else number
@@ -235,7 +237,7 @@ class SlotView:
     def output(self, line: str) -> None:
         if self.training_started is None:
             self.training_started = time.monotonic()
-        self.last_output = line.strip()[:200]
+        self.last_output = printable(line.strip()[:200], keep_lines=False)  # the training's: shown, never interpreted
         values = progress_values(line)
         if values:
             for name in values:  # the names seen last come last, and the panel keeps the last few
@@ -343,7 +345,7 @@ class LiveReporter(Reporter):
         self.margin = margin
 
     def note(self, text):
-        self.console.print(text)
+        self.console.print(printable(text), markup=False, highlight=False)
 
     def close(self):
         self.live.stop()
@@ -392,7 +394,7 @@ class LiveReporter(Reporter):
             recent = Table(show_header=False, box=None, padding=(0, 1))
             for row in self.recent:
                 recent.add_row(str(row["number"]), Text(outcome_text(row), style=OUTCOME_STYLES.get(row["outcome"], "")),
-                               format_metric(row.get("metric")), row.get("description") or "")
+                               format_metric(row.get("metric")), printable(row.get("description") or "", keep_lines=False))
             lines.append(recent)
         return Panel(Group(*lines), title="autoresearch", border_style="blue")
 

@@ -18,7 +18,6 @@ agent wrote is imported.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import os
@@ -32,11 +31,14 @@ from pathlib import Path
 from autoresearch.errors import UserError
 from autoresearch.execution.jobs import RUN_MARKER, Executor, TrainingJob
 from autoresearch.outcomes import EVALUATION, job_outcome, last_line
+from autoresearch.leftovers import Limits, digest, survey
+from autoresearch.watch import evaluation_watch
 from autoresearch.recipe import Recipe
 from autoresearch.repo import safe_git_environment
 
 SPLITS = ("val", "test")
 MODEL_DIR_ENV = "AUTORESEARCH_MODEL_DIR"  # the saved model an evaluation reads
+MODEL_BYTES_ENV = "AUTORESEARCH_MODEL_BYTES"  # the most of it the evaluation reads (lm.MODEL_BYTES_ENV)
 PREPARE_SECONDS = 6 * 3600.0  # a first download of a large data set may take hours; a cached one takes seconds
 
 
@@ -132,7 +134,9 @@ def evaluation_job(recipe: Recipe, folder: Path, model_dir: Path, split: str, se
     return TrainingJob(command=recipe.evaluate, cwd=folder, log_path=log_path, budget_seconds=recipe.evaluation_seconds,
                        grace_seconds=0, passthrough=recipe.env, isolated=True,
                        env={MODEL_DIR_ENV: str(model_dir), "AUTORESEARCH_SPLIT": split,
-                            "AUTORESEARCH_SEED": str(seed), RUN_MARKER: marker}, carries=(MODEL_DIR_ENV,))
+                            "AUTORESEARCH_SEED": str(seed), RUN_MARKER: marker,
+                            MODEL_BYTES_ENV: str(model_limits(recipe).bytes)},
+                       carries=(MODEL_DIR_ENV,), watch=evaluation_watch(recipe.evaluation_memory_mb))
 
 
 def evaluate_model(executor: Executor, job: TrainingJob) -> Evaluation:
@@ -157,25 +161,46 @@ def scored_metric(evaluation: Evaluation, name: str) -> tuple[str | None, str | 
     return None, None, value
 
 
-def model_digest(model_dir: Path) -> tuple[int, str]:
-    """(bytes, sha256) of every file of a saved model, in name order: what the ledger keeps of it."""
-    digest = hashlib.sha256()
-    total = 0
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
-        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-                total += len(block)
-    return total, digest.hexdigest()
+def model_limits(recipe: Recipe) -> Limits:
+    """How much a training of this recipe may leave in its model folder (recipe.yaml `disk_quota_mb`)."""
+    return Limits.for_quota(recipe.disk_quota_mb)
 
 
 def is_finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def has_model(model_dir: Path) -> bool:
-    return Path(model_dir).is_dir() and any(p.is_file() for p in Path(model_dir).rglob("*"))
+def model_folder_outcome(model_dir: Path, limits: Limits) -> tuple[str | None, str | None]:
+    """(outcome, reason) of what a training left in its model folder, from lstat alone; None when it may be evaluated.
+
+    The folder is hostile input (leftovers.py): a link, a special file, too many entries, too deep a
+    tree or more than the quota (apparent or on disk) is `invalid`; nothing at all is a crash.
+    """
+    found = survey(model_dir, limits)
+    if found.problem:
+        return "invalid", f"its model folder {found.problem}"
+    if not found.has_files:
+        return "crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)"
+    return None, None
+
+
+def model_digest(model_dir: Path, limits: Limits = Limits()) -> tuple[int, str] | None:
+    """(bytes, sha256) of every file of a saved model, in name order: what the ledger keeps of it.
+
+    None when the folder is out of bounds (then nothing of it is read) or holds no file.
+    """
+    found = survey(model_dir, limits)
+    if found.problem or not found.has_files:
+        return None
+    try:
+        return digest(model_dir, found)
+    except OSError:
+        return None
+
+
+def has_model(model_dir: Path, limits: Limits = Limits()) -> bool:
+    found = survey(model_dir, limits)
+    return found.problem is None and found.has_files
 
 
 def read_text(path: Path) -> str:

@@ -73,6 +73,7 @@ import math
 import operator
 import os
 import re
+import stat
 import sys
 import time
 import traceback
@@ -95,6 +96,10 @@ SEED_ENV = "AUTORESEARCH_SEED"
 SPLITS = ("val", "test")
 REFUSED_EXIT_CODE = 3
 FAILED_EXIT_CODE = 1
+
+MODEL_BYTES_ENV = "AUTORESEARCH_MODEL_BYTES"  # the harness's quota for a saved model (recipe.yaml disk_quota_mb)
+MAX_MODEL_BYTES = 64 << 30  # without it
+MAX_META_BYTES = 1 << 20
 
 MAX_BATCH = 1 << 16
 CAUSALITY_TOLERANCE_NATS = 1e-4
@@ -293,6 +298,7 @@ def sanitized_archive(data: bytes) -> bytes:
         infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ModelRefused(f"{MODEL_FILE} is not a torch.export archive ({exc})") from None
+    check_declared_sizes(infos, len(data))
     roots = {info.filename.split("/", 1)[0] for info in infos}
     if len(roots) != 1:
         raise ModelRefused(f"{MODEL_FILE} is not a torch.export archive (its files lie under {len(roots)} folders)")
@@ -320,6 +326,45 @@ def sanitized_archive(data: bytes) -> bytes:
         for name, content in members.items():
             out.writestr(f"{ARCHIVE_ROOT}/{name}", content)
     return rebuilt.getvalue()
+
+
+def check_declared_sizes(infos: list[zipfile.ZipInfo], archive_bytes: int) -> None:
+    """Refuse an archive whose members would inflate: checked from the central directory, before any is read.
+
+    torch.export.save writes every member stored (uncompressed), so a saved model's members hold
+    exactly their declared sizes, lie inside the archive and add up to less than it. A compressed
+    member (1.5 MB declaring 1.5 GiB took 3.3 GB of the evaluation's memory), a size its header
+    contradicts, or members that together declare more than the archive holds are refused.
+    """
+    declared = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise ModelRefused(f"{MODEL_FILE}: {info.filename[:80]!r} is compressed (declares {info.file_size:,} bytes "
+                               f"in {info.compress_size:,}); a saved model's members are stored")
+        if info.file_size != info.compress_size or info.header_offset + info.compress_size > archive_bytes:
+            raise ModelRefused(f"{MODEL_FILE}: {info.filename[:80]!r} declares {info.file_size:,} bytes, which its "
+                               f"archive of {archive_bytes:,} bytes does not hold")
+        declared += info.file_size
+    if declared > archive_bytes:
+        raise ModelRefused(f"{MODEL_FILE}: its members declare {declared:,} bytes in all, more than the archive's "
+                           f"{archive_bytes:,}")
+
+
+def read_model_file(path: Path, max_bytes: int = MAX_MODEL_BYTES) -> bytes:
+    """A file of the saved model, if it is a regular file (not a link, a FIFO or a device) of at most max_bytes."""
+    name = path.name
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ModelRefused(f"{name} cannot be opened as a plain file ({exc.strerror or exc})") from None
+    with os.fdopen(handle, "rb") as model:
+        info = os.fstat(model.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ModelRefused(f"{name} is not a plain file")
+        if info.st_size > max_bytes:
+            raise ModelRefused(f"{name} holds {info.st_size:,} bytes, more than the {max_bytes:,} the "
+                               f"evaluation reads ({MODEL_BYTES_ENV})")
+        return model.read(info.st_size)
 
 
 def _json_member(members: dict[str, bytes], name: str):
@@ -463,7 +508,7 @@ def read_meta(directory: Path) -> dict:
         raise ModelMissing(f"no saved model in {directory} (it {where}): the training must call "
                            f"save_model before it exits")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(read_model_file(meta_path, MAX_META_BYTES))
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise ModelRefused(f"{META_FILE} is not JSON ({exc})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
@@ -487,7 +532,7 @@ def load_model(directory: str | Path, *, vocab_size: int, max_context: int) -> L
     device = torch.device(meta["device"])
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LMError(f"the model was saved on {device} and this machine has no CUDA device")
-    program = _load_program(sanitized_archive((directory / MODEL_FILE).read_bytes()))
+    program = _load_program(sanitized_archive(read_model_file(directory / MODEL_FILE, model_bytes_limit())))
     check_program(program, context=meta["context"], vocab_size=vocab_size, device=device)
     return LoadedModel(program, program.module(), meta["context"], vocab_size, device)
 
@@ -790,6 +835,12 @@ def read_request(environ: Mapping[str, str] | None = None) -> EvaluationRequest:
     except ValueError:
         raise EvaluationRequestError(f"{SEED_ENV} must be an integer, not {seed_text!r}") from None
     return EvaluationRequest(Path(model_dir), split, seed)
+
+
+def model_bytes_limit(environ: Mapping[str, str] | None = None) -> int:
+    """The most the evaluation reads of a saved model: the harness's quota when it gives one."""
+    text = (os.environ if environ is None else environ).get(MODEL_BYTES_ENV, "")
+    return int(text) if text.isdigit() and int(text) > 0 else MAX_MODEL_BYTES
 
 
 def one_line(text: str) -> str:

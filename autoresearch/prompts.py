@@ -33,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from autoresearch.edits import MAX_NOTES_CHARS
+from autoresearch.quoting import fence_for, fenced, inline
 from autoresearch.recipe import Recipe
 
 LINEAGE_ROWS = 20
@@ -166,7 +167,7 @@ def build_messages(context: AgentContext) -> list[dict]:
                f"- editable files: {', '.join(recipe.editable)}\n"
                f"- fixed files (data and evaluation, cannot be changed): {', '.join(recipe.fixed)}\n"
                + (f"- hardware: {context.hardware}\n" if context.hardware else "")]
-    leading += [f"# Current {name}\n\n```python\n{context.files.get(name, '')}\n```" for name in recipe.editable]
+    leading += [f"# Current {name}\n\n{_block(context.files.get(name, ''), 'python')}" for name in recipe.editable]
     closing = []
     if context.in_flight:  # it changes with every draft, so it comes last, with the task
         closing.append("# Training now\n\nThese experiments are training while you draft; their results are not "
@@ -247,10 +248,10 @@ def format_standing(context: AgentContext, diff_lines: int, tail_lines: int) -> 
         diff = context.best_diff.rstrip("\n").splitlines()
         shown = "\n".join(diff[:diff_lines]) + (f"\n[... {len(diff) - diff_lines} more lines]"
                                                 if len(diff) > diff_lines else "")
-        lines += ["", "The best commit against the baseline (every change kept so far):", "```diff", shown, "```"]
+        lines += ["", "The best commit against the baseline (every change kept so far):", _block(shown, "diff")]
     if tail_lines and context.best_log_tail:
         tail = "\n".join(line[-TAIL_LINE_CHARS:] for line in context.best_log_tail.splitlines()[-tail_lines:])
-        lines += ["", "The end of the best's training log:", "```", tail, "```"]
+        lines += ["", "The end of the best's training log (the training's own output, quoted):", fenced(tail)]
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -334,7 +335,8 @@ def format_lineage(lineage: tuple[LineageEntry, ...], rows: int = LINEAGE_ROWS) 
     if recent:
         table = ["| # | outcome | metric | gain over the best before (+ is better) | description |", "|---|---|---|---|---|"]
         for entry in recent:
-            outcome = _clip(f"{entry.outcome}: {entry.reason}" if entry.reason else entry.outcome)
+            # a reason can quote the training's own output (its last error line): quoted, never the tool's words
+            outcome = f"{entry.outcome}: {inline(_clip(entry.reason), table=True)}" if entry.reason else entry.outcome
             metric = f"{entry.metric:.6g}" if entry.metric is not None else "-"
             gain = f"{entry.gain:+.4g}" if entry.gain is not None else "-"
             table.append(f"| {entry.number} | {outcome} | {metric} | {gain} | {_clip(entry.description)} |")
@@ -383,8 +385,8 @@ def format_failures(lineage: tuple[LineageEntry, ...], count: int = FAILURE_TAIL
     parts = []
     for entry in failed:
         tail = "\n".join(line[-TAIL_LINE_CHARS:] for line in entry.log_tail.splitlines()[-lines:])
-        parts.append(f"Experiment {entry.number} ({entry.outcome}: {_clip(entry.reason or 'no reason')}): "
-                     f"{_clip(entry.description)}\n```\n{tail}\n```")
+        parts.append(f"Experiment {entry.number} ({entry.outcome}: {inline(_clip(entry.reason or 'no reason'))}): "
+                     f"{_clip(entry.description)}\n{fenced(tail)}")
     return "\n\n".join(parts)
 
 
@@ -398,9 +400,15 @@ def format_tries(lineage: tuple[LineageEntry, ...], count: int) -> str:
         changed = [line[:TAIL_LINE_CHARS] for line in entry.diff.splitlines()
                    if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
         more = f"\n[... {len(changed) - TRY_DIFF_LINES} more changed lines]" if len(changed) > TRY_DIFF_LINES else ""
-        parts.append(f"Experiment {entry.number} ({entry.outcome}): {_clip(entry.description)}\n```diff\n"
-                     + "\n".join(changed[:TRY_DIFF_LINES]) + more + "\n```")
+        parts.append(f"Experiment {entry.number} ({entry.outcome}): {_clip(entry.description)}\n"
+                     + _block("\n".join(changed[:TRY_DIFF_LINES]) + more, "diff"))
     return "\n\n".join(parts)
+
+
+def _block(text: str, info: str) -> str:
+    """text in a fenced block no line of it can close (the agent's own files and diffs, unchanged)."""
+    fence = fence_for(text)
+    return f"{fence}{info}\n{text}\n{fence}"
 
 
 def _clip(text: str, limit: int = ENTRY_TEXT_CHARS) -> str:

@@ -59,6 +59,8 @@ class Recipe:
     test_metric: str | None = None
     env: tuple[str, ...] = ()  # environment variables passed through to the training by name
     tunable: tuple[Tunable, ...] = ()  # what mutate may change; empty: every upper-case numeric constant
+    disk_quota_mb: float | None = None  # the most a training may leave and fill on disk (None: leftovers.DEFAULT_QUOTA_MB)
+    evaluation_memory_mb: float | None = None  # the evaluation's memory limit (None: watch.DEFAULT_MEMORY_MB)
 
     def grace(self, budget_seconds: float) -> float:
         """Time past the budget for start-up and saving the model; then the training is killed.
@@ -72,7 +74,8 @@ class Recipe:
 
 
 KNOWN_KEYS = ("name", "description", "command", "prepare", "evaluate", "metric", "direction", "budget_seconds",
-              "grace_seconds", "evaluation_seconds", "editable", "fixed", "test_metric", "env", "tunable")
+              "grace_seconds", "evaluation_seconds", "editable", "fixed", "test_metric", "env", "tunable",
+              "disk_quota_mb", "evaluation_memory_mb")
 REQUIRED_KEYS = ("command", "evaluate", "metric", "direction", "budget_seconds", "editable")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `NAME = 12`, `NAME: float = 3e-4  # why`: the constants a tunable may name (and mutate may change)
@@ -118,6 +121,8 @@ def load_recipe(path: Path) -> Recipe:
     grace = None if spec.get("grace_seconds") is None else _number(spec, "grace_seconds", spec_path, allow_zero=True)
     evaluation_seconds = (600.0 if spec.get("evaluation_seconds") is None
                           else _number(spec, "evaluation_seconds", spec_path))
+    limits = {key: _number(spec, key, spec_path, unit="megabytes") for key in ("disk_quota_mb", "evaluation_memory_mb")
+              if spec.get(key) is not None}
     editable = _file_list(spec, "editable", spec_path)
     fixed = _file_list(spec, "fixed", spec_path)
     if RECIPE_FILE not in fixed:
@@ -151,6 +156,7 @@ def load_recipe(path: Path) -> Recipe:
         test_metric=spec.get("test_metric"),
         env=env,
         tunable=_tunables(spec.get("tunable"), spec_path),
+        **limits,
     )
 
 
@@ -170,10 +176,10 @@ def check_tunables(recipe: Recipe) -> None:
                             f"top level of {target}" + (f"; did you mean {near[0]}?" if near else ""))
 
 
-def _number(spec: dict, key: str, spec_path: Path, allow_zero: bool = False) -> float:
+def _number(spec: dict, key: str, spec_path: Path, allow_zero: bool = False, unit: str = "seconds") -> float:
     value = spec[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise UserError(f"{spec_path}: {key} must be a number of seconds, not {value!r}")
+        raise UserError(f"{spec_path}: {key} must be a number of {unit}, not {value!r}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{spec_path}: {key} must be {'zero or more' if allow_zero else 'positive'}, not {value!r}")
     return float(value)

@@ -135,25 +135,30 @@ class GitGuard:
 
     A training that can write .git/config, .git/hooks or .git/info/attributes could make the tool's
     next git command run its program (a filter, a hook, an fsmonitor); one that deletes the run's
-    refs could let discarded experiments be garbage-collected. Each watched file is put back byte
-    for byte before the tool runs git again, and each ref re-pointed at its commit (while git still
-    has it). The tool's git also runs with hooks and fsmonitor off (repo.SAFE_GIT_CONFIG).
+    refs could let discarded experiments be garbage-collected; one that plants a `refs/replace/` ref or
+    `info/grafts` could redirect git's object lookup (the fixed prepare.py the evaluation is written
+    from). Each watched file is put back byte for byte before the tool runs git again, each ref
+    re-pointed at its commit (while git still has it), each new replace ref deleted. The tool's git
+    also runs with hooks and fsmonitor off and replace refs and grafts ignored (repo.safe_git_environment).
     """
 
     def __init__(self, worktree: Repo, tag: str):
         self.worktree, self.tag = worktree, tag
         git_dir, common_dir = worktree.git_dirs()
         self.watched = {"the git config": [common_dir / "config", git_dir / "config.worktree"],
-                        "the git attributes": [common_dir / "info" / "attributes"]}
+                        "the git attributes": [common_dir / "info" / "attributes"],
+                        "the git grafts": [common_dir / "info" / "grafts"]}
         self.hook_dirs = sorted({common_dir / "hooks", git_dir / "hooks"})
         self._files: dict[Path, bytes | None] = {}
         self._hooks: dict[Path, bytes] = {}
         self._refs: dict[str, str] = {}
+        self._replace_refs: dict[str, str] = {}
 
     def before(self) -> None:
         self._files = {path: _read_bytes(path) for paths in self.watched.values() for path in paths}
         self._hooks = {path: path.read_bytes() for path in self._hook_files()}
         self._refs = self.worktree.run_refs(self.tag)
+        self._replace_refs = self.worktree.replace_refs()
 
     def after(self) -> list[str]:
         """What the training touched (each put back), by name: `the git config`, `the git hooks`, `the run's refs`."""
@@ -177,10 +182,30 @@ class GitGuard:
                 if refs.get(ref) != sha and self.worktree.has_object(sha):
                     self.worktree.set_ref(ref, sha)
             touched.append("the run's refs")
+        if put_back_replace_refs(self.worktree, self._replace_refs):
+            touched.append("the git replace refs")
         return touched
 
     def _hook_files(self) -> list[Path]:
         return sorted(path for folder in self.hook_dirs if folder.is_dir() for path in folder.rglob("*") if path.is_file())
+
+
+def put_back_replace_refs(worktree: Repo, before: dict[str, str]) -> bool:
+    """Delete the refs/replace/ refs that were not there before (and re-point the changed ones); True if any was.
+
+    The tool's git ignores them anyway (repo.NO_REDIRECTED_OBJECTS); they are removed so that the
+    person's own git, in the workspace later, is not handed the training's objects either.
+    """
+    now = worktree.replace_refs()
+    if now == before:
+        return False
+    for ref in now:
+        if ref not in before:
+            worktree.delete_ref(ref)
+    for ref, sha in before.items():
+        if now.get(ref) != sha:
+            worktree.git.update_ref("--no-deref", ref, sha)
+    return True
 
 
 def _read_bytes(path: Path) -> bytes | None:

@@ -6,6 +6,7 @@ Commits carry the tool's own identity so they work where git has no user configu
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -32,12 +33,21 @@ SAFE_GIT_CONFIG = (
     ("gc.auto", "0"),  # the tool never prunes: every experiment's commit stays
     ("diff.external", ""),
     ("core.pager", "cat"),
+    ("core.useReplaceRefs", "false"),  # as GIT_NO_REPLACE_OBJECTS: no replace ref redirects an object
 )
 
 
+# Git's object lookup, never redirected: a `refs/replace/<sha>` makes git hand out another object
+# for <sha> (a fixed prepare.py that prints the metric the training wants), and `info/grafts` gives
+# a commit other parents. Without the sandbox a training can write both; the tool's git ignores them.
+NO_REDIRECTED_OBJECTS = {"GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": os.devnull}
+REPLACE_REF_PREFIX = "refs/replace/"
+
+
 def safe_git_environment() -> dict[str, str]:
-    """Environment variables that put SAFE_GIT_CONFIG on top of every config file git reads."""
-    env = {"GIT_CONFIG_COUNT": str(len(SAFE_GIT_CONFIG)), "GIT_TERMINAL_PROMPT": "0"}
+    """Environment variables that put SAFE_GIT_CONFIG on top of every config file git reads, and switch
+    off replace refs and grafts (NO_REDIRECTED_OBJECTS)."""
+    env = {"GIT_CONFIG_COUNT": str(len(SAFE_GIT_CONFIG)), "GIT_TERMINAL_PROMPT": "0", **NO_REDIRECTED_OBJECTS}
     for index, (key, value) in enumerate(SAFE_GIT_CONFIG):
         env[f"GIT_CONFIG_KEY_{index}"] = key
         env[f"GIT_CONFIG_VALUE_{index}"] = value
@@ -212,6 +222,18 @@ class Repo:
                 if name == prefix or (prefix.endswith("/") and name.startswith(prefix)):
                     found[name] = sha
         return found
+
+    def replace_refs(self) -> dict[str, str]:
+        """Every ref under refs/replace/ (and what it points at): none of them is the tool's own."""
+        found = {}
+        for line in self.git.for_each_ref("--format=%(refname) %(objectname)", REPLACE_REF_PREFIX).splitlines():
+            name, _, sha = line.partition(" ")
+            if name.startswith(REPLACE_REF_PREFIX):
+                found[name] = sha
+        return found
+
+    def delete_ref(self, ref: str) -> None:
+        self.git.update_ref("-d", "--no-deref", ref)
 
     def has_object(self, sha: str) -> bool:
         try:

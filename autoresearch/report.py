@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 
 from autoresearch.console import format_cost, format_duration, format_metric, format_tokens
+from autoresearch.quoting import printable_record
 from autoresearch.review import explain_outcome
 from autoresearch.gains import better_word
 from autoresearch.views import describe_agents, format_gain, format_local_time
@@ -63,6 +64,7 @@ footer { color: var(--muted); font-size: 12px; margin-top: 32px; }
 
 def render_report(summary: dict, details: list[dict], plot_png: bytes | None, generated_at: str = "") -> str:
     """The whole page as one string."""
+    summary, details = printable_record(summary), printable_record(details)  # control characters shown escaped
     metric = summary["metric"]
     tokens = summary["prompt_tokens"] + summary["completion_tokens"]
     parts = [

@@ -20,21 +20,22 @@ with its sandbox level, the harness's numbers, the measured steal, and the model
 from __future__ import annotations
 
 import secrets
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from autoresearch.console import Reporter
-from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, has_model,
-                                     model_digest, scored_metric, write_recipe_files)
+from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, model_digest,
+                                     model_folder_outcome, model_limits, scored_metric, write_recipe_files)
 from autoresearch.execution.jobs import (OUTPUT_DIR_ENV, RUN_MARKER, Executor, JobHandle, Slot, TrainingJob,
                                          TrainingResult, new_job_id)
 from autoresearch.execution.sandbox import SandboxPolicy
+from autoresearch.leftovers import Limits, remove_tree
 from autoresearch.ledger import Ledger
 from autoresearch.outcomes import EVALUATION, TRAINING, job_outcome
 from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
+from autoresearch.watch import training_watch
 
 MODELS_DIR = "models"
 WORK_DIR = "work"
@@ -162,7 +163,7 @@ class Trainer:
         ticket = Ticket(request, slot, None, context.run_dir / f"{request.stem}.log",
                         fresh_folder(context.run_dir / MODELS_DIR / request.stem),
                         context.run_dir / WORK_DIR / request.stem, job_id=new_job_id())
-        shutil.rmtree(ticket.copy_root, ignore_errors=True)
+        remove_tree(ticket.copy_root)
         if self.record:
             ticket.run_id = self.ledger.start_training_run(context.tag, request.number, request.attempt,
                                                            request.kind, request.seed, request.commit,
@@ -187,10 +188,11 @@ class Trainer:
             job = recipe_job(context.recipe, workdir, ticket.log_path, context.budget_seconds, request.seed,
                              context.marker, ticket.model_dir)
             job = self._placed(job, ticket, workdir, context.sandbox.training if context.sandbox else None)
+            job = replace(job, watch=training_watch((ticket.copy_root, ticket.model_dir), context.recipe.disk_quota_mb))
             return self._wait(ticket, job, on_output=lambda line: self.reporter.training_output(
                 line, slot=ticket.slot.index))
         finally:
-            shutil.rmtree(ticket.copy_root, ignore_errors=True)
+            remove_tree(ticket.copy_root)  # what the training left there is hostile: no recursion, no link followed
 
     def finish_training(self, ticket: Ticket, result: TrainingResult) -> tuple[str | None, str | None]:
         """What the training process alone came to: None when it ended cleanly within its limit with a model.
@@ -201,8 +203,10 @@ class Trainer:
         if result.log_error:
             self.reporter.note(f"{result.log_path}: {result.log_error}; the experiment went on without it")
         outcome, reason = job_outcome(result, TRAINING, self.context.budget_seconds, self._check_after(ticket))
-        if outcome is None and not has_model(ticket.model_dir):
-            outcome, reason = "crash", "it saved no model (nothing in AUTORESEARCH_OUTPUT_DIR)"
+        if outcome is None:
+            outcome, reason = model_folder_outcome(ticket.model_dir, model_limits(self.context.recipe))
+            if outcome == "invalid":
+                remove_tree(ticket.model_dir)  # refused unread; the reason stays in the ledger
         return outcome, reason
 
     def run_evaluation(self, ticket: Ticket, split: str = "val", also_test: bool = False) -> Evaluation:
@@ -229,7 +233,7 @@ class Trainer:
                 result.seconds, evaluation=None if evaluation is None else evaluation.values,
                 evaluation_seconds=None if evaluation is None else evaluation.seconds,
                 sandbox=result.sandbox_level or self.context.sandbox_level, stolen_seconds=result.stolen_seconds,
-                **placed, **model_record(ticket.model_dir))
+                **placed, **model_record(ticket.model_dir, model_limits(self.context.recipe)))
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
     def interrupted(self, ticket: Ticket) -> None:
@@ -308,14 +312,16 @@ def information_only(summary: dict[str, float], recipe: Recipe) -> dict[str, flo
     return {name: value for name, value in summary.items() if name not in (recipe.metric, recipe.test_metric)}
 
 
-def model_record(model_dir: Path) -> dict:
-    if not has_model(model_dir):
+def model_record(model_dir: Path, limits: Limits = Limits()) -> dict:
+    """What the ledger keeps of a saved model: its folder, size and sha256 (none for a folder out of bounds)."""
+    found = model_digest(model_dir, limits)
+    if found is None:
         return {"model_path": None}
-    size, sha = model_digest(model_dir)
+    size, sha = found
     return {"model_path": str(model_dir), "model_bytes": size, "model_sha256": sha}
 
 
 def fresh_folder(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
+    remove_tree(path)
     path.mkdir(parents=True)
     return path

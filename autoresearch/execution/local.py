@@ -198,6 +198,7 @@ class LocalExecutor:
         reader.start()
         timed_out = was_cancelled = False
         steal = StealMeter() if job.makes_up_steal else None
+        watcher, stopped_for = (job.watch.start() if job.watch is not None else None), None
         try:
             deadline = started + job.budget_seconds + job.grace_seconds
             next_sample = 0.0
@@ -213,6 +214,8 @@ class LocalExecutor:
                 if now >= next_sample:
                     tree.sample()
                     next_sample = now + TREE_SAMPLE_SECONDS
+                if watcher is not None and (stopped_for := watcher.check(tree.members())):
+                    break
                 time.sleep(POLL_SECONDS)
             seconds = time.monotonic() - started  # the training's own time, not the cleanup's
         finally:
@@ -235,6 +238,7 @@ class LocalExecutor:
             log_tail=log.tail_text(),
             log_bytes=log.total_bytes,
             log_error=log.error,
+            stopped_for=stopped_for,
         )
 
 

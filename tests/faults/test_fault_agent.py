@@ -181,7 +181,7 @@ def test_reply_that_cannot_be_trained_is_invalid_and_the_reason_reaches_the_agen
     assert not (workspace / "runs/t/1.log").exists()
     assert rows[2]["outcome"] == "keep"
     # the next proposal is told what went wrong, in the lineage table
-    assert f"| 1 | invalid: {rows[1]['reason'][:60]}" in prompt_of(fake_llm.requests[-1])
+    assert f"| 1 | invalid: `{rows[1]['reason'][:60]}" in prompt_of(fake_llm.requests[-1])  # quoted (issue 21)
     assert_consistent(workspace, rows)
 
 

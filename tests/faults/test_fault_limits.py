@@ -23,9 +23,9 @@ def test_typed_failure_and_its_log_tail_reach_the_next_prompt(workspace, fake_ll
     _, rows = run_with(fake_llm, [OOM, BETTER], max_experiments=3)
     assert (rows[1]["outcome"], rows[1]["reason"]) == ("crash", "oom")
     prompt = prompt_of(fake_llm.requests[1])
-    assert "| 1 | crash: oom |" in prompt
+    assert "| 1 | crash: `oom` |" in prompt
     failures = prompt.split("# Recent failures, with the end of their logs", 1)[1]
-    assert "Experiment 1 (crash: oom): bigger batch" in failures
+    assert "Experiment 1 (crash: `oom`): bigger batch" in failures  # the reason quoted (issue 21)
     assert "allocating the batch" in failures and "MemoryError" in failures
 
 
@@ -34,8 +34,8 @@ def test_invalid_reasons_reach_the_next_prompt(workspace, fake_llm):
                   filename="prepare.py")
     run_with(fake_llm, [cheat, BETTER, BETTER], max_experiments=4)
     last_prompt = prompt_of(fake_llm.requests[-1])
-    assert "| 1 | invalid: touched prepare.py |" in last_prompt
-    assert "| 3 | invalid: duplicate of experiment 2 |" not in last_prompt  # experiment 3 is being proposed
+    assert "| 1 | invalid: `touched prepare.py` |" in last_prompt
+    assert "| 3 | invalid: `duplicate of experiment 2` |" not in last_prompt  # experiment 3 is being proposed
     assert "| 2 | keep |" in last_prompt
 
 
