@@ -1,4 +1,4 @@
-"""Shared fixtures: a fake chat-completions endpoint, and real git workspaces with a synthetic recipe.
+"""Shared fixtures: a fake chat-completions endpoint, real git workspaces with a synthetic recipe, and runs of the loop.
 
 The synthetic recipe trains nothing: the model it saves is its constants, and the harness's evaluation
 (its fixed prepare.py) scores them by a known function, so each test knows which edit is better, and
@@ -15,14 +15,21 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "faults"))  # faultkit, for the attack tests too
+sys.path.insert(0, str(Path(__file__).parent))  # the helpers beside this file, for every group of tests
 # Rich sizes the CLI's consoles when they are made: wide enough that tables do not wrap in tests.
 os.environ["COLUMNS"] = "200"
 
+from dataclasses import dataclass  # noqa: E402
+from typing import Callable, NamedTuple  # noqa: E402
+
 from fake_llm import FakeLLM  # noqa: E402
 
+from autoresearch.agents import LLMAgent  # noqa: E402
+from autoresearch.console import Reporter  # noqa: E402
+from autoresearch.loop import ResearchLoop, RunOptions  # noqa: E402
 from autoresearch.repo import TOOL_IDENTITY, Repo  # noqa: E402
+from autoresearch.runner import LocalExecutor  # noqa: E402
+from autoresearch.workspace import Workspace  # noqa: E402
 
 SYNTH_TRAIN = '''\
 """Synthetic training script: the model it saves is its constants, scored by the harness. Run: python train.py"""
@@ -133,3 +140,98 @@ def git(root: Path, *args: str) -> str:
 
 def write(path: Path, text: str) -> None:
     path.write_text(textwrap.dedent(text))
+
+
+# --- running the loop: the one place a test makes the loop object
+
+KILL_WAIT = 0.5  # seconds between SIGTERM and SIGKILL in small runs (3 s in real runs)
+# The small limits of fault tests: no noise or confirmation runs, a backoff of hundredths of a second, serial.
+SMALL_OPTIONS = {"noise_runs": 0, "confirm_runs": 0, "agent_backoff_seconds": 0.01, "draft_ahead": False}
+
+
+class RecordingReporter(Reporter):
+    """Keeps the notes a run reports (the loop's one channel to the person)."""
+
+    def __init__(self):
+        self.notes: list[str] = []
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+class LoopRun(NamedTuple):
+    """What a run of the loop left: the loop object, the run's experiment rows, and the run's summary."""
+
+    loop: ResearchLoop
+    rows: list[dict]
+    summary: object
+
+
+@dataclass
+class LoopRunner:
+    """Runs of the research loop in the test's workspace, against the scripted endpoint (the `run_loop` fixture).
+
+    `run_loop(script, **run_options)` starts run `t` (or resumes it with resume=True) and returns a LoopRun.
+    The workspace is the one the test made and went into (the `workspace` fixture, or its own), else a new
+    one at tmp_path/ws made by `files` (the synthetic recipe by default).
+    """
+
+    tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest
+
+    def workspace(self, files: Callable[[Path], Path] | None = None) -> Path:
+        """The test's workspace: made with `files` (root -> root) at tmp_path/ws and gone into, unless it has one."""
+        here = Path.cwd()
+        if files is None and here.is_relative_to(self.tmp_path):
+            return here
+        root = (files or make_workspace)(self.tmp_path / "ws")
+        self.monkeypatch.chdir(root)
+        return root
+
+    def make(self, script: list | None = None, *, small: bool = False, endpoint: FakeLLM | None = None,
+             proposer=None, agent_options: dict | None = None, reporter: Reporter | None = None,
+             executor_object=None, kill_wait: float | None = None, files: Callable[[Path], Path] | None = None
+             ) -> ResearchLoop:
+        """The loop object, not started: the scripted endpoint (the `fake_llm` fixture unless `endpoint`) with
+        `script`, an LLM agent against it (or `proposer`), and, when small, a RecordingReporter and a
+        local executor that kills after KILL_WAIT seconds."""
+        self.workspace(files)
+        if proposer is None:
+            endpoint = endpoint or self.request.getfixturevalue("fake_llm")
+            if script is not None:
+                endpoint.set_script(script)
+            proposer = LLMAgent(**{"model": "fake-model", "base_url": endpoint.base_url,
+                                   **({"request_timeout": 5} if small else {}), **(agent_options or {})})
+        if small and reporter is None:
+            reporter = RecordingReporter()
+        if kill_wait is None and small:
+            kill_wait = KILL_WAIT
+        if executor_object is None and kill_wait is not None:
+            executor_object = LocalExecutor(kill_wait_seconds=kill_wait)
+        return ResearchLoop(Workspace.find(), proposer, reporter=reporter, executor=executor_object)
+
+    def __call__(self, script: list | None = None, *, tag: str = "t", max_experiments: int | None = 2,
+                 resume: bool = False, options: RunOptions | None = None, loop: ResearchLoop | None = None,
+                 small: bool = False, endpoint: FakeLLM | None = None, proposer=None, agent_options: dict | None = None,
+                 reporter: Reporter | None = None, executor_object=None, kill_wait: float | None = None,
+                 files: Callable[[Path], Path] | None = None, **run_options) -> LoopRun:
+        """Start run `tag` (or resume it) with RunOptions(**run_options) (the small limits under them when small);
+        `options` instead gives the RunOptions whole; `loop` one made by make()."""
+        if loop is None:
+            loop = self.make(script, small=small, endpoint=endpoint, proposer=proposer, agent_options=agent_options,
+                             reporter=reporter, executor_object=executor_object, kill_wait=kill_wait, files=files)
+        elif script is not None:
+            (endpoint or self.request.getfixturevalue("fake_llm")).set_script(script)
+        if options is None:
+            options = RunOptions(**{**(SMALL_OPTIONS if small else {}), **({} if resume else {"tag": tag}),
+                                    "max_experiments": max_experiments, **run_options})
+        summary = loop.resume(tag, options) if resume else loop.start(options)
+        return LoopRun(loop, loop.ledger.experiments(options.tag or tag), summary)
+
+
+@pytest.fixture
+def run_loop(tmp_path, monkeypatch, request) -> LoopRunner:
+    """Runs the loop: `run_loop(script, max_experiments=3, sandbox="on", ...)` -> LoopRun(loop, rows, summary);
+    `run_loop.make(...)` the loop object alone (to start it in a thread, or to see it stop)."""
+    return LoopRunner(tmp_path, monkeypatch, request)
