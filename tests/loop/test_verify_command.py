@@ -14,9 +14,8 @@ from autoresearch.cli import app
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
 from autoresearch.loop import ResearchLoop, RunOptions
-from autoresearch.noise import GainInterval
 from autoresearch.review import run_summaries, run_summary
-from autoresearch.verify import judge, verify_run
+from autoresearch.verify import verify_run
 from autoresearch.workspace import Workspace
 
 REAL_GAIN = reply("double the width", "WIDTH = 4", "WIDTH = 8")  # val and test loss 0.125 lower: 12 sd
@@ -118,25 +117,6 @@ def test_verify_says_when_the_recipe_has_no_test_metric(workspace, fake_llm):
     result = invoke("verify")
     assert result.exit_code == 1 and "test_metric" in result.output
     assert not (workspace / "runs/t/verify-worktree").exists()
-
-
-def interval(gain, low, high):
-    return GainInterval(gain, low, high, 4, 1.0, 1.0 - gain, 3, 3)
-
-
-@pytest.mark.parametrize("val, test, verdict", [
-    (interval(0.04, 0.02, 0.06), interval(0.035, 0.01, 0.06), "holds"),
-    (interval(0.04, 0.02, 0.06), interval(0.001, -0.02, 0.022), "overfit"),
-    (interval(0.04, 0.02, 0.06), interval(-0.01, -0.03, 0.01), "overfit"),
-    (interval(0.04, 0.02, 0.06), interval(0.03, -0.01, 0.07), "inconclusive"),
-    (interval(0.01, -0.01, 0.03), interval(0.02, 0.001, 0.04), "unconfirmed"),
-    (interval(-0.01, -0.03, 0.01), interval(0.0, -0.02, 0.02), "noise"),
-    (None, interval(0.02, 0.001, 0.04), "failed"),
-])
-def test_the_verdict_says_plainly_what_the_intervals_mean(val, test, verdict):
-    found, message = judge(val, test)
-    assert found == verdict
-    assert message
 
 
 def test_verify_holds_the_runs_lock(noisy, fake_llm):

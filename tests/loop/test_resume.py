@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent / "faults"))
-
 from conftest import git, reply  # noqa: E402
 from faultkit import RUN_FLAGS, TAG, ToolProcess, best_kept, make_loop, run_processes, tool_env  # noqa: E402
 
