@@ -26,9 +26,10 @@ from fake_llm import FakeLLM  # noqa: E402
 
 from autoresearch.agents import LLMAgent  # noqa: E402
 from autoresearch.console import Reporter  # noqa: E402
-from autoresearch.loop import ResearchLoop, RunOptions  # noqa: E402
+from autoresearch.loop import ResearchLoop  # noqa: E402
 from autoresearch.repo import TOOL_IDENTITY, Repo  # noqa: E402
 from autoresearch.runner import LocalExecutor  # noqa: E402
+from autoresearch.settings import RunOptions  # noqa: E402
 from autoresearch.workspace import Workspace  # noqa: E402
 
 SYNTH_TRAIN = '''\
@@ -178,7 +179,7 @@ class LoopRunner:
 
     tmp_path: Path
     monkeypatch: pytest.MonkeyPatch
-    request: pytest.FixtureRequest
+    request: pytest.FixtureRequest | None  # for the fake_llm fixture, when no endpoint is given
 
     def workspace(self, files: Callable[[Path], Path] | None = None) -> Path:
         """The test's workspace: made with `files` (root -> root) at tmp_path/ws and gone into, unless it has one."""
@@ -190,19 +191,18 @@ class LoopRunner:
         return root
 
     def make(self, script: list | None = None, *, small: bool = False, endpoint: FakeLLM | None = None,
-             proposer=None, agent_options: dict | None = None, reporter: Reporter | None = None,
-             executor_object=None, kill_wait: float | None = None, files: Callable[[Path], Path] | None = None
-             ) -> ResearchLoop:
+             proposer=None, reporter: Reporter | None = None, executor_object=None, kill_wait: float | None = None,
+             files: Callable[[Path], Path] | None = None, **agent_options) -> ResearchLoop:
         """The loop object, not started: the scripted endpoint (the `fake_llm` fixture unless `endpoint`) with
-        `script`, an LLM agent against it (or `proposer`), and, when small, a RecordingReporter and a
-        local executor that kills after KILL_WAIT seconds."""
+        `script`, an LLM agent against it with `agent_options` (or `proposer`, any agent), and, when small, a
+        RecordingReporter, a 5 s request timeout and a local executor that kills after KILL_WAIT seconds."""
         self.workspace(files)
         if proposer is None:
             endpoint = endpoint or self.request.getfixturevalue("fake_llm")
             if script is not None:
                 endpoint.set_script(script)
             proposer = LLMAgent(**{"model": "fake-model", "base_url": endpoint.base_url,
-                                   **({"request_timeout": 5} if small else {}), **(agent_options or {})})
+                                   **({"request_timeout": 5} if small else {}), **agent_options})
         if small and reporter is None:
             reporter = RecordingReporter()
         if kill_wait is None and small:
@@ -219,8 +219,8 @@ class LoopRunner:
         """Start run `tag` (or resume it) with RunOptions(**run_options) (the small limits under them when small);
         `options` instead gives the RunOptions whole; `loop` one made by make()."""
         if loop is None:
-            loop = self.make(script, small=small, endpoint=endpoint, proposer=proposer, agent_options=agent_options,
-                             reporter=reporter, executor_object=executor_object, kill_wait=kill_wait, files=files)
+            loop = self.make(script, small=small, endpoint=endpoint, proposer=proposer, reporter=reporter,
+                             executor_object=executor_object, kill_wait=kill_wait, files=files, **(agent_options or {}))
         elif script is not None:
             (endpoint or self.request.getfixturevalue("fake_llm")).set_script(script)
         if options is None:
@@ -228,6 +228,10 @@ class LoopRunner:
                                     "max_experiments": max_experiments, **run_options})
         summary = loop.resume(tag, options) if resume else loop.start(options)
         return LoopRun(loop, loop.ledger.experiments(options.tag or tag), summary)
+
+    def small(self, script: list | None = None, max_experiments: int | None = 3, **arguments) -> LoopRun:
+        """A run with the small limits of fault tests (see SMALL_OPTIONS and make), three experiments unless told."""
+        return self(script, small=True, max_experiments=max_experiments, **arguments)
 
 
 @pytest.fixture

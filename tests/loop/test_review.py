@@ -22,17 +22,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SYNTH_TRAIN, make_workspace, reply
+from conftest import SYNTH_TRAIN, LoopRunner, make_workspace, reply
 from fake_llm import FakeLLM
 from typer.testing import CliRunner
 
-from autoresearch.agents import LLMAgent
 from autoresearch.cli import app
 from autoresearch.console import Reporter
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions
 from autoresearch.plot import MAX_LABELS, labelled_experiments
-from autoresearch.workspace import Workspace
 
 runner = CliRunner()
 USAGE = {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200}
@@ -81,10 +78,10 @@ def night(tmp_path_factory):
                                          "--budget", "1", "--no-draft-ahead"], catch_exceptions=False)
             assert result.exit_code == 0, result.output
             fake.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
-            loop = ResearchLoop(Workspace.find(), LLMAgent(model="llama-local", base_url=fake.base_url),
-                                CtrlCAtExperiment(2))
+            run_loop = LoopRunner(root.parent, patch, request=None)  # the run_loop fixture's, for the whole module
             with pytest.raises(KeyboardInterrupt):
-                loop.start(RunOptions(tag="local", max_experiments=5, budget_seconds=1, draft_ahead=False))
+                run_loop(endpoint=fake, agent_options={"model": "llama-local"}, reporter=CtrlCAtExperiment(2),
+                         tag="local", max_experiments=5, budget_seconds=1, draft_ahead=False)
         finally:
             fake.close()
         pin_clock(root / "runs" / "ledger.db")
@@ -444,7 +441,7 @@ def has_colour(pixels, rgb: tuple[int, int, int], tolerance: int = 6) -> bool:
 
 # --- the live view (the reporters alone: unit/test_console.py)
 
-def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):
+def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm, run_loop):
     class Tokens(Reporter):
         def __init__(self):
             self.calls = []
@@ -455,9 +452,7 @@ def test_the_loop_reports_tokens_and_cost_of_each_call(workspace, fake_llm):
     fake_llm.set_script([{"content": NIGHT_SCRIPT[0], "usage": USAGE}])
     fake_llm.set_check_script([{"content": "ok", "usage": {"prompt_tokens": 10, "completion_tokens": 1}}])
     reporter = Tokens()
-    loop = ResearchLoop(Workspace.find(), LLMAgent(model="gpt-5-mini", base_url=fake_llm.base_url),
-                        reporter)
-    loop.start(RunOptions(tag="t", max_experiments=2, noise_runs=0))
+    run_loop(max_experiments=2, noise_runs=0, reporter=reporter, agent_options={"model": "gpt-5-mini"})
     check_cost = (10 * 0.25 + 1 * 2.0) / 1e6
     assert reporter.calls == [(10, 1, pytest.approx(check_cost)), (1000, 200, pytest.approx(CALL_COST))]
 

@@ -16,8 +16,7 @@ from autoresearch.agents import MutateAgent
 from autoresearch.cli import app
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
-from autoresearch.loop import ResearchLoop, RunOptions
-from autoresearch.workspace import Workspace
+from autoresearch.loop import RunOptions
 
 runner = CliRunner()
 
@@ -61,8 +60,8 @@ def test_hints_quote_the_tag_so_that_they_can_be_pasted(workspace):
     assert "resume it with --resume 'a&b'" in again.output
 
 
-def test_the_loop_checks_the_tag_for_callers_other_than_the_cli(workspace):
-    loop = ResearchLoop(Workspace.find(), MutateAgent())
+def test_the_loop_checks_the_tag_for_callers_other_than_the_cli(workspace, run_loop):
+    loop = run_loop.make(proposer=MutateAgent())
     for call in (lambda: loop.start(RunOptions(tag="x y")), lambda: loop.resume("a/b", RunOptions())):
         with pytest.raises(UserError, match="cannot be a run's tag"):
             call()
