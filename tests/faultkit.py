@@ -30,7 +30,7 @@ def inject(description: str, code: str) -> str:
 
 
 def resume_with(run_loop, script: list, max_experiments: int = 1, **options):
-    """Go on with run `t` for `max_experiments` more experiments, with small limits; returns (loop, its experiment rows)."""
+    """Go on with run `t` for `max_experiments` more experiments, small limits; returns (loop, its experiment rows)."""
     loop = run_loop.make(script, small=True)
     done = sum(row["outcome"] not in ("running", "interrupted") for row in loop.ledger.experiments(TAG))
     loop, rows, _ = run_loop(loop=loop, resume=True, small=True, tag=TAG, max_experiments=done + max_experiments,

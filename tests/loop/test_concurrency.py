@@ -103,7 +103,8 @@ def train_py_at(root: Path, commit: str) -> str:
 
 # --- drafting ahead
 
-def test_the_next_proposal_is_drafted_while_an_experiment_trains_and_is_told_what_trains(slow_workspace, fake_llm, run_loop):
+def test_the_next_proposal_is_drafted_while_an_experiment_trains_and_is_told_what_trains(slow_workspace, fake_llm,
+                                                                                         run_loop):
     seen = {}
 
     def second(request: dict):
@@ -222,7 +223,8 @@ def test_without_drafting_ahead_nothing_is_asked_while_a_training_runs(slow_work
 
 # --- one best, nothing lost
 
-def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_decided_again(workspace, fake_llm, run_loop):
+def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_decided_again(workspace, fake_llm,
+                                                                                            run_loop):
     # Experiment 1 trains for 1 s, experiment 2 (drafted from the baseline while 1 trains) for 2.5 s on
     # the second slot: 1 is kept first, so 2 beats its own parent (the baseline) against a best that moved.
     faster = blocks("lower the learning rate", ("LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3"),

@@ -23,7 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import make_workspace, reply
-from faultkit import BETTER, KILL_WAIT, RUN_FLAGS, TAG, ToolProcess, assert_consistent, inject, run_processes, tool_env, wait_until
+from faultkit import (BETTER, KILL_WAIT, RUN_FLAGS, TAG, ToolProcess, assert_consistent, inject, run_processes,
+                      tool_env, wait_until)
 from test_concurrency import DEVICE_TRAIN, ledger_query
 
 from autoresearch.loop import ResearchLoop

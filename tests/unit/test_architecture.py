@@ -245,7 +245,8 @@ def test_a_clean_package_has_no_violation(tmp_path):
 @pytest.mark.parametrize("a_imports", ["from pkg import b", "import pkg.b", "from pkg.b import f", "from . import b",
                                        "from .b import f", "def late():\n    from pkg.b import f\n    return f"])
 def test_a_circle_is_found_however_it_is_imported(tmp_path, a_imports):
-    package = make_package(tmp_path, {"a.py": a_imports + "\n", "b.py": "from pkg.a import g\n\n\ndef f():\n    pass\n"})
+    package = make_package(tmp_path, {"a.py": a_imports + "\n",
+                                      "b.py": "from pkg.a import g\n\n\ndef f():\n    pass\n"})
     report = check_package(package)
     assert report.cycles == [["pkg.a", "pkg.b", "pkg.a"]]
     assert report.violations() == ["import circle: pkg.a -> pkg.b -> pkg.a"]
