@@ -36,7 +36,7 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
-def stop(run_loop, script: list, resume: bool = False, **options) -> str:
+def stop(run_loop, script: list | None = None, resume: bool = False, **options) -> str:
     """Run (or resume) the loop expecting it to stop; returns its one line."""
     with pytest.raises(StopRun) as stopped:
         run_loop.small(script, resume=resume, tag=TAG, max_experiments=3, **options)
@@ -57,8 +57,9 @@ def test_check_is_one_small_completion_recorded_before_the_baseline(workspace, f
 
 
 def test_wrong_key_is_found_before_the_baseline_trains(workspace, fake_llm, run_loop):
+    loop = run_loop.make([BETTER], small=True)
     fake_llm.set_check_script([REFUSED_KEY])
-    message = stop(run_loop, [BETTER])
+    message = stop(run_loop, loop=loop)
     assert message == (f"run t stopped: the LLM endpoint {fake_llm.base_url} refused the API key (401 Incorrect "
                        "API key provided: sk-wrong); set OPENAI_API_KEY to a key it accepts")
     assert len(fake_llm.checks) == 1 and fake_llm.requests == []  # not retried, and nothing proposed
