@@ -15,17 +15,14 @@ import time
 
 import pytest
 from conftest import reply
-from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, make_loop, run_with, small_options,
-                      tool_env)
+from faultkit import BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, tool_env
 from typer.testing import CliRunner
 
-from autoresearch.agents import MAX_REPLY_CHARS, LLMAgent
+from autoresearch.agents import MAX_REPLY_CHARS
 from autoresearch.cli import app
 from autoresearch.console import PlainReporter
 from autoresearch.ledger import Ledger
-from autoresearch.run.session import Session
 from autoresearch.errors import StopRun
-from autoresearch.workspace import Workspace
 
 WORSE = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")
 CALL_MARGIN = 0.5  # seconds a failed call may take past --llm-timeout (a thread to start, a loaded machine)
@@ -38,11 +35,10 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/v1"
 
 
-def stopped_run(workspace, loop_factory, **options):
+def stopped_run(workspace, run_loop, script: list, agent_options: dict | None = None, **options):
     """Start a run that is expected to stop; returns (the StopRun message, the rows, the run row)."""
-    loop = loop_factory()
     with pytest.raises(StopRun) as stopped:
-        loop.start(small_options(tag=TAG, max_experiments=5, **options))
+        run_loop.small(script, tag=TAG, max_experiments=5, agent_options=agent_options, **options)
     ledger = Ledger(workspace / "runs/ledger.db")
     return str(stopped.value), ledger.experiments(TAG), ledger.run(TAG)
 
@@ -53,9 +49,9 @@ def prompt_of(request: dict) -> str:
 
 # --- the endpoint fails
 
-def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls_before_anything_trains(workspace, fake_llm):
+def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls_before_anything_trains(workspace, fake_llm, run_loop):
     url = closed_port_url()
-    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [BETTER], base_url=url),
+    message, rows, run = stopped_run(workspace, run_loop, [BETTER], agent_options={"base_url": url},
                                      max_agent_failures=3)
     assert message == (f"run t stopped: the LLM endpoint failed 3 times in a row (last: cannot reach {url} "
                        "(Connection error.))")
@@ -65,9 +61,9 @@ def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls_before_anythin
     assert [c["attempt"] for c in calls] == [0, 0, 0] and all(url in c["error"] for c in calls)
 
 
-def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm):
-    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [
-        {"status": 401, "body": {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}}]))
+def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm, run_loop):
+    message, rows, run = stopped_run(workspace, run_loop, [
+        {"status": 401, "body": {"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}}])
     assert message == (f"run t stopped: the LLM endpoint {fake_llm.base_url} refused the API key (401 Incorrect "
                        "API key provided); set OPENAI_API_KEY to a key it accepts")
     assert len(fake_llm.requests) == 1
@@ -81,8 +77,8 @@ def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm):
     {"status": 503, "body": "upstream connect error"},
     {"status": 200, "body": "<html>not a completion</html>"},
 ], ids=["429", "500", "503", "200-without-completion"])
-def test_endpoint_failures_are_retried_and_the_run_goes_on(workspace, fake_llm, failure):
-    loop, rows = run_with(fake_llm, [failure, failure, BETTER], max_experiments=2, max_agent_failures=3)
+def test_endpoint_failures_are_retried_and_the_run_goes_on(workspace, fake_llm, failure, run_loop):
+    loop, rows, _ = run_loop.small([failure, failure, BETTER], max_experiments=2, max_agent_failures=3)
     assert [r["outcome"] for r in rows] == ["keep", "keep"]
     calls = loop.ledger.llm_calls(TAG, 1)
     assert [bool(c["error"]) for c in calls] == [True, True, False]
@@ -90,17 +86,17 @@ def test_endpoint_failures_are_retried_and_the_run_goes_on(workspace, fake_llm, 
     assert_consistent(workspace, rows)
 
 
-def test_endpoint_that_keeps_failing_with_500_stops_the_run(workspace, fake_llm):
-    message, rows, run = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
+def test_endpoint_that_keeps_failing_with_500_stops_the_run(workspace, fake_llm, run_loop):
+    message, rows, run = stopped_run(workspace, run_loop, [{"status": 500}],
                                      max_agent_failures=4)
     assert f"failed 4 times in a row (last: {fake_llm.base_url} answered 500 scripted failure)" in message
     assert len(fake_llm.requests) == 4
     assert_consistent(workspace, rows)
 
 
-def test_endpoint_slower_than_the_timeout_is_retried(workspace, fake_llm):
-    loop = make_loop(fake_llm, [{"delay": 3, "content": WORSE}, BETTER], request_timeout=0.5)
-    loop.start(small_options(tag=TAG, max_experiments=2))
+def test_endpoint_slower_than_the_timeout_is_retried(workspace, fake_llm, run_loop):
+    loop = run_loop.make([{"delay": 3, "content": WORSE}, BETTER], small=True, request_timeout=0.5)
+    run_loop(loop=loop, small=True, tag=TAG, max_experiments=2)
     rows = loop.ledger.experiments(TAG)
     assert rows[1]["outcome"] == "keep" and rows[1]["description"] == "lower the learning rate"
     calls = loop.ledger.llm_calls(TAG, 1)
@@ -110,11 +106,11 @@ def test_endpoint_slower_than_the_timeout_is_retried(workspace, fake_llm):
     assert_consistent(workspace, rows)
 
 
-def test_endpoint_that_answers_a_byte_at_a_time_fails_within_the_timeout(workspace, fake_llm):
+def test_endpoint_that_answers_a_byte_at_a_time_fails_within_the_timeout(workspace, fake_llm, run_loop):
     # Each byte comes long before the client's read timeout, the whole answer long after --llm-timeout.
-    loop = make_loop(fake_llm, [{"trickle": 0.05, "content": WORSE}, BETTER], request_timeout=1)
+    loop = run_loop.make([{"trickle": 0.05, "content": WORSE}, BETTER], small=True, request_timeout=1)
     started = time.monotonic()
-    loop.start(small_options(tag=TAG, max_experiments=2))
+    run_loop(loop=loop, small=True, tag=TAG, max_experiments=2)
     calls = loop.ledger.llm_calls(TAG, 1)
     assert calls[0]["error"] == f"no answer from {fake_llm.base_url} within 1s"
     assert calls[0]["latency_seconds"] < 1 + CALL_MARGIN
@@ -135,9 +131,9 @@ def test_ctrl_c_while_waiting_for_a_slow_endpoint_stops_at_once(workspace, fake_
     assert (rows[1]["outcome"], rows[1]["reason"]) == ("interrupted", "stopped by the person (Ctrl-C)")
 
 
-def test_backoff_doubles_and_is_capped(workspace, fake_llm):
+def test_backoff_doubles_and_is_capped(workspace, fake_llm, run_loop):
     from autoresearch.proposer import MAX_BACKOFF_SECONDS
-    loop, _ = run_with(fake_llm, [{"status": 500}, {"status": 500}, {"status": 500}, BETTER], max_experiments=2,
+    loop, _, _ = run_loop.small([{"status": 500}, {"status": 500}, {"status": 500}, BETTER], max_experiments=2,
                        agent_backoff_seconds=0.05)
     waits = [note.rsplit("trying again in ", 1)[1] for note in loop.reporter.notes if "trying again in" in note]
     assert waits == ["0.05s", "0.1s", "0.2s"]
@@ -172,10 +168,10 @@ def test_cli_says_in_one_line_why_the_run_stopped_and_how_to_go_on(workspace, mo
 ], ids=["empty", "empty-cut-off", "truncated", "truncated-length", "no-blocks", "unknown-file", "fixed-file",
         "enormous"])
 def test_reply_that_cannot_be_trained_is_invalid_and_the_reason_reaches_the_agent(workspace, fake_llm, answer,
-                                                                                  reason):
+                                                                                  reason, run_loop):
     attempts = 1 if reason.startswith("touched") else 3  # a reply that applies is not asked again
     script = [answer] * attempts + [BETTER]
-    loop, rows = run_with(fake_llm, script, max_experiments=3)
+    loop, rows, _ = run_loop.small(script, max_experiments=3)
     assert rows[1]["outcome"] == "invalid" and rows[1]["reason"].startswith(reason), rows[1]["reason"]
     assert rows[1]["commit_sha"] is None and rows[1]["train_seconds"] is None
     assert not (workspace / "runs/t/1.log").exists()
@@ -185,9 +181,9 @@ def test_reply_that_cannot_be_trained_is_invalid_and_the_reason_reaches_the_agen
     assert_consistent(workspace, rows)
 
 
-def test_enormous_reply_is_not_sent_back_or_stored_whole(workspace, fake_llm):
+def test_enormous_reply_is_not_sent_back_or_stored_whole(workspace, fake_llm, run_loop):
     enormous = {"content": BETTER + "\n" + "x" * 300_000, "ignore_limit": True}
-    loop, rows = run_with(fake_llm, [enormous, enormous, enormous, BETTER], max_experiments=2)
+    loop, rows, _ = run_loop.small([enormous, enormous, enormous, BETTER], max_experiments=2)
     assert rows[1]["outcome"] == "invalid"
     repair_request = json.dumps(fake_llm.requests[1]["messages"])
     assert len(repair_request) < 100_000 and "characters left out" in repair_request
@@ -195,17 +191,17 @@ def test_enormous_reply_is_not_sent_back_or_stored_whole(workspace, fake_llm):
     assert all(len(call["reply"]) <= MAX_REPLY_CHARS + 100 for call in stored)
 
 
-def test_same_change_as_an_earlier_experiment_is_a_duplicate_without_training(workspace, fake_llm):
-    _, rows = run_with(fake_llm, [WORSE, WORSE, BETTER], max_experiments=4)
+def test_same_change_as_an_earlier_experiment_is_a_duplicate_without_training(workspace, fake_llm, run_loop):
+    _, rows, _ = run_loop.small([WORSE, WORSE, BETTER], max_experiments=4)
     assert (rows[2]["outcome"], rows[2]["reason"]) == ("invalid", "duplicate of experiment 1")
     assert rows[2]["commit_sha"] is None and not (workspace / "runs/t/2.log").exists()
     assert rows[3]["outcome"] == "keep"
     assert_consistent(workspace, rows)
 
 
-def test_reverting_to_the_baseline_is_a_duplicate_of_it(workspace, fake_llm):
+def test_reverting_to_the_baseline_is_a_duplicate_of_it(workspace, fake_llm, run_loop):
     back = reply("back to 0.5", "LEARNING_RATE = 0.3", "LEARNING_RATE = 0.5")
-    _, rows = run_with(fake_llm, [BETTER, back], max_experiments=3)
+    _, rows, _ = run_loop.small([BETTER, back], max_experiments=3)
     assert (rows[2]["outcome"], rows[2]["reason"]) == ("invalid", "duplicate of experiment 0")
     assert_consistent(workspace, rows)
 
@@ -226,12 +222,10 @@ def test_cli_llm_timeout_bounds_a_slow_endpoint(workspace, fake_llm, monkeypatch
 
 # --- how a failed call reads
 
-def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(workspace, fake_llm):
-    fake_llm.set_script([{"status": 500}, BETTER])
+def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(workspace, fake_llm, run_loop):
     fake_llm.set_check_script([{"content": "ok", "usage": {"prompt_tokens": 12, "completion_tokens": 1}}])
     stream = io.StringIO()
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
-    Session(Workspace.find(), agent, PlainReporter(stream)).start(small_options(tag=TAG, max_experiments=2))
+    run_loop.small([{"status": 500}, BETTER], tag=TAG, max_experiments=2, reporter=PlainReporter(stream))
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
     assert "LLM call, 12 + 1 tokens, -; run so far: tokens 13 (12 in, 1 out), cost -" in lines  # the check
     assert (f"experiment 1: LLM call failed: {fake_llm.base_url} answered 500 scripted failure; trying again in "
@@ -243,7 +237,7 @@ def test_a_failed_call_says_it_failed_and_why_instead_of_counting_no_tokens(work
     (1, "the LLM endpoint failed once ({url} answered 500 scripted failure)"),
     (2, "the LLM endpoint failed 2 times in a row (last: {url} answered 500 scripted failure)"),
 ])
-def test_the_count_of_failed_calls_reads_as_english(workspace, fake_llm, failures, said):
-    message, _, _ = stopped_run(workspace, lambda: make_loop(fake_llm, [{"status": 500}]),
+def test_the_count_of_failed_calls_reads_as_english(workspace, fake_llm, failures, said, run_loop):
+    message, _, _ = stopped_run(workspace, run_loop, [{"status": 500}],
                                 max_agent_failures=failures)
     assert message == "run t stopped: " + said.format(url=fake_llm.base_url)

@@ -13,18 +13,15 @@ import io
 import re
 
 import pytest
-from conftest import reply
-from faultkit import BETTER, TAG, inject, make_loop, run_with, small_options
+from faultkit import BETTER, TAG, inject
 from typer.testing import CliRunner
 
-from autoresearch.agents import CHECK_COMPLETION_TOKENS, CHECK_MESSAGES, LLMAgent
+from autoresearch.agents import CHECK_COMPLETION_TOKENS, CHECK_MESSAGES
 from autoresearch.cli import app
 from autoresearch.console import PlainReporter
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT, Ledger
-from autoresearch.run.session import Session
 from autoresearch.errors import StopRun
 from autoresearch.prompts import PROMPT_TOKEN_BUDGET, estimate_tokens
-from autoresearch.workspace import Workspace
 
 REFUSED_KEY = {"status": 401, "body": {"error": {"message": "Incorrect API key provided: sk-wrong",
                                                  "type": "invalid_request_error", "code": "invalid_api_key"}}}
@@ -39,20 +36,17 @@ def invoke(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
-def stop(loop: Session, resume: bool = False, **options) -> str:
+def stop(run_loop, script: list | None = None, resume: bool = False, **options) -> str:
     """Run (or resume) the loop expecting it to stop; returns its one line."""
     with pytest.raises(StopRun) as stopped:
-        if resume:
-            loop.resume(TAG, small_options(max_experiments=3, **options))
-        else:
-            loop.start(small_options(tag=TAG, max_experiments=3, **options))
+        run_loop.small(script, resume=resume, tag=TAG, max_experiments=3, **options)
     return str(stopped.value)
 
 
 # --- the check before anything trains
 
-def test_check_is_one_small_completion_recorded_before_the_baseline(workspace, fake_llm):
-    loop, rows = run_with(fake_llm, [BETTER], max_experiments=2)
+def test_check_is_one_small_completion_recorded_before_the_baseline(workspace, fake_llm, run_loop):
+    loop, rows, _ = run_loop.small([BETTER], max_experiments=2)
     assert [row["outcome"] for row in rows] == ["keep", "keep"]
     [check] = fake_llm.checks
     assert check["model"] == "fake-model" and check["max_tokens"] == CHECK_COMPLETION_TOKENS
@@ -62,10 +56,10 @@ def test_check_is_one_small_completion_recorded_before_the_baseline(workspace, f
     assert fake_llm.requests[0]["messages"][0]["role"] == "system"  # proposals come after it, unchanged
 
 
-def test_wrong_key_is_found_before_the_baseline_trains(workspace, fake_llm):
-    loop = make_loop(fake_llm, [BETTER])
+def test_wrong_key_is_found_before_the_baseline_trains(workspace, fake_llm, run_loop):
+    loop = run_loop.make([BETTER], small=True)
     fake_llm.set_check_script([REFUSED_KEY])
-    message = stop(loop)
+    message = stop(run_loop, loop=loop)
     assert message == (f"run t stopped: the LLM endpoint {fake_llm.base_url} refused the API key (401 Incorrect "
                        "API key provided: sk-wrong); set OPENAI_API_KEY to a key it accepts")
     assert len(fake_llm.checks) == 1 and fake_llm.requests == []  # not retried, and nothing proposed
@@ -88,18 +82,18 @@ def test_unknown_model_is_one_line_naming_the_url_the_model_and_the_flag(workspa
     assert not (workspace / "runs/t/0.log").exists()
 
 
-def test_a_failed_check_is_retried_like_any_call_and_the_run_goes_on(workspace, fake_llm):
+def test_a_failed_check_is_retried_like_any_call_and_the_run_goes_on(workspace, fake_llm, run_loop):
     fake_llm.set_check_script([{"status": 503, "body": "upstream connect error"}, "ok"])
-    loop, rows = run_with(fake_llm, [BETTER], max_experiments=2)
+    loop, rows, _ = run_loop.small([BETTER], max_experiments=2)
     assert [row["outcome"] for row in rows] == ["keep", "keep"]
     assert loop.reporter.notes[0] == (f"endpoint check: LLM call failed: {fake_llm.base_url} answered 503 upstream "
                                       "connect error; trying again in 0.01s")
     assert [bool(c["error"]) for c in loop.ledger.llm_calls(TAG, 0)] == [True, False]
 
 
-def test_a_model_that_wants_max_completion_tokens_is_asked_again_with_it(workspace, fake_llm):
+def test_a_model_that_wants_max_completion_tokens_is_asked_again_with_it(workspace, fake_llm, run_loop):
     fake_llm.set_check_script([MAX_TOKENS_REFUSED, "ok"])
-    loop, rows = run_with(fake_llm, [BETTER], max_experiments=2)
+    loop, rows, _ = run_loop.small([BETTER], max_experiments=2)
     assert [row["outcome"] for row in rows] == ["keep", "keep"]
     first, second = fake_llm.checks
     assert first["max_tokens"] == CHECK_COMPLETION_TOKENS and "max_completion_tokens" not in first
@@ -108,17 +102,17 @@ def test_a_model_that_wants_max_completion_tokens_is_asked_again_with_it(workspa
     assert len(loop.ledger.llm_calls(TAG, 0)) == 2
 
 
-def test_resume_checks_again_before_training_and_says_which_endpoint_and_model(workspace, fake_llm):
-    run_with(fake_llm, [BETTER], max_experiments=2)
+def test_resume_checks_again_before_training_and_says_which_endpoint_and_model(workspace, fake_llm, run_loop):
+    run_loop.small([BETTER], max_experiments=2)
     fake_llm.set_check_script([REFUSED_KEY])
-    message = stop(make_loop(fake_llm, [BETTER]), resume=True)
+    message = stop(run_loop, [BETTER], resume=True)
     assert "refused the API key" in message
     assert len(Ledger(workspace / "runs/ledger.db").experiments(TAG)) == 2  # nothing more was tried
 
     fake_llm.set_check_script(["ok"])
     stream = io.StringIO()
-    agent = LLMAgent(model="other-model", base_url=fake_llm.base_url, request_timeout=5)
-    Session(Workspace.find(), agent, PlainReporter(stream)).resume(TAG, small_options(max_experiments=3))
+    run_loop.small(resume=True, tag=TAG, max_experiments=3, reporter=PlainReporter(stream),
+                   agent_options={"model": "other-model"})
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
     assert (f"run t: recipe synth, val_loss (lower is better), budget 5s, agent llm (model other-model at "
             f"{fake_llm.base_url})") in lines
@@ -129,10 +123,10 @@ def test_resume_checks_again_before_training_and_says_which_endpoint_and_model(w
     assert invoke("log", "--tag", TAG).exit_code == 0
 
 
-def test_nothing_is_checked_when_nothing_will_run(workspace, fake_llm):
-    run_with(fake_llm, [BETTER], max_experiments=1)
+def test_nothing_is_checked_when_nothing_will_run(workspace, fake_llm, run_loop):
+    run_loop.small([BETTER], max_experiments=1)
     fake_llm.set_check_script([REFUSED_KEY])
-    make_loop(fake_llm, [BETTER]).resume(TAG, small_options(max_experiments=1))  # reached already
+    run_loop.small([BETTER], resume=True, tag=TAG, max_experiments=1)  # reached already
     assert len(fake_llm.checks) == 0
 
 
@@ -147,8 +141,8 @@ def test_the_mutate_agent_has_nothing_to_check(workspace):
 @pytest.mark.parametrize("failure", [REFUSED_KEY, NO_SUCH_MODEL, {"status": 403, "body": {"error": {
     "message": "Project does not have access to model fake-model", "code": "model_not_found"}}}],
     ids=["401", "404", "403"])
-def test_a_refused_key_or_model_during_a_proposal_stops_at_once(workspace, fake_llm, failure):
-    message = stop(make_loop(fake_llm, [failure]), max_agent_failures=5)
+def test_a_refused_key_or_model_during_a_proposal_stops_at_once(workspace, fake_llm, failure, run_loop):
+    message = stop(run_loop, [failure], max_agent_failures=5)
     assert message.startswith(f"run t stopped: the LLM endpoint {fake_llm.base_url} ")
     assert len(fake_llm.requests) == 1
 
@@ -193,9 +187,9 @@ OVERFLOWS = {
 
 
 @pytest.mark.parametrize("server", list(OVERFLOWS))
-def test_a_prompt_longer_than_the_context_stops_at_once_saying_both_sizes(workspace, fake_llm, server):
+def test_a_prompt_longer_than_the_context_stops_at_once_saying_both_sizes(workspace, fake_llm, server, run_loop):
     body, context_tokens, counted = OVERFLOWS[server]
-    message = stop(make_loop(fake_llm, [{"status": 400, "body": body}]), max_agent_failures=5)
+    message = stop(run_loop, [{"status": 400, "body": body}], max_agent_failures=5)
     assert len(fake_llm.requests) == 1  # not retried
     estimated = re.search(r"about ([\d,]+) tokens by the tool's estimate", message).group(1)
     prompt = fake_llm.requests[0]["messages"]
@@ -207,11 +201,11 @@ def test_a_prompt_longer_than_the_context_stops_at_once_saying_both_sizes(worksp
     assert len(message.splitlines()) == 1
 
 
-def test_a_context_too_small_for_any_prompt_says_so(workspace, fake_llm):
+def test_a_context_too_small_for_any_prompt_says_so(workspace, fake_llm, run_loop):
     body = {"error": {"code": 400, "message": "request (700 tokens) exceeds the available context size (64 tokens), "
                                               "try increasing it", "type": "exceed_context_size_error",
                       "n_prompt_tokens": 700, "n_ctx": 64}}
-    message = stop(make_loop(fake_llm, [{"status": 400, "body": body}]))
+    message = stop(run_loop, [{"status": 400, "body": body}])
     assert "even the shortest prompt (about" in message and "lower the prompt token budget" not in message
 
 
@@ -237,9 +231,9 @@ def server_with_a_small_context(context_tokens: int):
     return answer
 
 
-def test_the_suggested_prompt_budget_fits_and_the_cli_takes_it(workspace, fake_llm, monkeypatch):
+def test_the_suggested_prompt_budget_fits_and_the_cli_takes_it(workspace, fake_llm, monkeypatch, run_loop):
     crashes = [noisy_crash(index) for index in range(3)]
-    loop, rows = run_with(fake_llm, crashes, max_experiments=4)
+    loop, rows, _ = run_loop.small(crashes, max_experiments=4)
     assert [row["outcome"] for row in rows] == ["keep", "crash", "crash", "crash"]
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
     fake_llm.set_script([server_with_a_small_context(3000)])

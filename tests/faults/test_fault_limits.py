@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import reply
-from faultkit import BETTER, TAG, assert_consistent, inject, make_loop, run_with, small_options
+from faultkit import BETTER, TAG, assert_consistent, inject
 
 from autoresearch.errors import UserError
 from autoresearch.prompts import AgentContext, LineageEntry, build_messages, estimate_tokens
@@ -19,8 +19,8 @@ def prompt_of(request: dict) -> str:
 
 # --- lineage that teaches
 
-def test_typed_failure_and_its_log_tail_reach_the_next_prompt(workspace, fake_llm):
-    _, rows = run_with(fake_llm, [OOM, BETTER], max_experiments=3)
+def test_typed_failure_and_its_log_tail_reach_the_next_prompt(workspace, fake_llm, run_loop):
+    _, rows, _ = run_loop.small([OOM, BETTER], max_experiments=3)
     assert (rows[1]["outcome"], rows[1]["reason"]) == ("crash", "oom")
     prompt = prompt_of(fake_llm.requests[1])
     assert "| 1 | crash: `oom` |" in prompt
@@ -29,10 +29,10 @@ def test_typed_failure_and_its_log_tail_reach_the_next_prompt(workspace, fake_ll
     assert "allocating the batch" in failures and "MemoryError" in failures
 
 
-def test_invalid_reasons_reach_the_next_prompt(workspace, fake_llm):
+def test_invalid_reasons_reach_the_next_prompt(workspace, fake_llm, run_loop):
     cheat = reply("better eval", "    return (learning_rate - 0.3) ** 2 + 1.0 / width", "    return 0.0",
                   filename="prepare.py")
-    run_with(fake_llm, [cheat, BETTER, BETTER], max_experiments=4)
+    run_loop.small([cheat, BETTER, BETTER], max_experiments=4)
     last_prompt = prompt_of(fake_llm.requests[-1])
     assert "| 1 | invalid: `touched prepare.py` |" in last_prompt
     assert "| 3 | invalid: `duplicate of experiment 2` |" not in last_prompt  # experiment 3 is being proposed
@@ -92,10 +92,10 @@ def costly(text: str) -> dict:
     return {"content": text, "usage": USAGE}
 
 
-def test_max_tokens_stops_before_an_experiment_that_would_pass_it(workspace, fake_llm):
-    loop = make_loop(fake_llm, [costly(BETTER)] + [costly(reply("wider", "WIDTH = 4", "WIDTH = 8"))]
+def test_max_tokens_stops_before_an_experiment_that_would_pass_it(workspace, fake_llm, run_loop):
+    loop = run_loop.make(small=True, script=[costly(BETTER)] + [costly(reply("wider", "WIDTH = 4", "WIDTH = 8"))]
                      + [costly(reply("wider still", "WIDTH = 8", "WIDTH = 16"))])
-    summary = loop.start(small_options(tag=TAG, max_experiments=10, max_tokens=2500))
+    summary = run_loop(loop=loop, small=True, tag=TAG, max_experiments=10, max_tokens=2500).summary
     rows = loop.ledger.experiments(TAG)
     assert len(rows) == 3  # baseline, then 1100 + 1100 tokens; a third would pass 2500
     assert summary.stop_reason == ("reached --max-tokens 2500: 2200 tokens used, the next experiment would "
@@ -104,23 +104,23 @@ def test_max_tokens_stops_before_an_experiment_that_would_pass_it(workspace, fak
     assert_consistent(workspace, rows)
 
 
-def test_max_cost_uses_the_price_table_and_stops_cleanly(workspace, fake_llm):
+def test_max_cost_uses_the_price_table_and_stops_cleanly(workspace, fake_llm, run_loop):
     (workspace / "autoresearch.yaml").write_text("prices:\n  fake-model: {input: 1000, output: 1000}\n")
-    loop = make_loop(fake_llm, [costly(BETTER), costly(reply("wider", "WIDTH = 4", "WIDTH = 8"))])
-    summary = loop.start(small_options(tag=TAG, max_experiments=10, max_cost=2.0))
+    loop = run_loop.make(small=True, script=[costly(BETTER), costly(reply("wider", "WIDTH = 4", "WIDTH = 8"))])
+    summary = run_loop(loop=loop, small=True, tag=TAG, max_experiments=10, max_cost=2.0).summary
     rows = loop.ledger.experiments(TAG)
     assert len(rows) == 2  # one experiment costs $1.10; a second would pass $2
     assert summary.stop_reason == "reached --max-cost $2: $1.1000 spent, the next experiment would cost about $1.1000 more"
     assert_consistent(workspace, rows)
 
 
-def test_max_cost_on_a_model_without_a_price_is_refused_before_anything_starts(workspace, fake_llm):
+def test_max_cost_on_a_model_without_a_price_is_refused_before_anything_starts(workspace, fake_llm, run_loop):
     with pytest.raises(UserError, match="--max-cost needs a price for model 'fake-model'"):
-        run_with(fake_llm, [BETTER], max_cost=1.0)
+        run_loop.small([BETTER], max_cost=1.0)
     assert not (workspace / "runs/t").exists()
 
 
-def test_caps_are_off_by_default(workspace, fake_llm):
-    _, rows = run_with(fake_llm, [costly(BETTER), costly(reply("wider", "WIDTH = 4", "WIDTH = 8"))],
+def test_caps_are_off_by_default(workspace, fake_llm, run_loop):
+    _, rows, _ = run_loop.small([costly(BETTER), costly(reply("wider", "WIDTH = 4", "WIDTH = 8"))],
                        max_experiments=3)
     assert len(rows) == 3

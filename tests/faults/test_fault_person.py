@@ -13,12 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import git, reply
-from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, inject, make_loop, pids_with_cmdline,
-                      resume_with, run_processes, run_with, small_options, tool_env, wait_until)
+from conftest import SMALL_OPTIONS, git, reply
+from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, inject, pids_with_cmdline,
+                      resume_with, run_processes, tool_env, wait_until)
 
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
+from autoresearch.settings import RunOptions
 
 HANG = inject("wait for the data", "while True:\n    time.sleep(0.1)")
 STUBBORN = inject("stubborn", "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
@@ -46,7 +47,7 @@ def start_tool_training(workspace: Path, fake_llm, proposal: str, *flags: str) -
 
 # --- Ctrl-C
 
-def test_ctrl_c_once_stops_training_records_interrupted_and_says_how_to_resume(workspace, fake_llm):
+def test_ctrl_c_once_stops_training_records_interrupted_and_says_how_to_resume(workspace, fake_llm, run_loop):
     tool = start_tool_training(workspace, fake_llm, HANG)
     time.sleep(0.3)
     tool.interrupt()
@@ -58,12 +59,12 @@ def test_ctrl_c_once_stops_training_records_interrupted_and_says_how_to_resume(w
     assert Ledger(workspace / "runs/ledger.db").run(TAG)["status"] == "interrupted"
     assert_consistent(workspace, rows)
     # and the run goes on with the next number
-    _, rows = resume_with(fake_llm, [BETTER])
+    _, rows = resume_with(run_loop, [BETTER])
     assert [(r["number"], r["outcome"]) for r in rows] == [(0, "keep"), (1, "interrupted"), (2, "keep")]
     assert_consistent(workspace, rows)
 
 
-def test_ctrl_c_twice_exits_at_once_and_the_next_start_is_consistent(workspace, fake_llm):
+def test_ctrl_c_twice_exits_at_once_and_the_next_start_is_consistent(workspace, fake_llm, run_loop):
     """The first Ctrl-C waits for a training that ignores SIGTERM; the second does not wait.
 
     Without the sandbox: in it, the training's PID namespace ends with its first process, so the
@@ -84,7 +85,7 @@ def test_ctrl_c_twice_exits_at_once_and_the_next_start_is_consistent(workspace, 
     # what escaped it (a launcher killed with -9 by something else) is stopped by the resume
     leftover = subprocess.Popen(["sleep", "987612"], start_new_session=True,
                                 env={**os.environ, "AUTORESEARCH_RUN": str((workspace / "runs" / "t").resolve())})
-    loop, rows = resume_with(fake_llm, [BETTER], sandbox="off")
+    loop, rows = resume_with(run_loop, [BETTER], sandbox="off")
     assert leftover.wait(5) != 0 and pids_with_cmdline("987612") == []
     assert rows[1]["outcome"] == "interrupted" and rows[2]["outcome"] == "keep"
     assert any("leftover training process" in note for note in loop.reporter.notes)
@@ -127,13 +128,13 @@ def test_kill_9_during_training_then_resume(workspace, fake_llm):
     assert_consistent(workspace, rows)
 
 
-def test_a_second_process_on_the_same_run_is_refused(workspace, fake_llm):
+def test_a_second_process_on_the_same_run_is_refused(workspace, fake_llm, run_loop):
     tool = start_tool_training(workspace, fake_llm, HANG)
     with pytest.raises(UserError, match=rf"run t is going on in another process \(pid {tool.pid}\)"):
-        make_loop(fake_llm, [BETTER]).resume(TAG, small_options(max_experiments=1))
+        run_loop.small([BETTER], resume=True, tag=TAG, max_experiments=1)
     tool.kill()
     tool.wait(10)
-    _, rows = resume_with(fake_llm, [BETTER])  # the kernel released the dead tool's lock
+    _, rows = resume_with(run_loop, [BETTER])  # the kernel released the dead tool's lock
     assert rows[-1]["outcome"] == "keep"
     assert_consistent(workspace, rows)
 
@@ -164,58 +165,58 @@ def test_a_second_run_in_the_same_workspace_is_refused_while_one_trains(workspac
 
 # --- what a kill can leave behind, put straight by the resume
 
-def test_commit_made_but_not_recorded_is_kept_reachable(workspace, fake_llm):
+def test_commit_made_but_not_recorded_is_kept_reachable(workspace, fake_llm, run_loop):
     """Killed between `git commit` and the ledger update: the commit is found and recorded."""
-    loop, rows = run_with(fake_llm, [], max_experiments=1)
+    loop, rows, _ = run_loop.small([], max_experiments=1)
     worktree = workspace / "runs/t/worktree"
     loop.ledger.start_experiment(TAG, 1, parent_sha=rows[0]["commit_sha"], description="lost one")
     (worktree / "recipes/synth/train.py").write_text("LEARNING_RATE = 0.4\n")
     git(worktree, "commit", "-qam", "lost one")
     lost = git(worktree, "rev-parse", "HEAD")
-    loop, rows = resume_with(fake_llm, [BETTER])
+    loop, rows = resume_with(run_loop, [BETTER])
     assert (rows[1]["outcome"], rows[1]["commit_sha"]) == ("interrupted", lost)
     assert git(workspace, "rev-parse", "refs/autoresearch/t/1") == lost
     assert any("1 unrecorded commit(s) kept reachable" in note for note in loop.reporter.notes)
     assert_consistent(workspace, rows)
 
 
-def test_commit_of_someone_else_is_not_taken_for_a_lost_experiment(workspace, fake_llm):
-    loop, rows = run_with(fake_llm, [], max_experiments=1)
+def test_commit_of_someone_else_is_not_taken_for_a_lost_experiment(workspace, fake_llm, run_loop):
+    loop, rows, _ = run_loop.small([], max_experiments=1)
     worktree = workspace / "runs/t/worktree"
     loop.ledger.start_experiment(TAG, 1, parent_sha=rows[0]["commit_sha"])
     git(worktree, "-c", "user.name=p", "-c", "user.email=p@example.com", "commit", "-q", "--allow-empty",
         "--author", "p <p@example.com>", "-m", "a person's commit")
-    _, rows = resume_with(fake_llm, [BETTER])
+    _, rows = resume_with(run_loop, [BETTER])
     assert rows[1]["outcome"] == "interrupted" and rows[1]["commit_sha"] is None
     assert_consistent(workspace, rows)
 
 
-def test_stale_git_lock_in_the_worktree_is_removed(workspace, fake_llm):
-    run_with(fake_llm, [], max_experiments=1)
+def test_stale_git_lock_in_the_worktree_is_removed(workspace, fake_llm, run_loop):
+    run_loop.small([], max_experiments=1)
     git_dir = Path(git(workspace / "runs/t/worktree", "rev-parse", "--absolute-git-dir"))
     (git_dir / "index.lock").write_text("")
-    _, rows = resume_with(fake_llm, [BETTER])
+    _, rows = resume_with(run_loop, [BETTER])
     assert not (git_dir / "index.lock").exists()
     assert rows[1]["outcome"] == "keep"
     assert_consistent(workspace, rows)
 
 
-def test_worktree_left_half_made_is_made_again(workspace, fake_llm):
-    run_with(fake_llm, [], max_experiments=1)
+def test_worktree_left_half_made_is_made_again(workspace, fake_llm, run_loop):
+    run_loop.small([], max_experiments=1)
     (workspace / "runs/t/worktree/.git").unlink()  # as if killed inside `git worktree add`
-    _, rows = resume_with(fake_llm, [BETTER])
+    _, rows = resume_with(run_loop, [BETTER])
     assert rows[1]["outcome"] == "keep"
     assert_consistent(workspace, rows)
 
 
-def test_run_killed_before_its_branch_existed_can_be_resumed(workspace, fake_llm):
+def test_run_killed_before_its_branch_existed_can_be_resumed(workspace, fake_llm, run_loop):
     """The ledger row is written before the worktree and branch: a kill in between is resumable."""
-    loop = make_loop(fake_llm, [])
-    loop._new_run(small_options(tag=TAG))  # the row and the worktree, then the tool dies
+    loop = run_loop.make([], small=True)
+    loop._new_run(RunOptions(**SMALL_OPTIONS, tag=TAG))  # the row and the worktree, then the tool dies
     loop.close()
     git(workspace, "worktree", "remove", "--force", "runs/t/worktree")
     git(workspace, "branch", "-D", "autoresearch/t")
-    _, rows = resume_with(fake_llm, [BETTER], max_experiments=2)
+    _, rows = resume_with(run_loop, [BETTER], max_experiments=2)
     assert [r["outcome"] for r in rows] == ["keep", "keep"]
     assert rows[0]["commit_sha"] == git(workspace, "rev-parse", "HEAD")
     assert_consistent(workspace, rows)
@@ -223,52 +224,52 @@ def test_run_killed_before_its_branch_existed_can_be_resumed(workspace, fake_llm
 
 # --- what is in the way at the start
 
-def test_uncommitted_changes_in_the_checkout_are_refused_and_nothing_is_made(workspace, fake_llm):
+def test_uncommitted_changes_in_the_checkout_are_refused_and_nothing_is_made(workspace, fake_llm, run_loop):
     (workspace / "recipes/synth/train.py").write_text("LEARNING_RATE = 0.1\n")
     with pytest.raises(UserError, match="recipes/synth has uncommitted changes .*commit or stash them"):
-        run_with(fake_llm, [BETTER])
+        run_loop.small([BETTER])
     assert not (workspace / "runs/t").exists()
     assert git(workspace, "branch", "--list", "autoresearch/*") == ""
     assert (workspace / "recipes/synth/train.py").read_text() == "LEARNING_RATE = 0.1\n"
 
 
-def test_existing_run_tag_is_refused_with_the_resume_command(workspace, fake_llm):
-    run_with(fake_llm, [], max_experiments=1)
+def test_existing_run_tag_is_refused_with_the_resume_command(workspace, fake_llm, run_loop):
+    run_loop.small([], max_experiments=1)
     with pytest.raises(UserError, match="a run tagged 't' already exists; resume it with --resume t"):
-        run_with(fake_llm, [BETTER])
+        run_loop.small([BETTER])
     assert len(ledger_rows(workspace)) == 1
 
 
-def test_branch_that_exists_without_a_run_is_refused_and_left_alone(workspace, fake_llm):
+def test_branch_that_exists_without_a_run_is_refused_and_left_alone(workspace, fake_llm, run_loop):
     git(workspace, "branch", "autoresearch/t")
     head = git(workspace, "rev-parse", "autoresearch/t")
     with pytest.raises(UserError, match=r"branch autoresearch/t .* already exists but no run of this ledger made it"):
-        run_with(fake_llm, [BETTER])
+        run_loop.small([BETTER])
     assert git(workspace, "rev-parse", "autoresearch/t") == head
     assert Ledger(workspace / "runs/ledger.db").run(TAG) is None
 
 
 @pytest.mark.parametrize("content", [None, "  \n"], ids=["missing", "empty"])
-def test_program_md_missing_or_empty_at_the_start(workspace, fake_llm, content):
+def test_program_md_missing_or_empty_at_the_start(workspace, fake_llm, content, run_loop):
     program = workspace / "program.md"
     program.unlink() if content is None else program.write_text(content)
     with pytest.raises(UserError, match="program.md is (missing|empty): write the research direction there"):
-        run_with(fake_llm, [BETTER])
+        run_loop.small([BETTER])
     assert not (workspace / "runs/t").exists()
 
 
-def test_program_md_removed_mid_run_the_last_version_serves(workspace, fake_llm):
+def test_program_md_removed_mid_run_the_last_version_serves(workspace, fake_llm, run_loop):
     def remove_program_then_propose(request):
         (workspace / "program.md").unlink()
         return BETTER
 
-    loop, rows = run_with(fake_llm, [remove_program_then_propose, reply_worse()], max_experiments=3)
+    loop, rows, _ = run_loop.small([remove_program_then_propose, reply_worse()], max_experiments=3)
     assert [r["outcome"] for r in rows] == ["keep", "keep", "discard"]
     assert "Lower the validation loss." in fake_llm.requests[1]["messages"][1]["content"]
     assert any("program.md is missing" in note for note in loop.reporter.notes)
     # a resume needs it back, and says so without touching anything
     with pytest.raises(UserError, match="program.md is missing"):
-        resume_with(fake_llm, [BETTER])
+        resume_with(run_loop, [BETTER])
     assert ledger_rows(workspace) == rows
 
 
@@ -288,7 +289,7 @@ def test_sighup_is_left_ignored_under_nohup(workspace, fake_llm):
     assert tool.wait(10) == 130
 
 
-def test_a_half_saved_price_table_does_not_end_the_run(workspace, fake_llm):
+def test_a_half_saved_price_table_does_not_end_the_run(workspace, fake_llm, run_loop):
     """autoresearch.yaml is read before every LLM call; a broken save mid-run keeps the last good table."""
     config = workspace / "autoresearch.yaml"
     config.write_text("prices:\n  fake-model: {input: 1.0, output: 2.0}\n")
@@ -297,7 +298,7 @@ def test_a_half_saved_price_table_does_not_end_the_run(workspace, fake_llm):
         config.write_text("prices:\n  fake-model: {input: 1.0, outp")  # the editor was caught mid-save
         return BETTER
 
-    loop, rows = run_with(fake_llm, [save_half_then_answer, BETTER], max_experiments=3)
+    loop, rows, _ = run_loop.small([save_half_then_answer, BETTER], max_experiments=3)
     assert [row["outcome"] for row in rows][:2] == ["keep", "keep"] and len(rows) == 3
     assert loop.ledger.run(TAG)["status"] == "finished"
     broken = [note for note in loop.reporter.notes if "autoresearch.yaml" in note]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import git
-from faultkit import BETTER, TAG, assert_consistent, inject, pids_with_cmdline, resume_with, run_with
+from faultkit import BETTER, TAG, assert_consistent, inject, pids_with_cmdline, resume_with
 
 from autoresearch.ledger import Ledger
 from autoresearch.errors import StopRun
@@ -29,16 +29,16 @@ def fault_row(rows):
 
 # --- the script does not run
 
-def test_syntax_error_is_invalid_and_never_trained(workspace, fake_llm):
-    _, rows = run_with(fake_llm, [inject("typo", "x = (1,"), BETTER])
+def test_syntax_error_is_invalid_and_never_trained(workspace, fake_llm, run_loop):
+    _, rows, _ = run_loop.small([inject("typo", "x = (1,"), BETTER])
     row = fault_row(rows)
     assert row["outcome"] == "invalid" and row["reason"].startswith("does not compile: train.py line")
     assert not (workspace / "runs/t/1.log").exists()
     assert_consistent(workspace, rows)
 
 
-def test_import_error_is_a_crash_with_the_missing_module(workspace, fake_llm):
-    _, rows = run_with(fake_llm, [inject("new dependency", "import no_such_module_xyz"), BETTER])
+def test_import_error_is_a_crash_with_the_missing_module(workspace, fake_llm, run_loop):
+    _, rows, _ = run_loop.small([inject("new dependency", "import no_such_module_xyz"), BETTER])
     row = fault_row(rows)
     assert row["outcome"] == "crash"
     assert "ModuleNotFoundError" in row["reason"] and "no_such_module_xyz" in row["reason"]
@@ -46,8 +46,8 @@ def test_import_error_is_a_crash_with_the_missing_module(workspace, fake_llm):
     assert_consistent(workspace, rows)
 
 
-def test_exception_on_the_first_step(workspace, fake_llm):
-    _, rows = run_with(fake_llm, [inject("bad shape", "raise ValueError('shapes (3,) and (4,) do not match')"),
+def test_exception_on_the_first_step(workspace, fake_llm, run_loop):
+    _, rows, _ = run_loop.small([inject("bad shape", "raise ValueError('shapes (3,) and (4,) do not match')"),
                                   BETTER])
     row = fault_row(rows)
     assert row["outcome"] == "crash"
@@ -55,7 +55,7 @@ def test_exception_on_the_first_step(workspace, fake_llm):
     assert_consistent(workspace, rows)
 
 
-def test_exception_after_training_a_while(workspace, fake_llm):
+def test_exception_after_training_a_while(workspace, fake_llm, run_loop):
     """A crash late in training (scaled down from "after the first minute") keeps its progress lines."""
     code = """
     for step in range(10):
@@ -63,7 +63,7 @@ def test_exception_after_training_a_while(workspace, fake_llm):
         time.sleep(0.1)
     raise RuntimeError("index out of range in self")
     """
-    _, rows = run_with(fake_llm, [inject("longer schedule", textwrap.dedent(code)), BETTER])
+    _, rows, _ = run_loop.small([inject("longer schedule", textwrap.dedent(code)), BETTER])
     row = fault_row(rows)
     assert row["outcome"] == "crash" and "RuntimeError: index out of range in self" in row["reason"]
     assert row["train_seconds"] >= 1.0
@@ -77,14 +77,14 @@ def test_exception_after_training_a_while(workspace, fake_llm):
     "LEARNING_RATE = float('nan')",
     "LEARNING_RATE = float('inf')",
 ], ids=["nan", "inf"])
-def test_non_finite_metric_is_a_crash_nan(workspace, fake_llm, code):
-    _, rows = run_with(fake_llm, [inject("diverge", code), BETTER])
+def test_non_finite_metric_is_a_crash_nan(workspace, fake_llm, code, run_loop):
+    _, rows, _ = run_loop.small([inject("diverge", code), BETTER])
     row = fault_row(rows)
     assert (row["outcome"], row["reason"], row["metric"]) == ("crash", "nan", None)
     assert_consistent(workspace, rows)
 
 
-def test_recipe_that_fails_fast_on_a_nan_loss_is_a_crash_nan(workspace, fake_llm):
+def test_recipe_that_fails_fast_on_a_nan_loss_is_a_crash_nan(workspace, fake_llm, run_loop):
     code = """
     import math, sys
     loss_value = float("nan")
@@ -92,7 +92,7 @@ def test_recipe_that_fails_fast_on_a_nan_loss_is_a_crash_nan(workspace, fake_llm
         print("step 3: loss is nan, stopping", flush=True)
         sys.exit(1)
     """
-    _, rows = run_with(fake_llm, [inject("huge lr", textwrap.dedent(code)), BETTER])
+    _, rows, _ = run_loop.small([inject("huge lr", textwrap.dedent(code)), BETTER])
     assert (fault_row(rows)["outcome"], fault_row(rows)["reason"]) == ("crash", "nan")
     assert_consistent(workspace, rows)
 
@@ -101,8 +101,8 @@ def test_recipe_that_fails_fast_on_a_nan_loss_is_a_crash_nan(workspace, fake_llm
     "big = bytearray(1 << 50)",  # a real allocation failure: Python's MemoryError
     "raise RuntimeError('CUDA out of memory. Tried to allocate 20.00 GiB (GPU 0; 79.15 GiB total capacity)')",
 ], ids=["MemoryError", "cuda-message"])
-def test_out_of_memory_is_a_crash_oom(workspace, fake_llm, code):
-    _, rows = run_with(fake_llm, [inject("bigger batch", code), BETTER])
+def test_out_of_memory_is_a_crash_oom(workspace, fake_llm, code, run_loop):
+    _, rows, _ = run_loop.small([inject("bigger batch", code), BETTER])
     row = fault_row(rows)
     assert (row["outcome"], row["reason"]) == ("crash", "oom")
     assert_consistent(workspace, rows)
@@ -110,9 +110,9 @@ def test_out_of_memory_is_a_crash_oom(workspace, fake_llm, code):
 
 # --- processes that will not end
 
-def test_hang_is_killed_at_the_limit_as_timeout(workspace, fake_llm):
+def test_hang_is_killed_at_the_limit_as_timeout(workspace, fake_llm, run_loop):
     started = time.monotonic()
-    _, rows = run_with(fake_llm, [inject("wait for data", "while True:\n    time.sleep(1)"), BETTER],
+    _, rows, _ = run_loop.small([inject("wait for data", "while True:\n    time.sleep(1)"), BETTER],
                        budget_seconds=1)
     row = fault_row(rows)
     assert row["outcome"] == "timeout" and "budget 1s" in row["reason"]
@@ -122,7 +122,7 @@ def test_hang_is_killed_at_the_limit_as_timeout(workspace, fake_llm):
     assert_consistent(workspace, rows)
 
 
-def test_script_that_ignores_sigterm_is_killed_with_sigkill(workspace, fake_llm):
+def test_script_that_ignores_sigterm_is_killed_with_sigkill(workspace, fake_llm, run_loop):
     code = """
     import signal
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -130,7 +130,7 @@ def test_script_that_ignores_sigterm_is_killed_with_sigkill(workspace, fake_llm)
     while True:
         time.sleep(0.1)
     """
-    _, rows = run_with(fake_llm, [inject("stubborn", textwrap.dedent(code)), BETTER], budget_seconds=1)
+    _, rows, _ = run_loop.small([inject("stubborn", textwrap.dedent(code)), BETTER], budget_seconds=1)
     row = fault_row(rows)
     assert row["outcome"] == "timeout"
     # SIGTERM at 2 s, ignored; SIGKILL after the kill wait (0.5 s in tests); then it is gone
@@ -138,7 +138,7 @@ def test_script_that_ignores_sigterm_is_killed_with_sigkill(workspace, fake_llm)
     assert_consistent(workspace, rows)
 
 
-def test_children_and_grandchildren_that_leave_the_group_are_killed(workspace, fake_llm):
+def test_children_and_grandchildren_that_leave_the_group_are_killed(workspace, fake_llm, run_loop):
     """A shell backgrounding a setsid'd sleep and a double-forked daemon: neither is in the process group."""
     code = """
     import subprocess
@@ -152,7 +152,7 @@ def test_children_and_grandchildren_that_leave_the_group_are_killed(workspace, f
     while True:
         time.sleep(0.1)
     """
-    _, rows = run_with(fake_llm, [inject("prefetch in background", textwrap.dedent(code)), BETTER],
+    _, rows, _ = run_loop.small([inject("prefetch in background", textwrap.dedent(code)), BETTER],
                        budget_seconds=1)
     assert fault_row(rows)["outcome"] == "timeout"
     for marker in ("987601", "987602", "987603"):
@@ -160,11 +160,11 @@ def test_children_and_grandchildren_that_leave_the_group_are_killed(workspace, f
     assert_consistent(workspace, rows)
 
 
-def test_grandchild_holding_the_pipe_after_a_normal_exit_does_not_stall_the_run(workspace, fake_llm):
+def test_grandchild_holding_the_pipe_after_a_normal_exit_does_not_stall_the_run(workspace, fake_llm, run_loop):
     """The script exits with its metric, but a setsid'd grandchild keeps its stdout open."""
     code = 'import subprocess\nsubprocess.Popen("setsid sleep 987604 &", shell=True)'
     started = time.monotonic()
-    _, rows = run_with(fake_llm, [inject("warm the cache", code), BETTER])
+    _, rows, _ = run_loop.small([inject("warm the cache", code), BETTER])
     row = rows[1]
     assert row["outcome"] in ("keep", "discard") and row["metric"] is not None
     assert row["train_seconds"] < 2.0
@@ -173,7 +173,7 @@ def test_grandchild_holding_the_pipe_after_a_normal_exit_does_not_stall_the_run(
     assert_consistent(workspace, rows)
 
 
-def test_dataloader_workers_are_killed_with_the_script(workspace, fake_llm):
+def test_dataloader_workers_are_killed_with_the_script(workspace, fake_llm, run_loop):
     code = """
     import torch
     from torch.utils.data import DataLoader, IterableDataset
@@ -187,14 +187,14 @@ def test_dataloader_workers_are_killed_with_the_script(workspace, fake_llm):
     for batch in DataLoader(Endless(), batch_size=1, num_workers=2):
         pass
     """
-    _, rows = run_with(fake_llm, [inject("parallel loading", textwrap.dedent(code)), BETTER], budget_seconds=3)
+    _, rows, _ = run_loop.small([inject("parallel loading", textwrap.dedent(code)), BETTER], budget_seconds=3)
     assert fault_row(rows)["outcome"] == "timeout"
     assert_consistent(workspace, rows)
 
 
 # --- output
 
-def test_flood_of_output_keeps_the_log_bounded_and_the_metric(workspace, fake_llm):
+def test_flood_of_output_keeps_the_log_bounded_and_the_metric(workspace, fake_llm, run_loop):
     code = """
     import sys
     line = b"x" * 1023 + b"\\n"
@@ -203,7 +203,7 @@ def test_flood_of_output_keeps_the_log_bounded_and_the_metric(workspace, fake_ll
         sys.stdout.buffer.write(block)
     sys.stdout.flush()
     """
-    _, rows = run_with(fake_llm, [inject("verbose", textwrap.dedent(code)), BETTER], max_experiments=3)
+    _, rows, _ = run_loop.small([inject("verbose", textwrap.dedent(code)), BETTER], max_experiments=3)
     row = rows[1]
     assert row["outcome"] == "discard" and row["metric"] is not None  # its metric was still read
     log = workspace / "runs/t/1.log"
@@ -236,9 +236,9 @@ def test_flood_of_output_keeps_the_tool_memory_flat(tmp_path):
     assert (tmp_path / "flood.log").stat().st_size < 2_100_000
 
 
-def test_metric_printed_before_a_crash_is_not_trusted(workspace, fake_llm):
+def test_metric_printed_before_a_crash_is_not_trusted(workspace, fake_llm, run_loop):
     code = 'print("val_loss: 0.0001", flush=True)\nraise RuntimeError("died after printing")'
-    _, rows = run_with(fake_llm, [inject("early report", code), BETTER])
+    _, rows, _ = run_loop.small([inject("early report", code), BETTER])
     row = fault_row(rows)
     assert row["outcome"] == "crash" and row["metric"] is None and "died after printing" in row["reason"]
     assert_consistent(workspace, rows)
@@ -253,9 +253,9 @@ UP_TO_RUNS = "../../../../.."  # from runs/t/work/<n>/recipes/synth, where a tra
     'open("prepare.py", "a").write("\\ndef evaluate(learning_rate, width):\\n    return 0.0\\n")',
     'os.remove("prepare.py")',
 ], ids=["writes", "deletes"])
-def test_script_that_changes_its_copy_of_a_fixed_file_changes_nothing(workspace, fake_llm, code):
+def test_script_that_changes_its_copy_of_a_fixed_file_changes_nothing(workspace, fake_llm, code, run_loop):
     """It runs in a fresh copy of its commit; the evaluation runs the fixed file as committed at the run's start."""
-    _, rows = run_with(fake_llm, [inject("better eval", code), BETTER])
+    _, rows, _ = run_loop.small([inject("better eval", code), BETTER])
     row = fault_row(rows)
     assert row["outcome"] == "discard" and row["metric"] == pytest.approx(rows[0]["metric"])
     prepare = workspace / "runs/t/worktree/recipes/synth/prepare.py"
@@ -270,8 +270,8 @@ def test_script_that_changes_its_copy_of_a_fixed_file_changes_nothing(workspace,
     f'os.remove("{UP_TO_RUNS}/ledger.db")',
     f'import sqlite3\ndb = sqlite3.connect("{UP_TO_RUNS}/ledger.db")\ndb.execute("DELETE FROM experiments")\ndb.commit()',
 ], ids=["overwrites", "deletes", "rewrites-rows"])
-def test_script_that_touches_the_ledger_cannot_lose_a_row(workspace, fake_llm, code):
-    loop, rows = run_with(fake_llm, [inject("clean up", code), BETTER], sandbox="off")
+def test_script_that_touches_the_ledger_cannot_lose_a_row(workspace, fake_llm, code, run_loop):
+    loop, rows, _ = run_loop.small([inject("clean up", code), BETTER], sandbox="off")
     row = fault_row(rows)
     assert (row["outcome"], row["reason"]) == ("invalid", "touched the ledger during training")
     # read afresh from the file: every row is there, in order, with its outcome
@@ -280,7 +280,7 @@ def test_script_that_touches_the_ledger_cannot_lose_a_row(workspace, fake_llm, c
     assert_consistent(workspace, on_disk)
 
 
-def test_script_that_commits_on_the_run_branch_is_invalid_and_undone(workspace, fake_llm):
+def test_script_that_commits_on_the_run_branch_is_invalid_and_undone(workspace, fake_llm, run_loop):
     code = f"""
     import subprocess
     tree = "{UP_TO_RUNS}/t/worktree"
@@ -288,24 +288,24 @@ def test_script_that_commits_on_the_run_branch_is_invalid_and_undone(workspace, 
     subprocess.run(["git", "-C", tree, "-c", "user.name=x", "-c", "user.email=x@x", "commit", "-qam", "sneaky"],
                    check=True)
     """
-    _, rows = run_with(fake_llm, [inject("self-edit", textwrap.dedent(code)), BETTER], sandbox="off")
+    _, rows, _ = run_loop.small([inject("self-edit", textwrap.dedent(code)), BETTER], sandbox="off")
     row = fault_row(rows)
     assert (row["outcome"], row["reason"]) == ("invalid", "touched the run's refs, the run's worktree during training")
     assert "sneaky" not in git(workspace, "log", "--format=%s", "autoresearch/t")
     assert_consistent(workspace, rows)
 
 
-def test_script_that_edits_the_worktree_is_invalid_and_the_worktree_cleaned(workspace, fake_llm):
+def test_script_that_edits_the_worktree_is_invalid_and_the_worktree_cleaned(workspace, fake_llm, run_loop):
     code = f'open("{UP_TO_RUNS}/t/worktree/recipes/synth/train.py", "a").write("# written during training\\n")'
-    _, rows = run_with(fake_llm, [inject("self-edit", code), BETTER], sandbox="off")
+    _, rows, _ = run_loop.small([inject("self-edit", code), BETTER], sandbox="off")
     assert (rows[1]["outcome"], rows[1]["reason"]) == ("invalid", "touched the run's worktree during training")
     assert "written during training" not in (workspace / "runs/t/worktree/recipes/synth/train.py").read_text()
     assert_consistent(workspace, rows)
 
 
-def test_script_that_edits_its_own_copy_leaves_nothing_behind(workspace, fake_llm):
+def test_script_that_edits_its_own_copy_leaves_nothing_behind(workspace, fake_llm, run_loop):
     code = 'open("train.py", "a").write("# written during training\\n")\nopen("leftover.pyc", "w").write("x")'
-    _, rows = run_with(fake_llm, [inject("self-edit", code), BETTER])
+    _, rows, _ = run_loop.small([inject("self-edit", code), BETTER])
     assert rows[1]["outcome"] in ("keep", "discard")
     assert "written during training" not in (workspace / "runs/t/worktree/recipes/synth/train.py").read_text()
     assert not list((workspace / "runs").rglob("leftover.pyc"))
@@ -314,22 +314,22 @@ def test_script_that_edits_its_own_copy_leaves_nothing_behind(workspace, fake_ll
 
 # --- the disk
 
-def test_log_that_cannot_be_written_does_not_stop_the_run(workspace, fake_llm):
+def test_log_that_cannot_be_written_does_not_stop_the_run(workspace, fake_llm, run_loop):
     """The disk is full when the log is written: /dev/full answers every write with ENOSPC."""
-    run_with(fake_llm, [], max_experiments=1)  # the baseline
+    run_loop.small([], max_experiments=1)  # the baseline
     os.symlink("/dev/full", workspace / "runs/t/1.log")
-    loop, rows = resume_with(fake_llm, [BETTER], max_experiments=1)
+    loop, rows = resume_with(run_loop, [BETTER], max_experiments=1)
     assert (rows[1]["outcome"], rows[1]["metric"]) == ("keep", pytest.approx(0.25))
     assert any("1.log: cannot write the log: No space left on device" in note for note in loop.reporter.notes)
     assert_consistent(workspace, rows)
 
 
-def test_ledger_copy_that_cannot_be_written_does_not_stop_the_run(workspace, fake_llm):
+def test_ledger_copy_that_cannot_be_written_does_not_stop_the_run(workspace, fake_llm, run_loop):
     """The disk is full when the ledger's safety copy is written: the training runs without it."""
-    run_with(fake_llm, [], max_experiments=1)
+    run_loop.small([], max_experiments=1)
     (workspace / "runs/t/ledger-backup.db").unlink(missing_ok=True)
     os.symlink("/dev/full", workspace / "runs/t/ledger-backup.db")
-    loop, rows = resume_with(fake_llm, [BETTER], max_experiments=1, sandbox="off")  # the sandbox needs no copy
+    loop, rows = resume_with(run_loop, [BETTER], max_experiments=1, sandbox="off")  # the sandbox needs no copy
     assert rows[1]["outcome"] == "keep"
     assert any("could not copy the ledger" in note for note in loop.reporter.notes)
     assert_consistent(workspace, rows)
@@ -337,7 +337,7 @@ def test_ledger_copy_that_cannot_be_written_does_not_stop_the_run(workspace, fak
 
 # --- what the training can see
 
-def test_no_secret_of_the_tool_reaches_the_training(tmp_path, fake_llm, monkeypatch):
+def test_no_secret_of_the_tool_reaches_the_training(tmp_path, fake_llm, monkeypatch, run_loop):
     """The environment is an allowlist: the API key stays out, the locale and the recipe's own names come in."""
     from conftest import SYNTH_RECIPE, make_workspace
 
@@ -348,7 +348,7 @@ def test_no_secret_of_the_tool_reaches_the_training(tmp_path, fake_llm, monkeypa
     monkeypatch.setenv("MY_SETTING", "handed-through")
     monkeypatch.setenv("LC_ALL", "C.UTF-8")
     probe = "import os\nprint('SEEN', sorted(os.environ))\nprint('MINE', os.environ.get('MY_SETTING'))"
-    _, rows = run_with(fake_llm, [inject("look around", probe), BETTER])
+    _, rows, _ = run_loop.small([inject("look around", probe), BETTER])
     log = (root / "runs/t/1.log").read_text()
     assert "sk-secret-123" not in log and "aws-secret-456" not in log
     assert "'OPENAI_API_KEY'" not in log and "'AWS_SECRET_ACCESS_KEY'" not in log
@@ -364,9 +364,9 @@ def test_no_secret_of_the_tool_reaches_the_training(tmp_path, fake_llm, monkeypa
     f'import sqlite3\ndb = sqlite3.connect("{UP_TO_RUNS}/ledger.db")\ndb.execute("UPDATE training_runs SET metric = 0")\n'
     'db.commit()',
 ], ids=["the-runs-settings", "its-llm-calls", "training-runs"])
-def test_a_change_to_any_table_of_the_ledger_is_caught_and_put_back(workspace, fake_llm, code):
+def test_a_change_to_any_table_of_the_ledger_is_caught_and_put_back(workspace, fake_llm, code, run_loop):
     """Not only the run's experiment rows: every table the tool wrote is checked after a training."""
-    loop, rows = run_with(fake_llm, [inject("tidy the record", code), BETTER], sandbox="off")
+    loop, rows, _ = run_loop.small([inject("tidy the record", code), BETTER], sandbox="off")
     assert (rows[1]["outcome"], rows[1]["reason"]) == ("invalid", "touched the ledger during training")
     ledger = Ledger(workspace / "runs/ledger.db")
     assert ledger.run(TAG)["config"]["max_experiments"] == 3
@@ -374,12 +374,12 @@ def test_a_change_to_any_table_of_the_ledger_is_caught_and_put_back(workspace, f
     assert_consistent(workspace, rows)
 
 
-def test_a_training_that_rewrites_the_ledger_and_its_copy_stops_the_run(workspace, fake_llm):
+def test_a_training_that_rewrites_the_ledger_and_its_copy_stops_the_run(workspace, fake_llm, run_loop):
     code = (f'import sqlite3\nfor name in ("ledger.db", "t/ledger-backup.db"):\n'
             f'    db = sqlite3.connect("{UP_TO_RUNS}/" + name)\n    db.execute("DELETE FROM llm_calls")\n'
             '    db.commit()')
     with pytest.raises(StopRun, match="changed the ledger .* and its copy .*: the record cannot be put back"):
-        run_with(fake_llm, [inject("cover the tracks", code), BETTER], sandbox="off")
+        run_loop.small([inject("cover the tracks", code), BETTER], sandbox="off")
 
 
 @pytest.mark.parametrize("code, what", [
@@ -392,10 +392,10 @@ def test_a_training_that_rewrites_the_ledger_and_its_copy_stops_the_run(workspac
     (f'import subprocess\nsubprocess.run(["git", "-C", "{UP_TO_RUNS}/..", "update-ref", "-d", "refs/autoresearch/t/1"],'
      ' check=True)', "the run's refs"),
 ], ids=["config", "attributes", "hook", "refs"])
-def test_what_a_training_writes_into_git_never_runs_and_is_put_back(workspace, fake_llm, code, what):
+def test_what_a_training_writes_into_git_never_runs_and_is_put_back(workspace, fake_llm, code, what, run_loop):
     """Without the sandbox: a hook, a filter or an fsmonitor it installs would run the next time the tool used git."""
     config_before = (workspace / ".git/config").read_text()
-    _, rows = run_with(fake_llm, [inject("make git faster", code), BETTER], sandbox="off")
+    _, rows, _ = run_loop.small([inject("make git faster", code), BETTER], sandbox="off")
     assert (rows[1]["outcome"], rows[1]["reason"]) == ("invalid", f"touched {what} during training")
     assert not (workspace / "runs/pwned").exists()
     assert (workspace / ".git/config").read_text() == config_before

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from runkit import new_run  # noqa: F401 (the fixture)
 
 from autoresearch.keep import DecisionRecord, KeepRule
 from autoresearch.run.briefing import Briefing

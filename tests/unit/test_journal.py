@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from conftest import git
+from conftest import UNIT_TAG as TAG, git
 
 from autoresearch.agents import LLMCall
 from autoresearch.keep import DecisionRecord
 from autoresearch.repo import EXPERIMENT_REF_PREFIX
 from autoresearch.run.journal import RESULTS_FILE
 
-from runkit import TAG, new_run  # noqa: F401 (the fixture)
 
 
 def test_an_experiment_has_its_row_before_anything_else_and_the_next_number(new_run):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from runkit import TAG, new_run  # noqa: F401 (the fixture)
+from conftest import UNIT_TAG as TAG
 
 from autoresearch.agents import LLMCall
 from autoresearch.errors import UserError
@@ -19,7 +19,8 @@ def limits_of(new_run, **options) -> Limits:
 
 def test_experiments_count_when_they_ended_and_not_when_interrupted(new_run):
     journal = new_run.journal
-    done, stopped, open_ = journal.open_experiment(), journal.open_experiment(), journal.open_experiment()
+    done, stopped = journal.open_experiment(), journal.open_experiment()
+    journal.open_experiment()  # still open: it does not count
     journal.close(done, "discard", None, 1.0)
     journal.interrupt(stopped, "Ctrl-C")
     assert experiments_done(new_run.ledger, TAG) == 1

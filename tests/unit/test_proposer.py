@@ -6,7 +6,6 @@ import time
 
 import pytest
 from conftest import reply
-from runkit import new_run  # noqa: F401 (the fixture)
 
 from autoresearch.agents import LLMAgent
 from autoresearch.errors import StopRun

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runkit import TAG, new_run  # noqa: F401 (the fixture)
+from conftest import UNIT_TAG as TAG
 
 from autoresearch.keep import DecisionRecord, Evidence, KeepRule, judge
 from autoresearch.noise import NoiseFloor

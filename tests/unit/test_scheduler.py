@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runkit import TAG, new_run  # noqa: F401 (the fixture)
+from conftest import UNIT_TAG as TAG
 
 from autoresearch.agents import MutateAgent
 from autoresearch.keep import KeepRule

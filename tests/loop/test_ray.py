@@ -20,14 +20,12 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import RAY_GPUS, make_workspace, processes_mentioning, reply
-from faultkit import (BETTER, KILL_WAIT, RUN_FLAGS, TAG, RecordingReporter, ToolProcess, assert_consistent, inject,
-                      run_processes, small_options, tool_env, wait_until)
+from faultkit import (BETTER, KILL_WAIT, RUN_FLAGS, TAG, ToolProcess, assert_consistent, inject, run_processes,
+                      tool_env, wait_until)
 from test_concurrency import DEVICE_TRAIN, ledger_query
 
-from autoresearch.agents import LLMAgent
 from autoresearch.run.session import Session
 from autoresearch.settings import resumed_options
-from autoresearch.workspace import Workspace
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -56,17 +54,12 @@ def actors_alive(refs: list[str]) -> list[str]:
     return alive
 
 
-def ray_loop(fake_llm, script: list) -> Session:
-    fake_llm.set_script(script)
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url, request_timeout=5)
-    return Session(Workspace.find(), agent, reporter=RecordingReporter(),
-                        executor=RayExecutor(kill_wait_seconds=KILL_WAIT, require_sandbox=True))
-
-
-def run_on_ray(fake_llm, script: list, **options) -> tuple[Session, list[dict]]:
-    loop = ray_loop(fake_llm, script)
-    loop.start(small_options(tag=TAG, sandbox="on", draft_ahead=True, executor="ray", **options))
-    return loop, loop.ledger.experiments(TAG)
+def run_on_ray(run_loop, script: list, **options) -> tuple[Session, list[dict]]:
+    """A small run `t` on the cluster, in the sandbox, drafting ahead; returns (loop, its experiment rows)."""
+    executor = RayExecutor(kill_wait_seconds=KILL_WAIT, require_sandbox=True)
+    loop, rows, _ = run_loop.small(script, executor_object=executor, tag=TAG, sandbox="on", draft_ahead=True,
+                                   executor="ray", **options)
+    return loop, rows
 
 
 def training_runs(root: Path) -> list[dict]:
@@ -96,12 +89,12 @@ def assert_nothing_left(root: Path) -> None:
 # --- slots: one GPU each
 
 @pytest.mark.parametrize("slots", [2, 4])
-def test_each_training_gets_its_own_gpu_of_the_cluster(ray_cluster, tmp_path, monkeypatch, fake_llm, slots):
+def test_each_training_gets_its_own_gpu_of_the_cluster(ray_cluster, tmp_path, monkeypatch, fake_llm, slots, run_loop):
     root = make_workspace(tmp_path / "ws", train=DEVICE_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.5"))
     monkeypatch.chdir(root)
     script = [reply(f"variant {n}", "# --- summary", f"# --- summary\n# variant {n}") for n in range(8)]
     # four slots: what the cluster offers, not given; two: given, a cap below it
-    _, rows = run_on_ray(fake_llm, script, slots=None if slots == GPUS else slots, noise_runs=slots - 1,
+    _, rows = run_on_ray(run_loop, script, slots=None if slots == GPUS else slots, noise_runs=slots - 1,
                          max_experiments=slots + 1)
     assert all(row["outcome"] in ("keep", "discard") for row in rows), [row["reason"] for row in rows]
     runs = training_runs(root)
@@ -123,11 +116,11 @@ def test_each_training_gets_its_own_gpu_of_the_cluster(ray_cluster, tmp_path, mo
 
 # --- the harness's limits
 
-def test_a_training_past_its_deadline_is_stopped_by_the_harness_clock(ray_cluster, workspace, fake_llm):
+def test_a_training_past_its_deadline_is_stopped_by_the_harness_clock(ray_cluster, workspace, fake_llm, run_loop):
     # It ignores SIGTERM; the worker's runner has no deadline of its own: only the driver's clock stops it.
     stubborn = inject("wait for the data", "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
                                            "time.sleep(60)")
-    _, rows = run_on_ray(fake_llm, [stubborn, BETTER], budget_seconds=2, max_experiments=3, slots=1)
+    _, rows = run_on_ray(run_loop, [stubborn, BETTER], budget_seconds=2, max_experiments=3, slots=1)
     assert [(row["number"], row["outcome"]) for row in rows] == [(0, "keep"), (1, "timeout"), (2, "keep")]
     timed_out = next(run for run in training_runs(workspace) if run["experiment"] == 1)
     # budget 2 s, grace 1 s, then SIGTERM and SIGKILL after the kill wait; far from the 60 s it asked for
@@ -136,7 +129,7 @@ def test_a_training_past_its_deadline_is_stopped_by_the_harness_clock(ray_cluste
     assert_nothing_left(workspace)
 
 
-def test_a_worker_killed_mid_training_is_a_crash_and_the_run_goes_on(ray_cluster, workspace, fake_llm):
+def test_a_worker_killed_mid_training_is_a_crash_and_the_run_goes_on(ray_cluster, workspace, fake_llm, run_loop):
     killed = {}
 
     def kill_the_worker() -> None:
@@ -156,7 +149,7 @@ def test_a_worker_killed_mid_training_is_a_crash_and_the_run_goes_on(ray_cluster
 
     killer = threading.Thread(target=kill_the_worker, daemon=True)
     killer.start()
-    _, rows = run_on_ray(fake_llm, [inject("wait for the data", "time.sleep(30)"), BETTER], max_experiments=3,
+    _, rows = run_on_ray(run_loop, [inject("wait for the data", "time.sleep(30)"), BETTER], max_experiments=3,
                          slots=1)
     killer.join(1)
     assert "pid" in killed
@@ -237,8 +230,8 @@ def test_the_tiny_recipe_end_to_end_through_ray(ray_cluster, tmp_path, monkeypat
 
 # --- the run's settings
 
-def test_the_executor_and_the_address_are_the_runs_own_settings(ray_cluster, workspace, fake_llm):
-    loop, _ = run_on_ray(fake_llm, [BETTER], max_experiments=2, ray_address=ray_cluster)
+def test_the_executor_and_the_address_are_the_runs_own_settings(ray_cluster, workspace, fake_llm, run_loop):
+    loop, _ = run_on_ray(run_loop, [BETTER], max_experiments=2, ray_address=ray_cluster)
     config = loop.ledger.run(TAG)["config"]
     assert (config["executor"], config["ray_address"]) == ("ray", ray_cluster)
     options = resumed_options(loop.ledger.run(TAG), {"executor": "local"})

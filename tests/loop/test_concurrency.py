@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import SYNTH_TRAIN, git, make_workspace, reply
-from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, best_kept, inject, make_loop,
-                      run_processes, small_options, tool_env, wait_until)
+from faultkit import (BETTER, RUN_FLAGS, TAG, ToolProcess, assert_consistent, best_kept, inject, run_processes,
+                      tool_env, wait_until)
 
 from autoresearch.run.session import Session
 from autoresearch.errors import InvalidSetting
@@ -87,10 +87,10 @@ def slow_workspace(tmp_path, monkeypatch) -> Path:
     return root
 
 
-def run_ahead(fake_llm, script: list, **options) -> tuple[Session, list[dict]]:
-    loop = make_loop(fake_llm, script)
-    loop.start(small_options(tag=TAG, sandbox="on", draft_ahead=True, **options))
-    return loop, loop.ledger.experiments(TAG)
+def run_ahead(run_loop, script: list, **options) -> tuple[Session, list[dict]]:
+    """A small run `t` in the sandbox, drafting ahead; returns (loop, its experiment rows)."""
+    loop, rows, _ = run_loop.small(script, tag=TAG, sandbox="on", draft_ahead=True, **options)
+    return loop, rows
 
 
 def commit_parent(root: Path, commit: str) -> str:
@@ -103,7 +103,8 @@ def train_py_at(root: Path, commit: str) -> str:
 
 # --- drafting ahead
 
-def test_the_next_proposal_is_drafted_while_an_experiment_trains_and_is_told_what_trains(slow_workspace, fake_llm):
+def test_the_next_proposal_is_drafted_while_an_experiment_trains_and_is_told_what_trains(slow_workspace, fake_llm,
+                                                                                         run_loop):
     seen = {}
 
     def second(request: dict):
@@ -112,7 +113,7 @@ def test_the_next_proposal_is_drafted_while_an_experiment_trains_and_is_told_wha
         seen["prompt"] = prompt_of(request)
         return reply("double the width", "WIDTH = 4", "WIDTH = 8")
 
-    _, rows = run_ahead(fake_llm, [BETTER, second], max_experiments=3)
+    _, rows = run_ahead(run_loop, [BETTER, second], max_experiments=3)
     assert seen["training"] == [(1, "running")]  # asked while experiment 1 trained
     assert "training now: experiment 1: lower the learning rate" in seen["prompt"]
     assert "# Training now" in seen["prompt"]
@@ -120,8 +121,8 @@ def test_the_next_proposal_is_drafted_while_an_experiment_trains_and_is_told_wha
     assert_consistent(slow_workspace, rows)
 
 
-def test_a_draft_ready_before_a_keep_is_applied_onto_the_new_best(slow_workspace, fake_llm):
-    _, rows = run_ahead(fake_llm, [BETTER, reply("double the width", "WIDTH = 4", "WIDTH = 8")], max_experiments=3)
+def test_a_draft_ready_before_a_keep_is_applied_onto_the_new_best(slow_workspace, fake_llm, run_loop):
+    _, rows = run_ahead(run_loop, [BETTER, reply("double the width", "WIDTH = 4", "WIDTH = 8")], max_experiments=3)
     first, second = rows[1], rows[2]
     assert first["outcome"] == "keep"
     # drafted against the baseline while experiment 1 trained; committed on top of experiment 1 once kept
@@ -134,10 +135,10 @@ def test_a_draft_ready_before_a_keep_is_applied_onto_the_new_best(slow_workspace
     assert_consistent(slow_workspace, rows)
 
 
-def test_a_draft_that_no_longer_applies_after_a_keep_is_drafted_again(slow_workspace, fake_llm):
+def test_a_draft_that_no_longer_applies_after_a_keep_is_drafted_again(slow_workspace, fake_llm, run_loop):
     stale = reply("a learning rate of 0.4", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.4")
     fresh = reply("double the width", "WIDTH = 4", "WIDTH = 8")
-    loop, rows = run_ahead(fake_llm, [BETTER, stale, fresh], max_experiments=3)
+    loop, rows = run_ahead(run_loop, [BETTER, stale, fresh], max_experiments=3)
     assert [(row["number"], row["outcome"]) for row in rows] == [(0, "keep"), (1, "keep"), (2, "keep")]
     assert rows[2]["description"] == "double the width" and rows[2]["parent_number"] == 1
     asked = [request for request in fake_llm.requests if is_for(2)(request)]
@@ -149,7 +150,7 @@ def test_a_draft_that_no_longer_applies_after_a_keep_is_drafted_again(slow_works
     assert_consistent(slow_workspace, rows)
 
 
-def test_the_first_drafts_are_made_while_the_baseline_trains_and_wait_for_it(tmp_path, monkeypatch, fake_llm):
+def test_the_first_drafts_are_made_while_the_baseline_trains_and_wait_for_it(tmp_path, monkeypatch, fake_llm, run_loop):
     # The baseline trains for 4 s of its 5 s budget; past half of it, a draft for each of the two slots.
     root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 4.0"))
     monkeypatch.chdir(root)
@@ -162,7 +163,7 @@ def test_the_first_drafts_are_made_while_the_baseline_trains_and_wait_for_it(tmp
             return blocks(f"change {number}", ("SLEEP_SECONDS = 4.0", "SLEEP_SECONDS = 0.0"), change)
         return answer
 
-    _, rows = run_ahead(fake_llm, by_experiment({1: drafted(1, ("LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")),
+    _, rows = run_ahead(run_loop, by_experiment({1: drafted(1, ("LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")),
                                                  2: drafted(2, ("# --- summary", "# --- summary\n# the same"))}),
                         slots=2, max_experiments=3)
     for number in (1, 2):
@@ -179,7 +180,7 @@ def test_the_first_drafts_are_made_while_the_baseline_trains_and_wait_for_it(tmp
     assert_consistent(root, rows)
 
 
-def test_on_one_slot_the_first_draft_waits_for_the_baselines_last_run(tmp_path, monkeypatch, fake_llm):
+def test_on_one_slot_the_first_draft_waits_for_the_baselines_last_run(tmp_path, monkeypatch, fake_llm, run_loop):
     # One slot, a first run and a noise run of 3 s each: drafting during the first would wait out all
     # of the noise run; the draft starts past half of the last one.
     root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 3.0"))
@@ -191,24 +192,24 @@ def test_on_one_slot_the_first_draft_waits_for_the_baselines_last_run(tmp_path, 
                                  "outcome = 'running'", TAG))
         return reply("no sleep", "SLEEP_SECONDS = 3.0", "SLEEP_SECONDS = 0.0")
 
-    _, rows = run_ahead(fake_llm, [answer], noise_runs=1, max_experiments=2)
+    _, rows = run_ahead(run_loop, [answer], noise_runs=1, max_experiments=2)
     assert seen == [[(0, 1)]]  # asked while the noise run, the baseline's last, trained
     assert [(row["number"], row["outcome"]) for row in rows] == [(0, "keep"), (1, "discard")]
     assert_consistent(root, rows)
 
 
-def test_a_baseline_that_fails_early_asks_the_agent_nothing(tmp_path, monkeypatch, fake_llm):
+def test_a_baseline_that_fails_early_asks_the_agent_nothing(tmp_path, monkeypatch, fake_llm, run_loop):
     root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("time.sleep(SLEEP_SECONDS)",
                                                                      "time.sleep(1.0)\nraise SystemExit(3)"))
     monkeypatch.chdir(root)
-    loop = make_loop(fake_llm, [BETTER])
+    loop = run_loop.make([BETTER], small=True)
     with pytest.raises(Exception, match="baseline"):
-        loop.start(small_options(tag=TAG, sandbox="on", draft_ahead=True, slots=2, max_experiments=3))
+        run_loop(loop=loop, small=True, tag=TAG, sandbox="on", draft_ahead=True, slots=2, max_experiments=3)
     assert not [request for request in fake_llm.requests if "Propose experiment" in prompt_of(request)]
     assert [row["number"] for row in loop.ledger.experiments(TAG)] == [0]
 
 
-def test_without_drafting_ahead_nothing_is_asked_while_a_training_runs(slow_workspace, fake_llm):
+def test_without_drafting_ahead_nothing_is_asked_while_a_training_runs(slow_workspace, fake_llm, run_loop):
     seen = []
 
     def second(request: dict):
@@ -216,14 +217,14 @@ def test_without_drafting_ahead_nothing_is_asked_while_a_training_runs(slow_work
                                  "outcome = 'running'", TAG)[0][0])
         return reply("double the width", "WIDTH = 4", "WIDTH = 8")
 
-    loop = make_loop(fake_llm, [BETTER, second])
-    loop.start(small_options(tag=TAG, sandbox="on", draft_ahead=False, max_experiments=3))
+    run_loop.small([BETTER, second], tag=TAG, sandbox="on", draft_ahead=False, max_experiments=3)
     assert seen == [0]
 
 
 # --- one best, nothing lost
 
-def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_decided_again(workspace, fake_llm):
+def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_decided_again(workspace, fake_llm,
+                                                                                            run_loop):
     # Experiment 1 trains for 1 s, experiment 2 (drafted from the baseline while 1 trains) for 2.5 s on
     # the second slot: 1 is kept first, so 2 beats its own parent (the baseline) against a best that moved.
     faster = blocks("lower the learning rate", ("LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3"),
@@ -235,7 +236,7 @@ def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_d
     # and are no edit at all.
     held = answer_when(lambda: outcome_of(workspace, 2) not in (None, "running"),
                        reply("nothing", "NO SUCH LINE", "NOTHING"))
-    loop, rows = run_ahead(fake_llm, by_experiment({1: faster, 2: wider, 3: held, 4: held}), slots=2,
+    loop, rows = run_ahead(run_loop, by_experiment({1: faster, 2: wider, 3: held, 4: held}), slots=2,
                            max_experiments=6)
     outcomes = [(row["number"], row["outcome"], row["parent_number"]) for row in rows]
     assert outcomes[:4] == [(0, "keep", None), (1, "keep", 0), (2, "discard", 0), (3, "invalid", 0)]
@@ -250,12 +251,12 @@ def test_a_candidate_that_beat_its_parent_after_the_best_moved_is_combined_and_d
     assert_consistent(workspace, rows)
 
 
-def test_no_combination_past_the_runs_limit(workspace, fake_llm):
+def test_no_combination_past_the_runs_limit(workspace, fake_llm, run_loop):
     faster = blocks("lower the learning rate", ("LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3"),
                     ("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.0"))
     wider = blocks("double the width", ("WIDTH = 4", "WIDTH = 8"),
                    ("save_model(LEARNING_RATE, WIDTH)", "time.sleep(2.5)\nsave_model(LEARNING_RATE, WIDTH)"))
-    _, rows = run_ahead(fake_llm, by_experiment({1: faster, 2: wider}), slots=2, max_experiments=3)
+    _, rows = run_ahead(run_loop, by_experiment({1: faster, 2: wider}), slots=2, max_experiments=3)
     assert [(row["number"], row["outcome"]) for row in rows] == [(0, "keep"), (1, "keep"), (2, "discard")]
     assert "no combination with it (reached --max-experiments 3)" in rows[2]["reason"]
     assert_consistent(workspace, rows)
@@ -264,14 +265,14 @@ def test_no_combination_past_the_runs_limit(workspace, fake_llm):
 # --- slots
 
 @pytest.mark.parametrize("gpus", ["0,1", "3,5,7,9"])
-def test_each_training_runs_on_its_own_gpu_side_by_side(tmp_path, monkeypatch, fake_llm, gpus):
+def test_each_training_runs_on_its_own_gpu_side_by_side(tmp_path, monkeypatch, fake_llm, gpus, run_loop):
     # Each training outlasts a second: the ledger times them to the second, and side by side must show.
     root = make_workspace(tmp_path / "ws", train=DEVICE_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.5"))
     monkeypatch.chdir(root)
     devices = gpus.split(",")
     # Changes that leave the metric as it is (nothing is kept) and that apply whatever trained before.
     script = [reply(f"variant {n}", "# --- summary", f"# --- summary\n# variant {n}") for n in range(8)]
-    _, rows = run_ahead(fake_llm, script, gpus=gpus, noise_runs=len(devices) - 1, max_experiments=5)
+    _, rows = run_ahead(run_loop, script, gpus=gpus, noise_runs=len(devices) - 1, max_experiments=5)
     runs = [dict(zip(("experiment", "attempt", "slot", "device", "summary", "started", "finished"), row))
             for row in ledger_query(root, "SELECT experiment, attempt, slot, device, summary_json, started_at, "
                                     "finished_at FROM training_runs WHERE tag = ? ORDER BY id", TAG)]
@@ -290,10 +291,9 @@ def test_each_training_runs_on_its_own_gpu_side_by_side(tmp_path, monkeypatch, f
     assert_consistent(root, rows)
 
 
-def test_several_slots_need_the_sandbox(workspace, fake_llm):
-    loop = make_loop(fake_llm, [BETTER])
+def test_several_slots_need_the_sandbox(workspace, fake_llm, run_loop):
     with pytest.raises(InvalidSetting, match="slots"):
-        loop.start(small_options(tag=TAG, sandbox="off", slots=2, max_experiments=2))
+        run_loop.small([BETTER], tag=TAG, sandbox="off", slots=2, max_experiments=2)
 
 
 # --- stopping with several things in flight
@@ -310,7 +310,7 @@ def two_trainings_and_a_draft_in_flight(workspace: Path, fake_llm) -> ToolProces
     return tool
 
 
-def test_ctrl_c_with_trainings_and_a_draft_in_flight_stops_within_seconds(workspace, fake_llm):
+def test_ctrl_c_with_trainings_and_a_draft_in_flight_stops_within_seconds(workspace, fake_llm, run_loop):
     tool = two_trainings_and_a_draft_in_flight(workspace, fake_llm)
     started = time.monotonic()
     tool.interrupt()
@@ -320,23 +320,22 @@ def test_ctrl_c_with_trainings_and_a_draft_in_flight_stops_within_seconds(worksp
     assert rows[1:] == [(n, "interrupted", "stopped by the person (Ctrl-C)") for n in (1, 2, 3)]
     assert run_processes(workspace) == []
     # the resume goes on with the next number, its own settings (two slots) and a consistent run
-    loop = make_loop(fake_llm, [reply("double the width", "WIDTH = 4", "WIDTH = 8")])
+    loop = run_loop.make([reply("double the width", "WIDTH = 4", "WIDTH = 8")], small=True)
     options = resumed_options(loop.ledger.run(TAG), {"max_experiments": 2})
     assert options.slots == 2
-    loop.resume(TAG, options)
-    rows = loop.ledger.experiments(TAG)
+    _, rows, _ = run_loop(loop=loop, resume=True, tag=TAG, options=options)
     assert [(row["number"], row["outcome"]) for row in rows][4:] == [(4, "keep")]
     assert_consistent(workspace, rows)
 
 
-def test_a_resume_with_several_in_flight_at_the_kill_puts_each_straight(workspace, fake_llm):
+def test_a_resume_with_several_in_flight_at_the_kill_puts_each_straight(workspace, fake_llm, run_loop):
     tool = two_trainings_and_a_draft_in_flight(workspace, fake_llm)
     tool.kill(whole_group=True)
     tool.wait(10)
     assert wait_until(lambda: run_processes(workspace) == [], 10)  # the sandboxes die with their launcher
-    loop = make_loop(fake_llm, [reply("double the width", "WIDTH = 4", "WIDTH = 8")])
-    loop.resume(TAG, resumed_options(loop.ledger.run(TAG), {"max_experiments": 2}))
-    rows = loop.ledger.experiments(TAG)
+    loop = run_loop.make([reply("double the width", "WIDTH = 4", "WIDTH = 8")], small=True)
+    _, rows, _ = run_loop(loop=loop, resume=True, tag=TAG, options=resumed_options(loop.ledger.run(TAG),
+                                                                                     {"max_experiments": 2}))
     assert [(row["number"], row["outcome"]) for row in rows] == [
         (0, "keep"), (1, "interrupted"), (2, "interrupted"), (3, "interrupted"), (4, "keep")]
     assert all(run["outcome"] != "running" for run in loop.ledger.training_runs(TAG))
@@ -345,11 +344,11 @@ def test_a_resume_with_several_in_flight_at_the_kill_puts_each_straight(workspac
 
 # --- spending caps with drafts under way
 
-def test_a_token_cap_counts_the_drafts_under_way_on_four_slots(workspace, fake_llm):
+def test_a_token_cap_counts_the_drafts_under_way_on_four_slots(workspace, fake_llm, run_loop):
     usage = {"prompt_tokens": 1000, "completion_tokens": 100}
     script = [{"content": reply(f"variant {n}", "# --- summary", f"# --- summary\n# variant {n}"), "usage": usage,
                "delay": 0.3} for n in range(6)]
-    loop, rows = run_ahead(fake_llm, script, slots=4, max_experiments=10, max_tokens=2500)
+    loop, rows = run_ahead(run_loop, script, slots=4, max_experiments=10, max_tokens=2500)
     # Four idle slots would draft four at once (4,400 tokens); the first draft's cost is measured
     # before a second starts, and the second, under way, counts before a third would.
     spent = sum(row["prompt_tokens"] + row["completion_tokens"] for row in loop.ledger.token_usage(TAG))

@@ -27,7 +27,7 @@ from autoresearch import lm  # noqa: E402
 from autoresearch.recipe import load_recipe  # noqa: E402
 from autoresearch.execution.output import parse_summary  # noqa: E402
 
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "nanogpt"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "nanogpt"
 SUMMARY_KEYS = ("training_seconds", "export_seconds", "model_mb", "total_seconds", "peak_memory_mb",
                 "tokens_per_second", "total_tokens_M", "num_steps", "num_params_M", "depth")
 

@@ -22,14 +22,12 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "faults"))
-
 from faultkit import alive, wait_until  # noqa: E402
 
 from autoresearch.execution.sandbox import (SandboxError, SandboxSpec, gpu_devices, interpreter_paths, probe,  # noqa: E402
                                   sandbox_argv)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def bwrap_refusal() -> str | None:

@@ -12,33 +12,20 @@ import pytest
 from conftest import reply
 from noisy_recipe import NOISE_SD, make_noisy_workspace, val_noise
 
-from autoresearch.agents import LLMAgent
 from autoresearch.ledger import Ledger
-from autoresearch.run.session import Session
-from autoresearch.settings import RunOptions
-from autoresearch.workspace import Workspace
 
 REAL_GAIN = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")  # gain 0.04 = 4 sd
 FIRST_LINE = "save_model(LEARNING_RATE, WIDTH, MEMORIZE, seed)"
 
 
 @pytest.fixture
-def noisy(tmp_path, monkeypatch):
-    root = make_noisy_workspace(tmp_path / "ws")
-    monkeypatch.chdir(root)
-    return root
+def noisy(run_loop):
+    return run_loop.workspace(make_noisy_workspace)
 
 
-def run_noisy(fake_llm, script, max_experiments=2, tag="t", **options):
-    fake_llm.set_script(script)
-    agent = LLMAgent(model="fake-model", base_url=fake_llm.base_url)
-    loop = Session(Workspace.find(), agent)
-    loop.start(RunOptions(tag=tag, max_experiments=max_experiments, **options))
-    return loop.ledger, loop.ledger.experiments(tag)
-
-
-def test_noise_floor_is_measured_from_baseline_runs_and_matches_the_known_noise(noisy, fake_llm):
-    ledger, rows = run_noisy(fake_llm, [REAL_GAIN], max_experiments=1, noise_runs=24)
+def test_noise_floor_is_measured_from_baseline_runs_and_matches_the_known_noise(noisy, fake_llm, run_loop):
+    loop, rows, _ = run_loop([REAL_GAIN], max_experiments=1, noise_runs=24)
+    ledger = loop.ledger
     assert len(rows) == 1  # the noise runs are training runs of the baseline, not experiments
     runs = ledger.training_runs("t", 0)
     assert [r["kind"] for r in runs] == ["first"] + ["noise"] * 24
@@ -53,15 +40,16 @@ def test_noise_floor_is_measured_from_baseline_runs_and_matches_the_known_noise(
     assert rows[0]["decision"]["seeds"] == [r["seed"] for r in runs]
 
 
-def test_noise_floor_and_margin_are_in_the_prompt(noisy, fake_llm):
-    run_noisy(fake_llm, [REAL_GAIN, REAL_GAIN], max_experiments=2)
+def test_noise_floor_and_margin_are_in_the_prompt(noisy, fake_llm, run_loop):
+    run_loop([REAL_GAIN, REAL_GAIN], max_experiments=2)
     prompt = fake_llm.requests[0]["messages"][1]["content"]
     assert "run-to-run noise" in prompt and "over 3 runs with different seeds" in prompt
     assert "kept only when it beats the best by more than" in prompt
 
 
-def test_a_real_improvement_is_kept_after_it_holds_on_a_second_seed(noisy, fake_llm):
-    ledger, rows = run_noisy(fake_llm, [REAL_GAIN])
+def test_a_real_improvement_is_kept_after_it_holds_on_a_second_seed(noisy, fake_llm, run_loop):
+    loop, rows, _ = run_loop([REAL_GAIN])
+    ledger = loop.ledger
     assert rows[1]["outcome"] == "keep"
     runs = ledger.training_runs("t", 1)
     assert [r["kind"] for r in runs] == ["first", "confirm"]
@@ -74,11 +62,12 @@ def test_a_real_improvement_is_kept_after_it_holds_on_a_second_seed(noisy, fake_
     assert (noisy / "runs/t/1.log").is_file() and (noisy / "runs/t/1.1.log").is_file()
 
 
-def test_changes_below_the_noise_are_not_kept(noisy, fake_llm):
+def test_changes_below_the_noise_are_not_kept(noisy, fake_llm, run_loop):
     # Six changes whose true gain is 0.2 sd or less: under the naive rule about half would be kept.
     tiny = [reply(f"nudge {value}", "LEARNING_RATE = 0.5", f"LEARNING_RATE = {value}")
             for value in (0.499, 0.498, 0.497, 0.496, 0.495, 0.501)]
-    ledger, rows = run_noisy(fake_llm, tiny, max_experiments=7, noise_runs=4)
+    loop, rows, _ = run_loop(tiny, max_experiments=7, noise_runs=4)
+    ledger = loop.ledger
     assert [r["outcome"] for r in rows[1:]] == ["discard"] * 6
     assert all(r["reason"] is None or r["reason"].startswith(("within noise", "below the margin")) for r in rows[1:])
     # The naive rule (one run each, keep anything lower than the best) would have kept some of them.
@@ -93,12 +82,13 @@ def test_changes_below_the_noise_are_not_kept(noisy, fake_llm):
         assert row["metric"] == pytest.approx(statistics.mean(metrics))
 
 
-def test_a_seed_only_change_never_wins(noisy, fake_llm):
+def test_a_seed_only_change_never_wins(noisy, fake_llm, run_loop):
     # The edit swaps the harness's seed for the luckiest of 5000 seeds, in a way no pattern catches.
     lucky = min(range(5000), key=val_noise)
     assert val_noise(lucky) < -3 * NOISE_SD
     sneaky = reply("use a better initialisation", FIRST_LINE, FIRST_LINE.replace("seed)", f"{lucky})"))
-    ledger, rows = run_noisy(fake_llm, [sneaky])
+    loop, rows, _ = run_loop([sneaky])
+    ledger = loop.ledger
     assert rows[1]["outcome"] == "invalid"
     assert "ignores the harness's seed" in rows[1]["reason"]
     runs = ledger.training_runs("t", 1)
@@ -110,36 +100,37 @@ def test_a_seed_only_change_never_wins(noisy, fake_llm):
     (FIRST_LINE, 'os.environ["AUTORESEARCH_SEED"] = "7"\n' + FIRST_LINE),
     (FIRST_LINE, "import random\nrandom.seed(3)\n" + FIRST_LINE),
 ])
-def test_an_edit_that_sets_the_seed_is_invalid_and_never_trained(noisy, fake_llm, search, replace):
-    ledger, rows = run_noisy(fake_llm, [reply("pick a seed", search, replace)])
+def test_an_edit_that_sets_the_seed_is_invalid_and_never_trained(noisy, fake_llm, search, replace, run_loop):
+    loop, rows, _ = run_loop([reply("pick a seed", search, replace)])
+    ledger = loop.ledger
     assert rows[1]["outcome"] == "invalid" and "the harness owns the seed" in rows[1]["reason"]
     assert ledger.training_runs("t", 1) == []
 
 
-def test_a_run_never_scores_the_test_split_and_what_the_training_prints_of_it_is_ignored(noisy, fake_llm):
+def test_a_run_never_scores_the_test_split_and_what_the_training_prints_of_it_is_ignored(noisy, fake_llm, run_loop):
     """Only `verify` asks the harness's evaluation for the test split; a training's own test_loss line is no number."""
     cheat = reply("report more", 'print("---")', 'print("---")\nprint("test_loss: 0.1")\nprint("val_loss: 0.01")')
-    ledger, rows = run_noisy(fake_llm, [cheat], noise_runs=0)
+    loop, rows, _ = run_loop([cheat], noise_runs=0)
+    ledger = loop.ledger
     assert rows[1]["outcome"] == "discard" and rows[1]["metric"] == pytest.approx(rows[0]["metric"], abs=0.05)
     assert "test_loss" not in rows[1]["summary"] and "val_loss" not in rows[1]["summary"]
     for run in ledger.training_runs("t"):
         assert set(run["evaluation"]) == {"val_loss"}  # the harness evaluated the validation split only
 
 
-def test_noise_runs_zero_is_the_plain_rule(noisy, fake_llm):
+def test_noise_runs_zero_is_the_plain_rule(noisy, fake_llm, run_loop):
     nudge = reply("nudge", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.499")
-    ledger, rows = run_noisy(fake_llm, [nudge], noise_runs=0)
+    loop, rows, _ = run_loop([nudge], noise_runs=0)
+    ledger = loop.ledger
     assert ledger.run("t")["noise_std"] is None
     assert len(ledger.training_runs("t")) == 2  # one run each, no confirmations
     expected = "keep" if rows[1]["metric"] < rows[0]["metric"] else "discard"
     assert rows[1]["outcome"] == expected
 
 
-def test_resume_keeps_the_noise_floor_and_the_best_runs(noisy, fake_llm):
-    run_noisy(fake_llm, [REAL_GAIN], max_experiments=1)
-    fake_llm.set_script([REAL_GAIN])
-    loop = Session(Workspace.find(), LLMAgent(model="fake-model", base_url=fake_llm.base_url))
-    loop.resume("t", RunOptions(max_experiments=2))
+def test_resume_keeps_the_noise_floor_and_the_best_runs(noisy, fake_llm, run_loop):
+    run_loop([REAL_GAIN], max_experiments=1)
+    run_loop([REAL_GAIN], resume=True, tag="t", max_experiments=2)
     rows = Ledger(noisy / "runs/ledger.db").experiments("t")
     assert rows[1]["outcome"] == "keep"
     assert rows[1]["decision"]["best_metrics"] == rows[0]["decision"]["metrics"]

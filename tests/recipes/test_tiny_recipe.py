@@ -22,7 +22,7 @@ import yaml
 
 from autoresearch import lm
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "tiny"
+RECIPE_DIR = Path(__file__).resolve().parents[2] / "recipes" / "tiny"
 SUMMARY_NAMES = ("training_seconds", "stolen_seconds", "export_seconds", "model_mb", "total_seconds",
                  "peak_memory_mb", "num_steps", "num_params_M")
 SUMMARY_LINE = re.compile(r"^([A-Za-z_]\w*): (\S+)$")

@@ -1,4 +1,4 @@
-"""What every fault test needs: a faulty proposal, a run with small limits, and the invariants.
+"""What every fault test needs: a faulty proposal, the invariants, and the tool as a real process.
 
 A fault is injected the way it would arrive overnight: the (fake, HTTP) agent proposes a change to
 the synthetic recipe's train.py that misbehaves. Then a good change follows, to show the run went on.
@@ -15,20 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import git, reply
+from conftest import KILL_WAIT, RecordingReporter, git, reply  # noqa: F401 (the tests import them from here too)
 
-from autoresearch.agents import LLMAgent
-from autoresearch.console import Reporter
 from autoresearch.ledger import Ledger, best_row
-from autoresearch.run.session import Session
-from autoresearch.settings import RunOptions
-from autoresearch.execution.local import LocalExecutor
-from autoresearch.workspace import Workspace
 
 TAG = "t"
 EVALUATE_LINE = "save_model(LEARNING_RATE, WIDTH)"
 BETTER = reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")
-KILL_WAIT = 0.5  # seconds between SIGTERM and SIGKILL in these tests (3 s in real runs)
 
 
 def inject(description: str, code: str) -> str:
@@ -36,42 +29,13 @@ def inject(description: str, code: str) -> str:
     return reply(description, EVALUATE_LINE, f"{code.strip()}\n{EVALUATE_LINE}")
 
 
-class RecordingReporter(Reporter):
-    """Keeps the notes a run reports (the loop's one channel to the person)."""
-
-    def __init__(self):
-        self.notes: list[str] = []
-
-    def note(self, text: str) -> None:
-        self.notes.append(text)
-
-
-def make_loop(fake_llm, script: list, kill_wait: float = KILL_WAIT, **agent_options) -> Session:
-    fake_llm.set_script(script)
-    agent = LLMAgent(**{"model": "fake-model", "base_url": fake_llm.base_url, "request_timeout": 5, **agent_options})
-    return Session(Workspace.find(), agent, reporter=RecordingReporter(),
-                        executor=LocalExecutor(kill_wait_seconds=kill_wait))
-
-
-def small_options(**options) -> RunOptions:
-    """Small limits: no noise or confirmation runs, a backoff of hundredths of a second."""
-    return RunOptions(**{"noise_runs": 0, "confirm_runs": 0, "agent_backoff_seconds": 0.01, "draft_ahead": False,
-                         **options})
-
-
-def run_with(fake_llm, script: list, max_experiments: int = 3, kill_wait: float = KILL_WAIT, **options):
-    """A fresh run `t` of the synthetic recipe; returns (loop, its experiment rows)."""
-    loop = make_loop(fake_llm, script, kill_wait)
-    loop.start(small_options(tag=TAG, max_experiments=max_experiments, **options))
-    return loop, loop.ledger.experiments(TAG)
-
-
-def resume_with(fake_llm, script: list, max_experiments: int = 1, **options):
-    """Go on with run `t` for `max_experiments` more experiments; returns (loop, its experiment rows)."""
-    loop = make_loop(fake_llm, script)
+def resume_with(run_loop, script: list, max_experiments: int = 1, **options):
+    """Go on with run `t` for `max_experiments` more experiments, small limits; returns (loop, its experiment rows)."""
+    loop = run_loop.make(script, small=True)
     done = sum(row["outcome"] not in ("running", "interrupted") for row in loop.ledger.experiments(TAG))
-    loop.resume(TAG, small_options(max_experiments=done + max_experiments, **options))
-    return loop, loop.ledger.experiments(TAG)
+    loop, rows, _ = run_loop(loop=loop, resume=True, small=True, tag=TAG, max_experiments=done + max_experiments,
+                             **options)
+    return loop, rows
 
 
 def alive(pid: int) -> bool:

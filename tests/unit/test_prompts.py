@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import reply
-from faultkit import BETTER, TAG, run_with
+from faultkit import BETTER
 
 from autoresearch.edits import MAX_NOTES_CHARS, EditError, parse_reply
 from autoresearch.prompts import (CHARS_PER_TOKEN, CONTRACT_REMINDER, NOTES_TOKENS, AgentContext, LineageEntry, Note,
@@ -55,23 +54,6 @@ def test_two_prompts_in_a_row_share_everything_up_to_the_history_while_nothing_w
                    "The best commit against the baseline"):
         assert first.index(stable) < history
     assert shared >= history
-
-
-def test_through_the_loop_a_prefix_cache_keeps_all_but_the_history_after_a_discard(workspace):
-    from fake_llm import FakeLLM, count_tokens, rendered
-
-    worse = reply("raise the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.9")
-    wider = reply("narrower", "WIDTH = 4", "WIDTH = 2")
-    fake = FakeLLM(prefix_cache=True)
-    try:
-        loop, rows = run_with(fake, [worse, wider], max_experiments=3)
-    finally:
-        fake.close()
-    assert [row["outcome"] for row in rows] == ["keep", "discard", "discard"]
-    second = fake.requests[1]["messages"]
-    stable = rendered(second)[:rendered(second).index("# Experiments so far")]
-    assert fake.cached[1] >= count_tokens(stable) - 1  # the first token that differs may start inside a word
-    assert loop.ledger.llm_calls(TAG, 2)[0]["cached_tokens"] == fake.cached[1]
 
 
 def test_what_changes_every_experiment_comes_last(workspace):
@@ -159,20 +141,6 @@ def test_notes_in_the_prompt_are_bounded_most_recent_first(workspace):
     assert section.index("Experiment 29:") < section.index("Experiment 28:")
     assert "Experiment 1:" not in section
     assert estimate_tokens(section) <= NOTES_TOKENS
-
-
-def test_notes_go_to_the_ledger_the_next_prompt_and_show(workspace, fake_llm):
-    from typer.testing import CliRunner
-
-    from autoresearch.cli import app
-
-    noted = BETTER.replace("Because it should help.\n", "Because it should help.\nNOTES: next, try a wider model.\n")
-    wider = reply("wider", "WIDTH = 4", "WIDTH = 8")
-    loop, rows = run_with(fake_llm, [noted, wider], max_experiments=3)
-    assert rows[1]["notes"] == "next, try a wider model."
-    assert "Experiment 1:\nnext, try a wider model." in fake_llm.requests[1]["messages"][1]["content"]
-    shown = CliRunner().invoke(app, ["show", "1", "--tag", TAG]).stdout
-    assert "the agent's notes" in shown and "next, try a wider model." in shown
 
 
 # --- the budget and the repair turns

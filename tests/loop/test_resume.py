@@ -21,14 +21,11 @@ import pytest
 
 import random
 import re
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent / "faults"))
-
 from conftest import git, reply  # noqa: E402
-from faultkit import RUN_FLAGS, TAG, ToolProcess, best_kept, make_loop, run_processes, tool_env  # noqa: E402
+from faultkit import RUN_FLAGS, TAG, ToolProcess, best_kept, run_processes, tool_env  # noqa: E402
 
 from autoresearch.ledger import Ledger, best_row  # noqa: E402
 
@@ -86,7 +83,7 @@ def check_invariants(workspace: Path, started: set[int]) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, fake_llm):
+def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, fake_llm, run_loop):
     rng = random.Random(20240611)
     fake_llm.set_script([random_proposer(seed=7)])
     env = tool_env(fake_llm)
@@ -104,7 +101,7 @@ def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, f
         if not (workspace / "runs/ledger.db").exists():
             continue  # killed before the ledger existed: nothing to check yet
         # a resume that runs nothing puts the run straight; then the invariants must hold
-        loop = make_loop(fake_llm, [random_proposer(seed=cycles)])
+        loop = run_loop.make([random_proposer(seed=cycles)], small=True)
         try:
             worktree, run = loop.put_straight(TAG)
             best = best_row(run, loop.ledger.experiments(TAG, outcome="keep"))

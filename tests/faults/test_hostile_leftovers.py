@@ -14,20 +14,20 @@ import time
 
 import pytest
 from conftest import SYNTH_RECIPE, make_workspace
-from faultkit import BETTER, assert_consistent, inject, run_with
+from faultkit import BETTER, assert_consistent, inject
 
-from autoresearch.sandbox import probe
+from autoresearch.execution.sandbox import probe
 
 PROBE = probe()
 SANDBOXES = ["off"] + (["on"] if PROBE.available else [])
 QUICK_SECONDS = 30.0  # a run of three synthetic experiments takes a few seconds; a hang took the run's limit
 
 
-def attack(fake_llm, code: str, sandbox: str, **options):
+def attack(run_loop, code: str, sandbox: str, **options):
     """Train `code` as experiment 1 (then a good change); returns (loop, rows, seconds the run took)."""
     started = time.monotonic()
-    loop, rows = run_with(fake_llm, [inject("try something", textwrap.dedent(code)), BETTER], sandbox=sandbox,
-                          **options)
+    loop, rows, _ = run_loop.small([inject("try something", textwrap.dedent(code)), BETTER], sandbox=sandbox,
+                                   **options)
     return loop, rows, time.monotonic() - started
 
 
@@ -72,14 +72,14 @@ os.mkfifo(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "weights.bin"))
 @pytest.mark.parametrize("code, words", [(SPARSE, ("quota", "weights.bin")), (LINK, ("symbolic link", "weights.bin")),
                                          (NESTED, ("deeper than",)), (FIFO, ("FIFO",))],
                          ids=["sparse-4TiB", "link-to-pagemap", "1500-nested-folders", "fifo"])
-def test_a_hostile_model_folder_is_refused_unread(workspace, fake_llm, sandbox, code, words):
-    _, rows, seconds = attack(fake_llm, code, sandbox)
+def test_a_hostile_model_folder_is_refused_unread(workspace, run_loop, sandbox, code, words):
+    _, rows, seconds = attack(run_loop, code, sandbox)
     assert_refused_and_went_on(workspace, rows, seconds, "its model folder", *words)
     assert not (workspace / "runs/t/models/1").exists()  # refused and removed; nothing of it in the ledger
     assert not (workspace / "runs/t/work/1").exists()
 
 
-def test_the_recipe_sets_the_quota_and_a_model_within_it_is_recorded(tmp_path, fake_llm, monkeypatch):
+def test_the_recipe_sets_the_quota_and_a_model_within_it_is_recorded(tmp_path, run_loop, monkeypatch):
     root = make_workspace(tmp_path / "ws", recipe_yaml=SYNTH_RECIPE + "disk_quota_mb: 1\n")
     monkeypatch.chdir(root)
     code = """
@@ -87,7 +87,7 @@ def test_the_recipe_sets_the_quota_and_a_model_within_it_is_recorded(tmp_path, f
     with open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "padding.bin"), "wb") as handle:
         handle.write(b"x" * 2_000_000)
     """
-    _, rows, seconds = attack(fake_llm, code, "off")
+    _, rows, seconds = attack(run_loop, code, "off")
     assert_refused_and_went_on(root, rows, seconds, "disk quota of 1.0 MiB", "padding.bin")
     from autoresearch.ledger import Ledger
 
@@ -118,10 +118,10 @@ open(os.path.join(top, "info", "grafts"), "w").write(head + "\\n")  # HEAD witho
 
 @pytest.mark.parametrize("code, touched", [(REPLACE_PREPARE, "the git replace refs"), (GRAFTS, "the git grafts")],
                          ids=["replace-ref-fakes-prepare", "grafts"])
-def test_git_object_lookup_cannot_be_redirected_without_the_sandbox(workspace, fake_llm, code, touched):
+def test_git_object_lookup_cannot_be_redirected_without_the_sandbox(workspace, run_loop, code, touched):
     from conftest import git
 
-    _, rows, seconds = attack(fake_llm, code, "off")
+    _, rows, seconds = attack(run_loop, code, "off")
     log = (workspace / "runs/t/1.log").read_text()
     if "REPLACED" in code:
         assert "REPLACED" in log and "val_loss: 0.01" in log  # it did plant the replacement
@@ -181,21 +181,17 @@ def unquoted_occurrences(prompt: str, needle: str) -> list[str]:
     return found
 
 
-def test_the_training_output_is_quoted_in_prompts_and_escaped_on_terminals(workspace, fake_llm, tmp_path):
+def test_the_training_output_is_quoted_in_prompts_and_escaped_on_terminals(workspace, fake_llm, run_loop, tmp_path):
     import io
     import subprocess
     import sys
 
-    from faultkit import make_loop, small_options
-
     from autoresearch.console import PlainReporter
 
-    loop = make_loop(fake_llm, [inject("try something", textwrap.dedent(STEERING)), BETTER])
     terminal = io.StringIO()
-    loop.reporter = PlainReporter(stream=terminal)
     started = time.monotonic()
-    loop.start(small_options(tag="t", max_experiments=3, sandbox="on" if PROBE.available else "off"))
-    rows = loop.ledger.experiments("t")
+    _, rows, _ = run_loop.small([inject("try something", textwrap.dedent(STEERING)), BETTER],
+                                reporter=PlainReporter(stream=terminal), sandbox="on" if PROBE.available else "off")
     assert rows[1]["outcome"] == "crash" and NEEDLE in rows[1]["reason"]
     assert rows[2]["outcome"] == "keep" and time.monotonic() - started < QUICK_SECONDS
     assert_consistent(workspace, rows)
@@ -294,25 +290,25 @@ os._exit(0)
 
 
 @pytest.mark.parametrize("sandbox", SANDBOXES)
-def test_a_model_archive_that_would_inflate_is_refused_before_it_is_read(tmp_path, fake_llm, monkeypatch, sandbox):
+def test_a_model_archive_that_would_inflate_is_refused_before_it_is_read(tmp_path, run_loop, monkeypatch, sandbox):
     # torch alone takes some 250 MiB; inflating the member would take 256 MiB more
     root = make_workspace(tmp_path / "ws", prepare=LM_PREPARE, recipe_yaml=SYNTH_RECIPE + "evaluation_memory_mb: 2000\n")
     monkeypatch.chdir(root)
-    _, rows, seconds = attack(fake_llm, ZIP_BOMB, sandbox)
+    _, rows, seconds = attack(run_loop, ZIP_BOMB, sandbox)
     assert int((root / "runs/t/1.log").read_text().split("ARCHIVE ")[1].split()[0]) < 2_000_000
     assert_refused_and_went_on(root, rows, seconds, "is compressed", "268,435,456")
 
 
-def test_the_evaluation_runs_under_a_memory_limit(tmp_path, fake_llm, monkeypatch):
+def test_the_evaluation_runs_under_a_memory_limit(tmp_path, run_loop, monkeypatch):
     root = make_workspace(tmp_path / "ws", prepare=LM_PREPARE, recipe_yaml=SYNTH_RECIPE + "evaluation_memory_mb: 200\n")
     monkeypatch.chdir(root)
-    _, rows, seconds = attack(fake_llm, BALLAST, "on" if PROBE.available else "off")
+    _, rows, seconds = attack(run_loop, BALLAST, "on" if PROBE.available else "off")
     assert_refused_and_went_on(root, rows, seconds, "the evaluation of its model", "more than 200.0 MiB of memory")
 
 
 # --- the disk a training fills while it runs
 
-def test_a_training_that_writes_without_end_is_stopped_at_its_disk_quota(tmp_path, fake_llm, monkeypatch):
+def test_a_training_that_writes_without_end_is_stopped_at_its_disk_quota(tmp_path, run_loop, monkeypatch):
     root = make_workspace(tmp_path / "ws", recipe_yaml=SYNTH_RECIPE.replace("budget_seconds: 5", "budget_seconds: 20")
                           + "disk_quota_mb: 4\n")
     monkeypatch.chdir(root)
@@ -324,7 +320,7 @@ def test_a_training_that_writes_without_end_is_stopped_at_its_disk_quota(tmp_pat
             handle.flush()
             time.sleep(0.02)
     """
-    _, rows, seconds = attack(fake_llm, code, "on" if PROBE.available else "off")
+    _, rows, seconds = attack(run_loop, code, "on" if PROBE.available else "off")
     assert_refused_and_went_on(root, rows, seconds, "disk quota of 4.0 MiB", "stopped")
     from autoresearch.ledger import Ledger
 

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from conftest import git, reply
 from typer.testing import CliRunner
 
@@ -204,27 +203,6 @@ def test_rm_removes_an_old_run_whose_tag_is_now_refused(workspace):
     assert invoke("rm", "..", "--yes").exit_code == 0
     assert rows_per_table(workspace, "..")["runs"] == 0
     assert (workspace / "program.md").is_file() and (workspace / "recipes" / "synth").is_dir()
-
-
-def test_ledger_deletes_a_run_in_one_transaction(tmp_path):
-    ledger = Ledger(tmp_path / "ledger.db")
-    ledger.create_run("t", recipe="r", branch="b", worktree="w", base_commit="c", agent="mutate", metric="m",
-                      direction="lower", budget_seconds=5)
-    ledger.start_experiment("t", 0)
-    ledger.start_training_run("t", 0, 0, "first", 1, None, "0.log")
-    ledger.record_llm_call("t", 0, 0, "m", [], "reply", None, 1, 1, 0.1)
-    rows = ledger.count_run_rows("t")
-    assert rows == 4
-    db = sqlite3.connect(tmp_path / "ledger.db")
-    db.execute("CREATE TRIGGER keep_runs BEFORE DELETE ON runs BEGIN SELECT RAISE(ABORT, 'kept'); END")
-    db.commit()
-    with pytest.raises(sqlite3.IntegrityError):
-        ledger.delete_run("t")  # the runs table is the last one: the deletes before it are rolled back
-    assert ledger.count_run_rows("t") == rows
-    db.execute("DROP TRIGGER keep_runs")
-    db.commit()
-    db.close()
-    assert ledger.delete_run("t") == rows and ledger.count_run_rows("t") == 0
 
 
 def test_rm_stops_a_training_that_outlived_its_tool(workspace):

@@ -10,7 +10,7 @@ import pytest
 def test_wheel_ships_recipes_and_program(tmp_path):
     pytest.importorskip("hatchling")
     from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-m", "hatchling", "build", "-t", "wheel", "-d", str(tmp_path)], cwd=root,
                    check=True, capture_output=True)
     wheel = next(tmp_path.glob("autoresearch-*.whl"))
