@@ -30,6 +30,7 @@ import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 MEGABYTE = 1 << 20
 DEFAULT_QUOTA_MB = 4096  # a recipe that names no disk_quota_mb
@@ -92,25 +93,18 @@ def describe_bytes(count: int) -> str:
     return f"{count / MEGABYTE:.1f} MiB"
 
 
-def survey(folder: Path, limits: Limits = Limits()) -> Survey:
-    """Walk `folder` (never a link, never deeper than limits.depth) and add up what it holds.
+def walk(folder: Path, max_depth: int) -> Iterator[tuple[str, os.stat_result, int]]:
+    """Every entry below `folder`, depth first, as (its path relative to the folder, its lstat, its depth).
 
-    Stops at the first thing out of bounds and says what it is in `problem`; reads no file.
+    Iterative, through descriptors relative to their parent (one open folder per level), never through a
+    link; a folder deeper than max_depth is yielded but not entered; an entry that vanished meanwhile is
+    skipped. Raises OSError when `folder` is not a folder that can be opened, or a folder in it cannot be.
+    Closing the generator early closes every descriptor.
     """
-    found = Survey()
+    root = os.open(folder, DIR_FLAGS)
+    stack: list[tuple[int, object, str, int]] = [(root, os.scandir(root), "", 0)]
     try:
-        root = os.open(folder, DIR_FLAGS)
-    except FileNotFoundError:
-        found.exists = False
-        return found
-    except OSError as exc:
-        found.problem = f"cannot be opened as a folder ({exc.strerror or exc}: a link, or not a folder)"
-        return found
-    # Depth-first, one open folder per level: at most limits.depth + 1 descriptors at once.
-    stack: list[tuple[int, object, str, int]] = []
-    try:
-        stack.append((root, os.scandir(root), "", 0))
-        while stack and found.problem is None:
+        while stack:
             fd, entries, prefix, depth = stack[-1]
             entry = next(entries, None)
             if entry is None:
@@ -118,18 +112,43 @@ def survey(folder: Path, limits: Limits = Limits()) -> Survey:
                 os.close(fd)
                 stack.pop()
                 continue
-            relative = prefix + entry.name
+            try:
+                info = entry.stat(follow_symlinks=False)
+                yield prefix + entry.name, info, depth + 1
+                if stat.S_ISDIR(info.st_mode) and depth + 1 <= max_depth:
+                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
+                    stack.append((child, os.scandir(child), prefix + entry.name + "/", depth + 1))
+            except FileNotFoundError:
+                continue
+    finally:
+        for fd, entries, _, _ in stack:
+            entries.close()
+            os.close(fd)
+
+
+def survey(folder: Path, limits: Limits = Limits()) -> Survey:
+    """Walk `folder` (never a link, never deeper than limits.depth) and add up what it holds.
+
+    Stops at the first thing out of bounds and says what it is in `problem`; reads no file.
+    """
+    found = Survey()
+    try:
+        os.close(os.open(folder, DIR_FLAGS))
+    except FileNotFoundError:
+        found.exists = False
+        return found
+    except OSError as exc:
+        found.problem = f"cannot be opened as a folder ({exc.strerror or exc}: a link, or not a folder)"
+        return found
+    entries = walk(folder, limits.depth)
+    try:
+        for relative, info, depth in entries:
             found.entries += 1
             if found.entries > limits.entries:
                 found.problem = f"holds more than {limits.entries:,} files and folders"
-                break
-            info = entry.stat(follow_symlinks=False)
-            if stat.S_ISDIR(info.st_mode):
-                if depth + 1 > limits.depth:
+            elif stat.S_ISDIR(info.st_mode):
+                if depth > limits.depth:
                     found.problem = f"nests folders deeper than {limits.depth} levels ({relative[:60]}...)"
-                    break
-                child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                stack.append((child, os.scandir(child), relative + "/", depth + 1))
             elif stat.S_ISREG(info.st_mode):
                 found.files.append((relative, info.st_size))
                 found.apparent_bytes += info.st_size
@@ -140,12 +159,12 @@ def survey(folder: Path, limits: Limits = Limits()) -> Survey:
                                      f"({describe_bytes(size)} or more with {relative[:120]})")
             else:
                 found.problem = f"holds {kind_of(info.st_mode)} ({relative[:120]}): only plain files and folders are read"
+            if found.problem:
+                break
     except OSError as exc:
         found.problem = f"cannot be read ({exc.strerror or exc})"
     finally:
-        for fd, entries, _, _ in stack:
-            entries.close()
-            os.close(fd)
+        entries.close()
     found.files.sort()
     return found
 
@@ -297,39 +316,21 @@ def _removal_pass(root: int, visited: set[tuple[int, int]]) -> bool:
 def disk_usage(folder: Path, max_entries: int = MAX_ENTRIES * 10, max_depth: int = 64) -> tuple[int, int]:
     """(bytes on disk, entries) of what a running training has written under `folder`, links and specials not counted.
 
-    Iterative, through descriptors, never following a link; stops counting at max_entries (the caller
-    treats that as over) and does not descend past max_depth (the survey after the training refuses that).
+    Stops counting at max_entries (the caller treats that as over) and does not descend past max_depth (the
+    survey after the training refuses that); a folder it cannot read ends the count with what it has.
     """
     used = entries = 0
     try:
-        root = os.open(folder, DIR_FLAGS)
-    except OSError:
-        return 0, 0
-    stack: list[tuple[int, object]] = []
-    try:
-        stack.append((root, os.scandir(root)))
-        while stack and entries <= max_entries:
-            fd, listing = stack[-1]
-            entry = next(listing, None)
-            if entry is None:
-                listing.close()
-                os.close(fd)
-                stack.pop()
-                continue
-            entries += 1
-            try:
-                info = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(info.st_mode) and len(stack) <= max_depth:
-                    child = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
-                    stack.append((child, os.scandir(child)))
-                elif stat.S_ISREG(info.st_mode):
+        found = walk(folder, max_depth)
+        try:
+            for _, info, _ in found:
+                entries += 1
+                if entries > max_entries:
+                    break
+                if stat.S_ISREG(info.st_mode):
                     used += getattr(info, "st_blocks", 0) * 512
-            except OSError:
-                continue
+        finally:
+            found.close()
     except OSError:
         pass
-    finally:
-        for fd, listing in stack:
-            listing.close()
-            os.close(fd)
     return used, entries
