@@ -31,8 +31,8 @@ from pathlib import Path
 from autoresearch.errors import UserError
 from autoresearch.execution.jobs import RUN_MARKER, Executor, TrainingJob
 from autoresearch.outcomes import EVALUATION, job_outcome, last_line
-from autoresearch.leftovers import Limits, digest, survey
-from autoresearch.watch import evaluation_watch
+from autoresearch.execution.leftovers import Limits, digest, survey
+from autoresearch.execution.watch import evaluation_watch
 from autoresearch.recipe import Recipe
 from autoresearch.repo import safe_git_environment
 
@@ -173,7 +173,7 @@ def is_finite(value: float | None) -> bool:
 def model_folder_outcome(model_dir: Path, limits: Limits) -> tuple[str | None, str | None]:
     """(outcome, reason) of what a training left in its model folder, from lstat alone; None when it may be evaluated.
 
-    The folder is hostile input (leftovers.py): a link, a special file, too many entries, too deep a
+    The folder is hostile input (execution/leftovers.py): a link, a special file, too many entries, too deep a
     tree or more than the quota (apparent or on disk) is `invalid`; nothing at all is a crash.
     """
     found = survey(model_dir, limits)

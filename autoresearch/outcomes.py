@@ -21,7 +21,7 @@ def job_outcome(result, stage: str, limit_seconds: float, touched: list[str] = (
     training = stage == TRAINING
     if touched:
         return "invalid", f"touched {', '.join(touched)} during training"
-    if result.stopped_for:  # by its watch (watch.py): over its disk quota or memory limit
+    if result.stopped_for:  # by its watch (execution/watch.py): over its disk quota or memory limit
         return "invalid", result.stopped_for if training else f"the evaluation of its model: {result.stopped_for}"
     if result.lost:
         return "crash", "worker lost" if training else "worker lost (during the evaluation of its model)"

@@ -29,13 +29,13 @@ from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, e
 from autoresearch.execution.jobs import (OUTPUT_DIR_ENV, RUN_MARKER, Executor, JobHandle, Slot, TrainingJob,
                                          TrainingResult, new_job_id)
 from autoresearch.execution.sandbox import SandboxPolicy
-from autoresearch.leftovers import Limits, remove_tree
+from autoresearch.execution.leftovers import Limits, remove_tree
 from autoresearch.ledger import Ledger
 from autoresearch.outcomes import EVALUATION, TRAINING, job_outcome
 from autoresearch.recipe import Recipe
 from autoresearch.recovery import GitGuard, LedgerGuard
 from autoresearch.repo import Repo
-from autoresearch.watch import training_watch
+from autoresearch.execution.watch import training_watch
 
 MODELS_DIR = "models"
 WORK_DIR = "work"
@@ -226,6 +226,9 @@ class Trainer:
             outcome, reason, metric = scored_metric(evaluation, self.metric_name(split))
         if result.cancelled and outcome is None:
             outcome, reason = "interrupted", "stopped by the harness"
+        model = model_record(ticket.model_dir, model_limits(self.context.recipe))
+        if model["model_path"] is None:
+            remove_tree(ticket.model_dir)  # nothing of it is kept on record, and nothing of it is read
         if ticket.run_id is not None:
             placed = {} if result.device is None else {"device": result.device}  # chosen where it ran (Ray)
             self.ledger.finish_training_run(
@@ -233,7 +236,7 @@ class Trainer:
                 result.seconds, evaluation=None if evaluation is None else evaluation.values,
                 evaluation_seconds=None if evaluation is None else evaluation.seconds,
                 sandbox=result.sandbox_level or self.context.sandbox_level, stolen_seconds=result.stolen_seconds,
-                **placed, **model_record(ticket.model_dir, model_limits(self.context.recipe)))
+                **placed, **model)
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
     def interrupted(self, ticket: Ticket) -> None:

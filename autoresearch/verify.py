@@ -27,7 +27,6 @@ verify or `run --resume`.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +36,7 @@ from autoresearch.ledger import Ledger, best_row
 from autoresearch.console import Reporter
 from autoresearch.evaluation import HarnessFiles, prepare_data, scored_metric, write_recipe_files
 from autoresearch.execution.jobs import RUN_MARKER, Executor
+from autoresearch.execution.leftovers import remove_tree
 from autoresearch.execution.local import LocalExecutor
 from autoresearch.execution.processes import stop_processes_marked
 from autoresearch.noise import CONFIDENCE, GainInterval, gain_interval, verify_seed
@@ -111,9 +111,9 @@ def _verify_locked(workspace: Workspace, ledger: Ledger, run: dict, kept: list[d
     chosen_seeds = [verify_seed(run_seed, earlier + index) for index in range(seeds)]
     number = len(ledger.verifications(tag)) + 1
     folder = run_dir / VERIFY_DIR / str(number)
-    shutil.rmtree(folder, ignore_errors=True)  # left by a verify that was killed
+    remove_tree(folder)  # left by a verify that was killed
     recipe_copy = run_dir / SCRATCH_DIR / f"verify-recipe-{number}"
-    shutil.rmtree(recipe_copy, ignore_errors=True)
+    remove_tree(recipe_copy)
     try:
         recipe = load_recipe(write_recipe_files(workspace.git_root, run["base_commit"], run["recipe"], None,
                                                 recipe_copy))
@@ -136,7 +136,7 @@ def _verify_locked(workspace: Workspace, ledger: Ledger, run: dict, kept: list[d
                                           description=f"verify {role}", name=f"{role}-{index}")
                 runs.append(_training(trainer.train(request, also_test=True), role, commit, seed, recipe))
     finally:
-        shutil.rmtree(recipe_copy, ignore_errors=True)
+        remove_tree(recipe_copy)
     val = _interval(runs, "metric", run["direction"])
     test = _interval(runs, "test_metric", run["direction"])
     verdict, message = judge(val, test, runs)

@@ -75,7 +75,7 @@ class TrainingResult:
     lost: bool = False  # the worker or node running it died before it ended (an executor elsewhere)
     device: str | None = None  # the GPU it was given where the executor chose one (Ray), as CUDA_VISIBLE_DEVICES
     sandbox_level: str | None = None  # the sandbox in force where it ran, where that was decided there (Ray)
-    stopped_for: str | None = None  # stopped by its watch (watch.py): over its disk quota or memory limit
+    stopped_for: str | None = None  # stopped by its watch (execution/watch.py): over its disk quota or memory limit
 
 
 def new_job_id() -> str:

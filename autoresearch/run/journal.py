@@ -12,12 +12,12 @@ ledger and the saved models no one needs any more are deleted (their size and ha
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
 from autoresearch.agents import LLMCall
+from autoresearch.execution.leftovers import remove_tree
 from autoresearch.console import Reporter
 from autoresearch.guard import editable_digest
 from autoresearch.keep import DecisionRecord
@@ -176,7 +176,7 @@ class Journal:
         keep = {(kept[0]["number"], 0), (best_row(self.ledger.run(tag), kept)["number"], 0)} if kept else set()
         for run in self.ledger.training_runs(tag):
             if run.get("model_path") and run["outcome"] != "running" and (run["experiment"], run["attempt"]) not in keep:
-                shutil.rmtree(run["model_path"], ignore_errors=True)
+                remove_tree(Path(run["model_path"]))  # what a training left: no recursion, no link followed
                 self.ledger.forget_model(run["id"])
 
 

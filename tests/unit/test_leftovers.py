@@ -1,10 +1,10 @@
-"""What a training leaves, read with bounds (leftovers.py): real files, links, FIFOs and deep trees in tmp_path."""
+"""What a training leaves, read with bounds (execution/leftovers.py): real files, links, FIFOs and deep trees in tmp_path."""
 
 from __future__ import annotations
 
 import os
 
-from autoresearch.leftovers import Limits, digest, disk_usage, remove_tree, survey
+from autoresearch.execution.leftovers import Limits, digest, disk_usage, remove_tree, survey
 
 
 def test_a_plain_model_folder_is_surveyed_and_hashed_in_name_order(tmp_path):
