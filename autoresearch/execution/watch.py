@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoresearch.execution.leftovers import MEGABYTE, describe_bytes, disk_usage
+from autoresearch.execution.leftovers import MEGABYTE, Limits, describe_bytes, disk_usage
 
 WATCH_SECONDS = 0.25
 RESERVE_BYTES = 2 << 30  # free disk kept under a training, at most half of what was free at its start
@@ -50,8 +50,6 @@ class Watch:
 
 
 def training_watch(folders: tuple[Path, ...], quota_mb: float | None) -> Watch:
-    from autoresearch.execution.leftovers import Limits
-
     return Watch(folders=tuple(str(folder) for folder in folders), disk_bytes=Limits.for_quota(quota_mb).bytes)
 
 
