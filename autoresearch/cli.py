@@ -25,7 +25,8 @@ from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
 from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.errors import WorkspaceBusy
-from autoresearch.settings import DEFAULT_MODEL, check_options
+from autoresearch.settings import DEFAULT_MODEL, check_gpus, check_options
+from autoresearch.hardware import nvidia_gpu_ids
 from autoresearch.errors import InvalidSetting
 from autoresearch.pricing import load_price_table
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
@@ -229,6 +230,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             options = RunOptions(recipe=recipe, tag=tag, **given)
         options.allow_concurrent = allow_concurrent
         check_options(options)
+        if options.gpus is not None and options.executor == "local":
+            check_gpus(options.gpus, nvidia_gpu_ids())
         chosen = make_agent(options)
         reporter = make_reporter(stderr)
         loop = Session(workspace, chosen, reporter)

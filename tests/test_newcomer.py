@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 from conftest import reply
+from typer.testing import CliRunner
+
+from autoresearch.cli import app
 
 from autoresearch.agents import LLMAgent
+from autoresearch.errors import InvalidSetting
 from autoresearch.run.session import Session
-from autoresearch.settings import RunOptions
+from autoresearch.settings import RunOptions, check_gpus
 from autoresearch.workspace import Workspace
 
 CRASH = reply("break it", "save_model(LEARNING_RATE, WIDTH)", "loss = 1 / 0")
@@ -28,3 +36,48 @@ def test_results_tsv_leaves_the_metric_of_a_failed_row_empty(workspace, fake_llm
     lines = (workspace / "runs/t/results.tsv").read_text().splitlines()
     assert lines[2].split("\t")[1:4] == ["", "0.0", "crash"]
     assert lines[1].split("\t")[1] == "0.290000"
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def path_with_nvidia_smi(tmp_path: Path, listing: str | None) -> str:
+    """PATH without any nvidia-smi, and with one that answers `listing` (index, uuid lines) when given."""
+    kept = [folder for folder in os.environ["PATH"].split(os.pathsep) if not (Path(folder) / "nvidia-smi").exists()]
+    if listing is None:
+        return os.pathsep.join(kept)
+    tool = tmp_path / "bin" / "nvidia-smi"
+    tool.parent.mkdir()
+    tool.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
+    tool.chmod(0o755)
+    return os.pathsep.join([str(tool.parent), *kept])
+
+
+# --- 2. --gpus is checked against the machine's GPUs
+
+
+def test_gpus_on_a_machine_without_gpus_is_refused_before_anything_is_made(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", path_with_nvidia_smi(tmp_path, None))
+    result = invoke("run", "--agent", "mutate", "--gpus", "0,1")
+    assert result.exit_code == 1
+    assert "--gpus names GPUs (0,1), but this machine has none that nvidia-smi shows" in result.output
+    assert not (workspace / "runs" / "ledger.db").exists()
+
+
+def test_gpus_that_are_not_the_machines_are_refused(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", path_with_nvidia_smi(tmp_path, "0, GPU-aaaa-1111\\n1, GPU-bbbb-2222\\n"))
+    result = invoke("run", "--agent", "mutate", "--gpus", "x")
+    assert result.exit_code == 1
+    assert "--gpus names x, not a GPU of this machine (its GPUs: 0, 1" in result.output
+    result = invoke("run", "--agent", "mutate", "--gpus", "1,2")
+    assert "--gpus names 2, not a GPU of this machine" in result.output
+
+
+def test_gpus_by_index_or_uuid_pass():
+    present = [("0", "GPU-aaaa-1111"), ("1", "GPU-bbbb-2222")]
+    check_gpus("0,1", present)
+    check_gpus("GPU-bbbb-2222, 0", present)
+    check_gpus("GPU-aaaa", present)  # the start of a UUID, as CUDA takes it
+    with pytest.raises(InvalidSetting, match="names GPU-cccc"):
+        check_gpus("GPU-cccc", present)
