@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from autoresearch import __version__
-from autoresearch.console import format_metric, make_reporter, plural
+from autoresearch.console import format_metric, make_reporter, plural, stop_writing_to
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.interrupts import two_stage_interrupts
@@ -57,7 +57,10 @@ def user_errors():
 
 def say(text: str) -> None:
     """One line for the person on stderr: no markup read into it, never wrapped (a nohup log keeps it whole)."""
-    stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+    try:
+        stderr.print(text, markup=False, highlight=False, soft_wrap=True)
+    except OSError:  # its reader went away (`2>&1 | head`, a dead tee): the line goes nowhere, the work goes on
+        stop_writing_to(sys.stderr)
 
 
 def _error(text: str) -> None:

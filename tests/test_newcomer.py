@@ -81,3 +81,26 @@ def test_gpus_by_index_or_uuid_pass():
     check_gpus("GPU-aaaa", present)  # the start of a UUID, as CUDA takes it
     with pytest.raises(InvalidSetting, match="names GPU-cccc"):
         check_gpus("GPU-cccc", present)
+
+
+# --- 3. a closed stderr (`2>&1 | head`, a dead tee) stops the lines, not the run
+
+CLI = "from autoresearch.cli import app; app()"
+
+
+def test_a_run_whose_stderr_reader_went_away_goes_on_to_its_end(workspace):
+    import subprocess
+    import sys
+
+    from autoresearch.ledger import Ledger
+
+    process = subprocess.Popen([sys.executable, "-c", CLI, "run", "--agent", "mutate", "--tag", "p",
+                                "--max-experiments", "4", "--noise-runs", "1"],
+                               cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    first = process.stderr.readline()  # the reader reads one line (as `head -1` would) and goes away
+    process.stderr.close()
+    assert process.wait(timeout=120) == 0
+    assert b"run p" in first
+    rows = Ledger(workspace / "runs" / "ledger.db").experiments("p")
+    assert len(rows) == 4 and all(row["outcome"] != "running" for row in rows)
