@@ -104,3 +104,45 @@ def test_a_run_whose_stderr_reader_went_away_goes_on_to_its_end(workspace):
     assert b"run p" in first
     rows = Ledger(workspace / "runs" / "ledger.db").experiments("p")
     assert len(rows) == 4 and all(row["outcome"] != "running" for row in rows)
+
+
+# --- 4. nothing listening at a loopback endpoint is said at once; the resume hint carries --base-url
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens at."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_nothing_listening_at_a_local_endpoint_stops_the_start_at_once_with_the_flag(workspace):
+    import time
+
+    from autoresearch.ledger import Ledger
+
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    started = time.monotonic()
+    result = invoke("run", "--tag", "t", "--base-url", url, "--model", "m", "--max-agent-failures", "3",
+                    "--agent-backoff", "2", "--noise-runs", "0")
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 2  # no backoff waited: one try
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: run t stopped: nothing listens at {url} (connection refused): start the server there, or give the "
+        "URL it listens at; after fixing it, go on with: autoresearch run --resume t --base-url BASE_URL")
+    assert len(Ledger(workspace / "runs/ledger.db").llm_calls("t", 0)) == 1
+
+
+def test_nothing_listening_during_the_night_is_retried_and_the_stop_names_the_url():
+    from autoresearch.errors import StopRun
+    from autoresearch.proposer import Proposer
+
+    agent = LLMAgent(model="m", base_url=f"http://127.0.0.1:{closed_port()}/v1", request_timeout=5)
+    notes: list[str] = []
+    proposer = Proposer(agent, 2, backoff_seconds=0.01, note=notes.append)
+    with pytest.raises(StopRun) as stopped:
+        proposer.ask("experiment 4", lambda: agent.check(lambda call: None))
+    assert len(notes) == 1 and "nothing listens at" in notes[0] and "trying again in 0.01s" in notes[0]
+    assert str(stopped.value).startswith("the LLM endpoint failed 2 times in a row (last: nothing listens at")
+    assert stopped.value.remedy.setting == "base_url"
