@@ -146,3 +146,21 @@ def test_nothing_listening_during_the_night_is_retried_and_the_stop_names_the_ur
     assert len(notes) == 1 and "nothing listens at" in notes[0] and "trying again in 0.01s" in notes[0]
     assert str(stopped.value).startswith("the LLM endpoint failed 2 times in a row (last: nothing listens at")
     assert stopped.value.remedy.setting == "base_url"
+
+
+# --- 5. the help says what it means, once
+
+def test_run_help_keeps_the_ray_extra_and_says_the_resume_rule_once():
+    import re
+
+    from autoresearch.settings import RAY_EXTRA_HINT
+
+    text = re.sub(r"[\s│]+", " ", invoke("run", "--help").output)  # the panel's borders and wrapping out
+    assert RAY_EXTRA_HINT.replace("'", "") in text.replace("'", "")  # [ray] not eaten as markup
+    assert "[ray]" in text
+    assert text.count("run's own") == 1
+
+
+def test_log_help_says_gain():
+    text = invoke("log", "--help").output
+    assert "gain" in text and "delta" not in text
