@@ -94,9 +94,11 @@ def init(directory: Path = typer.Argument(..., help="Folder to make a workspace 
          recipe: str = typer.Option("tiny", "--recipe", help="Built-in recipe to copy (see `autoresearch recipes`).")):
     """Make DIRECTORY a workspace (program.md and a recipe, committed) in a new git repository or the one around it."""
     with user_errors():
-        target = init_workspace(directory, recipe)
-    go_there = "" if target.parent.parent == Path.cwd().resolve() else f"cd {shlex.quote(str(directory))} && "
-    say(f"workspace ready in {directory}: {RECIPES_DIR}/{recipe} and program.md, committed; next: "
+        made = init_workspace(directory, recipe)
+    go_there = "" if made.recipe.parent.parent == Path.cwd().resolve() else f"cd {shlex.quote(str(directory))} && "
+    what = (f"{RECIPES_DIR}/{recipe} committed; your program.md kept as it was (init commits only what it wrote)"
+            if made.program_kept else f"{RECIPES_DIR}/{recipe} and program.md, committed")
+    say(f"workspace ready in {directory}: {what}; next: "
         f"{go_there}autoresearch run --agent mutate --budget 30 --max-experiments 5")
 
 

@@ -164,3 +164,39 @@ def test_run_help_keeps_the_ray_extra_and_says_the_resume_rule_once():
 def test_log_help_says_gain():
     text = invoke("log", "--help").output
     assert "gain" in text and "delta" not in text
+
+
+# --- 7. a plain git folder is not written into; init says what it committed
+
+@pytest.mark.parametrize("command", [("log",), ("runs",), ("report",), ("verify",), ("run", "--agent", "mutate"),
+                                     ("rm", "x", "--yes")])
+def test_a_refused_command_in_a_plain_git_folder_writes_nothing_there(tmp_path, monkeypatch, command):
+    from conftest import git
+
+    plain = tmp_path / "repo"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("the person's own work\n")
+    git(plain, "init", "-q")
+    git(plain, "add", "notes.txt")
+    git(plain, "commit", "-qm", "mine")
+    monkeypatch.chdir(plain)
+    result = invoke(*command)
+    assert result.exit_code == 1
+    assert "program.md is missing" in result.output and "autoresearch init" in result.output
+    assert sorted(path.name for path in plain.iterdir()) == [".git", "notes.txt"]
+
+
+def test_init_in_a_folder_with_its_own_uncommitted_program_says_it_was_kept(tmp_path, monkeypatch):
+    from conftest import git
+
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    git(folder, "init", "-q")
+    (folder / "program.md").write_text("My own direction.\n")
+    monkeypatch.chdir(folder)
+    result = invoke("init", ".")
+    assert result.exit_code == 0, result.output
+    assert "program.md, committed" not in result.output
+    assert "your program.md kept as it was" in result.output
+    assert git(folder, "status", "--porcelain", "program.md") == "?? program.md"  # still the person's, uncommitted
+    assert (folder / "program.md").read_text() == "My own direction.\n"
