@@ -263,8 +263,10 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             raise
         reporter.close()
     gain = gain_or_none(summary.best_metric, summary.baseline_metric, summary.direction)
-    say(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}, "
-        f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
+    counted = (f" ({summary.counted} that count, {summary.experiments - summary.counted} interrupted)"
+               if summary.counted != summary.experiments else "")
+    say(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}{counted}, "
+        f"{plural(summary.kept_changes, 'change')} kept over the baseline, best {format_metric(summary.best_metric)}"
         + (f" (gain {gain:+.4g} over the baseline)" if gain is not None else "")
         + f". See: autoresearch log --tag {shlex.quote(summary.tag)}")
 

@@ -165,10 +165,13 @@ class RunProgress:
             self.done += 1
 
     def describe(self) -> str:
-        """`experiment 4 of 10, 2h10m left`, or what of it is known; empty without limits."""
+        """`3 of 10 finished, 2h10m left`, or what of it is known; empty without limits. It counts what
+        --max-experiments counts (ended, not interrupted), never an experiment's number: with several in
+        flight or interrupted ones the two differ, and "experiment 3: started; experiment 2 of 5" read as a
+        contradiction."""
         parts = []
         if self.max_experiments is not None:
-            parts.append(f"experiment {min(self.done + 1, self.max_experiments)} of {self.max_experiments}")
+            parts.append(f"{min(self.done, self.max_experiments)} of {self.max_experiments} finished")
         if self.deadline is not None:
             parts.append(f"{format_duration(max(0.0, self.deadline - time.monotonic()))} left")
         return ", ".join(parts)

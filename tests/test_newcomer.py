@@ -13,6 +13,7 @@ from autoresearch.cli import app
 
 from autoresearch.agents import LLMAgent
 from autoresearch.errors import InvalidSetting
+from autoresearch.ledger import Ledger
 from autoresearch.run.session import Session
 from autoresearch.settings import RunOptions, check_gpus
 from autoresearch.workspace import Workspace
@@ -200,3 +201,34 @@ def test_init_in_a_folder_with_its_own_uncommitted_program_says_it_was_kept(tmp_
     assert "your program.md kept as it was" in result.output
     assert git(folder, "status", "--porcelain", "program.md") == "?? program.md"  # still the person's, uncommitted
     assert (folder / "program.md").read_text() == "My own direction.\n"
+
+
+# --- 8. the counters count alike: what --max-experiments counts, and keeps over the baseline
+
+def test_the_last_line_counts_what_max_experiments_counts_and_keeps_over_the_baseline(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import SYNTH_TRAIN, make_workspace
+
+    root = make_workspace(tmp_path / "ws", train=SYNTH_TRAIN.replace("SLEEP_SECONDS = 0.0", "SLEEP_SECONDS = 1.0"))
+    monkeypatch.chdir(root)
+    process = subprocess.Popen([sys.executable, "-c", CLI, "run", "--agent", "mutate", "--tag", "c", "--noise-runs",
+                                "0", "--max-experiments", "5"], cwd=root, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:  # Ctrl-C while experiment 1 trains: it is interrupted, and does not count
+        seen.append(line)
+        if "experiment 1: training" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    process.stderr.read()
+    assert process.wait(timeout=60) == 130, seen
+    assert any("experiment 1: started; 1 of 5 finished" in line for line in seen), seen  # not "experiment 2 of 5"
+    result = invoke("run", "--resume", "c", "--max-experiments", "3")
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert "(reached --max-experiments 3): 4 experiments (3 that count, 1 interrupted), " in last
+    kept = sum(row["outcome"] == "keep" for row in Ledger(root / "runs/ledger.db").experiments("c"))
+    assert f"{kept - 1} change{'' if kept == 2 else 's'} kept over the baseline" in last

@@ -274,7 +274,9 @@ class Session:
             self._release_locks()
         self.ledger.set_run_status(state.tag, "finished")
         rows = self.ledger.experiments(state.tag, ("outcome",))
-        return RunSummary(tag=state.tag, experiments=len(rows), kept=sum(r["outcome"] == "keep" for r in rows),
+        keeps = sum(row["outcome"] == "keep" for row in rows)
+        return RunSummary(tag=state.tag, experiments=len(rows), counted=experiments_done(self.ledger, state.tag),
+                          kept_changes=max(0, keeps - 1),
                           best_metric=state.best.metric, baseline_metric=state.baseline_metric,
                           direction=state.recipe.direction, stop_reason=stop_reason)
 
