@@ -232,3 +232,25 @@ def test_the_last_line_counts_what_max_experiments_counts_and_keeps_over_the_bas
     assert "(reached --max-experiments 3): 4 experiments (3 that count, 1 interrupted), " in last
     kept = sum(row["outcome"] == "keep" for row in Ledger(root / "runs/ledger.db").experiments("c"))
     assert f"{kept - 1} change{'' if kept == 2 else 's'} kept over the baseline" in last
+
+
+# --- 9. the report shows the noise floor and the keep margin
+
+def test_the_report_shows_the_noise_floor_and_the_keep_margin(tmp_path, monkeypatch):
+    from noisy_recipe import make_noisy_workspace
+
+    from autoresearch.review import run_keep_margin
+
+    root = make_noisy_workspace(tmp_path / "ws")
+    monkeypatch.chdir(root)
+    assert invoke("run", "--agent", "mutate", "--tag", "n", "--max-experiments", "1", "--noise-runs", "2").exit_code == 0
+    ledger = Ledger(root / "runs/ledger.db")
+    run = ledger.run("n")
+    assert run["noise_std"] > 0
+    margin = run_keep_margin(run, ledger.experiment("n", 0))
+    assert margin is not None and margin > 0
+    result = invoke("report", "--tag", "n")
+    assert result.exit_code == 0, result.output
+    page = (root / "runs/n/report.html").read_text()
+    assert f"±{run['noise_std']:.3g} (std over 3 seeded runs)" in page and "noise floor" in page
+    assert f"{margin:.3g}" in page and "keep margin" in page
