@@ -56,6 +56,7 @@ class Recipe:
     prepare: str | None = None  # the harness runs it before the first training: data, and what to show and hide
     grace_seconds: float | None = None
     evaluation_seconds: float = 600.0  # the evaluation's own limit
+    prepare_seconds: float = 6 * 3600.0  # the data preparation's limit (a first download of a large data set)
     test_metric: str | None = None
     env: tuple[str, ...] = ()  # environment variables passed through to the training by name
     tunable: tuple[Tunable, ...] = ()  # what mutate may change; empty: every upper-case numeric constant
@@ -72,7 +73,8 @@ class Recipe:
 
 
 KNOWN_KEYS = ("name", "description", "command", "prepare", "evaluate", "metric", "direction", "budget_seconds",
-              "grace_seconds", "evaluation_seconds", "editable", "fixed", "test_metric", "env", "tunable")
+              "grace_seconds", "evaluation_seconds", "prepare_seconds", "editable", "fixed", "test_metric", "env",
+              "tunable")
 REQUIRED_KEYS = ("command", "evaluate", "metric", "direction", "budget_seconds", "editable")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `NAME = 12`, `NAME: float = 3e-4  # why`: the constants a tunable may name (and mutate may change)
@@ -118,6 +120,8 @@ def load_recipe(path: Path) -> Recipe:
     grace = None if spec.get("grace_seconds") is None else _number(spec, "grace_seconds", spec_path, allow_zero=True)
     evaluation_seconds = (600.0 if spec.get("evaluation_seconds") is None
                           else _number(spec, "evaluation_seconds", spec_path))
+    prepare_seconds = (6 * 3600.0 if spec.get("prepare_seconds") is None
+                       else _number(spec, "prepare_seconds", spec_path))
     editable = _file_list(spec, "editable", spec_path)
     fixed = _file_list(spec, "fixed", spec_path)
     if RECIPE_FILE not in fixed:
@@ -145,6 +149,7 @@ def load_recipe(path: Path) -> Recipe:
         budget_seconds=budget,
         grace_seconds=grace,
         evaluation_seconds=evaluation_seconds,
+        prepare_seconds=prepare_seconds,
         editable=editable,
         fixed=fixed,
         description=str(spec.get("description") or ""),

@@ -254,3 +254,57 @@ def test_the_report_shows_the_noise_floor_and_the_keep_margin(tmp_path, monkeypa
     page = (root / "runs/n/report.html").read_text()
     assert f"±{run['noise_std']:.3g} (std over 3 seeded runs)" in page and "noise floor" in page
     assert f"{margin:.3g}" in page and "keep margin" in page
+
+
+# --- 10. the data preparation says how it goes, and a prepare that hangs or fails stops in bounded time
+
+PREPARING = '''
+if __name__ == "__main__" and sys.argv[1:] == []:
+    import time
+    for n in range(1, 4):
+        print(f"downloading shard {n} of 3\\x1b[2K", flush=True)
+        time.sleep(0.7)
+    print("show: /nonexistent/train", flush=True)
+    if os.environ.get("PREPARE_MODE") == "hang":
+        print("waiting for the network", flush=True)
+        time.sleep(600)
+    if os.environ.get("PREPARE_MODE") == "fail":
+        print("shard 4: gave up after 6 attempts: no network", flush=True)
+        sys.exit(2)
+'''
+
+
+def preparing_workspace(tmp_path, monkeypatch, mode: str):
+    from conftest import SYNTH_PREPARE, SYNTH_RECIPE, make_workspace
+
+    recipe = SYNTH_RECIPE + "prepare: python prepare.py\nprepare_seconds: 4\nenv: [PREPARE_MODE]\n"
+    root = make_workspace(tmp_path / "ws", prepare=SYNTH_PREPARE + PREPARING, recipe_yaml=recipe)
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PREPARE_MODE", mode)
+    return root
+
+
+def test_the_prepare_steps_progress_is_shown_as_it_goes(tmp_path, monkeypatch):
+    preparing_workspace(tmp_path, monkeypatch, "ok")
+    result = invoke("run", "--agent", "mutate", "--tag", "p", "--max-experiments", "1", "--noise-runs", "0")
+    assert result.exit_code == 0, result.output
+    told = [line.split("prepare: ", 1)[1] for line in result.output.splitlines() if "run p: prepare: " in line]
+    assert told and told[0] == "downloading shard 1 of 3"  # at once, and without the terminal's control bytes
+    assert all(not line.startswith("show:") for line in told)
+    assert len(told) <= 2  # at most one line every few seconds
+
+
+@pytest.mark.parametrize("mode, said", [
+    ("hang", "still running after 4s, the recipe's prepare_seconds: waiting for the network"),
+    ("fail", "exit code 2: shard 4: gave up after 6 attempts: no network"),
+])
+def test_a_prepare_that_hangs_or_fails_stops_the_run_in_bounded_time_with_its_last_line(tmp_path, monkeypatch,
+                                                                                         mode, said):
+    import time
+
+    preparing_workspace(tmp_path, monkeypatch, mode)
+    started = time.monotonic()
+    result = invoke("run", "--agent", "mutate", "--tag", "p", "--max-experiments", "1", "--noise-runs", "0")
+    assert result.exit_code == 1
+    assert time.monotonic() - started < 30
+    assert f"the recipe's prepare step failed ({said}); see " in result.output

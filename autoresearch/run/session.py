@@ -292,7 +292,8 @@ class Session:
             self.reporter.note(f"run {state.tag}: preparing the data ({state.recipe.prepare})")
         with HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, state.recipe,
                           run_dir / SCRATCH_DIR) as folder:
-            data = prepare_data(self.executor, state.recipe, folder, run_dir / PREPARE_LOG, context.marker)
+            data = prepare_data(self.executor, state.recipe, folder, run_dir / PREPARE_LOG, context.marker,
+                                progress=lambda line: self.reporter.note(f"run {state.tag}: prepare: {line}"))
         sandbox = choose_sandbox(options.sandbox, self.workspace.git_root, data)
         if sandbox.problem:
             self.reporter.note(f"run {state.tag}: {sandbox.problem}")

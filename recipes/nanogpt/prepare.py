@@ -244,7 +244,7 @@ def download_file(url: str, dest: Path, attempts: int = DOWNLOAD_ATTEMPTS, log=p
             if attempt == attempts:
                 raise DownloadError(f"{url}: gave up after {attempts} attempts: {exc}") from exc
             wait = RETRY_SECONDS * 2 ** (attempt - 1)
-            log(f"  {dest.name}: {exc}; retrying in {wait:g}s")
+            log(f"  {dest.name}: attempt {attempt} of {attempts} failed: {exc}; retrying in {wait:g}s")
             time.sleep(wait)
     return False  # not reached
 
