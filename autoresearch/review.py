@@ -28,7 +28,8 @@ LOG_TAIL_LINES = 40
 
 
 def pick_tag(ledger: Ledger, tag: str | None) -> str:
-    """The asked-for run, or the latest one."""
+    """The asked-for run, or the latest one: the one most recently active (its start, its end, an experiment's
+    start or end), so that after `run --resume` of an older run, log, verify and report show that one."""
     if tag is not None:
         if ledger.run(tag) is None:
             raise UserError(f"no run tagged {tag!r}; `autoresearch runs` lists them")

@@ -308,3 +308,22 @@ def test_a_prepare_that_hangs_or_fails_stops_the_run_in_bounded_time_with_its_la
     assert result.exit_code == 1
     assert time.monotonic() - started < 30
     assert f"the recipe's prepare step failed ({said}); see " in result.output
+
+
+# --- 11. "the latest run" is the one most recently active
+
+def test_after_resuming_an_older_run_log_and_report_pick_it(workspace):  # verify picks by the same pick_tag
+    import json
+    import time
+
+    from autoresearch.review import pick_tag
+
+    for tag in ("older", "newer"):
+        assert invoke("run", "--agent", "mutate", "--tag", tag, "--max-experiments", "1",
+                      "--noise-runs", "0").exit_code == 0
+        time.sleep(1.1)  # the ledger's times are to the second
+    assert pick_tag(Ledger(workspace / "runs/ledger.db"), None) == "newer"
+    assert invoke("run", "--resume", "older", "--max-experiments", "2").exit_code == 0
+    assert pick_tag(Ledger(workspace / "runs/ledger.db"), None) == "older"
+    assert {row["tag"] for row in json.loads(invoke("log", "--json").stdout)} == {"older"}
+    assert invoke("report").stdout.strip().endswith("runs/older/report.html")
