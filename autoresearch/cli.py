@@ -198,6 +198,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
     With --resume TAG every setting is the run's own, unless given again (it then overrides that one setting).
     """
     from autoresearch.agents import make_agent
+    from autoresearch.repo import RUN_BRANCH_PREFIX
     from autoresearch.run.session import Session
     from autoresearch.errors import StopRun
     from autoresearch.settings import RunOptions, resumed_options
@@ -269,6 +270,10 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         f"{plural(summary.kept_changes, 'change')} kept over the baseline, best {format_metric(summary.best_metric)}"
         + (f" (gain {gain:+.4g} over the baseline)" if gain is not None else "")
         + f". See: autoresearch log --tag {shlex.quote(summary.tag)}")
+    if summary.kept_changes:
+        branch = shlex.quote(RUN_BRANCH_PREFIX + summary.tag)
+        say(f"take it home: the best is on branch {branch}; `git diff HEAD...{branch}` shows what it changed, "
+            f"`git merge {branch}` (or `git cherry-pick HEAD..{branch}`) brings it onto your branch")
 
 
 @app.command()

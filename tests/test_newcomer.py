@@ -327,3 +327,30 @@ def test_after_resuming_an_older_run_log_and_report_pick_it(workspace):  # verif
     assert pick_tag(Ledger(workspace / "runs/ledger.db"), None) == "older"
     assert {row["tag"] for row in json.loads(invoke("log", "--json").stdout)} == {"older"}
     assert invoke("report").stdout.strip().endswith("runs/older/report.html")
+
+
+# --- 12. taking a result home: the run's last lines say the git commands, and they work
+
+def test_a_run_that_kept_a_change_says_how_to_take_it_home(workspace, fake_llm):
+    import re
+    import shlex
+
+    from conftest import git
+
+    fake_llm.set_script([reply("lower the learning rate", "LEARNING_RATE = 0.5", "LEARNING_RATE = 0.3")])
+    result = invoke("run", "--tag", "t", "--base-url", fake_llm.base_url, "--model", "fake-model",
+                    "--max-experiments", "2", "--noise-runs", "0")
+    assert result.exit_code == 0, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("take it home: the best is on branch autoresearch/t;")
+    commands = re.findall(r"`(git [^`]+)`", last)
+    assert commands == ["git diff HEAD...autoresearch/t", "git merge autoresearch/t",
+                        "git cherry-pick HEAD..autoresearch/t"]
+    assert "+LEARNING_RATE = 0.3" in git(workspace, *shlex.split(commands[0])[1:])
+    git(workspace, *shlex.split(commands[1])[1:])
+    assert "LEARNING_RATE = 0.3" in (workspace / "recipes/synth/train.py").read_text()
+
+
+def test_a_run_that_kept_nothing_has_nothing_to_take_home(workspace):
+    result = invoke("run", "--agent", "mutate", "--tag", "m", "--max-experiments", "1", "--noise-runs", "0")
+    assert result.exit_code == 0 and "take it home" not in result.output
