@@ -26,7 +26,8 @@ DEFAULT_MODEL = "gpt-5-mini"
 AGENTS = ("llm", "mutate")
 SANDBOX_MODES = ("auto", "on", "off")
 EXECUTORS = ("local", "ray")
-RAY_EXTRA_HINT = "pip install 'autoresearch[ray]'"
+# autoresearch is not on PyPI: its extras are installed from the clone.
+RAY_EXTRA_HINT = "pip install -e '.[ray]' in the autoresearch clone (or EXTRAS=ray bash scripts/setup.sh)"
 
 
 @dataclass

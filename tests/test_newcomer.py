@@ -354,3 +354,31 @@ def test_a_run_that_kept_a_change_says_how_to_take_it_home(workspace, fake_llm):
 def test_a_run_that_kept_nothing_has_nothing_to_take_home(workspace):
     result = invoke("run", "--agent", "mutate", "--tag", "m", "--max-experiments", "1", "--noise-runs", "0")
     assert result.exit_code == 0 and "take it home" not in result.output
+
+
+# --- 6. the README tells a new user what is true: how to install, how long, which port
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+
+def test_no_document_tells_to_install_an_unpublished_package_by_name():
+    import re
+
+    from autoresearch.settings import RAY_EXTRA_HINT
+
+    texts = {path: path.read_text() for pattern in ("README.md", "docs/*.md", "recipes/*/README.md", "recipes/*/*.py",
+                                                    "benchmarks/*.py") for path in REPOSITORY.glob(pattern)}
+    texts["settings.RAY_EXTRA_HINT"] = RAY_EXTRA_HINT
+    by_name = re.compile(r"pip install '?autoresearch\[")
+    assert [where for where, text in texts.items() if by_name.search(text)] == []
+    assert "-e '.[ray]'" in RAY_EXTRA_HINT and "clone" in RAY_EXTRA_HINT
+    readme = (REPOSITORY / "README.md").read_text()
+    assert "not published on PyPI" in readme and "pip install -e '.[ray]'" in readme
+
+
+def test_the_readme_says_what_set_up_and_the_tests_take_and_where_local_servers_listen():
+    readme = (REPOSITORY / "README.md").read_text()
+    assert "Ollama http://localhost:11434/v1" in readme and "8000/v1 for vLLM/Ollama" not in readme
+    assert "`.venv` takes 1.4 GB" in readme and "apt-get" in readme and "about 20 minutes" in readme
+    assert "init ~/gpt-ws --recipe nanogpt" in readme and "~1.6 GB" in readme  # the GPU flow and its download
+    assert "bits per byte" in readme and "docs/recipe-contract.md" in readme  # another metric: how it plugs in

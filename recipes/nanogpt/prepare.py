@@ -70,7 +70,7 @@ try:
     import pyarrow.parquet as pq
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 except ImportError as exc:  # the tool's core does not need these; the recipe does
-    raise ImportError(f"the nanogpt recipe needs tokenizers and pyarrow: pip install 'autoresearch[nanogpt]' ({exc})") from exc
+    raise ImportError(f"the nanogpt recipe needs tokenizers and pyarrow: pip install -e '.[nanogpt]' in the autoresearch clone, or bash scripts/setup.sh ({exc})") from exc
 
 # ---------------------------------------------------------------------------------------------------------------
 # Constants (fixed: changing any of them changes the metric)
