@@ -34,9 +34,9 @@ from typing import Callable, Protocol
 
 from autoresearch.edits import EditBlock, EditError, apply_blocks, parse_reply
 from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverflow, call_within, context_overflow,
-                                   served_context_tokens, served_token_count, server_message,
-                                   wants_max_completion_tokens)
-from autoresearch.errors import AgentUnavailable, InvalidProposal, Remedy, UserError
+                                   refused_on_this_machine, served_context_tokens, served_token_count,
+                                   server_message, wants_max_completion_tokens)
+from autoresearch.errors import AgentUnavailable, InvalidProposal, NothingListens, Remedy, UserError
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentContext, budget_that_fits, build_messages,
@@ -302,7 +302,10 @@ class LLMAgent:
         said = server_message(exc)
         url, model = self.base_url, self.model
         if isinstance(exc, self._openai.APIConnectionError):
-            return AgentUnavailable(f"cannot reach {url} ({said})")
+            if refused_on_this_machine(exc, url):
+                return NothingListens(f"nothing listens at {url} (connection refused): start the server there, or "
+                                      "give the URL it listens at")
+            return AgentUnavailable(f"cannot reach {url} ({said})", remedy=Remedy("base_url"))
         if isinstance(exc, self._openai.AuthenticationError):
             return AgentUnavailable(f"the LLM endpoint {url} refused the API key ({said}); set OPENAI_API_KEY to "
                                     "a key it accepts", retryable=False)

@@ -18,14 +18,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from autoresearch import __version__
-from autoresearch.console import format_metric, make_reporter, plural
+from autoresearch.console import format_metric, make_reporter, plural, stop_writing_to
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
 from autoresearch.interrupts import two_stage_interrupts
 from autoresearch.ledger import Ledger
 from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS
 from autoresearch.errors import WorkspaceBusy
-from autoresearch.settings import DEFAULT_MODEL, check_options
+from autoresearch.settings import DEFAULT_MODEL, RAY_EXTRA_HINT, check_gpus, check_options
+from autoresearch.hardware import nvidia_gpu_ids
 from autoresearch.errors import InvalidSetting
 from autoresearch.pricing import load_price_table
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
@@ -57,7 +58,10 @@ def user_errors():
 
 def say(text: str) -> None:
     """One line for the person on stderr: no markup read into it, never wrapped (a nohup log keeps it whole)."""
-    stderr.print(printable(text), markup=False, highlight=False, soft_wrap=True)
+    try:
+        stderr.print(printable(text), markup=False, highlight=False, soft_wrap=True)
+    except OSError:  # its reader went away (`2>&1 | head`, a dead tee): the line goes nowhere, the work goes on
+        stop_writing_to(sys.stderr)
 
 
 def _error(text: str) -> None:
@@ -91,9 +95,11 @@ def init(directory: Path = typer.Argument(..., help="Folder to make a workspace 
          recipe: str = typer.Option("tiny", "--recipe", help="Built-in recipe to copy (see `autoresearch recipes`).")):
     """Make DIRECTORY a workspace (program.md and a recipe, committed) in a new git repository or the one around it."""
     with user_errors():
-        target = init_workspace(directory, recipe)
-    go_there = "" if target.parent.parent == Path.cwd().resolve() else f"cd {shlex.quote(str(directory))} && "
-    say(f"workspace ready in {directory}: {RECIPES_DIR}/{recipe} and program.md, committed; next: "
+        made = init_workspace(directory, recipe)
+    go_there = "" if made.recipe.parent.parent == Path.cwd().resolve() else f"cd {shlex.quote(str(directory))} && "
+    what = (f"{RECIPES_DIR}/{recipe} committed; your program.md kept as it was (init commits only what it wrote)"
+            if made.program_kept else f"{RECIPES_DIR}/{recipe} and program.md, committed")
+    say(f"workspace ready in {directory}: {what}; next: "
         f"{go_there}autoresearch run --agent mutate --budget 30 --max-experiments 5")
 
 
@@ -105,7 +111,6 @@ def recipes():
             _emit(f"{recipe.name:<10} {recipe.description}")
 
 
-RESUME_NOTE = " On --resume, the run's own setting unless given again."
 # The flag of each setting whose name differs from it (settings.RunOptions); the rest are --the-name.
 SETTING_FLAGS = {"budget_seconds": "--budget", "agent_backoff_seconds": "--agent-backoff"}
 
@@ -118,83 +123,83 @@ def flag_of(setting: str) -> str:
 def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe folder (default: the only one)."),
         tag: Optional[str] = typer.Option(None, "--tag", help="Run name (default: from the date, made unique)."),
         agent: Optional[str] = typer.Option(None, "--agent", help="llm (an OpenAI-compatible endpoint; the default) "
-                                            "or mutate (offline)." + RESUME_NOTE),
+                                            "or mutate (offline)."),
         model: Optional[str] = typer.Option(None, "--model", help=f"Model name for the llm agent (default "
-                                            f"AUTORESEARCH_MODEL, else {DEFAULT_MODEL})." + RESUME_NOTE),
+                                            f"AUTORESEARCH_MODEL, else {DEFAULT_MODEL})."),
         base_url: Optional[str] = typer.Option(None, "--base-url", help="Endpoint URL (default OPENAI_BASE_URL, "
-                                               "else OpenAI's)." + RESUME_NOTE),
+                                               "else OpenAI's)."),
         budget: Optional[float] = typer.Option(None, "--budget", help="Training seconds per experiment (default: the "
-                                               "recipe's)." + RESUME_NOTE),
+                                               "recipe's)."),
         max_experiments: Optional[int] = typer.Option(None, "--max-experiments", help="Stop after N experiments, the "
                                                       "baseline included; on --resume N counts the run's experiments "
-                                                      "so far (interrupted ones not)." + RESUME_NOTE),
+                                                      "so far (interrupted ones not)."),
         hours: Optional[float] = typer.Option(None, "--hours", help="Start no new experiment after H hours; on "
                                               "--resume the hours the run has been going count (not the time it "
-                                              "was stopped)." + RESUME_NOTE),
+                                              "was stopped)."),
         min_delta: Optional[float] = typer.Option(None, "--min-delta", help="Keep only gains larger than this "
-                                                  "(default 0)." + RESUME_NOTE),
+                                                  "(default 0)."),
         noise_runs: Optional[int] = typer.Option(None, "--noise-runs", help=f"Train the unmodified recipe N more "
                                                  f"times with other seeds to measure the noise floor (default "
-                                                 f"{DEFAULT_NOISE_RUNS}; 0: off; docs/noise.md)." + RESUME_NOTE),
+                                                 f"{DEFAULT_NOISE_RUNS}; 0: off; docs/noise.md)."),
         noise_multiple: Optional[float] = typer.Option(None, "--noise-multiple", help=f"Keep only gains larger than "
                                                        f"this many standard errors of the noise (default "
-                                                       f"{DEFAULT_NOISE_MULTIPLE:g})." + RESUME_NOTE),
+                                                       f"{DEFAULT_NOISE_MULTIPLE:g})."),
         confirm_runs: Optional[int] = typer.Option(None, "--confirm-runs", help=f"At most N more runs with new seeds "
                                                    f"for a candidate whose gain is not clearly past the noise "
-                                                   f"(default {DEFAULT_CONFIRM_RUNS})." + RESUME_NOTE),
+                                                   f"(default {DEFAULT_CONFIRM_RUNS})."),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed handed to training (AUTORESEARCH_SEED) and to "
-                                           "the mutate agent (default 0)." + RESUME_NOTE),
+                                           "the mutate agent (default 0)."),
         resume: Optional[str] = typer.Option(None, "--resume", help="Go on with the run of this tag, with its own "
                                              "settings; a flag given with it overrides that one setting."),
         max_agent_failures: Optional[int] = typer.Option(None, "--max-agent-failures", help="Stop after this many "
-                                                         "failed LLM calls in a row (default 5)." + RESUME_NOTE),
+                                                         "failed LLM calls in a row (default 5)."),
         llm_timeout: Optional[float] = typer.Option(None, "--llm-timeout", help="Seconds one LLM request may take "
-                                                    "before it counts as a failed call (default 600)." + RESUME_NOTE),
+                                                    "before it counts as a failed call (default 600)."),
         agent_backoff: Optional[float] = typer.Option(None, "--agent-backoff", help="Seconds to wait after a failed "
                                                       "LLM call; doubles with each failure in a row, up to 5 minutes "
-                                                      "(default 5)." + RESUME_NOTE),
+                                                      "(default 5)."),
         prompt_tokens: Optional[int] = typer.Option(None, "--prompt-tokens", help=f"The most tokens (estimated) of "
                                                     f"the conversation for one proposal, repair turns included "
                                                     f"(default {PROMPT_TOKEN_BUDGET:,}); less where the model's "
-                                                    f"context must also hold the reply." + RESUME_NOTE),
+                                                    f"context must also hold the reply."),
         reply_tokens: Optional[int] = typer.Option(None, "--reply-tokens", help=f"The completion limit sent with "
                                                    f"each proposal (default {DEFAULT_REPLY_TOKENS:,}): a local "
-                                                   f"server without one writes until its context is full."
-                                                   + RESUME_NOTE),
+                                                   f"server without one writes until its context is full."),
         context_tokens: Optional[int] = typer.Option(None, "--context-tokens", help="The model's context window in "
                                                      "tokens (default: what the server reports: vLLM, llama.cpp); "
-                                                     "the prompt budget leaves the completion limit's room in it."
-                                                     + RESUME_NOTE),
+                                                     "the prompt budget leaves the completion limit's room in it."),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
                                                  "the run's LLM spending past this many dollars (prices: "
-                                                 "autoresearch.yaml)." + RESUME_NOTE),
+                                                 "autoresearch.yaml)."),
         max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Stop before an experiment that would "
-                                                 "take the run's LLM tokens (prompt and completion) past this."
-                                                 + RESUME_NOTE),
+                                                 "take the run's LLM tokens (prompt and completion) past this."),
         sandbox: Optional[str] = typer.Option(None, "--sandbox", help="auto (the default): train inside bubblewrap "
                                               "when a check at the start passes, else say what is missing and go "
-                                              "on; on: refuse to start without it; off: no sandbox (docs/trust.md)."
-                                              + RESUME_NOTE),
+                                              "on; on: refuse to start without it; off: no sandbox (docs/trust.md)."),
         slots: Optional[int] = typer.Option(None, "--slots", help="Trainings at once, each in its own sandbox "
                                             "(default 1, or on Ray what the cluster offers, which it caps; more "
-                                            "than one need the sandbox)." + RESUME_NOTE),
+                                            "than one need the sandbox)."),
         gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs to train on, one training on each at once, "
                                            "e.g. 0,1,2,3 (each training sees only its own: CUDA_VISIBLE_DEVICES); "
-                                           "instead of --slots." + RESUME_NOTE),
+                                           "instead of --slots."),
         draft_ahead: Optional[bool] = typer.Option(None, "--draft-ahead/--no-draft-ahead", help="Draft the next "
                                                    "proposals while experiments train (default on; needs the "
-                                                   "sandbox, else the loop is serial)." + RESUME_NOTE),
+                                                   "sandbox, else the loop is serial)."),
         executor: Optional[str] = typer.Option(None, "--executor", help="local (the default): train on this "
                                                "machine; ray: every training and evaluation is a job on a Ray "
-                                               "cluster, one GPU each (pip install 'autoresearch[ray]'; "
-                                               "docs/cluster.md)." + RESUME_NOTE),
+                                               f"cluster, one GPU each ({escape(RAY_EXTRA_HINT)}; "
+                                               "docs/cluster.md)."),
         ray_address: Optional[str] = typer.Option(None, "--ray-address", help="The Ray cluster to join with "
                                                   "--executor ray (default RAY_ADDRESS, else auto: the one started "
-                                                  "on this machine)." + RESUME_NOTE),
+                                                  "on this machine)."),
         allow_concurrent: bool = typer.Option(False, "--allow-concurrent", help="Train although another run trains "
                                               "in this workspace (they will share the machine).")):
-    """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/."""
+    """Run experiments on branch autoresearch/<tag>, in its own worktree under runs/<tag>/.
+
+    With --resume TAG every setting is the run's own, unless given again (it then overrides that one setting).
+    """
     from autoresearch.agents import make_agent
+    from autoresearch.repo import RUN_BRANCH_PREFIX
     from autoresearch.run.session import Session
     from autoresearch.errors import StopRun
     from autoresearch.settings import RunOptions, resumed_options
@@ -230,6 +235,8 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             options = RunOptions(recipe=recipe, tag=tag, **given)
         options.allow_concurrent = allow_concurrent
         check_options(options)
+        if options.gpus is not None and options.executor == "local":
+            check_gpus(options.gpus, nvidia_gpu_ids())
         chosen = make_agent(options)
         reporter = make_reporter(stderr)
         loop = Session(workspace, chosen, reporter)
@@ -258,10 +265,16 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
             raise
         reporter.close()
     gain = gain_or_none(summary.best_metric, summary.baseline_metric, summary.direction)
-    say(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}, "
-        f"{summary.kept} kept, best {format_metric(summary.best_metric)}"
+    counted = (f" ({summary.counted} that count, {summary.experiments - summary.counted} interrupted)"
+               if summary.counted != summary.experiments else "")
+    say(f"run {summary.tag} done ({summary.stop_reason}): {plural(summary.experiments, 'experiment')}{counted}, "
+        f"{plural(summary.kept_changes, 'change')} kept over the baseline, best {format_metric(summary.best_metric)}"
         + (f" (gain {gain:+.4g} over the baseline)" if gain is not None else "")
         + f". See: autoresearch log --tag {shlex.quote(summary.tag)}")
+    if summary.kept_changes:
+        branch = shlex.quote(RUN_BRANCH_PREFIX + summary.tag)
+        say(f"take it home: the best is on branch {branch}; `git diff HEAD...{branch}` shows what it changed, "
+            f"`git merge {branch}` (or `git cherry-pick HEAD..{branch}`) brings it onto your branch")
 
 
 @app.command()
@@ -271,7 +284,7 @@ def log(tag: Optional[str] = typer.Option(None, "--tag", help="Run to show (defa
         last: Optional[int] = typer.Option(None, "--last", help="Only the last N experiments (after --outcome)."),
         as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON (the shape of every JSON output)."),
         as_tsv: bool = typer.Option(False, "--tsv", help="Print the same rows as tab-separated values.")):
-    """Every experiment of a run: outcome, metric, delta, time, tokens, cost, description."""
+    """Every experiment of a run: outcome, metric, gain over the best before it, time, tokens, cost, description."""
     with user_errors():
         if as_json and as_tsv:
             raise UserError("choose one of --json and --tsv")

@@ -11,6 +11,7 @@ and the last few experiments.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -98,6 +99,20 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
+def stop_writing_to(stream) -> None:
+    """A stream whose reader went away (`| head`, a dead `tee`, a closed ssh) is pointed at /dev/null: what is
+    written to it afterwards (this tool's lines, what is left in its buffer) goes nowhere, and the run goes on.
+    An overnight run must not die of its progress lines."""
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, stream.fileno())
+        finally:
+            os.close(null)
+    except (OSError, ValueError, AttributeError):  # no file descriptor (an in-memory stream): nothing to point
+        pass
+
+
 class Reporter:
     """The events of a run; this base class ignores them all."""
 
@@ -152,10 +167,13 @@ class RunProgress:
             self.done += 1
 
     def describe(self) -> str:
-        """`experiment 4 of 10, 2h10m left`, or what of it is known; empty without limits."""
+        """`3 of 10 finished, 2h10m left`, or what of it is known; empty without limits. It counts what
+        --max-experiments counts (ended, not interrupted), never an experiment's number: with several in
+        flight or interrupted ones the two differ, and "experiment 3: started; experiment 2 of 5" read as a
+        contradiction."""
         parts = []
         if self.max_experiments is not None:
-            parts.append(f"experiment {min(self.done + 1, self.max_experiments)} of {self.max_experiments}")
+            parts.append(f"{min(self.done, self.max_experiments)} of {self.max_experiments} finished")
         if self.deadline is not None:
             parts.append(f"{format_duration(max(0.0, self.deadline - time.monotonic()))} left")
         return ", ".join(parts)
@@ -171,9 +189,16 @@ class PlainReporter(Reporter):
         self.progress = RunProgress()
         self.margin: float | None = None
         self.many_slots = False
+        self.closed = False  # the stream's reader went away: no more lines, the run goes on
 
     def _line(self, text: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {printable(text, keep_lines=False)}", file=self.stream, flush=True)
+        if self.closed:
+            return
+        try:
+            print(f"[{time.strftime('%H:%M:%S')}] {printable(text, keep_lines=False)}", file=self.stream, flush=True)
+        except OSError:  # EPIPE of a closed pipe, EIO of a terminal gone
+            self.closed = True
+            stop_writing_to(self.stream)
 
     def _experiment_line(self, text: str, number: int | None = None) -> None:
         number = self.number if number is None else number

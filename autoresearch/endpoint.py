@@ -5,7 +5,8 @@ does: a prompt longer than the model's context (OpenAI's `context_length_exceede
 llama-cpp-python's "maximum context length is N tokens", llama.cpp's `exceed_context_size_error`
 with `n_prompt_tokens` and `n_ctx`, LM Studio's "context length of only N tokens", Ollama's "the
 input length exceeds the context length"), and a completion limit sent under the name the model
-does not take (OpenAI's reasoning models want `max_completion_tokens`, not `max_tokens`).
+does not take (OpenAI's reasoning models want `max_completion_tokens`, not `max_tokens`), and a
+connection refused on this machine (nothing listens at the URL's port: the server is not started).
 
 The `openai` client's timeout bounds the connection and each read, not the whole answer: a server
 that sends a byte every few seconds never trips it. `call_within` bounds the whole call, and hands
@@ -21,11 +22,13 @@ its prompts. Hosted endpoints say neither.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import threading
 from dataclasses import dataclass
 from typing import Callable, TypeVar
+from urllib.parse import urlsplit
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the openai client's own default
 
@@ -84,6 +87,24 @@ def _said(exc: Exception) -> str:
         return " ".join(text.split())
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return re.sub(r"^Error code: \d+( - )?", "", text) or type(exc).__name__  # the openai client's prefix
+
+
+def refused_on_this_machine(exc: BaseException, base_url: str) -> bool:
+    """Whether a failed connection was refused by a loopback address (nothing listens at that port here),
+    as against a remote host, a timeout or a connection that broke."""
+    host = (urlsplit(base_url).hostname or "").strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while loopback and cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError) or "connection refused" in str(cause).lower():
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 # --- the prompt does not fit the model's context

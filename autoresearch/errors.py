@@ -73,6 +73,18 @@ class AgentUnavailable(Exception):
         self.remedy = remedy
 
 
+class NothingListens(AgentUnavailable):
+    """A connection to an endpoint on this machine was refused: no server listens at that port.
+
+    At the start of a run (and of each resume) that is said at once, since waiting does not start a
+    server; during the night it is retried like any failed call (a local server restarting). Its
+    remedy is the endpoint's URL.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason, retryable=True, remedy=Remedy("base_url"))
+
+
 class InvalidProposal(Exception):
     """The agent produced nothing that can be trained; `reason` is the typed outcome's reason."""
 

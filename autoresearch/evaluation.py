@@ -8,7 +8,10 @@ agent wrote is imported.
 
 - `prepare_data` runs the recipe's `prepare` command before the first training: it builds the data
   and says which paths the training may read (`show: PATH`) and which it must never see
-  (`hide: PATH`: the held-out data and what it is made from); the sandbox acts on both.
+  (`hide: PATH`: the held-out data and what it is made from); the sandbox acts on both. Its output
+  goes to `progress` as it comes (the latest line, at most one every PREPARE_PROGRESS_SECONDS, cut
+  and stripped of control characters): a download of gigabytes is not one silent line. It is
+  stopped at the recipe's `prepare_seconds`, and a failure stops the run with its last line.
 - `evaluate_model` runs the recipe's `evaluate` command on the folder a training saved its model
   into, after the training's process tree is gone, on the validation split (or the test split, for
   `verify` only). Its `name: value` lines are the only source of an experiment's metric. Exit code
@@ -25,21 +28,26 @@ import shutil
 import subprocess
 import tarfile
 import uuid
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from autoresearch.errors import UserError
 from autoresearch.execution.jobs import RUN_MARKER, Executor, TrainingJob
-from autoresearch.outcomes import EVALUATION, job_outcome, last_line
 from autoresearch.execution.leftovers import Limits, digest, survey
 from autoresearch.execution.watch import evaluation_watch
+from autoresearch.outcomes import EVALUATION, job_outcome, last_line
+from autoresearch.quoting import clean
 from autoresearch.recipe import Recipe
 from autoresearch.repo import safe_git_environment
 
 SPLITS = ("val", "test")
 MODEL_DIR_ENV = "AUTORESEARCH_MODEL_DIR"  # the saved model an evaluation reads
 MODEL_BYTES_ENV = "AUTORESEARCH_MODEL_BYTES"  # the most of it the evaluation reads (lm.MODEL_BYTES_ENV)
-PREPARE_SECONDS = 6 * 3600.0  # a first download of a large data set may take hours; a cached one takes seconds
+PREPARE_PROGRESS_SECONDS = 5.0  # at most one line of the prepare step's progress this often
+PROGRESS_LINE_CHARS = 200
 
 
 def write_recipe_files(repo_root: Path, commit: str, recipe_path: str, names: tuple[str, ...] | None,
@@ -89,22 +97,65 @@ class PreparedData:
     hide: tuple[Path, ...] = ()
 
 
-def prepare_data(executor: Executor, recipe: Recipe, folder: Path, log_path: Path, marker: str) -> PreparedData:
-    """Run the recipe's `prepare` command (if it has one) in `folder`; a failure stops the run."""
+def prepare_data(executor: Executor, recipe: Recipe, folder: Path, log_path: Path, marker: str,
+                 progress: Callable[[str], None] | None = None) -> PreparedData:
+    """Run the recipe's `prepare` command (if it has one) in `folder`, its progress told to `progress` (from the
+    calling thread); a failure, or a step past the recipe's `prepare_seconds`, stops the run."""
     if not recipe.prepare:
         return PreparedData()
-    job = TrainingJob(command=recipe.prepare, cwd=folder, log_path=log_path, budget_seconds=PREPARE_SECONDS,
+    job = TrainingJob(command=recipe.prepare, cwd=folder, log_path=log_path, budget_seconds=recipe.prepare_seconds,
                       grace_seconds=0, passthrough=recipe.env, isolated=True, env={RUN_MARKER: marker})
-    result = executor.run(job)
+    latest = _LatestLine()
+    handle = executor.submit(job, latest.put)
+    told, told_at = None, 0.0
+    try:
+        while not handle.wait(0.5):
+            line = latest.get()
+            if progress is not None and line and line != told and time.monotonic() - told_at >= PREPARE_PROGRESS_SECONDS:
+                progress(line)
+                told, told_at = line, time.monotonic()
+    except BaseException:  # Ctrl-C: the step's processes are ended before it goes on up
+        handle.cancel()
+        handle.wait()
+        raise
+    result = handle.result()
     if result.timed_out or result.exit_code != 0:
-        why = "ran too long" if result.timed_out else f"exit code {result.exit_code}: {last_line(result.log_tail)}"
-        raise UserError(f"the recipe's prepare step failed ({why}); see {log_path}")
+        said = _shown(last_line(result.log_tail) or "")
+        why = (f"still running after {recipe.prepare_seconds:g}s, the recipe's prepare_seconds" if result.timed_out
+               else f"exit code {result.exit_code}")
+        raise UserError(f"the recipe's prepare step failed ({why}" + (f": {said}" if said else "")
+                        + f"); see {log_path}")
     show, hide = [], []
     for line in read_text(log_path).splitlines():
         kind, _, path = line.partition(":")
         if kind in ("show", "hide") and path.strip():
             (show if kind == "show" else hide).append(Path(path.strip()))
     return PreparedData(show=tuple(show), hide=tuple(hide))
+
+
+class _LatestLine:
+    """The latest line a step printed, shown (no show:/hide: lines): written by its output's thread, read by
+    the caller's."""
+
+    def __init__(self):
+        self._line = ""
+        self._lock = threading.Lock()
+
+    def put(self, line: str) -> None:
+        shown = _shown(line)
+        if shown and not shown.startswith(("show:", "hide:")):
+            with self._lock:
+                self._line = shown
+
+    def get(self) -> str:
+        with self._lock:
+            return self._line
+
+
+def _shown(line: str) -> str:
+    """A line of a step's output as a person may see it: printable characters only, cut to a bound."""
+    text = clean(line).replace("\t", " ").replace("\n", " ").strip()
+    return text if len(text) <= PROGRESS_LINE_CHARS else text[:PROGRESS_LINE_CHARS - 1] + "…"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,25 @@ def describe_hardware() -> str:
     return f"{cpu}; GPU: " + ", ".join(f"{count} x {kind}" for kind, count in kinds.items())
 
 
+def nvidia_gpu_ids() -> list[tuple[str, str]] | None:
+    """Each NVIDIA GPU of this machine as (index, uuid), as CUDA_VISIBLE_DEVICES may name it; None when
+    nvidia-smi is missing or fails (the machine shows no GPU)."""
+    tool = shutil.which("nvidia-smi")
+    if tool is None:
+        return None
+    try:
+        listed = subprocess.run([tool, "--query-gpu=index,uuid", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=GPU_QUERY_SECONDS, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    gpus = []
+    for line in listed.splitlines():
+        index, _, uuid = line.partition(",")
+        if index.strip():
+            gpus.append((index.strip(), uuid.strip()))
+    return gpus
+
+
 def nvidia_gpus() -> list[str]:
     """Each visible NVIDIA GPU as `name (N GiB)`; empty without nvidia-smi or when it fails."""
     tool = shutil.which("nvidia-smi")

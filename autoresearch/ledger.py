@@ -324,7 +324,9 @@ class Ledger:
         return deleted
 
     def latest_tag(self) -> str | None:
-        row = self._db.execute("SELECT tag FROM runs ORDER BY started_at DESC, rowid DESC LIMIT 1").fetchone()
+        row = self._db.execute("SELECT r.tag FROM runs r LEFT JOIN (SELECT tag, MAX(MAX(started_at), IFNULL(MAX("
+                               "finished_at), '')) AS a FROM experiments GROUP BY tag) e USING (tag) ORDER BY MAX("
+                               "r.started_at, IFNULL(r.finished_at, ''), IFNULL(e.a, '')) DESC, r.rowid DESC LIMIT 1").fetchone()
         return row["tag"] if row else None
 
     # --- experiments
@@ -547,8 +549,7 @@ class Ledger:
     def outcome_counts(self) -> dict[str, dict[str, int]]:
         """Experiments per run and outcome, from an index alone."""
         counts: dict[str, dict[str, int]] = {}
-        for tag, outcome, count in self._db.execute("SELECT tag, outcome, COUNT(*) FROM experiments"
-                                                    " GROUP BY tag, outcome"):
+        for tag, outcome, count in self._db.execute("SELECT tag, outcome, COUNT(*) FROM experiments GROUP BY tag, outcome"):
             counts.setdefault(tag, {})[outcome] = count
         return counts
 

@@ -3,7 +3,10 @@
 A failed call (agents raise AgentUnavailable) is asked again after a wait that doubles with each
 failure in a row (`--agent-backoff`, up to MAX_BACKOFF_SECONDS), until `--max-agent-failures` in a
 row; a refusal no retry can mend (the key, the model, a prompt too long for the model) stops the run
-at once with the setting that mends it. The `openai` client is built not to retry on its own
+at once with the setting that mends it. A connection refused on this machine (nothing listens at
+the URL) stops the endpoint check at once, since waiting starts no server; during the night it is
+retried like any failure (a local server restarting). A run stopped by an endpoint it could not
+reach carries the endpoint's URL as its remedy: resuming with the same URL would fail the same way. The `openai` client is built not to retry on its own
 (agents.py), so this is the only retry there is. The agent's own repair turns for a reply that does
 not apply are not retries: they are part of one proposal.
 """
@@ -15,7 +18,7 @@ from typing import Callable, TypeVar
 
 from autoresearch.agents import Agent, Candidate, LLMCall
 from autoresearch.console import times
-from autoresearch.errors import AgentUnavailable, StopRun
+from autoresearch.errors import AgentUnavailable, NothingListens, StopRun
 from autoresearch.prompts import AgentContext
 
 MAX_BACKOFF_SECONDS = 300.0
@@ -41,15 +44,17 @@ class Proposer:
 
     def check(self, record: Callable[[LLMCall], None]) -> None:
         """The agent proves it can propose (one cheap LLM call), before anything trains."""
-        self.ask("endpoint check", lambda: self.agent.check(record))
+        self.ask("endpoint check", lambda: self.agent.check(record), at_start=True)
 
     def propose(self, what: str, context: AgentContext, record: Callable[[LLMCall], None],
                 on_writing: Callable[[int], None] | None = None, note: Callable[[str], None] | None = None
                 ) -> Candidate:
         return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing), note)
 
-    def ask(self, what: str, ask: Callable[[], Answer], note: Callable[[str], None] | None = None) -> Answer:
-        """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up."""
+    def ask(self, what: str, ask: Callable[[], Answer], note: Callable[[str], None] | None = None,
+            at_start: bool = False) -> Answer:
+        """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up.
+        `at_start`: the check before anything trains, where nothing listening is said at once."""
         note = note or self.note
         failures = 0
         while True:
@@ -57,11 +62,11 @@ class Proposer:
                 return ask()
             except AgentUnavailable as exc:
                 failures += 1
-                if not exc.retryable:
+                if not exc.retryable or (at_start and isinstance(exc, NothingListens)):
                     raise StopRun(str(exc), exc.remedy) from None
                 if failures >= self.max_failures:
                     in_a_row = f"{times(failures)} in a row (last: {exc})" if failures > 1 else f"{times(1)} ({exc})"
-                    raise StopRun(f"the LLM endpoint failed {in_a_row}") from None
+                    raise StopRun(f"the LLM endpoint failed {in_a_row}", exc.remedy) from None
                 wait = min(MAX_BACKOFF_SECONDS, self.backoff_seconds * 2 ** (failures - 1))
                 note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
                 time.sleep(wait)

@@ -18,6 +18,7 @@ from autoresearch.errors import UserError
 from autoresearch.gains import DIRECTIONS
 
 RECIPE_FILE = "recipe.yaml"
+DEFAULT_PREPARE_SECONDS = 6 * 3600.0  # a first download of a large data set may take hours; a cached one seconds
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class Recipe:
     prepare: str | None = None  # the harness runs it before the first training: data, and what to show and hide
     grace_seconds: float | None = None
     evaluation_seconds: float = 600.0  # the evaluation's own limit
+    prepare_seconds: float = DEFAULT_PREPARE_SECONDS  # the data preparation's limit
     test_metric: str | None = None
     env: tuple[str, ...] = ()  # environment variables passed through to the training by name
     tunable: tuple[Tunable, ...] = ()  # what mutate may change; empty: every upper-case numeric constant
@@ -74,8 +76,8 @@ class Recipe:
 
 
 KNOWN_KEYS = ("name", "description", "command", "prepare", "evaluate", "metric", "direction", "budget_seconds",
-              "grace_seconds", "evaluation_seconds", "editable", "fixed", "test_metric", "env", "tunable",
-              "disk_quota_mb", "evaluation_memory_mb")
+              "grace_seconds", "evaluation_seconds", "prepare_seconds", "editable", "fixed", "test_metric", "env",
+              "tunable", "disk_quota_mb", "evaluation_memory_mb")
 REQUIRED_KEYS = ("command", "evaluate", "metric", "direction", "budget_seconds", "editable")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `NAME = 12`, `NAME: float = 3e-4  # why`: the constants a tunable may name (and mutate may change)
@@ -123,6 +125,8 @@ def load_recipe(path: Path) -> Recipe:
                           else _number(spec, "evaluation_seconds", spec_path))
     limits = {key: _number(spec, key, spec_path, unit="megabytes") for key in ("disk_quota_mb", "evaluation_memory_mb")
               if spec.get(key) is not None}
+    prepare_seconds = (DEFAULT_PREPARE_SECONDS if spec.get("prepare_seconds") is None
+                       else _number(spec, "prepare_seconds", spec_path))
     editable = _file_list(spec, "editable", spec_path)
     fixed = _file_list(spec, "fixed", spec_path)
     if RECIPE_FILE not in fixed:
@@ -150,6 +154,7 @@ def load_recipe(path: Path) -> Recipe:
         budget_seconds=budget,
         grace_seconds=grace,
         evaluation_seconds=evaluation_seconds,
+        prepare_seconds=prepare_seconds,
         editable=editable,
         fixed=fixed,
         description=str(spec.get("description") or ""),

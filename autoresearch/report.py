@@ -12,7 +12,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from autoresearch.console import format_cost, format_duration, format_metric, format_tokens
+from autoresearch.console import format_cost, format_duration, format_metric, format_noise, format_tokens
 from autoresearch.quoting import printable_record
 from autoresearch.review import explain_outcome
 from autoresearch.gains import better_word
@@ -84,6 +84,9 @@ def render_report(summary: dict, details: list[dict], plot_png: bytes | None, ge
              ("invalid", str(summary["invalid"])), (f"baseline {metric}", format_metric(summary["baseline_metric"])),
              (f"best {metric}", format_metric(summary["best_metric"])),
              ("gain over baseline", format_gain(summary["gain"]) or "-"),
+             ("noise floor", format_noise(summary.get("noise_std"), summary.get("noise_runs") or 0)),
+             ("keep margin (the gain a change must beat)",
+              f"{summary['keep_margin']:.3g}" if summary.get("keep_margin") else "-"),
              ("tokens", format_tokens(tokens)), ("cost", format_cost(summary["cost_usd"], tokens))]
     for label, value in cards:
         parts.append(f"<div class=\"card\"><div class=\"value\">{escape(value)}</div>"

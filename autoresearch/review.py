@@ -15,7 +15,9 @@ from pathlib import Path
 
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
+from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, KeepRule, keep_margin
 from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger, best_row
+from autoresearch.noise import NoiseFloor
 from autoresearch.outcomes import OUTCOMES
 from autoresearch.pricing import PriceTable, Usage, total_usage, usage_by
 from autoresearch.runlock import LOCK_FILE
@@ -26,7 +28,8 @@ LOG_TAIL_LINES = 40
 
 
 def pick_tag(ledger: Ledger, tag: str | None) -> str:
-    """The asked-for run, or the latest one."""
+    """The asked-for run, or the latest one: the one most recently active (its start, its end, an experiment's
+    start or end), so that after `run --resume` of an older run, log, verify and report show that one."""
     if tag is not None:
         if ledger.run(tag) is None:
             raise UserError(f"no run tagged {tag!r}; `autoresearch runs` lists them")
@@ -35,6 +38,19 @@ def pick_tag(ledger: Ledger, tag: str | None) -> str:
     if latest is None:
         raise UserError("no runs yet in this workspace; start one with `autoresearch run`")
     return latest
+
+
+def run_keep_margin(run: dict, best: dict | None) -> float | None:
+    """The gain a change's first run must show over the run's best to be kept, as the run's own keep rule
+    (its settings) and measured noise floor make it now; None before a baseline, or with neither a noise
+    floor nor --min-delta."""
+    if best is None or best.get("metric") is None:
+        return None
+    config = run.get("config") or {}
+    rule = KeepRule(noise_multiple=config.get("noise_multiple", DEFAULT_NOISE_MULTIPLE),
+                    min_delta=config.get("min_delta", 0.0), confirm_runs=config.get("confirm_runs", DEFAULT_CONFIRM_RUNS))
+    runs = list((best.get("decision") or {}).get("metrics") or [best["metric"]])
+    return keep_margin(runs, run["direction"], NoiseFloor(run.get("noise_std"), run.get("noise_runs") or 0), rule)
 
 
 def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = None, nested: bool = True,
@@ -137,6 +153,7 @@ def run_summary(ledger: Ledger, tag: str, records: list[dict] | None = None, pri
         usage.add(record["prompt_tokens"], record["completion_tokens"], record["cost_usd"], record.get("cached_tokens"))
     summary = _summary(run, counts, kept[0]["metric"] if kept else None,
                        best_row(run, kept)["metric"] if kept else None, usage.as_dict(), ledger.training_seconds().get(tag))
+    summary["keep_margin"] = run_keep_margin(run, best_row(run, kept))
     summary["verification"] = verification_record(ledger.latest_verification(tag))
     summary["agents"] = ledger.agents_by_run(tag).get(tag, [])
     return summary

@@ -26,7 +26,8 @@ DEFAULT_MODEL = "gpt-5-mini"
 AGENTS = ("llm", "mutate")
 SANDBOX_MODES = ("auto", "on", "off")
 EXECUTORS = ("local", "ray")
-RAY_EXTRA_HINT = "pip install 'autoresearch[ray]'"
+# autoresearch is not on PyPI: its extras are installed from the clone.
+RAY_EXTRA_HINT = "pip install -e '.[ray]' in the autoresearch clone (or EXTRAS=ray bash scripts/setup.sh)"
 
 
 @dataclass
@@ -117,6 +118,25 @@ def check_options(options: RunOptions) -> None:
         _positive(name, getattr(options, name))
     for name in ("min_delta", "noise_multiple", "agent_backoff_seconds"):
         _positive(name, getattr(options, name), zero_allowed=True)
+
+
+def check_gpus(gpus: str, present: list[tuple[str, str]] | None) -> None:
+    """Refuse `gpus` naming a GPU this machine does not have (`present`: hardware.nvidia_gpu_ids(), None
+    where nvidia-smi shows none): CUDA_VISIBLE_DEVICES with a name it does not know hides every GPU
+    from the training, which then trains on the CPU or crashes. A GPU is its index or its UUID (or
+    the start of it, as CUDA takes it); MIG devices (MIG-...) are left to CUDA."""
+    devices = [device.strip() for device in gpus.split(",")]
+    if present is None:
+        raise InvalidSetting("gpus", f"names GPUs ({gpus}), but this machine has none that nvidia-smi shows "
+                                     "(nvidia-smi is missing or failed); without GPUs, slots sets how many "
+                                     "trainings run at once")
+    indices = [index for index, _ in present]
+    unknown = [device for device in devices if device not in indices and not device.startswith("MIG-")
+               and not (device.startswith("GPU-") and any(uuid.startswith(device) for _, uuid in present))]
+    if unknown:
+        have = ", ".join(indices) if indices else "none"
+        raise InvalidSetting("gpus", f"names {', '.join(unknown)}, not a GPU of this machine (its GPUs: {have}, "
+                                     "or their UUIDs as nvidia-smi -L lists them)")
 
 
 def _at_least(name: str, value: int | None, low: int) -> None:

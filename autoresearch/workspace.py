@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -62,6 +63,11 @@ class Workspace:
         if root is None:
             raise UserError(f"{start} is not inside a workspace (a git repository); make one with "
                             "`autoresearch init DIR --recipe tiny`")
+        if not (root / PROGRAM_FILE).is_file() and not (root / RUNS_DIR / LEDGER_FILE).is_file():
+            # A git repository that is no workspace: no command may write runs/ into it.
+            raise UserError(f"{root / PROGRAM_FILE} is missing: write the research direction there, or make a "
+                            f"workspace with `autoresearch init DIR --recipe tiny` (no folder from {start.resolve()} "
+                            f"up to the top of its git repository holds {PROGRAM_FILE} or {RUNS_DIR}/{LEDGER_FILE})")
         return cls(root)
 
     @property
@@ -210,13 +216,22 @@ def main_working_tree(top: Path) -> Path | None:
     return common_dir.parent if common_dir.name == ".git" else None
 
 
-def init_workspace(directory: Path, recipe_name: str) -> Path:
+@dataclass(frozen=True)
+class MadeWorkspace:
+    """What `init` made: the recipe folder, and whether program.md was the person's own (kept as it was,
+    committed or not) rather than the built-in one written and committed."""
+
+    recipe: Path
+    program_kept: bool
+
+
+def init_workspace(directory: Path, recipe_name: str) -> MadeWorkspace:
     """Make directory a workspace with the built-in recipe and program.md, and commit them.
 
     directory may be a new folder, a folder of its own, the top of a git repository or a
     sub-folder of one (the workspace is then that sub-folder). Refuses to overwrite: an existing
     recipe folder stops it; an existing program.md is kept. A failure at any step removes what it
-    had made. Returns the path of the new recipe folder.
+    had made. Returns the new recipe folder and whether program.md was kept.
     """
     source = find_builtin_recipe(recipe_name)
     directory = Path(directory).expanduser().resolve()
@@ -227,6 +242,7 @@ def init_workspace(directory: Path, recipe_name: str) -> Path:
     if target.exists() or target.is_symlink():
         raise UserError(f"{target} already exists; not overwriting it")
     undo = _Undo()
+    program_kept = (directory / PROGRAM_FILE).exists()
     try:
         _make_workspace(directory, source, target, recipe_name, undo)
     except BaseException as exc:
@@ -236,7 +252,7 @@ def init_workspace(directory: Path, recipe_name: str) -> Path:
             raise
         raise UserError(f"could not make the workspace {directory}: {reason}; " + (
             f"could not take back {', '.join(left)}" if left else "nothing of it was left behind")) from None
-    return target
+    return MadeWorkspace(target, program_kept)
 
 
 def _make_workspace(directory: Path, source: Path, target: Path, recipe_name: str, undo: "_Undo") -> None:

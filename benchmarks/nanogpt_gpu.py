@@ -4,7 +4,7 @@
     python benchmarks/nanogpt_gpu.py --budget 60     # a quicker look
     python benchmarks/nanogpt_gpu.py --tiny          # the CPU smoke configuration: checks this script, measures nothing
 
-Needs the recipe's extra (pip install 'autoresearch[nanogpt]') and a CUDA build of torch.
+Needs the recipe's extra (pip install -e '.[nanogpt]' in the clone) and a CUDA build of torch.
 
 1. Builds a local corpus from the text of this Python installation (.py, .rst, .txt files of the standard library and
    site-packages), cut at blank lines into document-sized pieces, written as parquet shards named like the real ones.

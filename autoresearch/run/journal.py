@@ -154,9 +154,10 @@ class Journal:
             if row["outcome"] == "running":
                 continue
             memory_mb = row["summary"].get("peak_memory_mb") or 0.0
-            metric = row["metric"] if row["metric"] is not None else 0.0
+            # No metric is an empty cell: a 0 would rank a timeout best for a lower-is-better metric.
+            metric = f"{row['metric']:.6f}" if row["metric"] is not None else ""
             description = (row.get("description") or "").replace("\t", " ").replace("\n", " ")
-            lines.append(f"{(row['commit_sha'] or '-')[:7]}\t{metric:.6f}\t{memory_mb / 1024:.1f}\t{row['outcome']}"
+            lines.append(f"{(row['commit_sha'] or '-')[:7]}\t{metric}\t{memory_mb / 1024:.1f}\t{row['outcome']}"
                          f"\t{description}\n")
         staging = path.with_name(path.name + ".writing")
         try:

@@ -274,7 +274,9 @@ class Session:
             self._release_locks()
         self.ledger.set_run_status(state.tag, "finished")
         rows = self.ledger.experiments(state.tag, ("outcome",))
-        return RunSummary(tag=state.tag, experiments=len(rows), kept=sum(r["outcome"] == "keep" for r in rows),
+        keeps = sum(row["outcome"] == "keep" for row in rows)
+        return RunSummary(tag=state.tag, experiments=len(rows), counted=experiments_done(self.ledger, state.tag),
+                          kept_changes=max(0, keeps - 1),
                           best_metric=state.best.metric, baseline_metric=state.baseline_metric,
                           direction=state.recipe.direction, stop_reason=stop_reason)
 
@@ -290,7 +292,8 @@ class Session:
             self.reporter.note(f"run {state.tag}: preparing the data ({state.recipe.prepare})")
         with HarnessFiles(context.repo_root, context.base_commit, context.recipe_path, state.recipe,
                           run_dir / SCRATCH_DIR) as folder:
-            data = prepare_data(self.executor, state.recipe, folder, run_dir / PREPARE_LOG, context.marker)
+            data = prepare_data(self.executor, state.recipe, folder, run_dir / PREPARE_LOG, context.marker,
+                                progress=lambda line: self.reporter.note(f"run {state.tag}: prepare: {line}"))
         sandbox = choose_sandbox(options.sandbox, self.workspace.git_root, data)
         if sandbox.problem:
             self.reporter.note(f"run {state.tag}: {sandbox.problem}")

@@ -65,8 +65,9 @@ class RunSummary:
     """How an invocation of a run ended, for the person."""
 
     tag: str
-    experiments: int
-    kept: int
+    experiments: int  # every experiment of the run
+    counted: int  # those --max-experiments counts: ended and not interrupted
+    kept_changes: int  # keeps over the baseline (the baseline is the run's first keep, no change of anyone's)
     best_metric: float | None
     baseline_metric: float | None
     direction: str

@@ -70,7 +70,7 @@ try:
     import pyarrow.parquet as pq
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 except ImportError as exc:  # the tool's core does not need these; the recipe does
-    raise ImportError(f"the nanogpt recipe needs tokenizers and pyarrow: pip install 'autoresearch[nanogpt]' ({exc})") from exc
+    raise ImportError(f"the nanogpt recipe needs tokenizers and pyarrow: pip install -e '.[nanogpt]' in the autoresearch clone, or bash scripts/setup.sh ({exc})") from exc
 
 # ---------------------------------------------------------------------------------------------------------------
 # Constants (fixed: changing any of them changes the metric)
@@ -244,7 +244,7 @@ def download_file(url: str, dest: Path, attempts: int = DOWNLOAD_ATTEMPTS, log=p
             if attempt == attempts:
                 raise DownloadError(f"{url}: gave up after {attempts} attempts: {exc}") from exc
             wait = RETRY_SECONDS * 2 ** (attempt - 1)
-            log(f"  {dest.name}: {exc}; retrying in {wait:g}s")
+            log(f"  {dest.name}: attempt {attempt} of {attempts} failed: {exc}; retrying in {wait:g}s")
             time.sleep(wait)
     return False  # not reached
 

@@ -260,7 +260,7 @@ def test_log_finds_the_workspace_of_a_worktree_without_loading_gitpython(workspa
 def test_a_count_of_one_reads_in_the_singular(workspace):
     result = invoke("run", "--agent", "mutate", "--max-experiments", "1", "--tag", "one", "--noise-runs", "0")
     assert result.exit_code == 0, result.output
-    assert "(reached --max-experiments 1): 1 experiment, 1 kept" in result.output
+    assert "(reached --max-experiments 1): 1 experiment, 0 changes kept over the baseline" in result.output
     assert invoke("log").stdout.splitlines()[-1].startswith("1 experiment, 1 kept")
 
 

@@ -8,6 +8,8 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from tinykit import init_tiny
+
 from autoresearch.cli import app
 
 runner = CliRunner()
@@ -17,7 +19,7 @@ runner = CliRunner()
 def test_init_then_run_the_tiny_recipe_then_log(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     workspace = tmp_path / "ws"
-    assert runner.invoke(app, ["init", str(workspace), "--recipe", "tiny"]).exit_code == 0
+    init_tiny(workspace, runner)  # a grace no busy machine reaches: the test is of the loop, not of the machine
     monkeypatch.chdir(workspace)
     result = runner.invoke(app, ["run", "--agent", "mutate", "--budget", "3", "--max-experiments", "2",
                                  "--noise-runs", "0", "--tag", "e2e"], catch_exceptions=False)
@@ -42,7 +44,7 @@ def test_a_tiny_model_that_looks_ahead_is_refused_through_the_loop(tmp_path, fak
 
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
     workspace = tmp_path / "ws"
-    assert runner.invoke(app, ["init", str(workspace), "--recipe", "tiny"]).exit_code == 0
+    init_tiny(workspace, runner)  # a grace no busy machine reaches: the test is of the loop, not of the machine
     monkeypatch.chdir(workspace)
     line = "        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)"
     fake_llm.set_script([reply("attend both ways", line, line.replace("is_causal=True", "is_causal=False"))])

@@ -74,7 +74,7 @@ def test_live_training_bar_counts_training_only_and_forgets_the_last_training():
         time.sleep(0.1)
         panel = render(live)
         assert "budget spent, finishing (+0s; stopped in 30s if still going)" in panel
-        assert "experiment 4 of 10, 1h59m left" in panel or "experiment 4 of 10, 2h00m left" in panel
+        assert "3 of 10 finished, 1h59m left" in panel or "3 of 10 finished, 2h00m left" in panel
         assert "a change must gain more than 0.0283 over the best to be kept" in panel
         live.phase("training", "wider (confirmation run 1)", budget=60.0, grace=30.0)
         assert "loss 3.5" not in render(live)  # nothing of the training before stays beside the bar
@@ -103,5 +103,5 @@ def test_plain_lines_say_where_the_run_stands_against_its_limits():
     plain.keep_margin(0.02)
     plain.keep_margin(0.02)  # said once while it stays the same
     lines = [line.split("] ", 1)[1] for line in stream.getvalue().splitlines()]
-    assert lines == ["experiment 4: started; experiment 4 of 10",
+    assert lines == ["experiment 4: started; 3 of 10 finished",
                      "experiment 4: a change must gain more than 0.02 over the best to be kept"]

@@ -166,7 +166,8 @@ def test_ray_without_its_extra_is_one_line_naming_the_extra(workspace):
     result = tool_without_ray(workspace, "run", "--agent", "mutate", "--executor", "ray", "--max-experiments", "1")
     assert result.returncode == 1
     assert result.stderr.strip() == ("error: --executor is ray, but Ray is not installed here: "
-                                     "pip install 'autoresearch[ray]'")
+                                     "pip install -e '.[ray]' in the autoresearch clone (or EXTRAS=ray bash "
+                                     "scripts/setup.sh)")
     assert not (workspace / "runs").exists()
 
 
