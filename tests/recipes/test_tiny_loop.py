@@ -47,7 +47,14 @@ def test_a_tiny_model_that_looks_ahead_is_refused_through_the_loop(tmp_path, fak
     init_tiny(workspace, runner)  # a grace no busy machine reaches: the test is of the loop, not of the machine
     monkeypatch.chdir(workspace)
     line = "        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)"
-    fake_llm.set_script([reply("attend both ways", line, line.replace("is_causal=True", "is_causal=False"))])
+    # Its output projections not zeroed as well: the model reads ahead from its first step, however few steps a
+    # busy machine allows (zeroed, a model of two steps leaks less than the check's tolerance: it is near causal)
+    zeroed = "        for block in self.blocks:\n            nn.init.zeros_(block.attn.proj.weight)\n"
+    fake_llm.set_script([reply("attend both ways", line, line.replace("is_causal=True", "is_causal=False"))
+                         + "train.py\n<<<<<<< SEARCH\n" + zeroed + "=======\n        for block in self.blocks:\n"
+                         "            pass\n>>>>>>> REPLACE\n"
+                         + "train.py\n<<<<<<< SEARCH\n        nn.init.zeros_(self.lm_head.weight)\n=======\n"
+                         "        pass\n>>>>>>> REPLACE\n"])
     monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
     result = runner.invoke(app, ["run", "--budget", "3", "--max-experiments", "2", "--noise-runs", "0",
                                  "--tag", "ahead"], catch_exceptions=False)
