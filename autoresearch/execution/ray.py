@@ -49,13 +49,13 @@ import tempfile
 import threading
 import time
 import uuid
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from autoresearch.errors import InvalidSetting
 from autoresearch.execution.jobs import JOB_MARKER, RUN_MARKER, JobHandle, TrainingJob, TrainingResult
+from autoresearch.execution.leftovers import remove_tree, survey
 from autoresearch.execution.local import LocalExecutor
 from autoresearch.execution.output import LOG_HEAD_BYTES, LOG_TAIL_BYTES, BoundedLog
 from autoresearch.execution.processes import KILL_WAIT_SECONDS, stop_processes_marked
@@ -152,9 +152,14 @@ class NodeJob:
                                "log_tail": result.log_tail, "log_bytes": result.log_bytes,
                                "log_error": result.log_error}
             self.result.update(stolen_seconds=self.steal.seconds(), sandbox_level=level,
-                               device=os.environ.get("CUDA_VISIBLE_DEVICES") or None,
-                               brought_back={name: pack_folder(self.root / "out" / name)
-                                             for name in package.brings_back if (self.root / "out" / name).is_dir()})
+                               device=os.environ.get("CUDA_VISIBLE_DEVICES") or None, brought_back={})
+            for name in package.brings_back:
+                folder = self.root / "out" / name
+                found = survey(folder)  # what the job left is hostile: bounded before a byte of it is read
+                if found.problem:
+                    self.result["stopped_for"] = f"its model folder {found.problem}"
+                elif found.exists:
+                    self.result["brought_back"][name] = pack_folder(folder)
         except BaseException as exc:  # a fault of the harness's side on the node: the driver raises it
             self.result = {"error": f"{type(exc).__name__}: {exc}"}
         finally:
@@ -162,7 +167,7 @@ class NodeJob:
                 self.final_log = self.log_path.read_bytes()
             except OSError:
                 self.final_log = b""
-            shutil.rmtree(self.root, ignore_errors=True)
+            remove_tree(self.root)
             self.done.set()
 
     def _unpacked(self) -> tuple[TrainingJob, str, str | None]:
@@ -430,6 +435,7 @@ class RayExecutor:
                               summary=outcome["summary"], log_path=job.log_path, log_tail=outcome["log_tail"],
                               log_bytes=outcome["log_bytes"], log_error=log.error or outcome["log_error"],
                               stolen_seconds=outcome["stolen_seconds"], device=outcome["device"],
+                              stopped_for=outcome.get("stopped_for"),
                               sandbox_level=outcome["sandbox_level"])
 
     def _follow(self, ray, actor, job: TrainingJob, handle: JobHandle, log: BoundedLog,

@@ -262,3 +262,29 @@ def test_a_flood_of_output_comes_back_bounded_with_its_summary(ray_cluster, tmp_
     assert log.startswith(b"x" * 50 + b" 0\n") and log.endswith(b"steps: 200000\n")
     assert b"bytes of output left out here]" in log
     assert wait_until(lambda: not slot_workers(), 10)
+
+
+def test_a_hostile_model_folder_is_refused_on_the_node_before_it_is_packed(ray_cluster, tmp_path):
+    from autoresearch.execution.jobs import OUTPUT_DIR_ENV, TrainingJob
+    from autoresearch.outcomes import TRAINING, job_outcome
+
+    folder, model = tmp_path / "job", tmp_path / "model"
+    folder.mkdir()
+    model.mkdir()
+    # a sparse terabyte and a link to the worker's own memory: packing either would hang or read what it must not
+    (folder / "leave.py").write_text(
+        "import os\nout = os.environ['AUTORESEARCH_OUTPUT_DIR']\n"
+        "with open(os.path.join(out, 'huge.bin'), 'wb') as handle:\n    handle.truncate(1 << 40)\n"
+        "os.symlink('/proc/self/pagemap', os.path.join(out, 'pagemap'))\n")
+    executor = RayExecutor(kill_wait_seconds=KILL_WAIT)
+    started = time.monotonic()
+    try:
+        result = executor.run(TrainingJob(command="python leave.py", cwd=folder, log_path=tmp_path / "leave.log",
+                                          budget_seconds=60, grace_seconds=5, slot=0,
+                                          env={OUTPUT_DIR_ENV: str(model)}, brings_back=(OUTPUT_DIR_ENV,)))
+    finally:
+        executor.close()
+    assert time.monotonic() - started < 30
+    outcome, reason = job_outcome(result, TRAINING, 60)
+    assert outcome == "invalid" and reason.startswith("its model folder ")
+    assert not any(model.iterdir())  # nothing of it came back
