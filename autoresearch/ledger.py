@@ -1,9 +1,9 @@
 """The ledger: every run, experiment, training run and LLM call, in SQLite at runs/ledger.db.
 
 Rows are written ahead: an experiment's row exists (outcome `running`) before anything it does can
-fail, and its outcome is written before the branch is reset. The schema grows by numbered
-migrations kept in MIGRATIONS; `PRAGMA user_version` says how many have been applied.
-Every reader returns plain dicts of one shape, so `log --json` and every other JSON output agree.
+fail, and its outcome is written before the branch is reset. The schema grows by numbered migrations
+kept in MIGRATIONS (`PRAGMA user_version`: how many applied). Every reader returns plain dicts of one
+shape, so `log --json` and every other JSON output agree.
 """
 
 from __future__ import annotations
@@ -177,6 +177,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE training_runs ADD COLUMN job TEXT;
     """,
+    # 9: the machine in each measurement (issue 23): others' CPU time / the CPUs, others on its GPU, its start-up
+    """ALTER TABLE training_runs ADD COLUMN contention_seconds REAL;
+    ALTER TABLE training_runs ADD COLUMN other_gpu_processes INTEGER;
+    ALTER TABLE training_runs ADD COLUMN startup_seconds REAL;""",
 ]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
@@ -186,7 +190,8 @@ EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "comm
 # Every table with a row per run or per part of a run, children before the runs they refer to.
 RUN_TABLES = ("llm_calls", "training_runs", "verifications", "experiments", "runs")
 TRAINING_RUN_EXTRAS = frozenset({"evaluation_json", "evaluation_seconds", "sandbox", "stolen_seconds", "model_path",
-                                 "model_bytes", "model_sha256", "device"})
+                                 "model_bytes", "model_sha256", "device", "contention_seconds", "other_gpu_processes",
+                                 "startup_seconds"})
 TRAINING_RUN_KINDS = ("first", "noise", "confirm")  # the baseline's extra runs are `noise`, a candidate's `confirm`
 
 
@@ -300,8 +305,7 @@ class Ledger:
         self._db.execute("UPDATE runs SET base_commit = ? WHERE tag = ?", (base_commit, tag))
 
     def run(self, tag: str) -> dict | None:
-        row = self._db.execute("SELECT * FROM runs WHERE tag = ?", (tag,)).fetchone()
-        return _run_dict(row) if row else None
+        return next(iter(_run_dict(row) for row in self._db.execute("SELECT * FROM runs WHERE tag = ?", (tag,))), None)
 
     def runs(self) -> list[dict]:
         return [_run_dict(row) for row in self._db.execute("SELECT * FROM runs ORDER BY started_at, rowid")]
@@ -404,11 +408,8 @@ class Ledger:
 
     def finish_training_run(self, run_id: int, outcome: str, reason: str | None = None, metric: float | None = None,
                             summary: dict | None = None, seconds: float | None = None, **fields) -> None:
-        """Outcome `ok` (metric measured), or the failure's outcome (crash, timeout, invalid, interrupted).
-
-        `fields` may add the evaluation's numbers (`evaluation`), its seconds, the sandbox level, the
-        measured steal and the saved model's path, size and sha256.
-        """
+        """Outcome `ok` (metric measured), or the failure's outcome (crash, timeout, invalid, interrupted); `fields`
+        add the evaluation's numbers (`evaluation`) and seconds, and the rest of TRAINING_RUN_EXTRAS."""
         if "evaluation" in fields:
             evaluation = fields.pop("evaluation")
             fields["evaluation_json"] = None if evaluation is None else json.dumps(evaluation, sort_keys=True)

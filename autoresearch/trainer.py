@@ -229,6 +229,8 @@ class Trainer:
                 result.seconds, evaluation=None if evaluation is None else evaluation.values,
                 evaluation_seconds=None if evaluation is None else evaluation.seconds,
                 sandbox=result.sandbox_level or self.context.sandbox_level, stolen_seconds=result.stolen_seconds,
+                contention_seconds=result.contention_seconds, other_gpu_processes=result.other_gpu_processes,
+                startup_seconds=result.startup_seconds,
                 **placed, **model_record(ticket.model_dir))
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
@@ -299,6 +301,7 @@ def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float,
     """
     return TrainingJob(command=recipe.command, cwd=cwd, log_path=log_path, budget_seconds=budget_seconds,
                        grace_seconds=recipe.grace(budget_seconds), passthrough=recipe.env, makes_up_steal=True,
+                       startup_seconds=recipe.startup_seconds, export_seconds=recipe.export_seconds,
                        env={"AUTORESEARCH_SEED": str(seed), OUTPUT_DIR_ENV: str(output_dir),
                             RUN_MARKER: run_marker}, brings_back=(OUTPUT_DIR_ENV,))
 

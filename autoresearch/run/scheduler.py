@@ -389,7 +389,7 @@ class Scheduler:
         self.busy[slot.index] = (flight, ticket)
         flight.last_run_started = time.monotonic()
         self.reporter.phase("training", request.description, budget=state.budget_seconds,
-                            grace=state.recipe.grace(state.budget_seconds), slot=slot.index, number=flight.number)
+                            grace=state.recipe.past_budget(state.budget_seconds), slot=slot.index, number=flight.number)
 
         def work() -> None:
             try:
