@@ -28,6 +28,7 @@ import psutil
 
 NVIDIA_SMI_TIMEOUT_SECONDS = 5.0
 BUSY_SHARE = 0.25  # other work took at least this share of the machine: it was busy
+BUSY_LOAD_PER_CPU = 0.5  # a load average of at least this per CPU as a run starts: it is busy
 
 
 def machine_cpus() -> int:
@@ -93,6 +94,30 @@ class ContentionMeter:
 
     def seconds(self) -> float:
         return self.cpu_seconds() / self.cpus
+
+
+def training_cpus() -> int:
+    """The CPUs a training on this machine may use (this process's affinity, which it inherits)."""
+    try:
+        return len(os.sched_getaffinity(0)) or machine_cpus()
+    except (AttributeError, OSError):
+        return machine_cpus()
+
+
+def busy_machine_line(load: float | None = None, cpus: int | None = None) -> str | None:
+    """One line when the machine is already busy as a run starts (the 1-minute load average is at least
+    half the CPUs trainings use), else None: other work costs the trainings steps and widens the noise."""
+    cpus = cpus or training_cpus()
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:
+            return None
+    if load < BUSY_LOAD_PER_CPU * cpus:
+        return None
+    return (f"this machine is busy: load average {load:.1f} over the {cpus} CPUs trainings use; other work "
+            f"costs the trainings steps and widens the noise floor (the contention of each training is measured "
+            f"and shown; a quieter machine gives steadier numbers)")
 
 
 def busy_share(contention_seconds: float | None, wall_seconds: float | None) -> float | None:
