@@ -24,9 +24,10 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from autoresearch.console import Reporter
+from autoresearch.console import Reporter, format_contention
 from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, has_model,
                                      model_digest, scored_metric, write_recipe_files)
+from autoresearch.execution.contention import BUSY_SHARE, busy_share
 from autoresearch.execution.jobs import (OUTPUT_DIR_ENV, RUN_MARKER, Executor, JobHandle, Slot, TrainingJob,
                                          TrainingResult, new_job_id)
 from autoresearch.execution.sandbox import SandboxPolicy
@@ -232,6 +233,11 @@ class Trainer:
                 contention_seconds=result.contention_seconds, other_gpu_processes=result.other_gpu_processes,
                 startup_seconds=result.startup_seconds,
                 **placed, **model_record(ticket.model_dir))
+        share = busy_share(result.contention_seconds, result.seconds)
+        if (share or 0) >= BUSY_SHARE or result.other_gpu_processes:  # the live view: the machine was part of it
+            self.reporter.note(f"training {ticket.request.stem}: the machine was busy: "
+                               f"{format_contention(result.contention_seconds, result.seconds, result.other_gpu_processes)}"
+                               f" of its {result.seconds:.0f}s went to other processes")
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
     def interrupted(self, ticket: Ticket) -> None:

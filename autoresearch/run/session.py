@@ -267,7 +267,7 @@ class Session:
             raise
         except StopRun as exc:
             self.ledger.set_run_status(state.tag, "stopped")
-            raise StopRun(f"run {state.tag} stopped: {exc}", exc.remedy, exc.baseline_failed) from None
+            raise StopRun(f"run {state.tag} stopped: {exc}", exc.remedy, exc.baseline_failed, exc.cause) from None
         except BaseException:
             self.ledger.set_run_status(state.tag, "failed")
             raise
