@@ -96,8 +96,9 @@ def test_other_processes_are_contention_and_the_trees_own_cpu_is_not(tmp_path):
             time.sleep(0.1)
     finally:
         end(others + [own])
-    assert tree_cpu.seconds() > 0.3  # its own loop, as the harness sampled it
-    assert meter.cpu_seconds() > 0.5  # the two loops beside it
+    assert tree_cpu.seconds() > 0.05  # its own loop, as the harness sampled it
+    # the two loops beside it had as much of the CPUs as its own one (and the rest of the machine more)
+    assert meter.cpu_seconds() >= 1.5 * tree_cpu.seconds()
     assert meter.seconds() == pytest.approx(meter.cpu_seconds() / meter.cpus, rel=0.2)
 
 

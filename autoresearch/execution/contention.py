@@ -49,27 +49,32 @@ def _busy_ticks() -> int | None:
 
 
 class TreeCpu:
-    """CPU seconds a process tree used, as the harness saw it: each member's user and system time,
-    with the time of its children it reaped; a member that ended keeps its last reading. A child's
-    time may be counted twice (its own reading and its parent's after reaping it), which only makes
-    the tree's time larger: the contention figure errs on the low side."""
+    """CPU seconds a process tree used, as the harness saw it.
+
+    At each sample: the user and system time of every member still there (a zombie included), plus the
+    time of the children each has reaped (which holds every member that ended and was reaped inside the
+    tree, once). The figure kept is the largest seen, so a member that ended between two samples and
+    whose time left the tree with it (an orphan reaped outside it, without the sandbox) keeps what was
+    seen of it. Counting a process's time twice is possible only within one sample's race with its
+    reaping, and only makes the tree's time larger: the contention figure errs on the low side.
+    """
 
     def __init__(self):
-        self._seen: dict[tuple[int, float], float] = {}
+        self._seconds = 0.0
 
     def sample(self, processes) -> None:
+        total = 0.0
         for process in processes:
             try:
                 times = process.cpu_times()
-                key = (process.pid, process.create_time())
             except (psutil.Error, OSError):
                 continue
-            used = times.user + times.system + getattr(times, "children_user", 0.0) + getattr(
+            total += times.user + times.system + getattr(times, "children_user", 0.0) + getattr(
                 times, "children_system", 0.0)
-            self._seen[key] = max(used, self._seen.get(key, 0.0))
+        self._seconds = max(self._seconds, total)
 
     def seconds(self) -> float:
-        return sum(self._seen.values())
+        return self._seconds
 
 
 class ContentionMeter:
