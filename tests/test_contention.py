@@ -206,3 +206,11 @@ def test_a_baseline_too_slow_for_its_budget_on_a_quiet_machine_says_the_budget(t
     assert runs[0]["contention_seconds"] is not None  # recorded for every training run
     assert ("the budget is too small" in result.output or "the machine was busy" in result.output), result.output
     assert "fix the recipe" not in result.output
+
+
+def test_a_timeout_on_a_busy_machine_says_so_in_its_reason():
+    from autoresearch.outcomes import TRAINING, job_outcome
+    busy = trained("timeout", 50.0).result
+    outcome, reason = job_outcome(busy, TRAINING, 60)
+    assert outcome == "timeout" and "other processes took 62% of the machine meanwhile" in reason
+    assert "other processes" not in job_outcome(trained("timeout", 1.0).result, TRAINING, 60)[1]
