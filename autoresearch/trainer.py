@@ -24,7 +24,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from autoresearch.console import Reporter, format_contention
+from autoresearch.console import Reporter
 from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, has_model,
                                      model_digest, scored_metric, write_recipe_files)
 from autoresearch.execution.contention import BUSY_SHARE, busy_share
@@ -235,9 +235,9 @@ class Trainer:
                 **placed, **model_record(ticket.model_dir))
         share = busy_share(result.contention_seconds, result.seconds)
         if (share or 0) >= BUSY_SHARE or result.other_gpu_processes:  # the live view: the machine was part of it
-            self.reporter.note(f"training {ticket.request.stem}: the machine was busy: "
-                               f"{format_contention(result.contention_seconds, result.seconds, result.other_gpu_processes)}"
-                               f" of its {result.seconds:.0f}s went to other processes")
+            gpu = f"; {result.other_gpu_processes} other processes on its GPU" if result.other_gpu_processes else ""
+            self.reporter.note(f"training {ticket.request.stem}: the machine was busy: other processes took "
+                               f"{share or 0:.0%} of it ({result.contention_seconds:.0f}s of its {result.seconds:.0f}s){gpu}")
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
     def interrupted(self, ticket: Ticket) -> None:
