@@ -214,3 +214,19 @@ def test_a_timeout_on_a_busy_machine_says_so_in_its_reason():
     outcome, reason = job_outcome(busy, TRAINING, 60)
     assert outcome == "timeout" and "other processes took 62% of the machine meanwhile" in reason
     assert "other processes" not in job_outcome(trained("timeout", 1.0).result, TRAINING, 60)[1]
+
+
+FIRST_SEED_HANGS = SYNTH_TRAIN.replace("# --- training\n", "# --- training\nif os.environ['AUTORESEARCH_SEED'] == '0':\n"
+                                                         "    time.sleep(60)\n")
+
+
+def test_noise_runs_that_scored_beside_a_timed_out_first_run_stand_in_for_it(tmp_path, monkeypatch):
+    slow = SYNTH_RECIPE.replace("budget_seconds: 5", "budget_seconds: 8")
+    root = make_workspace(tmp_path / "ws", train=FIRST_SEED_HANGS, recipe_yaml=slow)
+    monkeypatch.chdir(root)
+    result = CliRunner().invoke(app, ["run", "--agent", "mutate", "--tag", "t", "--noise-runs", "2", "--slots", "3",
+                                      "--max-experiments", "1"], catch_exceptions=False)
+    runs = Ledger(root / "runs/ledger.db").training_runs("t", 0)
+    assert [run["outcome"] for run in runs] == ["timeout", "ok", "ok"], result.output
+    assert "its 2 noise runs that scored stand in for it" in result.output
+    assert Ledger(root / "runs/ledger.db").experiment("t", 0)["outcome"] == "keep"
