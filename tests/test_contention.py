@@ -230,3 +230,11 @@ def test_noise_runs_that_scored_beside_a_timed_out_first_run_stand_in_for_it(tmp
     assert [run["outcome"] for run in runs] == ["timeout", "ok", "ok"], result.output
     assert "its 2 noise runs that scored stand in for it" in result.output
     assert Ledger(root / "runs/ledger.db").experiment("t", 0)["outcome"] == "keep"
+
+
+def test_the_gpu_neighbours_are_skipped_quietly_where_there_is_no_gpu_or_no_nvidia_smi():
+    import shutil
+    from autoresearch.execution.contention import other_gpu_processes
+    assert other_gpu_processes(None, set()) is None
+    if shutil.which("nvidia-smi") is None:
+        assert other_gpu_processes("0", set()) is None

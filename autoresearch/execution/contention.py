@@ -20,9 +20,9 @@ export early never buys time (docs/trust.md).
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
 import shutil
 import subprocess
+from dataclasses import asdict, dataclass
 
 import psutil
 

@@ -3,8 +3,8 @@
 The command runs in its own process session, with the environment from an allowlist (never a secret
 such as OPENAI_API_KEY), the budget handed over in the environment, inside bubblewrap when the job
 has a sandbox (execution.sandbox), and its output drained into a bounded log whose summary lines are
-read as they come (execution.output). The harness's clock ends it at budget + grace (plus the steal
-the hypervisor took meanwhile, execution.steal, up to a quarter of the budget) or when it is
+read as they come (execution.output). The harness's clock ends it at its deadline (start-up, budget,
+grace, export, and the steal and contention measured meanwhile: execution.contention) or when it is
 cancelled; then its whole process tree is stopped (execution.processes): its group, every
 descendant seen while it ran, and every process carrying the job's marker (`AUTORESEARCH_JOB`).
 
