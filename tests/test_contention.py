@@ -238,3 +238,18 @@ def test_the_gpu_neighbours_are_skipped_quietly_where_there_is_no_gpu_or_no_nvid
     assert other_gpu_processes(None, set()) is None
     if shutil.which("nvidia-smi") is None:
         assert other_gpu_processes("0", set()) is None
+
+
+def test_each_training_runs_contention_is_recorded_and_shown_by_show_and_the_report(tmp_path, monkeypatch):
+    root = make_workspace(tmp_path / "ws")
+    monkeypatch.chdir(root)
+    runner = CliRunner()
+    assert runner.invoke(app, ["run", "--agent", "mutate", "--tag", "t", "--noise-runs", "1", "--max-experiments",
+                               "2"], catch_exceptions=False).exit_code == 0
+    runs = Ledger(root / "runs/ledger.db").training_runs("t")
+    assert runs and all(run["contention_seconds"] is not None and run["startup_seconds"] is not None for run in runs)
+    shown = runner.invoke(app, ["show", "0", "--tag", "t"], catch_exceptions=False).stdout
+    assert "machine" in shown and "others " in shown
+    report = tmp_path / "report.html"
+    assert runner.invoke(app, ["report", "--tag", "t", "-o", str(report)], catch_exceptions=False).exit_code == 0
+    assert "<dt>machine</dt><dd>first others " in report.read_text()
