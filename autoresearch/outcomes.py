@@ -32,9 +32,8 @@ def job_outcome(result, stage: str, limit_seconds: float, touched: list[str] = (
         if not training:
             return "timeout", f"the evaluation of its model ran past {limit_seconds:g}s"
         share = busy_share(result.contention_seconds, result.seconds)
-        machine = (f"; other processes took {share:.0%} of the machine meanwhile (its deadline moved by up to "
-                   f"{limit_seconds / 4:g}s for that)" if share is not None and share >= BUSY_SHARE else "")
-        return "timeout", f"still running after {result.seconds:.0f}s (budget {limit_seconds:g}s){machine}"
+        machine = f"; other processes took {share:.0%} of the machine" if (share or 0) >= BUSY_SHARE else ""
+        return "timeout", f"still running after {result.seconds:.0f}s (budget {limit_seconds:g}s{machine})"
     if result.exit_code == 0:
         return None, None
     if not training:

@@ -212,7 +212,7 @@ def test_a_timeout_on_a_busy_machine_says_so_in_its_reason():
     from autoresearch.outcomes import TRAINING, job_outcome
     busy = trained("timeout", 50.0).result
     outcome, reason = job_outcome(busy, TRAINING, 60)
-    assert outcome == "timeout" and "other processes took 62% of the machine meanwhile" in reason
+    assert outcome == "timeout" and "(budget 60s; other processes took 62% of the machine)" in reason
     assert "other processes" not in job_outcome(trained("timeout", 1.0).result, TRAINING, 60)[1]
 
 
