@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 import threading
 import time
 from pathlib import Path
@@ -142,7 +143,7 @@ def test_a_training_that_claims_to_export_while_it_trains_on_is_cut_at_the_allow
 
 def test_a_harness_step_keeps_budget_and_grace(tmp_path):
     step = job(tmp_path, "import time\ntime.sleep(30)\n", budget=1, grace=0.5)
-    step = TrainingJob(**{**step.__dict__, "makes_up_steal": False})
+    step = replace(step, makes_up_steal=False)
     result = LocalExecutor(kill_wait_seconds=1).run(step)
     assert result.timed_out and result.seconds < 3 and result.contention_seconds == 0
 

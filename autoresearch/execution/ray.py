@@ -19,9 +19,10 @@ the `ray` extra never imports it.
   fixed files, and its printed numbers are read by the harness's code as they are locally.
 - The clock is the harness's: the worker runs the job without a deadline of its own; this side
   counts the budget and grace (with the start-up, export, steal and contention allowances of
-  execution.contention, from what the node measured and reports in each poll) from when the node started it, then has the worker stop it as locally (SIGTERM, SIGKILL after the kill
-  wait); a worker that does not answer within the kill wait and FORCE_SLACK_SECONDS more is killed
-  with force (`ray.kill`), and the node is swept for the job's processes by their marker.
+  execution.contention, from what the node measured and reports in each poll) from when the node
+  started it, then has the worker stop it as locally (SIGTERM, SIGKILL after the kill wait); a
+  worker that does not answer within the kill wait and FORCE_SLACK_SECONDS more is killed with
+  force (`ray.kill`), and the node is swept for the job's processes by their marker.
 - The log streams back: each poll brings what the worker's bounded log file gained since the last;
   the whole stream is at most the local executor's head and tail bounds, whatever the training prints.
 - A worker or node that dies mid-job makes the result `lost` (the trainer's `crash: worker lost`),
@@ -199,9 +200,9 @@ class NodeJob:
         return job, level, None
 
     def news(self, offset: int, wait_seconds: float = 0.0) -> dict:
-        """What the log gained since `offset`, the last line seen, the progress so far (execution.contention), and
-        the result once done;
-        after waiting up to `wait_seconds` for the job to end (so that its end reaches the driver at once)."""
+        """What the log gained since `offset`, the last line seen, the progress so far (execution.contention),
+        and the result once done; after waiting up to `wait_seconds` for the job to end (so that its end
+        reaches the driver at once)."""
         done = self.done.wait(wait_seconds)
         if done:
             chunk = self.final_log[offset:]
