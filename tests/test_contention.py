@@ -254,3 +254,10 @@ def test_each_training_runs_contention_is_recorded_and_shown_by_show_and_the_rep
     report = tmp_path / "report.html"
     assert runner.invoke(app, ["report", "--tag", "t", "-o", str(report)], catch_exceptions=False).exit_code == 0
     assert "<dt>machine</dt><dd>first others " in report.read_text()
+
+
+def test_a_silent_training_gets_no_more_start_up_than_its_allowance(tmp_path):
+    silent = job(tmp_path, "import time\ntime.sleep(60)\n", budget=1, grace=0.5, startup=2)
+    result = LocalExecutor(kill_wait_seconds=1).run(silent)
+    assert result.timed_out and result.startup_seconds is None  # it never printed: the whole allowance counted
+    assert 3.0 <= result.seconds <= 2 + 1 + 0.5 + 0.25 + 1.5
