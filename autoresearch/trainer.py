@@ -236,8 +236,10 @@ class Trainer:
         share = busy_share(result.contention_seconds, result.seconds)
         if (share or 0) >= BUSY_SHARE or result.other_gpu_processes:  # the live view: the machine was part of it
             gpu = f"; {result.other_gpu_processes} other processes on its GPU" if result.other_gpu_processes else ""
+            moved = min(result.contention_seconds, self.context.budget_seconds / 4)  # execution.contention's cap
             self.reporter.note(f"training {ticket.request.stem}: the machine was busy: other processes took "
-                               f"{share or 0:.0%} of it ({result.contention_seconds:.0f}s of its {result.seconds:.0f}s){gpu}")
+                               f"{share or 0:.0%} of it ({result.contention_seconds:.0f}s of its {result.seconds:.0f}s)"
+                               f"{gpu}; its deadline moved by {moved:.0f}s for that")
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
     def interrupted(self, ticket: Ticket) -> None:
