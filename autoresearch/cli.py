@@ -257,8 +257,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         except StopRun as exc:
             reporter.close()
             if exc.baseline_failed:
-                raise UserError(f"{exc}; fix the recipe and commit the fix, then `{resume_command()}` trains the "
-                                "baseline again from the workspace's last commit") from None
+                raise UserError(f"{exc}; {baseline_advice(exc.cause, resume_command())}") from None
             raise UserError(f"{exc}; after fixing it, go on with: {resume_command()}{remedy_flag(exc.remedy)}") from None
         except BaseException:
             reporter.close()
@@ -431,6 +430,18 @@ def rm(tag: str = typer.Argument(..., help="The run to remove, as `autoresearch 
                 raise UserError(f"run {tag} not removed")
         removed = remove_run(workspace, ledger, tag)
     say(f"removed run {tag}: {removed.describe()}")
+
+
+def baseline_advice(cause: str | None, resume: str) -> str:
+    """What to do after the unmodified recipe failed, by its cause (outcomes.baseline_cause)."""
+    if cause == "busy":
+        return (f"the machine was busy, not the recipe broken: stop the other work on it (or give the training "
+                f"more time with --budget), then `{resume}` trains the baseline again")
+    if cause == "budget":
+        return (f"the budget is too small for the recipe's start-up, a training step and saving the model: "
+                f"`{resume} --budget SECONDS` with more, or raise startup_seconds/export_seconds in recipe.yaml")
+    return (f"fix the recipe and commit the fix, then `{resume}` trains the baseline again from the workspace's "
+            "last commit")
 
 
 def remedy_flag(remedy) -> str:

@@ -53,6 +53,20 @@ def format_noise(std: float | None, runs: int) -> str:
     return f"±{std:.3g} (std over {plural(runs, 'seeded run')})"
 
 
+def format_contention(contention_seconds: float | None, seconds: float | None,
+                      other_gpu_processes: int | None = None) -> str:
+    """The machine while a training ran, as `show`, the report and the live view print it: the share of the
+    machine other processes took (and how long), and the other processes on its GPU where that was known."""
+    if contention_seconds is None:
+        text = "-"
+    else:
+        share = contention_seconds / seconds if seconds else 0.0
+        text = f"others {min(share, 1.0):.0%} ({contention_seconds:.0f}s)"
+    if other_gpu_processes:
+        text += f", GPU +{other_gpu_processes}"
+    return text
+
+
 def format_tokens(count: int | None) -> str:
     if not count:
         return "-"

@@ -50,14 +50,17 @@ class StopRun(Exception):
     """The run cannot go on (the baseline failed, the endpoint keeps failing); one line for the person.
 
     `remedy`, when one setting mends it, names that setting. `baseline_failed` tells the caller the
-    recipe itself is broken: a resume after the fix is committed starts again from the workspace's
-    last commit.
+    unmodified recipe failed: a resume starts again from the workspace's last commit; `cause` says why
+    (outcomes.baseline_cause: `budget` too small for start-up, a step and the export; a `busy` machine;
+    a broken `recipe`).
     """
 
-    def __init__(self, message: str, remedy: Remedy | None = None, baseline_failed: bool = False):
+    def __init__(self, message: str, remedy: Remedy | None = None, baseline_failed: bool = False,
+                 cause: str | None = None):
         super().__init__(message)
         self.remedy = remedy
         self.baseline_failed = baseline_failed
+        self.cause = cause
 
 
 class AgentUnavailable(Exception):

@@ -1,9 +1,9 @@
 """The ledger: every run, experiment, training run and LLM call, in SQLite at runs/ledger.db.
 
 Rows are written ahead: an experiment's row exists (outcome `running`) before anything it does can
-fail, and its outcome is written before the branch is reset. The schema grows by numbered
-migrations kept in MIGRATIONS; `PRAGMA user_version` says how many have been applied.
-Every reader returns plain dicts of one shape, so `log --json` and every other JSON output agree.
+fail, and its outcome is written before the branch is reset. The schema grows by numbered migrations
+kept in migrations.py (`PRAGMA user_version`: how many applied). Every reader returns plain dicts of one
+shape, so `log --json` and every other JSON output agree.
 """
 
 from __future__ import annotations
@@ -16,168 +16,11 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+from autoresearch.migrations import MIGRATIONS
+
 # llm_calls.attempt of the check a run (and each resume) makes of its endpoint before it trains
 # anything, recorded under the number of the experiment that comes next; a proposal's attempts count from 1.
 ENDPOINT_CHECK_ATTEMPT = 0
-
-MIGRATIONS: list[str] = [
-    # 1: runs, experiments and LLM calls
-    """
-    CREATE TABLE runs (
-        tag TEXT PRIMARY KEY,
-        recipe TEXT NOT NULL,
-        branch TEXT NOT NULL,
-        worktree TEXT NOT NULL,
-        base_commit TEXT NOT NULL,
-        agent TEXT NOT NULL,
-        model TEXT,
-        metric TEXT NOT NULL,
-        direction TEXT NOT NULL,
-        budget_seconds REAL NOT NULL,
-        config_json TEXT NOT NULL DEFAULT '{}',
-        status TEXT NOT NULL DEFAULT 'running',
-        started_at TEXT NOT NULL,
-        finished_at TEXT
-    );
-    CREATE TABLE experiments (
-        tag TEXT NOT NULL REFERENCES runs(tag),
-        number INTEGER NOT NULL,
-        outcome TEXT NOT NULL,
-        reason TEXT,
-        description TEXT,
-        commit_sha TEXT,
-        parent_sha TEXT,
-        metric REAL,
-        best_before REAL,
-        summary_json TEXT NOT NULL DEFAULT '{}',
-        files_hash TEXT,
-        diff TEXT,
-        log_path TEXT,
-        log_tail TEXT,
-        seed INTEGER,
-        started_at TEXT NOT NULL,
-        finished_at TEXT,
-        propose_seconds REAL,
-        train_seconds REAL,
-        total_seconds REAL,
-        PRIMARY KEY (tag, number)
-    );
-    CREATE TABLE llm_calls (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        tag TEXT NOT NULL,
-        experiment INTEGER NOT NULL,
-        attempt INTEGER NOT NULL,
-        model TEXT,
-        messages_json TEXT NOT NULL,
-        reply TEXT,
-        error TEXT,
-        prompt_tokens INTEGER,
-        completion_tokens INTEGER,
-        latency_seconds REAL,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX llm_calls_by_experiment ON llm_calls(tag, experiment);
-    """,
-    # 2: covering indexes for the review commands (log, runs): counts, best metric and tokens per run
-    # come from the indexes alone, never from the wide rows that hold prompts, diffs and log tails
-    """
-    CREATE INDEX experiments_by_outcome ON experiments(tag, outcome, number, metric);
-    CREATE INDEX llm_calls_tokens ON llm_calls(tag, experiment, model, prompt_tokens, completion_tokens);
-    """,
-    # 3: telling progress from noise (docs/noise.md): every training run of an experiment with its
-    # seed (the baseline's noise runs and the candidates' confirmation runs included), the run's
-    # measured noise floor, each experiment's decision, and `verify` results
-    """
-    CREATE TABLE training_runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        tag TEXT NOT NULL,
-        experiment INTEGER NOT NULL,
-        attempt INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        seed INTEGER NOT NULL,
-        commit_sha TEXT,
-        outcome TEXT NOT NULL,
-        reason TEXT,
-        metric REAL,
-        summary_json TEXT NOT NULL DEFAULT '{}',
-        log_path TEXT,
-        seconds REAL,
-        started_at TEXT NOT NULL,
-        finished_at TEXT,
-        UNIQUE (tag, experiment, attempt)
-    );
-    ALTER TABLE runs ADD COLUMN noise_std REAL;
-    ALTER TABLE runs ADD COLUMN noise_runs INTEGER;
-    ALTER TABLE experiments ADD COLUMN decision_json TEXT;
-    CREATE TABLE verifications (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        tag TEXT NOT NULL,
-        baseline_commit TEXT NOT NULL,
-        best_commit TEXT NOT NULL,
-        metric TEXT NOT NULL,
-        test_metric TEXT NOT NULL,
-        confidence REAL NOT NULL,
-        seeds_json TEXT NOT NULL,
-        runs_json TEXT NOT NULL,
-        val_gain REAL,
-        val_low REAL,
-        val_high REAL,
-        test_gain REAL,
-        test_low REAL,
-        test_high REAL,
-        verdict TEXT NOT NULL,
-        message TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX verifications_by_tag ON verifications(tag, id);
-    """,
-    # 4: a run's settings survive a resume (config_json holds them all, overrides included), --hours counts
-    # the time the run has been going across resumes, and each experiment says which agent and model made it
-    """
-    ALTER TABLE runs ADD COLUMN active_seconds REAL NOT NULL DEFAULT 0;
-    ALTER TABLE experiments ADD COLUMN agent TEXT;
-    ALTER TABLE experiments ADD COLUMN model TEXT;
-    CREATE INDEX experiments_by_agent ON experiments(tag, agent, model, number);
-    """,
-    # 5: trusted measurement (docs/trust.md): the sandbox level in force, the harness's evaluation of each
-    # saved model (its numbers, its time), the steal the harness measured, and the model itself (kept or not)
-    """
-    ALTER TABLE runs ADD COLUMN sandbox TEXT;
-    ALTER TABLE training_runs ADD COLUMN sandbox TEXT;
-    ALTER TABLE training_runs ADD COLUMN evaluation_json TEXT;
-    ALTER TABLE training_runs ADD COLUMN evaluation_seconds REAL;
-    ALTER TABLE training_runs ADD COLUMN stolen_seconds REAL;
-    ALTER TABLE training_runs ADD COLUMN model_path TEXT;
-    ALTER TABLE training_runs ADD COLUMN model_bytes INTEGER;
-    ALTER TABLE training_runs ADD COLUMN model_sha256 TEXT;
-    ALTER TABLE experiments ADD COLUMN evaluation_json TEXT;
-    """,
-    # 6: several experiments in flight: the slot and device each training ran on, the best experiment
-    # of a run as its own pointer (the last kept row by number is not always the best once experiments
-    # overlap), the experiment each was drafted from, and the slot-seconds a run had (its duty cycle)
-    """
-    ALTER TABLE training_runs ADD COLUMN slot INTEGER;
-    ALTER TABLE training_runs ADD COLUMN device TEXT;
-    ALTER TABLE runs ADD COLUMN best_number INTEGER;
-    ALTER TABLE runs ADD COLUMN slot_seconds REAL NOT NULL DEFAULT 0;
-    ALTER TABLE experiments ADD COLUMN parent_number INTEGER;
-    """,
-    # 7: the agent's side (issue 16): each call's input tokens the server read from its prompt cache (priced as
-    # cached) and why the model stopped (stop, length...), and the notes the agent keeps across experiments;
-    # the covering index of token sums gains the cached tokens
-    """
-    ALTER TABLE llm_calls ADD COLUMN cached_tokens INTEGER;
-    ALTER TABLE llm_calls ADD COLUMN finish_reason TEXT;
-    ALTER TABLE experiments ADD COLUMN notes TEXT;
-    DROP INDEX llm_calls_tokens;
-    CREATE INDEX llm_calls_usage ON llm_calls(tag, experiment, model, prompt_tokens, completion_tokens, cached_tokens);
-    """,
-    # 8: beyond one box (issue 14): where each training's job ran, as its executor names it ("ray:<actor>:<job>",
-    # "local:<job>"), written before it starts, so that a resume can look up what a killed tool left in flight
-    """
-    ALTER TABLE training_runs ADD COLUMN job TEXT;
-    """,
-]
 
 EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "commit_sha", "parent_sha", "metric",
                       "best_before", "summary_json", "files_hash", "diff", "log_path", "log_tail", "seed",
@@ -186,7 +29,8 @@ EXPERIMENT_COLUMNS = ("tag", "number", "outcome", "reason", "description", "comm
 # Every table with a row per run or per part of a run, children before the runs they refer to.
 RUN_TABLES = ("llm_calls", "training_runs", "verifications", "experiments", "runs")
 TRAINING_RUN_EXTRAS = frozenset({"evaluation_json", "evaluation_seconds", "sandbox", "stolen_seconds", "model_path",
-                                 "model_bytes", "model_sha256", "device"})
+                                 "model_bytes", "model_sha256", "device", "contention_seconds", "other_gpu_processes",
+                                 "startup_seconds"})
 TRAINING_RUN_KINDS = ("first", "noise", "confirm")  # the baseline's extra runs are `noise`, a candidate's `confirm`
 
 
@@ -300,8 +144,7 @@ class Ledger:
         self._db.execute("UPDATE runs SET base_commit = ? WHERE tag = ?", (base_commit, tag))
 
     def run(self, tag: str) -> dict | None:
-        row = self._db.execute("SELECT * FROM runs WHERE tag = ?", (tag,)).fetchone()
-        return _run_dict(row) if row else None
+        return next(iter(_run_dict(row) for row in self._db.execute("SELECT * FROM runs WHERE tag = ?", (tag,))), None)
 
     def runs(self) -> list[dict]:
         return [_run_dict(row) for row in self._db.execute("SELECT * FROM runs ORDER BY started_at, rowid")]
@@ -406,11 +249,8 @@ class Ledger:
 
     def finish_training_run(self, run_id: int, outcome: str, reason: str | None = None, metric: float | None = None,
                             summary: dict | None = None, seconds: float | None = None, **fields) -> None:
-        """Outcome `ok` (metric measured), or the failure's outcome (crash, timeout, invalid, interrupted).
-
-        `fields` may add the evaluation's numbers (`evaluation`), its seconds, the sandbox level, the
-        measured steal and the saved model's path, size and sha256.
-        """
+        """Outcome `ok` (metric measured), or the failure's outcome (crash, timeout, invalid, interrupted); `fields`
+        add the evaluation's numbers (`evaluation`) and seconds, and the rest of TRAINING_RUN_EXTRAS."""
         if "evaluation" in fields:
             evaluation = fields.pop("evaluation")
             fields["evaluation_json"] = None if evaluation is None else json.dumps(evaluation, sort_keys=True)

@@ -196,3 +196,24 @@ def gain_interval(reference: list[float], candidate: list[float], direction: str
     half_width = t_quantile_95(dof) * pooled * math.sqrt(1 / len(reference) + 1 / len(candidate))
     return GainInterval(gain, gain - half_width, gain + half_width, dof, mean(reference), mean(candidate),
                         len(reference), len(candidate))
+
+
+NOISE_SHARE_WARNING = 0.02  # a noise floor of at least this share of the metric is large
+MARGIN_SHARE_WARNING = 0.05  # so is a keep margin of at least this share
+
+
+def noise_warning(metric_name: str, metric: float | None, std: float | None, margin: float | None,
+                  busy_share: float | None = None, busy_threshold: float = 0.25) -> str | None:
+    """One line when the noise floor (or the margin a change must clear) is a large share of the metric,
+    naming the machine when other work kept it busy during the baseline; None otherwise."""
+    if metric is None or not metric or std is None:
+        return None
+    share, margin_share = std / abs(metric), (margin or 0.0) / abs(metric)
+    if share < NOISE_SHARE_WARNING and margin_share < MARGIN_SHARE_WARNING:
+        return None
+    line = (f"the noise floor is {share:.1%} of {metric_name} (σ {std:.3g} on {metric:.4g}"
+            + (f"; a change must gain {margin:.3g} to be kept" if margin else "") + ")")
+    if busy_share is not None and busy_share >= busy_threshold:
+        return line + (f": other work on this machine (it took {busy_share:.0%} of the CPU time during the "
+                       "baseline) costs the training steps")
+    return line + ": only changes larger than that can be told from noise"

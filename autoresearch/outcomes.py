@@ -8,6 +8,11 @@ worker, past its deadline, refused, non-zero exit), so one ladder reads both, in
 
 from __future__ import annotations
 
+from autoresearch.execution.contention import BUSY_SHARE, busy_share
+
+# Why the unmodified recipe failed (errors.StopRun.cause): what the person has to change
+BUDGET_TOO_SMALL, BUSY_MACHINE, BROKEN_RECIPE = "budget", "busy", "recipe"
+
 OUTCOMES = ("keep", "discard", "crash", "timeout", "invalid", "interrupted")
 TRAINING, EVALUATION = "training", "evaluation"
 REFUSED_EXIT_CODE = 3  # the evaluation refused the model (lm.REFUSED_EXIT_CODE, docs/recipe-contract.md)
@@ -26,8 +31,11 @@ def job_outcome(result, stage: str, limit_seconds: float, touched: list[str] = (
     if result.lost:
         return "crash", "worker lost" if training else "worker lost (during the evaluation of its model)"
     if result.timed_out:
-        return "timeout", (f"still running after {result.seconds:.0f}s (budget {limit_seconds:g}s)" if training
-                           else f"the evaluation of its model ran past {limit_seconds:g}s")
+        if not training:
+            return "timeout", f"the evaluation of its model ran past {limit_seconds:g}s"
+        share = busy_share(result.contention_seconds, result.seconds)
+        machine = f"; other processes took {share:.0%} of the machine" if (share or 0) >= BUSY_SHARE else ""
+        return "timeout", f"still running after {result.seconds:.0f}s (budget {limit_seconds:g}s{machine})"
     if result.exit_code == 0:
         return None, None
     if not training:
@@ -51,3 +59,17 @@ def last_line(tail: str) -> str:
         if "Error" in line or "Exception" in line:
             return line[:160]
     return lines[-1][:160] if lines else "no output"
+
+
+def baseline_cause(trained, budget_seconds: float) -> tuple[str, str]:
+    """(cause, figure) of a failed baseline training: a timeout on a machine that other work kept busy
+    (the figure: how busy), a timeout on a quiet one (the budget is too small for start-up, a step and
+    the export), or anything else (a crash or refusal of the unmodified recipe: the recipe is broken)."""
+    if trained.outcome != "timeout":
+        return BROKEN_RECIPE, ""
+    result = trained.result
+    share = busy_share(result.contention_seconds, result.seconds)
+    if share is not None and share >= BUSY_SHARE:
+        return BUSY_MACHINE, (f" while other processes took {share:.0%} of the machine's CPU time "
+                              f"({result.contention_seconds:.0f}s of its {result.seconds:.0f}s)")
+    return BUDGET_TOO_SMALL, f" (budget {budget_seconds:g}s; start-up took {result.startup_seconds or 0:.0f}s)"

@@ -56,6 +56,10 @@ class Recipe:
     description: str = ""
     prepare: str | None = None  # the harness runs it before the first training: data, and what to show and hide
     grace_seconds: float | None = None
+    # Phases the harness measures itself and allows apart from the budget (docs/recipe-contract.md): start-up
+    # until the training's first line of output, and saving the model after the budget. 0: grace covers them.
+    startup_seconds: float = 0.0
+    export_seconds: float = 0.0
     evaluation_seconds: float = 600.0  # the evaluation's own limit
     prepare_seconds: float = DEFAULT_PREPARE_SECONDS  # the data preparation's limit
     test_metric: str | None = None
@@ -65,19 +69,28 @@ class Recipe:
     evaluation_memory_mb: float | None = None  # the evaluation's memory limit (None: watch.DEFAULT_MEMORY_MB)
 
     def grace(self, budget_seconds: float) -> float:
-        """Time past the budget for start-up and saving the model; then the training is killed.
+        """Time past the budget for what the start-up and export allowances do not cover (the last step,
+        exiting; everything, for a recipe without them); then the training is killed.
 
-        The recipe's `grace_seconds`, else max(15 s, a tenth of the budget). The evaluation is no
-        longer inside it: it is the harness's own step, with its own limit.
+        The recipe's `grace_seconds`, else max(15 s, a tenth of the budget), or 5 s where the recipe gives
+        start-up and export their own allowances. The evaluation is not inside it: it is the harness's own
+        step, with its own limit.
         """
         if self.grace_seconds is not None:
             return float(self.grace_seconds)
+        if self.startup_seconds or self.export_seconds:
+            return 5.0
         return max(15.0, budget_seconds / 10)
+
+    def past_budget(self, budget_seconds: float) -> float:
+        """The most a training may run past its budget before the machine's allowances (steal, contention)."""
+        return self.grace(budget_seconds) + self.startup_seconds + self.export_seconds
 
 
 KNOWN_KEYS = ("name", "description", "command", "prepare", "evaluate", "metric", "direction", "budget_seconds",
-              "grace_seconds", "evaluation_seconds", "prepare_seconds", "editable", "fixed", "test_metric", "env",
-              "tunable", "disk_quota_mb", "evaluation_memory_mb")
+              "grace_seconds", "startup_seconds", "export_seconds", "evaluation_seconds", "prepare_seconds",
+              "editable", "fixed", "test_metric", "env", "tunable", "disk_quota_mb", "evaluation_memory_mb")
+MAX_PHASE_SECONDS = 600.0  # a start-up or export allowance longer than this is a budget in disguise
 REQUIRED_KEYS = ("command", "evaluate", "metric", "direction", "budget_seconds", "editable")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `NAME = 12`, `NAME: float = 3e-4  # why`: the constants a tunable may name (and mutate may change)
@@ -121,6 +134,12 @@ def load_recipe(path: Path) -> Recipe:
         raise UserError(f"{spec_path}: direction must be lower or higher, not {spec['direction']!r}")
     budget = _number(spec, "budget_seconds", spec_path)
     grace = None if spec.get("grace_seconds") is None else _number(spec, "grace_seconds", spec_path, allow_zero=True)
+    startup, export = (0.0 if spec.get(key) is None else _number(spec, key, spec_path, allow_zero=True)
+                       for key in ("startup_seconds", "export_seconds"))
+    for key, value in (("startup_seconds", startup), ("export_seconds", export)):
+        if value > MAX_PHASE_SECONDS:
+            raise UserError(f"{spec_path}: {key} is at most {MAX_PHASE_SECONDS:g} (an allowance, not a budget), "
+                            f"not {value:g}")
     evaluation_seconds = (600.0 if spec.get("evaluation_seconds") is None
                           else _number(spec, "evaluation_seconds", spec_path))
     limits = {key: _number(spec, key, spec_path, unit="megabytes") for key in ("disk_quota_mb", "evaluation_memory_mb")
@@ -153,6 +172,8 @@ def load_recipe(path: Path) -> Recipe:
         direction=direction,
         budget_seconds=budget,
         grace_seconds=grace,
+        startup_seconds=startup,
+        export_seconds=export,
         evaluation_seconds=evaluation_seconds,
         prepare_seconds=prepare_seconds,
         editable=editable,

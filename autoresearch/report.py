@@ -12,7 +12,8 @@ import base64
 from html import escape
 from pathlib import Path
 
-from autoresearch.console import format_cost, format_duration, format_metric, format_noise, format_tokens
+from autoresearch.console import (format_contention, format_cost, format_duration, format_metric, format_noise,
+                                  format_tokens)
 from autoresearch.quoting import printable_record
 from autoresearch.review import explain_outcome
 from autoresearch.gains import better_word
@@ -149,6 +150,11 @@ def _experiment_block(detail: dict, summary: dict, opened: bool = False) -> str:
                          f"{format_duration(detail['train_seconds'])}, in all {format_duration(detail['duration_seconds'])}"),
              ("tokens", f"{detail['prompt_tokens']} prompt + {detail['completion_tokens']} completion, cost "
                         f"{format_cost(detail['cost_usd'], tokens)}")]
+    runs = detail.get("training_runs") or []
+    if runs:  # the machine while each training ran (contention, harness-measured): a busy one explains a timeout
+        facts.append(("machine", "; ".join(
+            f"{run['kind']} {format_contention(run.get('contention_seconds'), run['seconds'], run.get('other_gpu_processes'))}"
+            for run in runs)))
     facts += [(name, format_metric(value)) for name, value in detail["summary"].items()]
     body = "".join(f"<dt>{escape(name)}</dt><dd>{escape(value)}</dd>\n" for name, value in facts)
     diff = (f"<pre class=\"diff\">{_diff_html(detail['diff'])}</pre>\n" if detail["diff"]

@@ -403,14 +403,18 @@ def explain_outcome(record: dict, metric: str, direction: str) -> str:
 
 
 def run_details(ledger: Ledger, tag: str, prices: PriceTable | None = None) -> list[dict]:
-    """Every experiment's record with its diff and log tail, in order (for the HTML report)."""
+    """Every experiment's record with its diff, log tail and training runs, in order (for the HTML report)."""
     usage = usage_by_experiment(ledger.token_usage(tag), prices)
     details = []
     direction = run_direction(ledger, tag)
     places = ledger.first_run_places(tag)
+    runs: dict[int, list[dict]] = {}
+    for run in ledger.training_runs(tag):  # each experiment's training runs: the machine while each ran
+        runs.setdefault(run["experiment"], []).append(run)
     for row in ledger.experiments(tag):
         detail = experiment_record(row, direction, usage.get(row["number"]), places.get(row["number"]))
         detail["diff"] = row["diff"] or None
         detail["log_tail"] = row["log_tail"] or read_log_tail(row["log_path"])
+        detail["training_runs"] = runs.get(row["number"], [])
         details.append(detail)
     return details

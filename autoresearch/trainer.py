@@ -26,6 +26,7 @@ from pathlib import Path
 from autoresearch.console import Reporter
 from autoresearch.evaluation import (Evaluation, HarnessFiles, evaluate_model, evaluation_job, model_digest,
                                      model_folder_outcome, model_limits, scored_metric, write_recipe_files)
+from autoresearch.execution.contention import BUSY_SHARE, busy_share, made_up
 from autoresearch.execution.jobs import (OUTPUT_DIR_ENV, RUN_MARKER, Executor, JobHandle, Slot, TrainingJob,
                                          TrainingResult, new_job_id)
 from autoresearch.execution.sandbox import SandboxPolicy
@@ -236,7 +237,15 @@ class Trainer:
                 result.seconds, evaluation=None if evaluation is None else evaluation.values,
                 evaluation_seconds=None if evaluation is None else evaluation.seconds,
                 sandbox=result.sandbox_level or self.context.sandbox_level, stolen_seconds=result.stolen_seconds,
-                **placed, **model)
+                contention_seconds=result.contention_seconds, other_gpu_processes=result.other_gpu_processes,
+                startup_seconds=result.startup_seconds, **placed, **model)
+        share = busy_share(result.contention_seconds, result.seconds)
+        if (share or 0) >= BUSY_SHARE or result.other_gpu_processes:  # the live view: the machine was part of it
+            gpu = f"; {result.other_gpu_processes} other processes on its GPU" if result.other_gpu_processes else ""
+            moved = made_up(result.contention_seconds, self.context.budget_seconds)
+            self.reporter.note(f"training {ticket.request.stem}: the machine was busy: other processes took "
+                               f"{share or 0:.0%} of it ({result.contention_seconds:.0f}s of its {result.seconds:.0f}s)"
+                               f"{gpu}; its deadline moved by {moved:.0f}s for that")
         return Trained(ticket.run_id, result, outcome, reason, metric, evaluation, ticket.model_dir)
 
     def interrupted(self, ticket: Ticket) -> None:
@@ -306,6 +315,7 @@ def recipe_job(recipe: Recipe, cwd: Path, log_path: Path, budget_seconds: float,
     """
     return TrainingJob(command=recipe.command, cwd=cwd, log_path=log_path, budget_seconds=budget_seconds,
                        grace_seconds=recipe.grace(budget_seconds), passthrough=recipe.env, makes_up_steal=True,
+                       startup_seconds=recipe.startup_seconds, export_seconds=recipe.export_seconds,
                        env={"AUTORESEARCH_SEED": str(seed), OUTPUT_DIR_ENV: str(output_dir),
                             RUN_MARKER: run_marker}, brings_back=(OUTPUT_DIR_ENV,))
 

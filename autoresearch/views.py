@@ -16,7 +16,7 @@ from rich.color import ColorSystem
 from rich.console import Console
 from rich.style import Style
 
-from autoresearch.console import (OUTCOME_STYLES, format_cost, format_duration, format_metric, format_noise,
+from autoresearch.console import (OUTCOME_STYLES, format_contention, format_cost, format_duration, format_metric, format_noise,
                                   format_tokens, plural)
 from autoresearch.gains import better_word
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
@@ -377,10 +377,13 @@ def describe_decision(decision: dict | None) -> str | None:
 
 def training_run_lines(runs: list[dict]) -> list[str]:
     """Every training run of an experiment: the first, and its noise or confirmation runs."""
-    header = ["attempt", "kind", "seed", "slot", "outcome", "metric", "training", "evaluation", "sandbox", "reason"]
+    header = ["attempt", "kind", "seed", "slot", "outcome", "metric", "training", "evaluation", "machine", "sandbox",
+              "reason"]
     rows = [[str(run["attempt"]), run["kind"], str(run["seed"]), format_place(run.get("slot"), run.get("device")),
              run["outcome"], format_metric(run["metric"]), format_seconds(run["seconds"]),
-             format_seconds(run.get("evaluation_seconds")), run.get("sandbox") or "-", run["reason"] or ""]
+             format_seconds(run.get("evaluation_seconds")),
+             format_contention(run.get("contention_seconds"), run["seconds"], run.get("other_gpu_processes")),
+             run.get("sandbox") or "-", run["reason"] or ""]
             for run in runs]
     return aligned_lines(header, rows, {0, 2, 5, 6, 7})
 

@@ -47,7 +47,11 @@ class TrainingJob:
     env: dict[str, str] = field(default_factory=dict)  # set for the training on top of the allowlist
     passthrough: tuple[str, ...] = ()  # more names of the tool's environment to hand through (recipe `env:`)
     isolated: bool = False
-    makes_up_steal: bool = False  # the deadline moves by the steal measured while it runs, up to a quarter of the budget
+    # The deadline moves by the steal and by the contention measured while it runs, each up to a quarter of
+    # the budget (execution.contention.deadline_seconds); a training's, not a harness step's.
+    makes_up_steal: bool = False
+    startup_seconds: float = 0.0  # start-up before its first line of output, at most this, is not the budget's
+    export_seconds: float = 0.0  # saving the model after the budget (or from its first write into the folder)
     sandbox: object | None = None  # an execution.sandbox.SandboxSpec: the command runs inside bubblewrap as it describes
     job_id: str | None = None  # the harness's name for it (its process marker); None: a fresh one
     slot: int | None = None  # which of the executor's slots it takes; None: a harness step of this machine
@@ -71,6 +75,11 @@ class TrainingResult:
     log_bytes: int = 0
     log_error: str | None = None
     stolen_seconds: float = 0.0  # CPU time the hypervisor gave to other tenants while it ran (harness-measured)
+    # The machine's time other processes took while it ran (CPU seconds / the machine's CPUs), and the most
+    # other processes seen on its GPU (None: no GPU or no nvidia-smi); both harness-measured (execution.contention)
+    contention_seconds: float = 0.0
+    other_gpu_processes: int | None = None
+    startup_seconds: float | None = None  # until its first line of output, as the harness saw it
     cancelled: bool = False  # stopped by the harness (Ctrl-C, the run stopping), not finished
     lost: bool = False  # the worker or node running it died before it ended (an executor elsewhere)
     device: str | None = None  # the GPU it was given where the executor chose one (Ray), as CUDA_VISIBLE_DEVICES

@@ -3,8 +3,8 @@
 The command runs in its own process session, with the environment from an allowlist (never a secret
 such as OPENAI_API_KEY), the budget handed over in the environment, inside bubblewrap when the job
 has a sandbox (execution.sandbox), and its output drained into a bounded log whose summary lines are
-read as they come (execution.output). The harness's clock ends it at budget + grace (plus the steal
-the hypervisor took meanwhile, execution.steal, up to a quarter of the budget) or when it is
+read as they come (execution.output). The harness's clock ends it at its deadline (start-up, budget,
+grace, export, and the steal and contention measured meanwhile: execution.contention) or when it is
 cancelled; then its whole process tree is stopped (execution.processes): its group, every
 descendant seen while it ran, and every process carrying the job's marker (`AUTORESEARCH_JOB`).
 
@@ -27,7 +27,8 @@ import threading
 import time
 from typing import Callable
 
-from autoresearch.execution.jobs import JOB_MARKER, JobHandle, TrainingJob, TrainingResult
+from autoresearch.execution.contention import ContentionMeter, Progress, TreeCpu, other_gpu_processes
+from autoresearch.execution.jobs import JOB_MARKER, OUTPUT_DIR_ENV, JobHandle, TrainingJob, TrainingResult
 from autoresearch.execution.output import LOG_HEAD_BYTES, LOG_TAIL_BYTES, MAX_LINE_BYTES, BoundedLog, parse_summary_line
 from autoresearch.execution.processes import (KILL_WAIT_SECONDS, ProcessTree, find_group, find_marked_processes,
                                               stop_processes)
@@ -36,6 +37,7 @@ from autoresearch.execution.steal import StealMeter
 
 POLL_SECONDS = 0.05
 TREE_SAMPLE_SECONDS = 0.25
+GPU_SAMPLE_SECONDS = 10.0  # nvidia-smi takes a while: the other processes on the GPU, now and then
 # What of the tool's environment a training sees (docs/recipe-contract.md): enough to find its
 # interpreter, its home and cache, the locale and the GPU; never a secret such as OPENAI_API_KEY.
 ALLOWED_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "TERM", "TMPDIR", "TZ", "LANG", "LANGUAGE",
@@ -169,8 +171,11 @@ class LocalExecutor:
         pass
 
     def execute(self, job: TrainingJob, on_output: Callable[[str], None] | None, marker: str,
-                cancelled: threading.Event) -> TrainingResult:
+                cancelled: threading.Event, progress: Progress | None = None) -> TrainingResult:
         """The job in this thread, to its end: also what a Ray worker runs on its node (execution.ray).
+
+        `progress`, when given, is kept up to date with what the harness sees of the machine and the
+        job's phases while it runs (a Ray node reports it to the driver, whose clock decides).
 
         The process is started from this thread and reaped in it (the parent-death signal belongs to it).
         """
@@ -194,33 +199,33 @@ class LocalExecutor:
                                   log_path=job.log_path, log_tail=message, log_bytes=log.total_bytes,
                                   log_error=log.error)
         tree = ProcessTree(process.pid)
-        reader = _OutputReader(process.stdout.fileno(), log, on_output)
+        reader = _OutputReader(process.stdout.fileno(), log, on_output, started)
         reader.start()
         timed_out = was_cancelled = False
-        steal = StealMeter() if job.makes_up_steal else None
-        watcher, stopped_for = (job.watch.start() if job.watch is not None else None), None
+        machine = _MachineWatch(job, tree, progress)
+        limits, stopped_for = (job.watch.start() if job.watch is not None else None), None
         try:
-            deadline = started + job.budget_seconds + job.grace_seconds
             next_sample = 0.0
             while process.poll() is None:
                 if cancelled.is_set():
                     was_cancelled = True
                     break
                 now = time.monotonic()
-                allowance = 0.0 if steal is None else min(steal.seconds(), job.budget_seconds / 4)
-                if now >= deadline + allowance:
-                    timed_out = True
-                    break
                 if now >= next_sample:
                     tree.sample()
+                    machine.sample(now, now - started, reader.first_output)
                     next_sample = now + TREE_SAMPLE_SECONDS
-                if watcher is not None and (stopped_for := watcher.check(tree.members())):
+                if now - started >= machine.deadline():
+                    timed_out = True
+                    break
+                if limits is not None and (stopped_for := limits.check(tree.members())):
                     break
                 time.sleep(POLL_SECONDS)
             seconds = time.monotonic() - started  # the training's own time, not the cleanup's
         finally:
             # Always, also on Ctrl-C: the job's processes must not outlive it, whatever they did.
             tree.sample()
+            machine.sample(time.monotonic(), time.monotonic() - started, reader.first_output, final=True)
             survivors = tree.members() | find_marked_processes(JOB_MARKER, marker) | find_group(process.pid)
             stop_processes(survivors, self.kill_wait_seconds, also_group=process.pid)
             _reap(process)
@@ -232,7 +237,10 @@ class LocalExecutor:
             timed_out=timed_out,
             cancelled=was_cancelled,
             seconds=seconds,
-            stolen_seconds=0.0 if steal is None else steal.seconds(),
+            stolen_seconds=machine.progress.steal,
+            contention_seconds=machine.progress.contention,
+            other_gpu_processes=machine.gpu_others,
+            startup_seconds=machine.progress.startup_ended,
             summary=reader.summary,
             log_path=job.log_path,
             log_tail=log.tail_text(),
@@ -240,6 +248,51 @@ class LocalExecutor:
             log_error=log.error,
             stopped_for=stopped_for,
         )
+
+
+class _MachineWatch:
+    """What the machine did while a job ran (steal, other processes' CPU and GPU use), into `progress`.
+
+    Only a training (`makes_up_steal`) is measured and has its deadline moved; a harness step keeps
+    budget + grace.
+    """
+
+    def __init__(self, job: TrainingJob, tree: ProcessTree, progress: Progress | None):
+        self.job, self.tree = job, tree
+        self.progress = progress if progress is not None else Progress()
+        self.measured = job.makes_up_steal
+        self.steal = StealMeter() if self.measured else None
+        self.tree_cpu = TreeCpu()
+        self.contention = ContentionMeter(self.tree_cpu) if self.measured else None
+        self.device = job.env.get("CUDA_VISIBLE_DEVICES")
+        self.gpu_others: int | None = None
+        self._next_gpu = 0.0
+
+    def sample(self, now: float, elapsed: float, first_output: float | None, final: bool = False) -> None:
+        if not self.measured:
+            return
+        job = self.job
+        members = self.tree.members()
+        self.tree_cpu.sample(members)
+        progress = self.progress
+        if progress.startup_ended is None:
+            if first_output is not None:
+                progress.startup_ended = first_output
+            elif job.startup_seconds and self.tree_cpu.seconds() >= job.startup_seconds:
+                progress.startup_ended = elapsed  # silent work is not start-up: its budget starts now
+        progress.steal, progress.contention = self.steal.seconds(), self.contention.seconds()
+        progress.look_for_export(job.env.get(OUTPUT_DIR_ENV), elapsed)
+        if self.device and (final or now >= self._next_gpu):
+            self._next_gpu = now + GPU_SAMPLE_SECONDS
+            others = other_gpu_processes(self.device, {member.pid for member in members})
+            if others is not None:
+                self.gpu_others = max(others, self.gpu_others or 0)
+
+    def deadline(self) -> float:
+        job = self.job
+        if not self.measured:
+            return job.budget_seconds + job.grace_seconds
+        return self.progress.deadline(job.budget_seconds, job.grace_seconds, job.startup_seconds, job.export_seconds)
 
 
 def _reap(process: subprocess.Popen) -> None:
@@ -253,8 +306,10 @@ def _reap(process: subprocess.Popen) -> None:
 class _OutputReader(threading.Thread):
     """Drains the child's output into the log and watches it for summary lines."""
 
-    def __init__(self, fd: int, log: BoundedLog, on_output: Callable[[str], None] | None):
+    def __init__(self, fd: int, log: BoundedLog, on_output: Callable[[str], None] | None, started: float):
         super().__init__(daemon=True)
+        self.started = started
+        self.first_output: float | None = None  # seconds after the start when its first output came
         self.fd = fd
         self.log = log
         self.on_output = on_output
@@ -275,6 +330,8 @@ class _OutputReader(threading.Thread):
                 break
             if not chunk:
                 break
+            if self.first_output is None:
+                self.first_output = time.monotonic() - self.started
             self.log.write(chunk)
             self._scan(chunk)
         if self._partial:

@@ -18,10 +18,11 @@ the `ray` extra never imports it.
   tarfile's `data` filter, where the harness evaluates them: the evaluation is another job, of the
   fixed files, and its printed numbers are read by the harness's code as they are locally.
 - The clock is the harness's: the worker runs the job without a deadline of its own; this side
-  counts the budget and grace (and the steal the node measured, up to a quarter of the budget) from
-  when the node started it, then has the worker stop it as locally (SIGTERM, SIGKILL after the kill
-  wait); a worker that does not answer within the kill wait and FORCE_SLACK_SECONDS more is killed
-  with force (`ray.kill`), and the node is swept for the job's processes by their marker.
+  counts the budget and grace (with the start-up, export, steal and contention allowances of
+  execution.contention, from what the node measured and reports in each poll) from when the node
+  started it, then has the worker stop it as locally (SIGTERM, SIGKILL after the kill wait); a
+  worker that does not answer within the kill wait and FORCE_SLACK_SECONDS more is killed with
+  force (`ray.kill`), and the node is swept for the job's processes by their marker.
 - The log streams back: each poll brings what the worker's bounded log file gained since the last;
   the whole stream is at most the local executor's head and tail bounds, whatever the training prints.
 - A worker or node that dies mid-job makes the result `lost` (the trainer's `crash: worker lost`),
@@ -60,7 +61,7 @@ from autoresearch.execution.local import LocalExecutor
 from autoresearch.execution.output import LOG_HEAD_BYTES, LOG_TAIL_BYTES, BoundedLog
 from autoresearch.execution.processes import KILL_WAIT_SECONDS, stop_processes_marked
 from autoresearch.execution.sandbox import PACKAGE_DIR, gpu_devices, probe, relocated
-from autoresearch.execution.steal import StealMeter
+from autoresearch.execution.contention import Progress
 
 NAMESPACE = "autoresearch"  # the Ray namespace of every actor the tool makes
 POLL_SECONDS = 0.1  # how long a worker holds a poll for its job's end before it answers with the news so far
@@ -94,6 +95,8 @@ class JobPackage:
     passthrough: tuple[str, ...]
     isolated: bool
     budget_seconds: float
+    startup_seconds: float  # the start-up allowance: also bounds, in CPU seconds, what the node counts as start-up
+    makes_up_steal: bool  # a training: the node measures the machine and the phases for the driver's clock
     sandbox: object | None  # execution.sandbox.SandboxSpec with the tool's paths, moved on the node
     package_dir: str  # the tool's autoresearch package folder (the sandbox re-exposes the node's own)
     require_sandbox: bool
@@ -127,7 +130,7 @@ class NodeJob:
         self.log_path = self.root / "job.log"
         self.cancelled = threading.Event()
         self.done = threading.Event()
-        self.steal = StealMeter()
+        self.progress = Progress()  # what the node sees of the machine and the job's phases (execution.contention)
         self.line: str | None = None
         self.result: dict | None = None
         self.final_log = b""
@@ -146,13 +149,16 @@ class NodeJob:
                 self.result = {"exit_code": 126, "timed_out": False, "cancelled": False, "seconds": 0.0,
                                "summary": {}, "log_tail": refusal, "log_bytes": len(refusal) + 1, "log_error": None}
             else:
-                result = self.runner.execute(job, self._seen, package.job_id, self.cancelled)
+                result = self.runner.execute(job, self._seen, package.job_id, self.cancelled, self.progress)
                 self.result = {"exit_code": result.exit_code, "timed_out": result.timed_out,
                                "cancelled": result.cancelled, "seconds": result.seconds, "summary": result.summary,
                                "log_tail": result.log_tail, "log_bytes": result.log_bytes,
-                               "log_error": result.log_error}
-            self.result.update(stolen_seconds=self.steal.seconds(), sandbox_level=level,
-                               device=os.environ.get("CUDA_VISIBLE_DEVICES") or None, brought_back={})
+                               "log_error": result.log_error, "stolen_seconds": result.stolen_seconds,
+                               "contention_seconds": result.contention_seconds,
+                               "other_gpu_processes": result.other_gpu_processes,
+                               "startup_seconds": result.startup_seconds}
+            self.result.update(sandbox_level=level, device=os.environ.get("CUDA_VISIBLE_DEVICES") or None,
+                               brought_back={})
             for name in package.brings_back:
                 folder = self.root / "out" / name
                 found = survey(folder)  # what the job left is hostile: bounded before a byte of it is read
@@ -194,12 +200,14 @@ class NodeJob:
         # No deadline of its own (infinite grace): the harness's clock on the driver ends it.
         job = TrainingJob(command=package.command, cwd=workdir, log_path=self.log_path,
                           budget_seconds=package.budget_seconds, grace_seconds=math.inf, env=env,
+                          makes_up_steal=package.makes_up_steal, startup_seconds=package.startup_seconds,
                           passthrough=package.passthrough, isolated=package.isolated, sandbox=sandbox)
         return job, level, None
 
     def news(self, offset: int, wait_seconds: float = 0.0) -> dict:
-        """What the log gained since `offset`, the last line seen, the steal so far, and the result once done;
-        after waiting up to `wait_seconds` for the job to end (so that its end reaches the driver at once)."""
+        """What the log gained since `offset`, the last line seen, the progress so far (execution.contention),
+        and the result once done; after waiting up to `wait_seconds` for the job to end (so that its end
+        reaches the driver at once)."""
         done = self.done.wait(wait_seconds)
         if done:
             chunk = self.final_log[offset:]
@@ -210,7 +218,7 @@ class NodeJob:
                     chunk = handle.read(LOG_HEAD_BYTES)
             except OSError:
                 chunk = b""
-        return {"log": chunk, "line": self.line, "steal": self.steal.seconds(),
+        return {"log": chunk, "line": self.line, "progress": self.progress.as_dict(),
                 "result": self.result if done and offset + len(chunk) >= len(self.final_log) else None}
 
 
@@ -397,6 +405,7 @@ class RayExecutor:
                           carried={name: pack_folder(Path(job.env[name])) for name in job.carries},
                           brings_back=job.brings_back, env={**forwarded, **job.env}, passthrough=job.passthrough,
                           isolated=job.isolated, budget_seconds=job.budget_seconds, sandbox=job.sandbox,
+                          startup_seconds=job.startup_seconds, makes_up_steal=job.makes_up_steal,
                           package_dir=str(PACKAGE_DIR), require_sandbox=self.require_sandbox)
 
     def _execute(self, job: TrainingJob, on_output: Callable[[str], None] | None, handle: JobHandle) -> TrainingResult:
@@ -434,7 +443,10 @@ class RayExecutor:
                               cancelled=outcome["cancelled"] and not stopped_at_deadline, seconds=outcome["seconds"],
                               summary=outcome["summary"], log_path=job.log_path, log_tail=outcome["log_tail"],
                               log_bytes=outcome["log_bytes"], log_error=log.error or outcome["log_error"],
-                              stolen_seconds=outcome["stolen_seconds"], device=outcome["device"],
+                              stolen_seconds=outcome.get("stolen_seconds", 0.0),
+                              contention_seconds=outcome.get("contention_seconds", 0.0),
+                              other_gpu_processes=outcome.get("other_gpu_processes"),
+                              startup_seconds=outcome.get("startup_seconds"), device=outcome["device"],
                               stopped_for=outcome.get("stopped_for"),
                               sandbox_level=outcome["sandbox_level"])
 
@@ -446,7 +458,7 @@ class RayExecutor:
         worker did not stop the job within the kill wait and FORCE_SLACK_SECONDS.
         """
         offset, last_line, stop_sent, timed_out = 0, None, None, False
-        steal = 0.0
+        deadline = job.budget_seconds + job.grace_seconds
         while True:
             reply = ray.get(actor.poll.remote(handle.id, offset), timeout=POLL_TIMEOUT_SECONDS)
             if reply["log"]:
@@ -458,10 +470,11 @@ class RayExecutor:
             if reply["result"] is not None:
                 return {**reply, "timed_out": timed_out}
             now = time.monotonic()
-            if job.makes_up_steal:
-                steal = min(reply["steal"], job.budget_seconds / 4)
+            if job.makes_up_steal:  # the one rule of execution.contention, on what the node saw
+                deadline = Progress(**reply["progress"]).deadline(job.budget_seconds, job.grace_seconds,
+                                                                  job.startup_seconds, job.export_seconds)
             if stop_sent is None:
-                timed_out = now >= started + job.budget_seconds + job.grace_seconds + steal
+                timed_out = now >= started + deadline
                 if timed_out or handle.cancelled.is_set():
                     actor.stop.remote(handle.id)
                     stop_sent = now

@@ -43,8 +43,10 @@ from autoresearch.console import Reporter
 from autoresearch.edits import EditError, apply_blocks, unified_diff
 from autoresearch.errors import InvalidProposal, LedgerTampered, StopRun
 from autoresearch.guard import check_candidate, editable_digest
-from autoresearch.keep import DecisionRecord, Evidence, KeepRule, failed_confirmation, judge
-from autoresearch.noise import derive_seed, harness_tampering, mean
+from autoresearch.keep import DecisionRecord, Evidence, KeepRule, failed_confirmation, judge, keep_margin
+from autoresearch.execution.contention import BUSY_SHARE, busy_share
+from autoresearch.noise import derive_seed, harness_tampering, mean, noise_warning
+from autoresearch.outcomes import baseline_cause
 from autoresearch.proposer import Proposer
 from autoresearch.run.briefing import Briefing
 from autoresearch.run.journal import Journal
@@ -77,6 +79,7 @@ class Flight:
     running: int = 0  # its training runs queued or on a slot
     last_run_started: float | None = None  # when the latest of its training runs got a slot
     failed_noise: list[Trained] = field(default_factory=list)
+    busy_shares: list[float] = field(default_factory=list)  # how much of the machine other work took, per run
 
 
 @dataclass
@@ -248,19 +251,48 @@ class Scheduler:
                 f"seed {derive_seed(self.seed, number, attempt)})")
             self._queue(flight, attempt, kind, description)
 
+    def _stop_noise_runs(self, flight: Flight) -> None:
+        """The baseline's first run failed: its queued noise runs never start, its running ones are stopped
+        (only noise runs that already scored may stand in for it)."""
+        queued = [entry for entry in self.pending if entry[0] is flight]
+        for entry in queued:
+            self.pending.remove(entry)
+        flight.running -= len(queued)
+        for busy_flight, ticket in self.busy.values():
+            if busy_flight is flight:
+                ticket.cancel()
+
+    def _noise_stands_in(self, flight: Flight) -> bool:
+        """A first run that timed out while two noise runs (side by side on other slots) had scored: they are
+        the baseline, and the run goes on. A crash never: the unmodified recipe is broken."""
+        if flight.first.outcome != "timeout" or len(flight.metrics) < 2:
+            return False
+        self.reporter.note(f"the baseline's first run timed out ({flight.first.reason}); its "
+                           f"{len(flight.metrics)} noise runs that scored stand in for it")
+        return True
+
     def _baseline_done(self, flight: Flight) -> None:
         first = flight.first
-        if first.outcome is not None:
+        if first.outcome is not None and not self._noise_stands_in(flight):
             self._close(flight, first.outcome, first.reason, None, first)
             log = first.evaluation.log_path if first.evaluation else first.result.log_path
+            cause, figure = baseline_cause(first, self.state.budget_seconds)
             raise StopRun(f"the baseline (the unmodified recipe) failed with {first.outcome}"
-                          f"{': ' + first.reason if first.reason else ''}; see {log}", baseline_failed=True)
+                          f"{': ' + first.reason if first.reason else ''}{figure}; see {log}", baseline_failed=True,
+                          cause=cause)
         for trained in flight.failed_noise:
+            if trained.outcome == "interrupted":
+                continue
             self.reporter.note(f"a noise run of the baseline failed ({trained.outcome}: {trained.reason}); "
                                f"see {trained.result.log_path}")
         self.journal.refine_noise(flight.metrics, restart=True)
-        self._close(flight, "keep", None, mean(flight.metrics), first,
+        self._close(flight, "keep", None, mean(flight.metrics), first if first.outcome is None else None,
                     decision=DecisionRecord.of_baseline(flight.metrics, flight.seeds, self.state.noise.std))
+        state = self.state
+        margin = keep_margin(state.best.run_metrics(), state.recipe.direction, state.noise, self.rule)
+        if line := noise_warning(state.recipe.metric, state.best.metric, state.noise.std, margin,
+                                 max(flight.busy_shares, default=None), BUSY_SHARE):
+            self.reporter.note(line)
 
     # --- drafting
 
@@ -389,7 +421,7 @@ class Scheduler:
         self.busy[slot.index] = (flight, ticket)
         flight.last_run_started = time.monotonic()
         self.reporter.phase("training", request.description, budget=state.budget_seconds,
-                            grace=state.recipe.grace(state.budget_seconds), slot=slot.index, number=flight.number)
+                            grace=state.recipe.past_budget(state.budget_seconds), slot=slot.index, number=flight.number)
 
         def work() -> None:
             try:
@@ -436,11 +468,15 @@ class Scheduler:
         if attempt == 0:
             flight.first = trained
         if flight.kind == "baseline":
+            share = busy_share(trained.result.contention_seconds, trained.result.seconds)
+            flight.busy_shares += [] if share is None else [share]
             if trained.outcome is None:
                 flight.metrics.append(trained.metric)
                 flight.seeds.append(ticket.request.seed)
             elif attempt > 0:
                 flight.failed_noise.append(trained)
+            else:
+                self._stop_noise_runs(flight)  # no noise run trains after a failed first training
             if flight.running == 0:
                 self._baseline_done(flight)
             return

@@ -16,6 +16,7 @@ from autoresearch.agents import Agent
 from autoresearch.console import Reporter
 from autoresearch.errors import InvalidSetting, StopRun, UserError
 from autoresearch.evaluation import HarnessFiles, prepare_data
+from autoresearch.execution.contention import busy_machine_line
 from autoresearch.execution.jobs import Executor, Slot
 from autoresearch.execution.local import LocalExecutor
 from autoresearch.execution.sandbox import choose_sandbox
@@ -234,6 +235,8 @@ class Session:
         described = self.agent.describe()
         self.reporter.run_started(state.tag, recipe.name, recipe.metric, recipe.direction, state.budget_seconds,
                                   f"{self.agent.name} ({described})" if described else self.agent.name)
+        if busy := busy_machine_line():
+            self.reporter.note(busy)
         spent = run_usage(self.ledger, state.tag, self.prices.table())
         if spent["prompt_tokens"] or spent["completion_tokens"]:  # a resumed run: what it spent before
             self.reporter.tokens_used(spent["prompt_tokens"], spent["completion_tokens"], spent["cost_usd"],
@@ -264,7 +267,7 @@ class Session:
             raise
         except StopRun as exc:
             self.ledger.set_run_status(state.tag, "stopped")
-            raise StopRun(f"run {state.tag} stopped: {exc}", exc.remedy, exc.baseline_failed) from None
+            raise StopRun(f"run {state.tag} stopped: {exc}", exc.remedy, exc.baseline_failed, exc.cause) from None
         except BaseException:
             self.ledger.set_run_status(state.tag, "failed")
             raise

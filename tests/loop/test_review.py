@@ -295,8 +295,8 @@ val_loss  0.5
 peak_memory_mb  512
 seed            0
 {rule('training runs')}
-attempt  kind   seed  slot  outcome  metric  training  evaluation  sandbox     reason
-      0  first     0  0     ok          0.5     1m02s        0.5s  bubblewrap
+attempt  kind   seed  slot  outcome  metric  training  evaluation  machine         sandbox     reason
+      0  first     0  0     ok          0.5     1m02s        0.5s  others 0% (0s)  bubblewrap
 {rule('diff against its parent')}
 --- a/train.py
 +++ b/train.py
