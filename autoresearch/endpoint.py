@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -36,7 +37,15 @@ class CallTimedOut(Exception):
     """The call gave no complete answer within its time."""
 
 
-def call_within(seconds: float, call: Callable[[], T], give_up: Callable[[], None] | None = None) -> T:
+class CallStopped(Exception):
+    """The run stopped (Ctrl-C, a stop) while the call was waited for; it was given up."""
+
+
+STOP_POLL_SECONDS = 0.1
+
+
+def call_within(seconds: float, call: Callable[[], T], give_up: Callable[[], None] | None = None,
+                stop: threading.Event | None = None) -> T:
     """call() in a worker thread, waited for at most `seconds`; raises CallTimedOut past that.
 
     Past the time, or on Ctrl-C, `give_up()` is called first (to close the connection, so the
@@ -55,8 +64,16 @@ def call_within(seconds: float, call: Callable[[], T], give_up: Callable[[], Non
             done.set()
 
     threading.Thread(target=work, name="llm-call", daemon=True).start()
+    deadline = time.monotonic() + seconds
     try:
-        finished = done.wait(seconds)
+        while True:  # in short waits, so that `stop` (set by another thread) is heard at once
+            finished = done.wait(max(0.0, min(STOP_POLL_SECONDS, deadline - time.monotonic())))
+            if finished or time.monotonic() >= deadline:
+                break
+            if stop is not None and stop.is_set():
+                if give_up is not None:
+                    give_up()
+                raise CallStopped("the run stopped")
     except BaseException:
         if give_up is not None:
             give_up()
@@ -160,6 +177,26 @@ def served_context_tokens(base_url: str, model: str, api_key: str | None = None)
         if isinstance(found, int) and found > 0:
             return found
     return None
+
+
+def served_parameters(base_url: str, model: str, api_key: str | None = None) -> tuple[float | None, str]:
+    """The model's parameter count as the server reports it, and where it said so: llama.cpp's /v1/models
+    (`meta.n_params`), Ollama's /api/show (`details.parameter_size`, "1.5B"); (None, "") elsewhere (vLLM's
+    listing names the model, which formats.py reads)."""
+    models = _get_json(base_url.rstrip("/") + "/models", api_key)
+    entries = [entry for entry in (models or {}).get("data") or [] if isinstance(entry, dict)]
+    mine = [entry for entry in entries if entry.get("id") == model] or (entries if len(entries) == 1 else [])
+    for entry in mine:
+        meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        if isinstance(meta.get("n_params"), (int, float)) and meta["n_params"] > 0:
+            return float(meta["n_params"]), "the server's /v1/models"
+    shown = _post_json(server_root(base_url) + "/api/show", {"model": model}, api_key)
+    details = shown.get("details") if isinstance(shown, dict) else None
+    size = (details or {}).get("parameter_size") if isinstance(details, dict) else None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BM])\s*", size or "", re.IGNORECASE)
+    if match:
+        return float(match.group(1)) * (1e9 if match.group(2).upper() == "B" else 1e6), "the server's /api/show"
+    return None, ""
 
 
 def served_token_count(base_url: str, model: str, text: str, api_key: str | None = None) -> int | None:

@@ -10,6 +10,7 @@ not apply are not retries: they are part of one proposal.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, TypeVar
 
@@ -44,9 +45,16 @@ class Proposer:
         self.ask("endpoint check", lambda: self.agent.check(record))
 
     def propose(self, what: str, context: AgentContext, record: Callable[[LLMCall], None],
-                on_writing: Callable[[int], None] | None = None, note: Callable[[str], None] | None = None
-                ) -> Candidate:
-        return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing), note)
+                on_writing: Callable[[int], None] | None = None, note: Callable[[str], None] | None = None,
+                stop: threading.Event | None = None) -> Candidate:
+        """A candidate; `stop` (set by the scheduler when the run stops) gives up the call under way."""
+        return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing, stop=stop), note)
+
+    @property
+    def edit_format(self) -> tuple[str, str] | None:
+        """The edit format the agent writes in and why (after `check`), or None for an agent without one."""
+        name = getattr(self.agent, "edit_format", None)
+        return None if name is None else (name, getattr(self.agent, "format_reason", ""))
 
     def ask(self, what: str, ask: Callable[[], Answer], note: Callable[[str], None] | None = None) -> Answer:
         """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up."""
