@@ -228,7 +228,7 @@ class LLMAgent:
         context = self.sized(replace(context, edit_format=formats.fitting(name, context.recipe, context.files)))
         messages = build_messages(context)
         limit = {self.completion_limit_parameter: self.reply_tokens}
-        error, kind = "no attempt made", None
+        error, kind, first_error = "no attempt made", None, ""
         description = notes = ""
         for attempt in range(1, self.max_attempts + 1):
             try:
@@ -254,6 +254,7 @@ class LLMAgent:
                 error = str(exc)
                 if cut_off and "length limit" not in error:
                     error = f"the reply was cut off at the model's length limit; {error}"
+                first_error = first_error or error
             if attempt == self.max_attempts:
                 break
             hint = formats.named(context.edit_format).repair_hint
@@ -269,7 +270,9 @@ class LLMAgent:
                 raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}; no repair turn fits the prompt "
                                       f"budget of {context.token_budget:,} tokens", description, notes)
             messages = repaired
-        raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description, notes)
+        last = error.splitlines()[0]
+        then = f"; then, in the {context.edit_format} form: {last}" if last != first_error.splitlines()[0] else ""
+        raise InvalidProposal(f"edit did not apply: {first_error.splitlines()[0]}{then}", description, notes)
 
     def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None],
                   options: dict | None = None, context: AgentContext | None = None,

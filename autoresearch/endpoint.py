@@ -179,9 +179,26 @@ def served_context_tokens(base_url: str, model: str, api_key: str | None = None)
     return None
 
 
+def is_local(base_url: str | None) -> bool:
+    """Whether an endpoint is on this machine: a loopback address, or this machine's own name."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlparse
+
+    host = (urlparse(base_url or "").hostname or "").lower()
+    if not host:
+        return False
+    if host in ("localhost", "0.0.0.0", socket.gethostname().lower()) or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def served_parameters(base_url: str, model: str, api_key: str | None = None) -> tuple[float | None, str]:
     """The model's parameter count as the server reports it, and where it said so: llama.cpp's /v1/models
-    (`meta.n_params`), Ollama's /api/show (`details.parameter_size`, "1.5B"); (None, "") elsewhere (vLLM's
+    (`meta.n_params`), Ollama's /api/tags (`details.parameter_size`, "1.5B"); (None, "") elsewhere (vLLM's
     listing names the model, which formats.py reads)."""
     models = _get_json(base_url.rstrip("/") + "/models", api_key)
     entries = [entry for entry in (models or {}).get("data") or [] if isinstance(entry, dict)]
@@ -190,12 +207,15 @@ def served_parameters(base_url: str, model: str, api_key: str | None = None) -> 
         meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
         if isinstance(meta.get("n_params"), (int, float)) and meta["n_params"] > 0:
             return float(meta["n_params"]), "the server's /v1/models"
-    shown = _post_json(server_root(base_url) + "/api/show", {"model": model}, api_key)
-    details = shown.get("details") if isinstance(shown, dict) else None
-    size = (details or {}).get("parameter_size") if isinstance(details, dict) else None
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BM])\s*", size or "", re.IGNORECASE)
-    if match:
-        return float(match.group(1)) * (1e9 if match.group(2).upper() == "B" else 1e6), "the server's /api/show"
+    tags = _get_json(server_root(base_url) + "/api/tags", api_key)  # a GET: asking never costs a completion
+    for entry in (tags or {}).get("models") or [] if isinstance(tags, dict) else []:
+        if not isinstance(entry, dict) or model not in (entry.get("name"), entry.get("model")):
+            continue
+        details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+        size = details.get("parameter_size")
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BM])\s*", size if isinstance(size, str) else "", re.I)
+        if match:
+            return float(match.group(1)) * (1e9 if match.group(2).upper() == "B" else 1e6), "the server's /api/tags"
     return None, ""
 
 

@@ -286,7 +286,7 @@ class Knobs:
         knobs = knobs_of(recipe, files)
         values = parse_knobs(reply, knobs)
         if not values:
-            raise EditError("the reply sets no constant: write one `NAME = VALUE` line per constant you change, "
+            raise EditError("the reply sets no constant: write one NAME = VALUE line per constant you change, "
                             "with a name from the list")
         target = recipe.editable[0]
         source, changes, blocks = set_constants(files[target], values, target)

@@ -16,6 +16,7 @@ from typing import Callable, TypeVar
 
 from autoresearch.agents import Agent, Candidate, LLMCall
 from autoresearch.console import times
+from autoresearch.endpoint import is_local
 from autoresearch.errors import AgentUnavailable, StopRun
 from autoresearch.prompts import AgentContext
 
@@ -49,6 +50,11 @@ class Proposer:
                 stop: threading.Event | None = None) -> Candidate:
         """A candidate; `stop` (set by the scheduler when the run stops) gives up the call under way."""
         return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing, stop=stop), note)
+
+    @property
+    def local(self) -> bool:
+        """Whether the agent's model runs on this machine (its endpoint is a loopback address)."""
+        return is_local(getattr(self.agent, "base_url", None))
 
     @property
     def edit_format(self) -> tuple[str, str] | None:

@@ -76,6 +76,7 @@ class Flight:
     first: Trained | None = None
     running: int = 0  # its training runs queued or on a slot
     last_run_started: float | None = None  # when the latest of its training runs got a slot
+    drafted_beside: bool = False  # a proposal was drafted on this machine while it trained
     failed_noise: list[Trained] = field(default_factory=list)
 
 
@@ -90,6 +91,7 @@ class Draft:
     started: float
     cancelled: threading.Event = field(default_factory=threading.Event)
     calls: int = 0  # its LLM calls in the ledger so far
+    done: threading.Event = field(default_factory=threading.Event)  # its thread has handed back its answer
 
 
 class Scheduler:
@@ -250,6 +252,15 @@ class Scheduler:
 
     def _baseline_done(self, flight: Flight) -> None:
         first = flight.first
+        if first.outcome == "timeout" and flight.drafted_beside and self.proposer.local:
+            # the tool's own proposal shared the machine with it: not the recipe's fault; once more, alone
+            self._close(flight, first.outcome, first.reason, None, first)
+            self.draft_ahead = False
+            self.reporter.note(f"the baseline (experiment {flight.number}) timed out while the tool drafted a "
+                               "proposal beside it with the model server on this machine; training it again with "
+                               "no drafting ahead for the rest of this run")
+            self._start_baseline()
+            return
         if first.outcome is not None:
             self._close(flight, first.outcome, first.reason, None, first)
             log = first.evaluation.log_path if first.evaluation else first.result.log_path
@@ -291,9 +302,11 @@ class Scheduler:
         self.reporter.phase("proposing", number=number)
         self.reporter.drafting(sorted(self.drafts))
 
-        def record(call) -> None:
-            if draft.cancelled.is_set():
-                raise InterruptedError("the run stopped")
+        baseline = self._baseline_in_flight()
+        if baseline is not None:
+            baseline.drafted_beside = True
+
+        def record(call) -> None:  # a call of a stopped run too: the stop records it (_abandon)
             self.events.put(("call", number, call))
 
         def work() -> None:
@@ -301,10 +314,12 @@ class Scheduler:
                 candidate = self.proposer.propose(
                     f"experiment {number}", context, record,
                     on_writing=lambda characters: self.reporter.llm_writing(characters, number),
-                    note=lambda text: self.events.put(("note", text)))
+                    note=lambda text: self.events.put(("note", text)), stop=draft.cancelled)
                 self.events.put(("drafted", draft, candidate, None))
             except BaseException as exc:  # handed to the scheduler, which decides what it means
                 self.events.put(("drafted", draft, None, exc))
+            finally:
+                draft.done.set()
 
         threading.Thread(target=work, daemon=True, name=f"draft-{number}").start()
 
@@ -521,9 +536,11 @@ class Scheduler:
     # --- stopping
 
     def _abandon(self, error: BaseException) -> None:
-        """Ctrl-C or a stop: cancel every training, forget every draft, record each open experiment as interrupted."""
+        """Ctrl-C or a stop: cancel every training, give up every draft's call (recorded, with the time it
+        proposed), record each open experiment as interrupted."""
         for draft in self.drafts.values():
             draft.cancelled.set()
+        self._settle_drafts()
         for _, ticket in self.busy.values():
             ticket.cancel()
         deadline = time.monotonic() + 30
@@ -539,6 +556,34 @@ class Scheduler:
             self.trainer.interrupted(ticket)
         reason = ("stopped by the person (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
                   str(error) if isinstance(error, StopRun) else f"tool error: {type(error).__name__}: {error}")
+        now = time.monotonic()
+        proposed = {draft.number: now - draft.started for draft in self.drafts.values()}
+        proposed.update({draft.number: seconds for draft, _, seconds in self.ready})
         for number in list(self.flights) + list(self.drafts) + [draft.number for draft, _, _ in self.ready]:
-            self.journal.interrupt(number, reason)
+            self.journal.interrupt(number, reason, propose_seconds=proposed.get(number))
         self.journal.rewind()
+
+    def _settle_drafts(self, seconds: float = 5.0) -> None:
+        """Wait (a little) for the drafts' threads to give up their calls, and record the calls they hand back."""
+        deadline = time.monotonic() + seconds
+        held = []
+        while any(not draft.done.is_set() for draft in self.drafts.values()) and time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if event[0] == "call":
+                self.journal.record_call(*event[1:])
+            elif event[0] in ("trained", "evaluated"):
+                held.append(event)
+        while True:  # the calls that came with the last answers
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if event[0] == "call":
+                self.journal.record_call(*event[1:])
+            elif event[0] in ("trained", "evaluated"):
+                held.append(event)
+        for event in held:  # the trainings' ends, for the stop's own wait
+            self.events.put(event)
