@@ -147,8 +147,8 @@ class Knob:
             return "any value"
         if self.tunable.choices:
             return "one of " + ", ".join(_plain(choice) for choice in self.tunable.choices)
-        return f"{_plain(self.tunable.low)} to {_plain(self.tunable.high)}" + (" (integer)" if self.tunable.integer
-                                                                             else "")
+        return f"{_plain(self.tunable.low)} to {_plain(self.tunable.high)}" + (", whole numbers"
+                                                                             if self.tunable.integer else "")
 
 
 def knobs_of(recipe: Recipe, files: dict[str, str]) -> list[Knob]:
