@@ -124,3 +124,20 @@ def test_forcing_draft_ahead_drafts_beside_a_cpu_training(run_loop, fake_llm):
                           files=lambda root: tunable_workspace(root, SLOW_TRAIN))
     assert not [note for note in reporter.notes if "is on this machine" in note]
     assert "# Training now" in fake_llm.requests[1]["messages"][-1]["content"]
+
+
+# the first baseline (experiment 0) hangs past its budget, as one did beside a local model's prefill; its re-run not
+HANGS_FIRST = SYNTH_TRAIN.replace("# --- training\n", "# --- training\nif os.path.basename(os.environ['AUTORESEARCH_"
+                                  "OUTPUT_DIR'].rstrip('/')) == '0':\n    time.sleep(30)\n")
+
+
+def test_a_baseline_that_timed_out_beside_the_tools_own_draft_is_trained_again_not_blamed(run_loop, fake_llm):
+    reporter = RecordingReporter()
+    _, rows, summary = run_loop([BETTER], max_experiments=3, sandbox="on", noise_runs=0, confirm_runs=0,
+                                draft_ahead=True, budget_seconds=2, reporter=reporter,
+                                files=lambda root: tunable_workspace(root, HANGS_FIRST))
+    assert rows[0]["outcome"] == "timeout"
+    baselines = [row for row in rows if row["description"].startswith("baseline") and row["outcome"] == "keep"]
+    assert baselines and baselines[0]["number"] > 0
+    assert any("timed out while the tool drafted a proposal beside it" in note for note in reporter.notes)
+    assert summary.baseline_metric is not None
