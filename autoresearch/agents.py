@@ -1,8 +1,11 @@
 """Agents propose one change per experiment.
 
-`LLMAgent` asks any OpenAI-compatible chat-completions endpoint and applies its SEARCH/REPLACE
-blocks, sending back why a block did not apply (with the nearest real lines) for a bounded number
-of attempts. `MutateAgent` needs no LLM: it perturbs one or two upper-case numeric constants at the
+`LLMAgent` asks any OpenAI-compatible chat-completions endpoint and applies its reply in the run's
+edit format (formats.py: search-replace, whole or knobs; `auto` is resolved by `check` from the
+model's size), sending back why a reply did not apply (with the nearest real lines) for a bounded
+number of attempts; a failure repeated word for word changes to a simpler format for the next
+turn, and a refused reply's DESCRIPTION and NOTES go with its InvalidProposal, for the lineage.
+Every call is recorded, a timed-out one and one given up because the run stopped (`stop`) too. `MutateAgent` needs no LLM: it perturbs one or two upper-case numeric constants at the
 top of train.py; it is the control arm and the way to try the whole loop offline.
 Both return a Candidate or raise InvalidProposal; neither touches git or the disk.
 

@@ -15,7 +15,14 @@ and what changes every experiment last:
 6. the lineage: every experiment's outcome (typed, with its reason), metric, gain over the best
    before it and description, the log tails of recent failures and what recent discarded tries
    changed (their diffs' changed lines); it changes every experiment;
-7. the task, with the reply contract again in brief (some chat templates drop system messages).
+7. the task, with the reply contract again in brief (some chat templates drop system messages),
+   shown on a real line of the recipe's file, never on placeholders a model could copy.
+
+That is the prompt of the `search-replace` format. The small models' formats (`whole`, `knobs`:
+formats.py) get a short prompt instead (`build_short_messages`): a short system message, the start
+of program.md, the file (whole) or the constants with their ranges (knobs), where the run stands
+and the last results: what a small model's context and its speed (tens of tokens a second of
+prefill on a CPU) can take.
 
 The prompt stays within a token budget however long the run is: what grows with the run (the
 state's diff and log, the notes, the lineage and its logs and diffs) gets the budget left after
@@ -191,6 +198,9 @@ def build_short_messages(context: AgentContext) -> list[dict]:
     parts.append("# Where the run stands\n\n" + "\n".join(standing + ([noise.rstrip()] if noise else []))
                  if standing else "")
     parts.append("# Last results\n\n" + format_lineage(context.lineage, SHORT_LINEAGE_ROWS))
+    if context.edit_format == "whole":  # a change of code can crash: the last crash's log says why
+        failures = format_failures(context.lineage, 1, 8)
+        parts.append("# The last failure, with the end of its log\n\n" + failures if failures else "")
     if context.in_flight:
         parts.append("# Training now (do not propose these again)\n\n"
                      + "\n".join(f"- {_clip(entry)}" for entry in context.in_flight))
