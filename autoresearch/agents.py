@@ -295,9 +295,12 @@ class LLMAgent:
 
         ratio = context.chars_per_token if context is not None else self.chars_per_token or CHARS_PER_TOKEN
 
-        def failed(unavailable: AgentUnavailable) -> AgentUnavailable:
-            record_call(LLMCall(attempt, self.model, messages, answer.text or None, str(unavailable),
-                                prompt_tokens(messages, ratio), estimate_tokens(answer.text, ratio) if answer.text else 0,
+        def failed(unavailable: AgentUnavailable, processed: bool = True) -> AgentUnavailable:
+            """Recorded; with the estimate of its tokens where the server had the prompt (`processed`: given up
+            on, or broken off), none where it refused the request."""
+            counted = (prompt_tokens(messages, ratio), estimate_tokens(answer.text, ratio) if answer.text else 0) \
+                if processed else (None, None)
+            record_call(LLMCall(attempt, self.model, messages, answer.text or None, str(unavailable), *counted,
                                 time.monotonic() - started))
             return unavailable
 
@@ -319,14 +322,14 @@ class LLMAgent:
                                           f"{closed}")) from None
         except (self._openai.OpenAIError, ValueError) as exc:
             # ValueError: a body that is not JSON; the server is having a bad moment, like a 500.
-            raise failed(self._refusal(exc, messages, context)) from None
+            raise failed(self._refusal(exc, messages, context), processed=bool(answer.text)) from None
         except Exception as exc:  # the connection broke mid-answer (httpx's errors are not the client's)
             if not isinstance(exc, OSError) and not _is_transport_error(exc):
                 raise
             raise failed(AgentUnavailable(f"the answer from {self.base_url} broke off after {len(answer.text):,} "
                                           f"characters ({type(exc).__name__}: {exc})")) from None
         if not answer.chunks:  # a 200 without a completion (a proxy's error page): the server's fault
-            raise failed(AgentUnavailable(f"{self.base_url} answered without a completion"))
+            raise failed(AgentUnavailable(f"{self.base_url} answered without a completion"), processed=False)
         if answer.finish_reason is None:
             raise failed(AgentUnavailable(f"the answer from {self.base_url} ended before the model finished "
                                           f"({len(answer.text):,} characters, no finish reason)"))

@@ -102,3 +102,11 @@ def test_auto_reads_the_parameter_count_llama_cpp_reports():
         assert chosen.edit_format == "knobs" and "/v1/models" in chosen.format_reason
     finally:
         fake.close()
+
+
+def test_a_refused_request_is_recorded_without_tokens_the_server_never_read(tmp_path, fake_llm):
+    fake_llm.set_script([{"status": 500, "body": {"error": {"message": "busy"}}}])
+    calls = []
+    with pytest.raises(AgentUnavailable, match="busy"):
+        agent(fake_llm, edit_format="search-replace").propose(context(tmp_path), calls.append)
+    assert len(calls) == 1 and calls[0].prompt_tokens is None
