@@ -228,9 +228,13 @@ class LLMAgent:
         """The reply in the run's edit format, repaired up to `max_attempts` times; a repair that fails the same
         way twice changes to a simpler format (formats.simpler) for the next turn."""
         name = "search-replace" if self.edit_format == "auto" else self.edit_format  # auto: not checked (a test)
-        context = self.sized(replace(context, edit_format=formats.fitting(name, context.recipe, context.files)))
+        editable = "".join(context.files.get(file, "") for file in context.recipe.editable)
+        file_tokens = estimate_tokens(editable, self.chars_per_token or context.chars_per_token)
+        context = self.sized(replace(context, edit_format=formats.fitting(name, context.recipe, context.files,
+                                                                          file_tokens, self.context_tokens)))
         messages = build_messages(context)
-        limit = {self.completion_limit_parameter: self.reply_tokens}
+        cap = formats.named(context.edit_format).reply_tokens
+        limit = {self.completion_limit_parameter: min(self.reply_tokens, cap or self.reply_tokens)}
         error, kind, first_error = "no attempt made", None, ""
         description = notes = ""
         for attempt in range(1, self.max_attempts + 1):

@@ -51,6 +51,9 @@ ELIDED_CODE = re.compile(r"^\s*(#\s*)?(\.\.\.|…)\s*$|(rest|remainder) of (the 
                          r"(lines|code)? ?(is |are )?unchanged|^\s*#.*\b(existing|unchanged|same as before)\b.*$",
                          re.IGNORECASE | re.MULTILINE)
 MAX_KNOBS_CHANGED = 3
+# A knobs reply is a few lines: a smaller completion limit stops a small model that rambles within a minute or so
+# (a 1.5B model writes about 14 tokens a second on a CPU), instead of the minutes the run's limit allows.
+KNOBS_REPLY_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -126,9 +129,19 @@ def simpler(name: str, recipe: Recipe, files: dict[str, str]) -> str:
     return "whole" if name == "search-replace" else name
 
 
-def fitting(name: str, recipe: Recipe, files: dict[str, str]) -> str:
-    """The format itself, or the next larger one where it cannot serve the recipe (knobs with no constants)."""
-    return "whole" if name == "knobs" and not knobs_of(recipe, files) else name
+WHOLE_OVERHEAD_TOKENS = 1_500  # of a whole-file conversation besides the file shown and the file written back
+
+
+def fitting(name: str, recipe: Recipe, files: dict[str, str], file_tokens: int = 0,
+            context_tokens: int | None = None) -> str:
+    """The format itself, or another where it cannot serve: knobs with no constants gives way to whole; whole
+    with a context that cannot hold the editable files twice (shown, and written back: `file_tokens` each) to
+    knobs where the recipe has constants, else to search-replace."""
+    if name == "knobs" and not knobs_of(recipe, files):
+        name = "whole"
+    if name == "whole" and context_tokens and 2 * file_tokens + WHOLE_OVERHEAD_TOKENS > context_tokens:
+        return "knobs" if knobs_of(recipe, files) else "search-replace"
+    return name
 
 
 # --- the knobs
@@ -205,6 +218,7 @@ def parse_knobs(reply: str, knobs: list[Knob]) -> dict[str, str]:
 class SearchReplace:
     name = "search-replace"
     short_prompt = False
+    reply_tokens: int | None = None  # the run's completion limit
     repair_hint = "Answer again in the same form, with SEARCH parts copied exactly from the current file."
 
     def instructions(self, recipe: Recipe) -> str:
@@ -234,6 +248,7 @@ class SearchReplace:
 class Whole:
     name = "whole"
     short_prompt = True
+    reply_tokens: int | None = None  # the run's: the whole file must fit in it
     repair_hint = ("Answer again in the same form: DESCRIPTION, then the whole file in one fenced block named by "
                    "its file, every line written out.")
 
@@ -268,6 +283,7 @@ class Whole:
 class Knobs:
     name = "knobs"
     short_prompt = True
+    reply_tokens: int | None = KNOBS_REPLY_TOKENS
     repair_hint = "Answer again in the same form: DESCRIPTION, then one NAME = VALUE line per constant you change."
 
     def instructions(self, recipe: Recipe) -> str:

@@ -110,3 +110,9 @@ def test_a_refused_request_is_recorded_without_tokens_the_server_never_read(tmp_
     with pytest.raises(AgentUnavailable, match="busy"):
         agent(fake_llm, edit_format="search-replace").propose(context(tmp_path), calls.append)
     assert len(calls) == 1 and calls[0].prompt_tokens is None
+
+
+def test_a_knobs_reply_gets_a_short_completion_limit(tmp_path, fake_llm):
+    fake_llm.set_script(["DESCRIPTION: lower it\nLEARNING_RATE = 0.3\n"])
+    agent(fake_llm, edit_format="knobs").propose(context(tmp_path), lambda call: None)
+    assert fake_llm.requests[0]["max_tokens"] == 512

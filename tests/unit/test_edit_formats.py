@@ -136,3 +136,15 @@ def test_a_size_is_read_from_a_models_name():
     assert parameters_in_name("qwen2.5-coder:1.5b") == 1.5e9
     assert parameters_in_name("SmolLM2-135M-Instruct") == 135e6
     assert parameters_in_name("gpt-5-mini") is None
+
+
+def test_a_format_that_cannot_serve_gives_way(recipe, tmp_path):
+    from autoresearch.formats import fitting
+
+    assert fitting("whole", recipe, FILES, file_tokens=3_000, context_tokens=32_768) == "whole"
+    assert fitting("whole", recipe, FILES, file_tokens=3_000, context_tokens=4_096) == "knobs"
+    bare = load_recipe(make_workspace(tmp_path / "bare", train="print('no constants')\nfrom prepare import save_model\n")
+                       / "recipes/synth")
+    files = {"train.py": (bare.path / "train.py").read_text()}
+    assert fitting("knobs", bare, files) == "whole"
+    assert fitting("knobs", bare, files, file_tokens=3_000, context_tokens=4_096) == "search-replace"
