@@ -48,7 +48,7 @@ SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGN
 PLACEHOLDERS = ("your reasoning first", "exact lines copied from the current file", "the lines that replace them",
                 "one line saying what the change is", "(optional, a few lines)")
 ELIDED_CODE = re.compile(r"^\s*(#\s*)?(\.\.\.|…)\s*$|(rest|remainder) of (the )?(file|code)|(rest|remaining|other) "
-                         r"(lines|code)? ?(is |are )?unchanged|^\s*#.*\b(existing|unchanged|same as before)\b.*$",
+                         r"(lines|code)? ?(is |are )?unchanged|^\s*#.*\b(existing code|unchanged|same as before)\b.*$",
                          re.IGNORECASE | re.MULTILINE)
 MAX_KNOBS_CHANGED = 3
 # A knobs reply is a few lines: a smaller completion limit stops a small model that rambles within a minute or so

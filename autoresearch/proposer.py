@@ -49,7 +49,8 @@ class Proposer:
                 on_writing: Callable[[int], None] | None = None, note: Callable[[str], None] | None = None,
                 stop: threading.Event | None = None) -> Candidate:
         """A candidate; `stop` (set by the scheduler when the run stops) gives up the call under way."""
-        return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing, stop=stop), note)
+        return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing, stop=stop), note,
+                        stop)
 
     @property
     def local(self) -> bool:
@@ -62,8 +63,10 @@ class Proposer:
         name = getattr(self.agent, "edit_format", None)
         return None if name is None else (name, getattr(self.agent, "format_reason", ""))
 
-    def ask(self, what: str, ask: Callable[[], Answer], note: Callable[[str], None] | None = None) -> Answer:
-        """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up."""
+    def ask(self, what: str, ask: Callable[[], Answer], note: Callable[[str], None] | None = None,
+            stop: threading.Event | None = None) -> Answer:
+        """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up, or when
+        `stop` is set during a wait."""
         note = note or self.note
         failures = 0
         while True:
@@ -78,4 +81,8 @@ class Proposer:
                     raise StopRun(f"the LLM endpoint failed {in_a_row}") from None
                 wait = min(MAX_BACKOFF_SECONDS, self.backoff_seconds * 2 ** (failures - 1))
                 note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
-                time.sleep(wait)
+                if stop is not None:
+                    if stop.wait(wait):
+                        raise StopRun("the run stopped") from None
+                else:
+                    time.sleep(wait)

@@ -540,9 +540,9 @@ class Scheduler:
         proposed), record each open experiment as interrupted."""
         for draft in self.drafts.values():
             draft.cancelled.set()
-        self._settle_drafts()
         for _, ticket in self.busy.values():
             ticket.cancel()
+        self._settle_drafts()  # while the trainings' processes end
         deadline = time.monotonic() + 30
         while self.busy and time.monotonic() < deadline:  # their processes end within the kill wait
             try:
