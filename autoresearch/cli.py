@@ -433,8 +433,6 @@ def remedy_flag(remedy) -> str:
     """The flag (and value) that mends a stopped run, to add to its resume command: ` --prompt-tokens 1500`."""
     if remedy is None:
         return ""
-    if remedy.value in ("on", "off"):  # a switch: --draft-ahead or --no-draft-ahead
-        return " " + flag_of(remedy.setting).replace("--", "--" if remedy.value == "on" else "--no-", 1)
     return f" {flag_of(remedy.setting)} {remedy.value or remedy.setting.upper()}"
 
 

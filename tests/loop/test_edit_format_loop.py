@@ -141,3 +141,15 @@ def test_a_baseline_that_timed_out_beside_the_tools_own_draft_is_trained_again_n
     assert baselines and baselines[0]["number"] > 0
     assert any("timed out while the tool drafted a proposal beside it" in note for note in reporter.notes)
     assert summary.baseline_metric is not None
+
+
+@pytest.mark.parametrize("flags,said", [(["--edit-format", "diff"], "--edit-format must be auto, search-replace, "
+                                                                     "whole, knobs, not 'diff'"),
+                                        (["--temperature", "3"], "--temperature must be from 0 to 2, not 3")])
+def test_the_cli_refuses_an_unknown_edit_format_or_temperature_in_one_line(workspace, flags, said):
+    from typer.testing import CliRunner
+
+    from autoresearch.cli import app
+
+    result = CliRunner().invoke(app, ["run", *flags])
+    assert result.exit_code == 1 and said in result.output
