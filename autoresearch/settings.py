@@ -175,6 +175,8 @@ def resumed_options(run: dict, given: dict) -> RunOptions:
     """
     config = run.get("config") or {}
     stored = {name: config[name] for name in SETTINGS if name in config}
+    if "edit_format" not in config and stored.get("draft_ahead") is True:
+        stored["draft_ahead"] = None  # stored before drafting ahead had its automatic default: that default, not forced
     stored.setdefault("budget_seconds", run.get("budget_seconds"))
     stored.setdefault("agent", run.get("agent") or "llm")
     if run.get("model"):

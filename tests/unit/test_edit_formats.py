@@ -148,3 +148,13 @@ def test_a_format_that_cannot_serve_gives_way(recipe, tmp_path):
     files = {"train.py": (bare.path / "train.py").read_text()}
     assert fitting("knobs", bare, files) == "whole"
     assert fitting("knobs", bare, files, file_tokens=3_000, context_tokens=4_096) == "search-replace"
+
+
+def test_a_run_stored_before_the_formats_resumes_with_the_new_defaults_not_forced_drafting():
+    from autoresearch.settings import resumed_options
+
+    old = {"tag": "t", "config": {"draft_ahead": True, "model": "m"}, "budget_seconds": 5}
+    options = resumed_options(old, {})
+    assert options.draft_ahead is None and options.edit_format == "auto" and options.temperature == 0.2
+    forced = resumed_options({**old, "config": {"draft_ahead": True, "edit_format": "whole"}}, {})
+    assert forced.draft_ahead is True and forced.edit_format == "whole"
