@@ -126,7 +126,7 @@ class Reporter:
 
     def edit_format(self, tag: str, name: str, reason: str) -> None:
         """The edit format the agent writes in, and why (formats.choose_format), when the run starts."""
-        self.note(f"run {tag}: edit format {name}" + (f" ({reason})" if reason else "")
+        self.note(f"run {tag}: edit format {name}" + (f": {reason}" if reason else "")
                   + ("; --edit-format chooses another" if reason and not reason.startswith("as set") else ""))
 
     def serial_beside_local_model(self, tag: str, url: str) -> None:

@@ -110,16 +110,16 @@ def choose_format(facts: ModelFacts) -> tuple[str, str]:
             return "search-replace", f"model {facts.name} is a large hosted model"
         return "search-replace", (f"the endpoint does not say how large model {facts.name} is; "
                                   "give the edit format to choose another")
-    size = f"model {facts.name} has {_size(facts.parameters)} parameters ({facts.source})"
+    size = f"model {facts.name} has {_size(facts.parameters)} parameters, by {facts.source}"
     if facts.parameters <= KNOBS_MAX_PARAMETERS:
-        return "knobs", f"{size}: up to {_size(KNOBS_MAX_PARAMETERS)} a model changes the recipe's constants only"
+        return "knobs", f"{size}; up to {_size(KNOBS_MAX_PARAMETERS)} a model changes the recipe's constants only"
     if facts.parameters <= WHOLE_MAX_PARAMETERS:
-        return "whole", f"{size}: up to {_size(WHOLE_MAX_PARAMETERS)} a model writes the whole file back"
-    return "search-replace", f"{size}: a large model writes SEARCH/REPLACE blocks"
+        return "whole", f"{size}; up to {_size(WHOLE_MAX_PARAMETERS)} a model writes the whole file back"
+    return "search-replace", f"{size}; a larger model writes SEARCH/REPLACE blocks"
 
 
 def _size(parameters: float) -> str:
-    return f"{parameters / 1e9:g}B" if parameters >= 1e9 else f"{parameters / 1e6:g}M"
+    return f"{parameters / 1e9:.3g}B" if parameters >= 1e9 else f"{parameters / 1e6:.3g}M"
 
 
 def simpler(name: str, recipe: Recipe, files: dict[str, str]) -> str:

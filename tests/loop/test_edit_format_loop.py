@@ -62,7 +62,7 @@ def test_auto_gives_a_small_model_knobs_and_says_so_at_the_start(run_loop, fake_
                                    agent_options={"model": "Qwen2.5-Coder-1.5B-Instruct"})
     assert outcomes(rows) == [(0, "keep"), (1, "keep")]
     said = [note for note in reporter.notes if "edit format" in note]
-    assert said and "edit format knobs" in said[0] and "1.5B parameters (the model's name)" in said[0]
+    assert said and "edit format knobs" in said[0] and "1.5B parameters, by the model's name" in said[0]
     assert loop.ledger.run(TAG)["config"]["edit_format"] == "auto"
     assert loop.ledger.run(TAG)["config"]["temperature"] == 0.2
 
