@@ -86,6 +86,7 @@ You improve a machine-learning training recipe, one experiment at a time. The to
 change for a fixed time, measures the validation metric itself and keeps the change only if it is
 better. Do not repeat what earlier experiments already tried."""
 SHORT_LINEAGE_ROWS = 8
+SHORT_TRIES = 3  # the last tries not kept, with their changed lines: which values were tried already
 SHORT_PROGRAM_CHARS = 1_500
 
 
@@ -198,6 +199,8 @@ def build_short_messages(context: AgentContext) -> list[dict]:
     parts.append("# Where the run stands\n\n" + "\n".join(standing + ([noise.rstrip()] if noise else []))
                  if standing else "")
     parts.append("# Last results\n\n" + format_lineage(context.lineage, SHORT_LINEAGE_ROWS))
+    tried = format_tries(context.lineage, SHORT_TRIES)
+    parts.append("# What the last tries that were not kept changed\n\n" + tried if tried else "")
     if context.edit_format == "whole":  # a change of code can crash: the last crash's log says why
         failures = format_failures(context.lineage, 1, 8)
         parts.append("# The last failure, with the end of its log\n\n" + failures if failures else "")

@@ -116,3 +116,15 @@ def test_a_knobs_reply_gets_a_short_completion_limit(tmp_path, fake_llm):
     fake_llm.set_script(["DESCRIPTION: lower it\nLEARNING_RATE = 0.3\n"])
     agent(fake_llm, edit_format="knobs").propose(context(tmp_path), lambda call: None)
     assert fake_llm.requests[0]["max_tokens"] == 512
+
+
+def test_the_short_prompt_shows_which_values_the_last_tries_set(tmp_path, fake_llm):
+    from dataclasses import replace
+
+    from autoresearch.prompts import LineageEntry
+
+    tried = LineageEntry(1, "discard", None, 0.3, -0.01, "faster",
+                         diff="--- a/train.py\n+++ b/train.py\n-LEARNING_RATE = 0.5\n+LEARNING_RATE = 0.8\n")
+    fake_llm.set_script(["DESCRIPTION: lower it\nLEARNING_RATE = 0.3\n"])
+    agent(fake_llm, edit_format="knobs").propose(replace(context(tmp_path), lineage=(tried,)), lambda call: None)
+    assert "+LEARNING_RATE = 0.8" in fake_llm.requests[0]["messages"][1]["content"]
