@@ -1,8 +1,11 @@
 """Agents propose one change per experiment.
 
-`LLMAgent` asks any OpenAI-compatible chat-completions endpoint and applies its SEARCH/REPLACE
-blocks, sending back why a block did not apply (with the nearest real lines) for a bounded number
-of attempts. `MutateAgent` needs no LLM: it perturbs one or two upper-case numeric constants at the
+`LLMAgent` asks any OpenAI-compatible chat-completions endpoint and applies its reply in the run's
+edit format (formats.py: search-replace, whole or knobs; `auto` is resolved by `check` from the
+model's size), sending back why a reply did not apply (with the nearest real lines) for a bounded
+number of attempts; a failure repeated word for word changes to a simpler format for the next
+turn, and a refused reply's DESCRIPTION and NOTES go with its InvalidProposal, for the lineage.
+Every call is recorded, a timed-out one and one given up because the run stopped (`stop`) too. `MutateAgent` needs no LLM: it perturbs one or two upper-case numeric constants at the
 top of train.py; it is the control arm and the way to try the whole loop offline.
 Both return a Candidate or raise InvalidProposal; neither touches git or the disk.
 
@@ -26,25 +29,28 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
-from autoresearch.edits import EditBlock, EditError, apply_blocks, parse_reply
-from autoresearch.endpoint import (DEFAULT_BASE_URL, CallTimedOut, ContextOverflow, call_within, context_overflow,
-                                   refused_on_this_machine, served_context_tokens, served_token_count,
-                                   server_message, wants_max_completion_tokens)
+from autoresearch import formats
+from autoresearch.edits import EditBlock, EditError, parse_description, parse_notes, set_constants
+from autoresearch.endpoint import (DEFAULT_BASE_URL, CallStopped, CallTimedOut, ContextOverflow, call_within,
+                                   context_overflow, refused_on_this_machine, served_context_tokens, served_parameters,
+                                   served_token_count, server_message, wants_max_completion_tokens)
 from autoresearch.errors import AgentUnavailable, InvalidProposal, NothingListens, Remedy, UserError
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentContext, budget_that_fits, build_messages,
-                                  estimate_tokens, prompt_tokens,
+                                  change_of_tack, estimate_tokens, prompt_tokens,
                                   repair_conversation, shorten, smallest_prompt_tokens)
 from autoresearch.recipe import TOP_LEVEL_CONSTANT, Tunable
 
 DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_TEMPERATURE = 0.2  # edits copy lines of a file exactly: a low temperature (llama.cpp's default is 0.8)
 DEFAULT_REQUEST_TIMEOUT = 600.0
 MAX_REPLY_CHARS = 100_000  # about 25k tokens: far more than one focused change needs
 KEPT_REPLY_CHARS = 4_000  # the most kept of a failed reply in the repair conversation (less when the budget is tight)
@@ -72,6 +78,13 @@ class Candidate:
 
 class CompletionLimitRefused(AgentUnavailable):
     """The endpoint takes the completion limit under its other name (see `LLMAgent.check`)."""
+
+
+class ProposalStopped(AgentUnavailable):
+    """The run stopped while a call was under way; the call was given up and recorded."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, retryable=False)
 
 
 class PromptTooLong(AgentUnavailable):
@@ -108,8 +121,9 @@ class Agent(Protocol):
         """Prove the agent can propose, before anything trains; raises AgentUnavailable."""
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None],
-                on_writing: Callable[[int], None] | None = None) -> Candidate:
-        """One candidate; `on_writing(characters)` hears, from another thread, how much of a reply has come."""
+                on_writing: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> Candidate:
+        """One candidate; `on_writing(characters)` hears, from another thread, how much of a reply has come; `stop`
+        (set by another thread) gives up the call under way, which is recorded."""
 
 
 def make_agent(options) -> "Agent":
@@ -117,7 +131,8 @@ def make_agent(options) -> "Agent":
     if options.agent == "mutate":
         return MutateAgent(seed=options.seed)
     return LLMAgent(model=options.model, base_url=options.base_url, request_timeout=options.llm_timeout,
-                    reply_tokens=options.reply_tokens, context_tokens=options.context_tokens)
+                    reply_tokens=options.reply_tokens, context_tokens=options.context_tokens,
+                    temperature=options.temperature, edit_format=options.edit_format)
 
 
 # --- the LLM agent
@@ -129,8 +144,8 @@ class LLMAgent:
 
     def __init__(self, model: str, base_url: str | None = None, api_key: str | None = None,
                  max_attempts: int = DEFAULT_MAX_ATTEMPTS, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-                 temperature: float | None = None, reply_tokens: int = DEFAULT_REPLY_TOKENS,
-                 context_tokens: int | None = None):
+                 temperature: float | None = DEFAULT_TEMPERATURE, reply_tokens: int = DEFAULT_REPLY_TOKENS,
+                 context_tokens: int | None = None, edit_format: str = "auto"):
         import openai
 
         base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
@@ -144,6 +159,9 @@ class LLMAgent:
         self.request_timeout = request_timeout
         self.temperature = temperature
         self.reply_tokens = reply_tokens
+        # The edit format asked for (formats.EDIT_FORMATS); `auto` is resolved by `check`, which says why.
+        self.edit_format = edit_format
+        self.format_reason = "as set for the run" if edit_format != "auto" else ""
         # The model's context window: given, or learned by `check` where the server reports it.
         self.context_tokens = context_tokens
         # Characters a token, as the server's tokenizer measured the first prompt (None: not measured yet).
@@ -177,6 +195,10 @@ class LLMAgent:
                            {self.completion_limit_parameter: CHECK_COMPLETION_TOKENS})
         if self.context_tokens is None:
             self.context_tokens = served_context_tokens(self.base_url, self.model, self._api_key)
+        if self.edit_format == "auto":
+            parameters, source = served_parameters(self.base_url, self.model, self._api_key)
+            self.edit_format, self.format_reason = formats.choose_format(
+                formats.ModelFacts(self.model, parameters, self.context_tokens, source))
 
     def prompt_budget(self, wanted: int) -> int:
         """The prompt budget: the one asked for, or less where the model's context must also hold the reply."""
@@ -202,15 +224,22 @@ class LLMAgent:
         return context
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None],
-                on_writing: Callable[[int], None] | None = None) -> Candidate:
-        context = self.sized(context)
+                on_writing: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> Candidate:
+        """The reply in the run's edit format, repaired up to `max_attempts` times; a repair that fails the same
+        way twice changes to a simpler format (formats.simpler) for the next turn."""
+        name = "search-replace" if self.edit_format == "auto" else self.edit_format  # auto: not checked (a test)
+        editable = "".join(context.files.get(file, "") for file in context.recipe.editable)
+        file_tokens = estimate_tokens(editable, self.chars_per_token or context.chars_per_token)
+        context = self.sized(replace(context, edit_format=formats.fitting(name, context.recipe, context.files,
+                                                                          file_tokens, self.context_tokens)))
         messages = build_messages(context)
-        limit = {self.completion_limit_parameter: self.reply_tokens}
-        error = "no attempt made"
+        cap = formats.named(context.edit_format).reply_tokens
+        limit = {self.completion_limit_parameter: min(self.reply_tokens, cap or self.reply_tokens)}
+        error, kind, first_error = "no attempt made", None, ""
         description = notes = ""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                reply, finish_reason = self._complete(messages, attempt, record_call, limit, context, on_writing)
+                reply, finish_reason = self._complete(messages, attempt, record_call, limit, context, on_writing, stop)
             except PromptTooLong as exc:
                 if attempt == 1:
                     raise
@@ -220,35 +249,47 @@ class LLMAgent:
                                       + (f"{size:,} tokens)" if size else "the server did not give its size)"),
                                       description, notes) from None
             cut_off = finish_reason == "length"
+            # kept even when the reply is refused: the lineage says what was tried
+            description = parse_description(reply) or description
+            notes = parse_notes(reply) or notes
             try:
                 check_reply_size(reply, cut_off)
-                parsed = parse_reply(reply)
-                description, notes = parsed.description, parsed.notes
-                changed = apply_blocks(context.files, parsed.blocks)
-                if not changed:
-                    raise EditError("the blocks change nothing")
-                return Candidate(description=parsed.description, changed=changed, blocks=parsed.blocks,
-                                 notes=parsed.notes)
+                edit = formats.read_reply(context.edit_format, reply, context.recipe, context.files)
+                return Candidate(description=edit.description, changed=edit.changed, blocks=edit.blocks,
+                                 notes=edit.notes)
             except EditError as exc:
                 error = str(exc)
                 if cut_off and "length limit" not in error:
                     error = f"the reply was cut off at the model's length limit; {error}"
+                first_error = first_error or error
             if attempt == self.max_attempts:
                 break
+            hint = formats.named(context.edit_format).repair_hint
+            again = failure_kind(error)
+            if again == kind:  # the same failure twice: a simpler form, or the file's own lines, not more of the same
+                simpler = formats.simpler(context.edit_format, context.recipe, context.files)
+                context = replace(context, edit_format=simpler)
+                hint = change_of_tack(context)
+            kind = again
             repaired = repair_conversation(messages, shorten(reply, KEPT_REPLY_CHARS), error, context.token_budget,
-                                           context.chars_per_token)
+                                           context.chars_per_token, hint)
             if repaired is None:
                 raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}; no repair turn fits the prompt "
                                       f"budget of {context.token_budget:,} tokens", description, notes)
             messages = repaired
-        raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}", description, notes)
+        last = error.splitlines()[0]
+        then = f"; then, in the {context.edit_format} form: {last}" if last != first_error.splitlines()[0] else ""
+        raise InvalidProposal(f"edit did not apply: {first_error.splitlines()[0]}{then}", description, notes)
 
     def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None],
                   options: dict | None = None, context: AgentContext | None = None,
-                  on_writing: Callable[[int], None] | None = None) -> tuple[str, str | None]:
-        """The reply's text and why the model stopped (`length`: at its limit), streamed; every call is recorded.
+                  on_writing: Callable[[int], None] | None = None,
+                  stop: threading.Event | None = None) -> tuple[str, str | None]:
+        """The reply's text and why the model stopped (`length`: at its limit), streamed; every call is recorded,
+        a failed one too: its prompt's tokens estimated (the server counts them, but tells only at the end) and
+        what came of the reply.
 
-        Giving up (the whole call past its time, or Ctrl-C) closes the stream, so the server stops writing.
+        Giving up (the whole call past its time, Ctrl-C or `stop`) closes the stream, so the server stops writing.
         """
         started = time.monotonic()
         options = dict(options or {})
@@ -256,8 +297,14 @@ class LLMAgent:
             options["temperature"] = self.temperature
         answer = StreamedAnswer(on_writing)
 
-        def failed(unavailable: AgentUnavailable) -> AgentUnavailable:
-            record_call(LLMCall(attempt, self.model, messages, answer.text or None, str(unavailable), None, None,
+        ratio = context.chars_per_token if context is not None else self.chars_per_token or CHARS_PER_TOKEN
+
+        def failed(unavailable: AgentUnavailable, processed: bool = True) -> AgentUnavailable:
+            """Recorded; with the estimate of its tokens where the server had the prompt (`processed`: given up
+            on, or broken off), none where it refused the request."""
+            counted = (prompt_tokens(messages, ratio), estimate_tokens(answer.text, ratio) if answer.text else 0) \
+                if processed else (None, None)
+            record_call(LLMCall(attempt, self.model, messages, answer.text or None, str(unavailable), *counted,
                                 time.monotonic() - started))
             return unavailable
 
@@ -266,21 +313,27 @@ class LLMAgent:
                 model=self.model, messages=messages, stream=True, stream_options={"include_usage": True}, **options))
 
         try:
-            call_within(self.request_timeout, ask, give_up=answer.close)
+            call_within(self.request_timeout, ask, give_up=answer.close, stop=stop)
+        except KeyboardInterrupt:  # Ctrl-C in this thread (a serial caller): recorded, then passed on
+            failed(AgentUnavailable(f"interrupted by the person (Ctrl-C) after {len(answer.text):,} characters"))
+            raise
+        except CallStopped:
+            raise failed(ProposalStopped(f"given up when the run stopped, after {len(answer.text):,} characters "
+                                         "of the reply")) from None
         except (CallTimedOut, self._openai.APITimeoutError):
             closed = f" (stream closed after {len(answer.text):,} characters)" if answer.text else ""
             raise failed(AgentUnavailable(f"no answer from {self.base_url} within {self.request_timeout:g}s"
                                           f"{closed}")) from None
         except (self._openai.OpenAIError, ValueError) as exc:
             # ValueError: a body that is not JSON; the server is having a bad moment, like a 500.
-            raise failed(self._refusal(exc, messages, context)) from None
+            raise failed(self._refusal(exc, messages, context), processed=bool(answer.text)) from None
         except Exception as exc:  # the connection broke mid-answer (httpx's errors are not the client's)
             if not isinstance(exc, OSError) and not _is_transport_error(exc):
                 raise
             raise failed(AgentUnavailable(f"the answer from {self.base_url} broke off after {len(answer.text):,} "
                                           f"characters ({type(exc).__name__}: {exc})")) from None
         if not answer.chunks:  # a 200 without a completion (a proxy's error page): the server's fault
-            raise failed(AgentUnavailable(f"{self.base_url} answered without a completion"))
+            raise failed(AgentUnavailable(f"{self.base_url} answered without a completion"), processed=False)
         if answer.finish_reason is None:
             raise failed(AgentUnavailable(f"the answer from {self.base_url} ended before the model finished "
                                           f"({len(answer.text):,} characters, no finish reason)"))
@@ -288,7 +341,6 @@ class LLMAgent:
         details = getattr(usage, "prompt_tokens_details", None)
         counted = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
         if usage is None:  # llama-cpp-python's stream says none: the estimate, so totals and --max-tokens still count
-            ratio = context.chars_per_token if context is not None else self.chars_per_token or CHARS_PER_TOKEN
             written = estimate_tokens(answer.text, ratio)
             limit = options.get(self.completion_limit_parameter)
             counted = (prompt_tokens(messages, ratio), min(written, limit) if limit else written)
@@ -346,6 +398,11 @@ class LLMAgent:
         return PromptTooLong(f"{problem}; lower the prompt token budget from {context.token_budget:,} to {fits:,} or "
                              "less, or serve the model with a longer context", overflow,
                              Remedy("prompt_tokens", str(fits)))
+
+
+def failure_kind(error: str) -> str:
+    """What kind of failure an error is, to tell the same failure twice: its first line without numbers."""
+    return re.sub(r"\d+", "N", error.splitlines()[0] if error else "")
 
 
 def check_reply_size(reply: str, cut_off: bool) -> None:
@@ -444,7 +501,7 @@ class MutateAgent:
         """Nothing to check: no endpoint."""
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None],
-                on_writing: Callable[[int], None] | None = None) -> Candidate:
+                on_writing: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> Candidate:
         target = context.recipe.editable[0]
         source = context.files[target]
         tunables = {tunable.name: tunable for tunable in context.recipe.tunable}
@@ -457,16 +514,9 @@ class MutateAgent:
         for _ in range(MAX_MUTATION_TRIES):
             chosen = rng.sample(constants, k=min(len(constants), rng.choice((1, 1, 2))))
             chosen.sort(key=lambda match: match.start())
-            new_source, changes, blocks = source, [], []
-            for match in reversed(chosen):
-                old_text = match.group("value")
-                new_text = mutate_number(old_text, rng, tunables.get(match.group("name")))
-                if float(new_text) == float(old_text.replace("_", "")):
-                    continue
-                line = match.group("name") + match.group("eq") + new_text + match.group("rest")
-                new_source = new_source[:match.start()] + line + new_source[match.end():]
-                changes.insert(0, f"{match.group('name')} {old_text} -> {new_text}")
-                blocks.insert(0, EditBlock(target, match.group(0) + "\n", line + "\n"))
+            values = {match.group("name"): mutate_number(match.group("value"), rng, tunables.get(match.group("name")))
+                      for match in reversed(chosen)}
+            new_source, changes, blocks = set_constants(source, values, target)
             if not changes:
                 continue
             changed = {target: new_source}

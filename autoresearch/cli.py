@@ -168,6 +168,14 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         context_tokens: Optional[int] = typer.Option(None, "--context-tokens", help="The model's context window in "
                                                      "tokens (default: what the server reports: vLLM, llama.cpp); "
                                                      "the prompt budget leaves the completion limit's room in it."),
+        edit_format: Optional[str] = typer.Option(None, "--edit-format", help="How the llm agent writes its change: "
+                                                  "auto (the default: by the model's size, which the run's first "
+                                                  "lines say), search-replace (blocks; large models), whole (the "
+                                                  "whole file back; mid-size models) or knobs (new values for the "
+                                                  "recipe's tunable constants; the smallest models)."),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help="The sampling temperature sent with "
+                                                    "every LLM call (default 0.2: edits copy a file's lines)."
+                                                   ),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
                                                  "the run's LLM spending past this many dollars (prices: "
                                                  "autoresearch.yaml)."),
@@ -183,8 +191,9 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
                                            "e.g. 0,1,2,3 (each training sees only its own: CUDA_VISIBLE_DEVICES); "
                                            "instead of --slots."),
         draft_ahead: Optional[bool] = typer.Option(None, "--draft-ahead/--no-draft-ahead", help="Draft the next "
-                                                   "proposals while experiments train (default on; needs the "
-                                                   "sandbox, else the loop is serial)."),
+                                                   "proposals while experiments train (default on, but off where "
+                                                   "a model server on this machine would share the training's CPU; "
+                                                   "needs the sandbox, else the loop is serial)."),
         executor: Optional[str] = typer.Option(None, "--executor", help="local (the default): train on this "
                                                "machine; ray: every training and evaluation is a job on a Ray "
                                                f"cluster, one GPU each ({escape(RAY_EXTRA_HINT)}; "
@@ -210,7 +219,7 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
         confirm_runs=confirm_runs, seed=seed, max_agent_failures=max_agent_failures, llm_timeout=llm_timeout,
         agent_backoff_seconds=agent_backoff, max_cost=max_cost, max_tokens=max_tokens,
         prompt_tokens=prompt_tokens, reply_tokens=reply_tokens, context_tokens=context_tokens,
-        sandbox=sandbox, slots=slots, gpus=gpus, draft_ahead=draft_ahead, executor=executor,
+        edit_format=edit_format, temperature=temperature, sandbox=sandbox, slots=slots, gpus=gpus, draft_ahead=draft_ahead, executor=executor,
         ray_address=ray_address).items() if value is not None}
     with user_errors():
         for name in (tag, resume):

@@ -153,6 +153,17 @@ class Reporter:
     def note(self, text: str) -> None: ...
     def close(self) -> None: ...
 
+    def edit_format(self, tag: str, name: str, reason: str) -> None:
+        """The edit format the agent writes in, and why (formats.choose_format), when the run starts."""
+        self.note(f"run {tag}: edit format {name}" + (f": {reason}" if reason else "")
+                  + ("; --edit-format chooses another" if reason and not reason.startswith("as set") else ""))
+
+    def serial_beside_local_model(self, tag: str, url: str) -> None:
+        """No drafting ahead: the model server is on this machine and the trainings use its CPU."""
+        self.note(f"run {tag}: the model server at {url} is on this machine and the trainings run on its CPU, so "
+                  "nothing is proposed while a training runs (each would slow the other); pin the server to other "
+                  "cores (taskset) and give --draft-ahead to draft ahead anyway")
+
 
 def outcome_text(row: dict) -> str:
     """`crash: why`; the reason can quote the training's output, so its control characters are shown escaped."""

@@ -24,6 +24,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from autoresearch.recipe import TOP_LEVEL_CONSTANT
+
 SEARCH_MARK = re.compile(r"^<{5,9} ?SEARCH\s*$")
 DIVIDER_MARK = re.compile(r"^={5,9}\s*$")
 REPLACE_MARK = re.compile(r"^>{5,9} ?REPLACE\s*$")
@@ -53,17 +55,21 @@ class EditError(ValueError):
     """A reply that cannot be parsed or a block that does not apply; the message is for the agent."""
 
 
+def parse_description(text: str) -> str:
+    """The reply's `DESCRIPTION:` line, or "" without one."""
+    for line in (text or "").splitlines():
+        match = DESCRIPTION_LINE.match(line)
+        if match:
+            return match.group(1).strip().strip("*`").strip()[:MAX_DESCRIPTION_CHARS]
+    return ""
+
+
 def parse_reply(text: str) -> ParsedReply:
     """Split a reply into its description and its edit blocks."""
     if not text or not text.strip():
         raise EditError("the reply was empty")
     lines = text.splitlines()
-    description = ""
-    for line in lines:
-        match = DESCRIPTION_LINE.match(line)
-        if match:
-            description = match.group(1).strip().strip("*`").strip()
-            break
+    description = parse_description(text)
     blocks: list[EditBlock] = []
     index = 0
     while index < len(lines):
@@ -130,8 +136,11 @@ def apply_blocks(files: dict[str, str], blocks: tuple[EditBlock, ...] | list[Edi
     changed: dict[str, str] = {}
     for number, block in enumerate(blocks, start=1):
         if block.filename not in current:
-            known = ", ".join(sorted(files))
-            raise EditError(f"block {number} names {block.filename or 'no file'!r}; the files are: {known}")
+            near = close_filename(block.filename, files)
+            if near is None:
+                known = ", ".join(sorted(files))
+                raise EditError(f"block {number} names {block.filename or 'no file'!r}; the files are: {known}")
+            block = EditBlock(near, block.search, block.replace)
         try:
             current[block.filename] = apply_block(current[block.filename], block)
         except EditError as exc:
@@ -140,10 +149,72 @@ def apply_blocks(files: dict[str, str], blocks: tuple[EditBlock, ...] | list[Edi
     return {name: content for name, content in changed.items() if content != files[name]}
 
 
+def close_filename(name: str, files) -> str | None:
+    """The editable file a block's name means when it is not exactly one: `recipes/tiny/train.py`, `Train.py`,
+    `train.py:`, `trian.py` all mean train.py; None when no file is close enough (or two are)."""
+    cleaned = name.strip().strip("`*:'\"").strip()
+    candidates = [known for known in files if cleaned == known or cleaned.endswith("/" + known)
+                  or cleaned.lower() == known.lower()]
+    if len(candidates) != 1:
+        candidates = difflib.get_close_matches(cleaned, list(files), n=2, cutoff=0.8)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+ELISION_LINE = re.compile(r"^\s*(#\s*)?(\.\.\.|…)\s*$")
+
+
 def apply_block(content: str, block: EditBlock) -> str:
-    """Apply one block to content: exact, then trailing-whitespace-blind, then indentation-shifted."""
+    """Apply one block to content: exact, then trailing-whitespace-blind, then indentation-shifted; then with a
+    spurious leading blank line dropped, then with `...` lines standing for unchanged lines kept as they are."""
     if not block.search.strip():
         raise EditError("the SEARCH part is empty; copy the exact lines to replace")
+    try:
+        return _apply_strict(content, block)
+    except EditError as first:
+        if block.search.startswith("\n") and block.search.strip():
+            trimmed = EditBlock(block.filename, block.search.lstrip("\n"),
+                                block.replace.lstrip("\n") if block.replace.startswith("\n") else block.replace)
+            try:
+                return apply_block(content, trimmed)
+            except EditError:
+                pass
+        if any(ELISION_LINE.match(line) for line in block.search.splitlines()):
+            return _apply_elided(content, block)
+        raise first
+
+
+def _apply_elided(content: str, block: EditBlock) -> str:
+    """A block whose SEARCH and REPLACE both skip unchanged lines with a `...` line: each part around the `...`
+    is applied in turn and the lines between them stay as the file has them."""
+    searches = _split_elided(block.search)
+    replaces = _split_elided(block.replace)
+    if len(searches) != len(replaces):
+        raise EditError("the SEARCH part skips lines with '...' but the REPLACE part does not skip the same way: "
+                        "write '...' in the REPLACE part where the unchanged lines stay, or copy the lines whole")
+    result = content
+    for search, replace in zip(searches, replaces):
+        if not search.strip():
+            if replace.strip():
+                raise EditError("a '...' at the edge of the SEARCH part leaves nothing to place its replacement by")
+            continue
+        result = _apply_strict(result, EditBlock(block.filename, search, replace))
+    return result
+
+
+def _split_elided(text: str) -> list[str]:
+    parts, current = [], []
+    for line in text.splitlines(keepends=True):
+        if ELISION_LINE.match(line):
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(line)
+    parts.append("".join(current))
+    return parts
+
+
+def _apply_strict(content: str, block: EditBlock) -> str:
+    """Apply one block: exact, then trailing-whitespace-blind, then indentation-shifted."""
     exact_count = content.count(block.search)
     if exact_count == 1:
         return content.replace(block.search, block.replace, 1)
@@ -227,3 +298,46 @@ def unified_diff(before: dict[str, str], after: dict[str, str]) -> str:
             parts.extend(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
                                               fromfile=f"a/{name}", tofile=f"b/{name}"))
     return "".join(line if line.endswith("\n") else line + "\n" for line in parts)
+
+
+def set_constants(source: str, values: dict[str, str], filename: str) -> tuple[str, list[str], list[EditBlock]]:
+    """source with top-level constants given new values (name -> the value's text): the new source, one
+    `NAME old -> new` line per constant that changed, and the blocks that make the same change elsewhere.
+
+    The one rewrite of a constant: the mutate agent's and the knobs format's.
+    """
+    matches = {match.group("name"): match for match in TOP_LEVEL_CONSTANT.finditer(source)}
+    missing = [name for name in values if name not in matches]
+    if missing:
+        raise EditError(f"{missing[0]} is not a numeric constant at the top level of {filename}")
+    new_source, changes, blocks = source, [], []
+    for match in sorted((matches[name] for name in values), key=lambda m: m.start(), reverse=True):
+        name, old_text, new_text = match.group("name"), match.group("value"), values[match.group("name")]
+        if float(new_text.replace("_", "")) == float(old_text.replace("_", "")):
+            continue
+        line = name + match.group("eq") + new_text + match.group("rest")
+        new_source = new_source[:match.start()] + line + new_source[match.end():]
+        changes.insert(0, f"{name} {old_text} -> {new_text}")
+        blocks.insert(0, EditBlock(filename, match.group(0) + "\n", line + "\n"))
+    return new_source, changes, blocks
+
+
+def blocks_between(filename: str, old: str, new: str, context: int = 2) -> list[EditBlock]:
+    """SEARCH/REPLACE blocks that turn old into new (each changed stretch with `context` lines around it), so a
+    whole file written back can be applied again on top of another version of it."""
+    old_lines, new_lines = old.splitlines(keepends=True), new.splitlines(keepends=True)
+    matcher = difflib.SequenceMatcher(None, old_lines, new_lines, autojunk=False)
+    blocks = []
+    for group in matcher.get_grouped_opcodes(context):
+        first, last = group[0], group[-1]
+        search = "".join(old_lines[first[1]:last[2]])
+        replace = "".join(new_lines[first[3]:last[4]])
+        if not search.strip():  # a change at an empty edge: anchor it on the whole file
+            search, replace = old, new
+            return [EditBlock(filename, search, replace)]
+        blocks.append(EditBlock(filename, _ended(search), _ended(replace)))
+    return blocks
+
+
+def _ended(text: str) -> str:
+    return text if not text or text.endswith("\n") else text + "\n"

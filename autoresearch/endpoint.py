@@ -26,6 +26,7 @@ import ipaddress
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 from urllib.parse import urlsplit
@@ -39,7 +40,15 @@ class CallTimedOut(Exception):
     """The call gave no complete answer within its time."""
 
 
-def call_within(seconds: float, call: Callable[[], T], give_up: Callable[[], None] | None = None) -> T:
+class CallStopped(Exception):
+    """The run stopped (Ctrl-C, a stop) while the call was waited for; it was given up."""
+
+
+STOP_POLL_SECONDS = 0.1
+
+
+def call_within(seconds: float, call: Callable[[], T], give_up: Callable[[], None] | None = None,
+                stop: threading.Event | None = None) -> T:
     """call() in a worker thread, waited for at most `seconds`; raises CallTimedOut past that.
 
     Past the time, or on Ctrl-C, `give_up()` is called first (to close the connection, so the
@@ -58,8 +67,16 @@ def call_within(seconds: float, call: Callable[[], T], give_up: Callable[[], Non
             done.set()
 
     threading.Thread(target=work, name="llm-call", daemon=True).start()
+    deadline = time.monotonic() + seconds
     try:
-        finished = done.wait(seconds)
+        while True:  # in short waits, so that `stop` (set by another thread) is heard at once
+            finished = done.wait(max(0.0, min(STOP_POLL_SECONDS, deadline - time.monotonic())))
+            if finished or time.monotonic() >= deadline:
+                break
+            if stop is not None and stop.is_set():
+                if give_up is not None:
+                    give_up()
+                raise CallStopped("the run stopped")
     except BaseException:
         if give_up is not None:
             give_up()
@@ -181,6 +198,46 @@ def served_context_tokens(base_url: str, model: str, api_key: str | None = None)
         if isinstance(found, int) and found > 0:
             return found
     return None
+
+
+def is_local(base_url: str | None) -> bool:
+    """Whether an endpoint is on this machine: a loopback address, or this machine's own name."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlparse
+
+    host = (urlparse(base_url or "").hostname or "").lower()
+    if not host:
+        return False
+    if host in ("localhost", "0.0.0.0", socket.gethostname().lower()) or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def served_parameters(base_url: str, model: str, api_key: str | None = None) -> tuple[float | None, str]:
+    """The model's parameter count as the server reports it, and where it said so: llama.cpp's /v1/models
+    (`meta.n_params`), Ollama's /api/tags (`details.parameter_size`, "1.5B"); (None, "") elsewhere (vLLM's
+    listing names the model, which formats.py reads)."""
+    models = _get_json(base_url.rstrip("/") + "/models", api_key)
+    entries = [entry for entry in (models or {}).get("data") or [] if isinstance(entry, dict)]
+    mine = [entry for entry in entries if entry.get("id") == model] or (entries if len(entries) == 1 else [])
+    for entry in mine:
+        meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}
+        if isinstance(meta.get("n_params"), (int, float)) and meta["n_params"] > 0:
+            return float(meta["n_params"]), "the server's /v1/models"
+    tags = _get_json(server_root(base_url) + "/api/tags", api_key)  # a GET: asking never costs a completion
+    for entry in (tags or {}).get("models") or [] if isinstance(tags, dict) else []:
+        if not isinstance(entry, dict) or model not in (entry.get("name"), entry.get("model")):
+            continue
+        details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+        size = details.get("parameter_size")
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([BM])\s*", size if isinstance(size, str) else "", re.I)
+        if match:
+            return float(match.group(1)) * (1e9 if match.group(2).upper() == "B" else 1e6), "the server's /api/tags"
+    return None, ""
 
 
 def served_token_count(base_url: str, model: str, text: str, api_key: str | None = None) -> int | None:

@@ -15,7 +15,14 @@ and what changes every experiment last:
 6. the lineage: every experiment's outcome (typed, with its reason), metric, gain over the best
    before it and description, the log tails of recent failures and what recent discarded tries
    changed (their diffs' changed lines); it changes every experiment;
-7. the task, with the reply contract again in brief (some chat templates drop system messages).
+7. the task, with the reply contract again in brief (some chat templates drop system messages),
+   shown on a real line of the recipe's file, never on placeholders a model could copy.
+
+That is the prompt of the `search-replace` format. The small models' formats (`whole`, `knobs`:
+formats.py) get a short prompt instead (`build_short_messages`): a short system message, the start
+of program.md, the file (whole) or the constants with their ranges (knobs), where the run stands
+and the last results: what a small model's context and its speed (tens of tokens a second of
+prefill on a CPU) can take.
 
 The prompt stays within a token budget however long the run is: what grows with the run (the
 state's diff and log, the notes, the lineage and its logs and diffs) gets the budget left after
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from autoresearch import formats
 from autoresearch.edits import MAX_NOTES_CHARS
 from autoresearch.quoting import fence_for, fenced, inline
 from autoresearch.recipe import Recipe
@@ -59,18 +67,7 @@ MIN_REPAIR_ROOM_FRACTION = 0.25  # ...or this share of a small budget
 MIN_KEPT_REPLY_TOKENS = 150  # a failed reply shorter than this in a repair turn is no use to the model
 SUMMARY_VALUES = 12  # training numbers shown of the baseline and the best
 
-REPLY_FORM = """\
-(your reasoning first, briefly: what the numbers and earlier experiments say, and your hypothesis)
-DESCRIPTION: one line saying what the change is (it becomes the commit message)
-NOTES: (optional, a few lines) what you want to remember in later experiments: your plan, what you learned
-train.py
-<<<<<<< SEARCH
-exact lines copied from the current file
-=======
-the lines that replace them
->>>>>>> REPLACE"""
-
-SYSTEM_PROMPT = f"""\
+SYSTEM_PROMPT = """\
 You are the research agent of autoresearch, a tool that runs machine-learning experiments overnight.
 Each experiment: you propose ONE change to the editable files of a training recipe; the tool commits
 it, trains it in a sandbox for a fixed wall-clock budget, and keeps the change if the validation
@@ -80,22 +77,17 @@ data the training never sees, and refuses a model that looks at future tokens. A
 prints is not the metric. You see what earlier experiments found; learn from them, do not repeat
 failures, and prefer changes with a clear hypothesis. The training time is fixed, so a change that
 makes each step slower must earn it: the steps reached and the time per step of the baseline and the
-best are given.
-
-Answer in exactly this form:
-
-{REPLY_FORM}
-
-The line before each block names the file it edits. Several blocks may follow each other. The
-SEARCH part must match the current file exactly (copy whole lines) and must be unique in it. Only
-the editable files may be changed; the random seed is set by the tool, not by you: an edit that
-reads, sets or removes a seed is refused. Your NOTES are shown to you in the next experiments' prompts
-(the latest few): use them to follow a plan across experiments."""
-
-CONTRACT_REMINDER = f"""\
-Answer in the required form (your reasoning, then DESCRIPTION, optional NOTES, then the blocks):
-
-{REPLY_FORM}"""
+best are given. Only the editable files may be changed; the random seed is set by the tool, not by
+you: an edit that reads, sets or removes a seed is refused. Your NOTES are shown to you in the next
+experiments' prompts (the latest few): use them to follow a plan across experiments."""
+# The small models' system message: what they need and no more (their prompt is read at tens of tokens a second).
+SHORT_SYSTEM_PROMPT = """\
+You improve a machine-learning training recipe, one experiment at a time. The tool trains each
+change for a fixed time, measures the validation metric itself and keeps the change only if it is
+better. Do not repeat what earlier experiments already tried."""
+SHORT_LINEAGE_ROWS = 8
+SHORT_TRIES = 3  # the last tries not kept, with their changed lines: which values were tried already
+SHORT_PROGRAM_CHARS = 1_500
 
 
 @dataclass(frozen=True)
@@ -154,9 +146,74 @@ class AgentContext:
     best_log_tail: str = ""  # the end of the best's training log
     notes: tuple[Note, ...] = ()  # oldest first
     chars_per_token: float = CHARS_PER_TOKEN  # measured by the server's tokenizer where it offers one
+    edit_format: str = "search-replace"  # how the reply is written (formats.py); the agent sets it
+
+
+def system_message(context: AgentContext) -> str:
+    """The system message: the tool (briefly for a short prompt), then how to answer in the context's format."""
+    base = SHORT_SYSTEM_PROMPT if formats.named(context.edit_format).short_prompt else SYSTEM_PROMPT
+    return f"{base}\n\n{formats.named(context.edit_format).instructions(context.recipe)}"
+
+
+def reminder(context: AgentContext) -> str:
+    """How to answer, again at the end of the user message (some chat templates drop the system message), with a
+    real example from the recipe's own file where the format has one."""
+    format_ = formats.named(context.edit_format)
+    example = formats.example_text(context.edit_format, context.recipe, context.files)
+    shown = (f"\n\nThe form, shown on a real line of {context.recipe.editable[0]} (an example of the form only: "
+             f"a reply that makes this same change is refused):\n\n{example}" if example else "")
+    return format_.instructions(context.recipe) + shown
 
 
 def build_messages(context: AgentContext) -> list[dict]:
+    """The chat messages for one proposal, in the layout its edit format asks for."""
+    if formats.named(context.edit_format).short_prompt:
+        return build_short_messages(context)
+    return build_full_messages(context)
+
+
+def build_short_messages(context: AgentContext) -> list[dict]:
+    """A small model's prompt: program.md (its start), the recipe's facts, the file (whole) or the constants and
+    their ranges (knobs), where the run stands and the last results; what its context and its speed can take."""
+    recipe = context.recipe
+    better = "lower" if recipe.direction == "lower" else "higher"
+    program = context.program.strip()
+    if len(program) > SHORT_PROGRAM_CHARS:
+        program = program[:SHORT_PROGRAM_CHARS].rsplit("\n", 1)[0] + "\n[... the rest of program.md left out]"
+    parts = [format_program(program),
+             f"# The recipe\n\n- metric: {recipe.metric} ({better} is better)\n- training budget: "
+             f"{context.budget_seconds:g} seconds"]
+    if context.edit_format == "knobs":
+        rows = [f"- {knob.name} = {knob.current} (may be {knob.allowed()})" + (f": {knob.comment}" if knob.comment
+                                                                                else "")
+                for knob in formats.knobs_of(recipe, context.files)]
+        parts.append(f"# The constants you may change, at their current values ({recipe.editable[0]})\n\n"
+                     + "\n".join(rows))
+    else:
+        parts += [f"# Current {name}\n\n{_block(context.files.get(name, ''), 'python')}" for name in recipe.editable]
+    standing = [f"- baseline {recipe.metric}: {context.baseline_metric:.6g}"] if context.baseline_metric is not None \
+        else []
+    if context.best_metric is not None:
+        standing.append(f"- best {recipe.metric} so far: {context.best_metric:.6g}")
+    noise = format_noise(context)
+    parts.append("# Where the run stands\n\n" + "\n".join(standing + ([noise.rstrip()] if noise else []))
+                 if standing else "")
+    parts.append("# Last results\n\n" + format_lineage(context.lineage, SHORT_LINEAGE_ROWS))
+    tried = format_tries(context.lineage, SHORT_TRIES)
+    parts.append("# What the last tries that were not kept changed\n\n" + tried if tried else "")
+    if context.edit_format == "whole":  # a change of code can crash: the last crash's log says why
+        failures = format_failures(context.lineage, 1, 8)
+        parts.append("# The last failure, with the end of its log\n\n" + failures if failures else "")
+    if context.in_flight:
+        parts.append("# Training now (do not propose these again)\n\n"
+                     + "\n".join(f"- {_clip(entry)}" for entry in context.in_flight))
+    parts.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
+                 f"{recipe.metric} {better}. {reminder(context)}")
+    user = "\n\n".join(part for part in parts if part)
+    return [{"role": "system", "content": system_message(context)}, {"role": "user", "content": user}]
+
+
+def build_full_messages(context: AgentContext) -> list[dict]:
     """The chat messages for one proposal: what changes rarely first (see the module's docstring)."""
     recipe = context.recipe
     better = "lower" if recipe.direction == "lower" else "higher"
@@ -174,9 +231,10 @@ def build_messages(context: AgentContext) -> list[dict]:
                        "known yet. Do not propose the same changes:\n" + "\n".join(
                            f"- training now: {_clip(entry)}" for entry in context.in_flight))
     closing.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
-                   f"{recipe.metric} {better}. {CONTRACT_REMINDER}")
+                   f"{recipe.metric} {better}. {reminder(context)}")
     size = lambda parts: estimate_tokens("\n\n".join(parts), context.chars_per_token)  # noqa: E731
-    room = context.token_budget - repair_room(context.token_budget) - size([SYSTEM_PROMPT, *leading, *closing])
+    system = system_message(context)
+    room = context.token_budget - repair_room(context.token_budget) - size([system, *leading, *closing])
     state = []
     for diff_lines, tail_lines in STATE_LEVELS:  # the standing takes at most half of what the history needs not
         state = [format_standing(context, diff_lines, tail_lines)]
@@ -187,7 +245,7 @@ def build_messages(context: AgentContext) -> list[dict]:
     history = format_history(context.lineage, max(MIN_HISTORY_TOKENS, room - size(state + notes)),
                              context.chars_per_token)
     user = "\n\n".join(part for part in leading + state + notes + history + closing if part)
-    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def estimate_tokens(text: str, chars_per_token: float = CHARS_PER_TOKEN) -> int:
@@ -416,22 +474,30 @@ def _clip(text: str, limit: int = ENTRY_TEXT_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def repair_message(error: str) -> dict:
-    """What the agent is told when its reply could not be applied."""
-    return {"role": "user", "content": f"Your reply could not be applied: {error}\n\n"
-                                       "Answer again in the required form, with SEARCH parts copied exactly "
-                                       "from the current file."}
+def repair_message(error: str, hint: str = formats.named("search-replace").repair_hint) -> dict:
+    """What the agent is told when its reply could not be applied, and how to answer again."""
+    return {"role": "user", "content": f"Your reply could not be applied: {error}\n\n{hint}"}
+
+
+def change_of_tack(context: AgentContext) -> str:
+    """The repair's instructions when a reply failed the same way twice: answer in the context's (simpler) format."""
+    knobs = ""
+    if context.edit_format == "knobs":
+        knobs = "\n\nThe constants you may change:\n" + "\n".join(
+            f"- {knob.name} = {knob.current} (may be {knob.allowed()})"
+            for knob in formats.knobs_of(context.recipe, context.files))
+    return f"That failed the same way twice, so answer in a simpler form this time.{knobs}\n\n{reminder(context)}"
 
 
 def repair_conversation(messages: list[dict], reply: str, error: str, budget_tokens: int,
-                        chars_per_token: float = CHARS_PER_TOKEN) -> list[dict] | None:
+                        chars_per_token: float = CHARS_PER_TOKEN, hint: str | None = None) -> list[dict] | None:
     """The conversation for the next attempt, within budget_tokens; None when no repair turn fits.
 
     The failed reply is shortened to the room left (its head and tail, where the description and
     the last blocks are). When even a short reply does not fit, the earlier repair turns go first,
     oldest first: the first prompt and the latest failure are what the model needs.
     """
-    repair = repair_message(error)
+    repair = repair_message(error, hint) if hint else repair_message(error)
     earlier = list(messages)
     while True:
         room = budget_tokens - prompt_tokens(earlier + [repair], chars_per_token)

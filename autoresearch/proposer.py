@@ -13,11 +13,13 @@ not apply are not retries: they are part of one proposal.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, TypeVar
 
 from autoresearch.agents import Agent, Candidate, LLMCall
 from autoresearch.console import times
+from autoresearch.endpoint import is_local
 from autoresearch.errors import AgentUnavailable, NothingListens, StopRun
 from autoresearch.prompts import AgentContext
 
@@ -47,14 +49,28 @@ class Proposer:
         self.ask("endpoint check", lambda: self.agent.check(record), at_start=True)
 
     def propose(self, what: str, context: AgentContext, record: Callable[[LLMCall], None],
-                on_writing: Callable[[int], None] | None = None, note: Callable[[str], None] | None = None
-                ) -> Candidate:
-        return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing), note)
+                on_writing: Callable[[int], None] | None = None, note: Callable[[str], None] | None = None,
+                stop: threading.Event | None = None) -> Candidate:
+        """A candidate; `stop` (set by the scheduler when the run stops) gives up the call under way."""
+        return self.ask(what, lambda: self.agent.propose(context, record, on_writing=on_writing, stop=stop), note,
+                        stop)
+
+    @property
+    def local(self) -> bool:
+        """Whether the agent's model runs on this machine (its endpoint is a loopback address)."""
+        return is_local(getattr(self.agent, "base_url", None))
+
+    @property
+    def edit_format(self) -> tuple[str, str] | None:
+        """The edit format the agent writes in and why (after `check`), or None for an agent without one."""
+        name = getattr(self.agent, "edit_format", None)
+        return None if name is None else (name, getattr(self.agent, "format_reason", ""))
 
     def ask(self, what: str, ask: Callable[[], Answer], note: Callable[[str], None] | None = None,
-            at_start: bool = False) -> Answer:
-        """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up.
-        `at_start`: the check before anything trains, where nothing listening is said at once."""
+            stop: threading.Event | None = None, at_start: bool = False) -> Answer:
+        """ask(), under the policy; `what` names the asking in the notes. Raises StopRun when it gives up, or when
+        `stop` is set during a wait. `at_start`: the check before anything trains, where nothing listening is said
+        at once."""
         note = note or self.note
         failures = 0
         while True:
@@ -69,4 +85,8 @@ class Proposer:
                     raise StopRun(f"the LLM endpoint failed {in_a_row}", exc.remedy) from None
                 wait = min(MAX_BACKOFF_SECONDS, self.backoff_seconds * 2 ** (failures - 1))
                 note(f"{what}: LLM call failed: {exc}; trying again in {wait:g}s")
-                time.sleep(wait)
+                if stop is not None:
+                    if stop.wait(wait):
+                        raise StopRun("the run stopped") from None
+                else:
+                    time.sleep(wait)

@@ -17,12 +17,15 @@ import importlib.util
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from autoresearch.agents import DEFAULT_TEMPERATURE
 from autoresearch.errors import InvalidSetting
 from autoresearch.execution.jobs import Slot
 from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, DEFAULT_NOISE_RUNS, KeepRule
+from autoresearch.formats import EDIT_FORMATS
 from autoresearch.prompts import DEFAULT_REPLY_TOKENS, PROMPT_TOKEN_BUDGET
 
 DEFAULT_MODEL = "gpt-5-mini"
+MAX_TEMPERATURE = 2.0
 AGENTS = ("llm", "mutate")
 SANDBOX_MODES = ("auto", "on", "off")
 EXECUTORS = ("local", "ray")
@@ -43,6 +46,8 @@ class RunOptions:
     prompt_tokens: int = PROMPT_TOKEN_BUDGET  # the estimated size of each proposal's conversation, at most
     reply_tokens: int = DEFAULT_REPLY_TOKENS  # the completion limit sent with each proposal
     context_tokens: int | None = None  # the model's context window; None: what the server reports, if it does
+    edit_format: str = "auto"  # auto | search-replace | whole | knobs: how the agent writes its change (formats.py)
+    temperature: float = DEFAULT_TEMPERATURE  # the sampling temperature sent with every LLM call
     budget_seconds: float | None = None  # None: the recipe's
     max_experiments: int | None = None
     hours: float | None = None
@@ -58,7 +63,9 @@ class RunOptions:
     sandbox: str = "auto"  # auto | on | off: train inside bubblewrap (docs/trust.md)
     slots: int | None = None  # trainings at once; None: 1 here, what the cluster offers on Ray (which it caps)
     gpus: str | None = None  # "0,1,2,3": one slot per GPU, each training with CUDA_VISIBLE_DEVICES set to it
-    draft_ahead: bool = True  # draft the next proposals while experiments train (needs the sandbox)
+    # draft the next proposals while experiments train (needs the sandbox); None: yes, unless a local model
+    # server would share the training's CPU (run/session.py); True forces it there too
+    draft_ahead: bool | None = None
     executor: str = "local"  # local | ray: where trainings and evaluations run (execution/)
     ray_address: str | None = None  # None: RAY_ADDRESS when the run starts or resumes, else auto
     overrides: list["Override"] = field(default_factory=list)  # what a resume changed, said and recorded
@@ -87,6 +94,10 @@ def check_options(options: RunOptions) -> None:
         raise InvalidSetting("agent", f"must be {' or '.join(AGENTS)}, not {options.agent!r}")
     if options.sandbox not in SANDBOX_MODES:
         raise InvalidSetting("sandbox", f"must be {', '.join(SANDBOX_MODES)}, not {options.sandbox!r}")
+    if options.edit_format not in EDIT_FORMATS:
+        raise InvalidSetting("edit_format", f"must be {', '.join(EDIT_FORMATS)}, not {options.edit_format!r}")
+    if not (isinstance(options.temperature, (int, float)) and 0 <= options.temperature <= MAX_TEMPERATURE):
+        raise InvalidSetting("temperature", f"must be from 0 to {MAX_TEMPERATURE:g}, not {options.temperature}")
     if options.executor not in EXECUTORS:
         raise InvalidSetting("executor", f"must be {' or '.join(EXECUTORS)}, not {options.executor!r}")
     if options.executor == "ray":
@@ -184,6 +195,8 @@ def resumed_options(run: dict, given: dict) -> RunOptions:
     """
     config = run.get("config") or {}
     stored = {name: config[name] for name in SETTINGS if name in config}
+    if "edit_format" not in config and stored.get("draft_ahead") is True:
+        stored["draft_ahead"] = None  # stored before drafting ahead had its automatic default: that default, not forced
     stored.setdefault("budget_seconds", run.get("budget_seconds"))
     stored.setdefault("agent", run.get("agent") or "llm")
     if run.get("model"):

@@ -27,8 +27,8 @@ llama.cpp refuses a prompt that does not fit and stops a reply at the window's e
 of this prompt and the one before, as llama.cpp's slot cache and OpenAI's prompt caching reuse),
 `drop_system` (a chat template that drops system messages: the scripted model sees the rest only),
 `stream_usage=False` (no usage chunk in a stream, as llama-cpp-python's server), and its metadata:
-`/v1/models` (vLLM's `max_model_len` when `context_style="vllm"`), llama.cpp's `/props`
-(`default_generation_settings.n_ctx`) and a tokenizer (`tokenizer="llama.cpp"`: `/tokenize`,
+`/v1/models` (vLLM's `max_model_len` when `context_style="vllm"`, llama.cpp's `meta` as `model_meta`),
+llama.cpp's `/props` (`default_generation_settings.n_ctx`) and a tokenizer (`tokenizer="llama.cpp"`: `/tokenize`,
 `{"content": ...}` -> tokens; `"llama-cpp-python"`: `/extras/tokenize/count`, `{"input": ...}` -> count).
 
 The tool's endpoint check (agents.CHECK_MESSAGES, sent before anything trains) is answered from
@@ -80,7 +80,7 @@ def common_prefix_tokens(first: list[str], second: list[str]) -> int:
 class FakeLLM:
     def __init__(self, context_tokens: int | None = None, context_style: str = "llama.cpp",
                  prefix_cache: bool = False, drop_system: bool = False, tokenizer: str | None = None,
-                 stream_usage: bool = True):
+                 stream_usage: bool = True, model_meta: dict | None = None):
         self.script: list = []
         self.requests: list[dict] = []
         self.check_script: list = [CHECK_ANSWER]
@@ -91,6 +91,7 @@ class FakeLLM:
         self.drop_system = drop_system
         self.tokenizer = tokenizer
         self.stream_usage = stream_usage
+        self.model_meta = model_meta  # llama.cpp's `meta` of its /v1/models entry (n_params, n_ctx_train...)
         self.seen: list[list[dict]] = []  # the messages the scripted model saw, after the chat template
         self.cached: list[int] = []  # cached_tokens reported for each proposal request
         self.abandoned: list[float] = []  # when a client went away while its answer was being written
@@ -165,6 +166,8 @@ class FakeLLM:
                     model = {"id": "fake-model", "object": "model", "owned_by": "fake"}
                     if fake.context_tokens and fake.context_style == "vllm":
                         model["max_model_len"] = fake.context_tokens
+                    if fake.model_meta:
+                        model["meta"] = fake.model_meta
                     self._send(200, json.dumps({"object": "list", "data": [model]}).encode())
                 elif path == "/props" and fake.context_tokens and fake.context_style == "llama.cpp":
                     self._send(200, json.dumps({"default_generation_settings": {"n_ctx": fake.context_tokens},

@@ -64,13 +64,27 @@ class Briefing:
         return self.program
 
     def lineage(self, rows: list[dict]) -> tuple[LineageEntry, ...]:
-        """The closed experiments as the agent sees them (rows: the run's experiments in order)."""
+        """The closed experiments as the agent sees them (rows: the run's experiments in order).
+
+        What a later success made stale is left out: the log and reason of a baseline that failed before a
+        baseline was kept (the recipe was fine; the machine or a fix made the difference), and the reason of an
+        interrupted experiment (the person's or the tool's stop, with paths of this machine: nothing about the
+        change)."""
         direction = self.state.recipe.direction
-        return tuple(LineageEntry(number=row["number"], outcome=row["outcome"], reason=row["reason"],
-                                  metric=row["metric"], gain=gain_or_none(row["metric"], row["best_before"], direction),
-                                  description=row["description"] or "", log_tail=row["log_tail"] or "",
-                                  diff=row["diff"] or "")
-                     for row in rows if row["outcome"] != "running")
+        kept_baseline = next((row["number"] for row in rows if row["outcome"] == "keep"
+                              and row.get("parent_number") is None), None)
+        entries = []
+        for row in rows:
+            if row["outcome"] == "running":
+                continue
+            stale = row["outcome"] == "interrupted" or (
+                kept_baseline is not None and row["number"] < kept_baseline and row.get("parent_number") is None)
+            entries.append(LineageEntry(number=row["number"], outcome=row["outcome"],
+                                        reason=None if stale else row["reason"], metric=row["metric"],
+                                        gain=gain_or_none(row["metric"], row["best_before"], direction),
+                                        description=row["description"] or "",
+                                        log_tail="" if stale else row["log_tail"] or "", diff=row["diff"] or ""))
+        return tuple(entries)
 
     def standing(self, rows: list[dict]) -> dict:
         """The baseline and the best with their training numbers, the best's whole diff and its log's end."""

@@ -64,11 +64,14 @@ class Journal:
         self.update(number, commit_sha=commit)
         return commit
 
-    def interrupt(self, number: int, reason: str) -> None:
-        """An experiment that cannot finish (Ctrl-C, a stop, a bug): its row says so, if it is still open."""
+    def interrupt(self, number: int, reason: str, propose_seconds: float | None = None) -> None:
+        """An experiment that cannot finish (Ctrl-C, a stop, a bug): its row says so, if it is still open, with the
+        time it was proposed for when that is known."""
         row = self.ledger.experiment(self.state.tag, number)
         if row and row["outcome"] == "running":
-            self.update(number, outcome="interrupted", reason=reason[:300], finished_at=now_iso())
+            proposed = {"propose_seconds": propose_seconds} if propose_seconds is not None and \
+                row.get("propose_seconds") is None else {}
+            self.update(number, outcome="interrupted", reason=reason[:300], finished_at=now_iso(), **proposed)
 
     def close(self, number: int, outcome: str, reason: str | None, metric: float | None,
               trained: Trained | None = None, commit: str | None = None, files: dict[str, str] | None = None,

@@ -31,12 +31,10 @@ and evaluates. It reads the run's state and never changes it.
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 from autoresearch.agents import Candidate
 from autoresearch.console import Reporter
@@ -49,50 +47,15 @@ from autoresearch.noise import derive_seed, harness_tampering, mean, noise_warni
 from autoresearch.outcomes import baseline_cause
 from autoresearch.proposer import Proposer
 from autoresearch.run.briefing import Briefing
+from autoresearch.run.flights import Draft, Flight, draft_concurrency, in_flight_lines
 from autoresearch.run.journal import Journal
 from autoresearch.run.limits import Limits
 from autoresearch.run.state import Best, RunState
 from autoresearch.execution.jobs import Slot
 from autoresearch.trainer import Ticket, Trained, Trainer, TrainingRequest
 
-MAX_DRAFTS = 4  # proposals drafted at once, at most
 POLL_SECONDS = 0.2  # how often the scheduler looks at its limits when nothing happens
 BASELINE_DESCRIPTION = "baseline: the unmodified recipe"
-
-
-@dataclass
-class Flight:
-    """One experiment between its row and its outcome: the baseline, or a candidate drafted from a best."""
-
-    number: int
-    kind: str  # baseline | candidate
-    description: str
-    parent: Best  # the best it was drafted from: what it is decided against
-    started: float
-    files: dict[str, str] | None = None  # its editable files (the duplicate digest)
-    candidate: Candidate | None = None
-    commit: str | None = None
-    propose_seconds: float | None = None
-    metrics: list[float] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    first: Trained | None = None
-    running: int = 0  # its training runs queued or on a slot
-    last_run_started: float | None = None  # when the latest of its training runs got a slot
-    failed_noise: list[Trained] = field(default_factory=list)
-    busy_shares: list[float] = field(default_factory=list)  # how much of the machine other work took, per run
-
-
-@dataclass
-class Draft:
-    """A proposal being drafted (by a thread of its own) from the files of a best."""
-
-    number: int
-    parent: str
-    parent_number: int | None
-    files: dict[str, str]
-    started: float
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    calls: int = 0  # its LLM calls in the ledger so far
 
 
 class Scheduler:
@@ -193,18 +156,10 @@ class Scheduler:
         return time.monotonic() - baseline.last_run_started >= self.state.budget_seconds / 2
 
     def _draft_concurrency(self) -> int:
-        """How many proposals to draft at once: one for each slot that has nothing to do now, and, for
-        the busy ones, enough that none waits when its training ends: slots x proposal time / training
-        time, from the times measured (the way ShinkaEvolve sizes its proposals in flight)."""
         starting = sum(1 for _, request in self.pending if request.attempt == 0)
         idle = max(0, len(self.slots) - len(self.busy) - len(self.ready) - starting)
-        if not self.state.best.measured:  # the baseline trains: every slot wants a draft when it ends
-            return max(1, min(MAX_DRAFTS, len(self.slots)))
-        ahead = 1
-        if self.propose_times and self.train_times:
-            ratio = mean(self.propose_times[-5:]) / max(mean(self.train_times[-5:]), 1e-3)
-            ahead = math.ceil(len(self.slots) * ratio)
-        return max(1, min(MAX_DRAFTS, idle + ahead))
+        return draft_concurrency(len(self.slots), idle, self.state.best.measured, self.propose_times,
+                                 self.train_times)
 
     def _dispatch(self) -> None:
         """Onto each free slot: a queued training run (confirmations first), else the next ready draft."""
@@ -273,6 +228,15 @@ class Scheduler:
 
     def _baseline_done(self, flight: Flight) -> None:
         first = flight.first
+        if first.outcome == "timeout" and flight.drafted_beside and self.proposer.local:
+            # the tool's own proposal shared the machine with it: not the recipe's fault; once more, alone
+            self._close(flight, first.outcome, first.reason, None, first)
+            self.draft_ahead = False
+            self.reporter.note(f"the baseline (experiment {flight.number}) timed out while the tool drafted a "
+                               "proposal beside it with the model server on this machine; training it again with "
+                               "no drafting ahead for the rest of this run")
+            self._start_baseline()
+            return
         if first.outcome is not None and not self._noise_stands_in(flight):
             self._close(flight, first.outcome, first.reason, None, first)
             log = first.evaluation.log_path if first.evaluation else first.result.log_path
@@ -297,12 +261,7 @@ class Scheduler:
     # --- drafting
 
     def _in_flight(self) -> tuple[str, ...]:
-        """Each experiment training or waiting for a slot, in one line for the agent."""
-        return tuple(f"experiment {flight.number}: {flight.description}"
-                     + (" (its numbers come when it ends)" if flight.kind == "baseline" else "")
-                     for flight in self.flights.values() if flight.kind in ("baseline", "candidate")) + tuple(
-            f"experiment {draft.number}: {candidate.description} (waiting for a slot)"
-            for draft, candidate, _ in self.ready)
+        return in_flight_lines(self.flights.values(), [(draft, candidate) for draft, candidate, _ in self.ready])
 
     def _start_draft(self, number: int | None = None) -> None:
         """A draft against the current best, in a thread of its own; a new experiment row unless `number` is given."""
@@ -323,9 +282,11 @@ class Scheduler:
         self.reporter.phase("proposing", number=number)
         self.reporter.drafting(sorted(self.drafts))
 
-        def record(call) -> None:
-            if draft.cancelled.is_set():
-                raise InterruptedError("the run stopped")
+        baseline = self._baseline_in_flight()
+        if baseline is not None:
+            baseline.drafted_beside = True
+
+        def record(call) -> None:  # a call of a stopped run too: the stop records it (_abandon)
             self.events.put(("call", number, call))
 
         def work() -> None:
@@ -333,10 +294,12 @@ class Scheduler:
                 candidate = self.proposer.propose(
                     f"experiment {number}", context, record,
                     on_writing=lambda characters: self.reporter.llm_writing(characters, number),
-                    note=lambda text: self.events.put(("note", text)))
+                    note=lambda text: self.events.put(("note", text)), stop=draft.cancelled)
                 self.events.put(("drafted", draft, candidate, None))
             except BaseException as exc:  # handed to the scheduler, which decides what it means
                 self.events.put(("drafted", draft, None, exc))
+            finally:
+                draft.done.set()
 
         threading.Thread(target=work, daemon=True, name=f"draft-{number}").start()
 
@@ -557,11 +520,13 @@ class Scheduler:
     # --- stopping
 
     def _abandon(self, error: BaseException) -> None:
-        """Ctrl-C or a stop: cancel every training, forget every draft, record each open experiment as interrupted."""
+        """Ctrl-C or a stop: cancel every training, give up every draft's call (recorded, with the time it
+        proposed), record each open experiment as interrupted."""
         for draft in self.drafts.values():
             draft.cancelled.set()
         for _, ticket in self.busy.values():
             ticket.cancel()
+        self._settle_drafts()  # while the trainings' processes end
         deadline = time.monotonic() + 30
         while self.busy and time.monotonic() < deadline:  # their processes end within the kill wait
             try:
@@ -575,6 +540,34 @@ class Scheduler:
             self.trainer.interrupted(ticket)
         reason = ("stopped by the person (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else
                   str(error) if isinstance(error, StopRun) else f"tool error: {type(error).__name__}: {error}")
+        now = time.monotonic()
+        proposed = {draft.number: now - draft.started for draft in self.drafts.values()}
+        proposed.update({draft.number: seconds for draft, _, seconds in self.ready})
         for number in list(self.flights) + list(self.drafts) + [draft.number for draft, _, _ in self.ready]:
-            self.journal.interrupt(number, reason)
+            self.journal.interrupt(number, reason, propose_seconds=proposed.get(number))
         self.journal.rewind()
+
+    def _settle_drafts(self, seconds: float = 5.0) -> None:
+        """Wait (a little) for the drafts' threads to give up their calls, and record the calls they hand back."""
+        deadline = time.monotonic() + seconds
+        held = []
+        while any(not draft.done.is_set() for draft in self.drafts.values()) and time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                continue
+            if event[0] == "call":
+                self.journal.record_call(*event[1:])
+            elif event[0] in ("trained", "evaluated"):
+                held.append(event)
+        while True:  # the calls that came with the last answers
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+            if event[0] == "call":
+                self.journal.record_call(*event[1:])
+            elif event[0] in ("trained", "evaluated"):
+                held.append(event)
+        for event in held:  # the trainings' ends, for the stop's own wait
+            self.events.put(event)

@@ -251,7 +251,9 @@ class Session:
             if not stop_reason:
                 # before anything trains: a wrong URL, key or model costs no training
                 proposer.check(journal.call_recorder(state.next_number))
-                trainer, slots, draft_ahead = self._make_trainer(state, options)
+                if proposer.edit_format is not None:
+                    self.reporter.edit_format(state.tag, *proposer.edit_format)
+                trainer, slots, draft_ahead = self._make_trainer(state, options, proposer.local)
                 clock.record()
                 clock.slots = len(slots)
                 self.reporter.limits(options.max_experiments, experiments_done(self.ledger, state.tag),
@@ -283,9 +285,13 @@ class Session:
                           best_metric=state.best.metric, baseline_metric=state.baseline_metric,
                           direction=state.recipe.direction, stop_reason=stop_reason)
 
-    def _make_trainer(self, state: RunState, options: RunOptions) -> tuple[Trainer, list[Slot], bool]:
+    def _make_trainer(self, state: RunState, options: RunOptions, local_model: bool = False
+                      ) -> tuple[Trainer, list[Slot], bool]:
         """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox;
-        the slots, and whether proposals are drafted ahead (only where the sandbox holds)."""
+        the slots, and whether proposals are drafted ahead: only where the sandbox holds, and, unless the
+        setting forces it, not where the model server is on this machine (`local_model`) and the trainings run
+        on its CPU (no GPU in a slot, on this machine's executor): a prefill of thousands of tokens would take
+        the training's cores, and a fixed-time training would buy fewer steps, or time out."""
         run = self.ledger.run(state.tag)
         run_dir = self.workspace.run_dir(state.tag)
         context = RunContext(tag=state.tag, recipe=state.recipe, recipe_path=state.recipe_path,
@@ -303,7 +309,11 @@ class Session:
         context.sandbox, context.sandbox_level = sandbox.policy, sandbox.level
         self.ledger.set_run_sandbox(state.tag, context.sandbox_level)
         slots = run_slots(options, self.executor.offered_slots())
-        draft_ahead = options.draft_ahead
+        draft_ahead = options.draft_ahead is not False
+        on_this_cpu = options.executor == "local" and all(slot.device is None for slot in slots)
+        if draft_ahead and options.draft_ahead is None and local_model and on_this_cpu and sandbox.policy is not None:
+            draft_ahead = False
+            self.reporter.serial_beside_local_model(state.tag, getattr(self.agent, "base_url", ""))
         if sandbox.policy is None and (len(slots) > 1 or draft_ahead):
             if len(slots) > 1:
                 raise InvalidSetting("slots", f"is {len(slots)}, but several trainings at once need the sandbox: "

@@ -50,15 +50,15 @@ def prompt_of(request: dict) -> str:
 # --- the endpoint fails
 
 def test_endpoint_down_stops_the_run_cleanly_after_n_failed_calls_before_anything_trains(workspace, fake_llm, run_loop):
-    url = closed_port_url()
-    message, rows, run = stopped_run(workspace, run_loop, [BETTER], agent_options={"base_url": url},
-                                     max_agent_failures=3)
-    assert message == (f"run t stopped: the LLM endpoint failed 3 times in a row (last: cannot reach {url} "
-                       "(Connection error.))")
+    # an endpoint that answers, but only with failures (nothing listening at all is said at once: test_newcomer)
+    fake_llm.set_check_script([{"status": 503, "body": "upstream connect error"}])
+    message, rows, run = stopped_run(workspace, run_loop, [BETTER], max_agent_failures=3)
+    assert message == (f"run t stopped: the LLM endpoint failed 3 times in a row (last: {fake_llm.base_url} answered "
+                       "503 upstream connect error)")
     assert run["status"] == "stopped"
     assert rows == [] and not (workspace / "runs/t/0.log").exists()  # the baseline never trained
     calls = Ledger(workspace / "runs/ledger.db").llm_calls(TAG, 0)
-    assert [c["attempt"] for c in calls] == [0, 0, 0] and all(url in c["error"] for c in calls)
+    assert [c["attempt"] for c in calls] == [0, 0, 0] and all(fake_llm.base_url in c["error"] for c in calls)
 
 
 def test_refused_key_stops_at_once_without_retrying(workspace, fake_llm, run_loop):
@@ -140,8 +140,9 @@ def test_backoff_doubles_and_is_capped(workspace, fake_llm, run_loop):
     assert MAX_BACKOFF_SECONDS == 300
 
 
-def test_cli_says_in_one_line_why_the_run_stopped_and_how_to_go_on(workspace, monkeypatch):
-    monkeypatch.setenv("OPENAI_BASE_URL", closed_port_url())
+def test_cli_says_in_one_line_why_the_run_stopped_and_how_to_go_on(workspace, monkeypatch, fake_llm):
+    fake_llm.set_check_script([{"status": 503, "body": "upstream connect error"}])
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_llm.base_url)
     result = CliRunner().invoke(app, ["run", "--tag", TAG, "--max-agent-failures", "2", "--agent-backoff", "0.01",
                                       "--noise-runs", "0"], catch_exceptions=False)
     assert result.exit_code == 1

@@ -302,7 +302,7 @@ def two_trainings_and_a_draft_in_flight(workspace: Path, fake_llm) -> ToolProces
     """The tool as a real process on two slots, both training experiments that hang, a third being drafted."""
     hang = [inject(f"wait for the data {n}", f"time.sleep({60 + n})") for n in (1, 2)]
     fake_llm.set_script([*hang, {"content": BETTER, "delay": 60}])
-    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--slots", "2", "--sandbox", "on",
+    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--slots", "2", "--sandbox", "on", "--draft-ahead",
                        env=tool_env(fake_llm))
     assert tool.wait_for("experiment 3: started", 30), tool.stderr()
     assert wait_until(lambda: ledger_query(workspace, "SELECT COUNT(*) FROM training_runs WHERE tag = ? AND "

@@ -166,7 +166,7 @@ def test_a_worker_killed_mid_training_is_a_crash_and_the_run_goes_on(ray_cluster
 def test_ctrl_c_cancels_every_job_of_the_run(ray_cluster, workspace, fake_llm):
     hang = [inject(f"wait for the data {n}", f"time.sleep({60 + n})") for n in (1, 2)]
     fake_llm.set_script([*hang, {"content": BETTER, "delay": 60}])
-    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--slots", "2", "--sandbox", "on",
+    tool = ToolProcess(workspace, "run", "--tag", TAG, *RUN_FLAGS, "--slots", "2", "--sandbox", "on", "--draft-ahead",
                        "--executor", "ray", env=tool_env(fake_llm))
     assert wait_until(lambda: trainings_running(workspace) == 2, 60), tool.stderr()
     assert wait_until(lambda: len(run_processes(workspace)) >= 2, 20)

@@ -93,7 +93,8 @@ def test_kill_9_at_random_moments_then_resume_keeps_every_invariant(workspace, f
     while time.monotonic() < deadline or cycles < MIN_CYCLES:
         args = ("run", "--tag", TAG) if cycles == 0 else ("run", "--resume", TAG)
         # one slot or two, drafting ahead: the kills land with several experiments in flight too
-        tool = ToolProcess(workspace, *args, *RUN_FLAGS, "--slots", str(1 + cycles % 2), env=env)
+        tool = ToolProcess(workspace, *args, *RUN_FLAGS, "--slots", str(1 + cycles % 2), "--draft-ahead",
+                           env=env)
         time.sleep(rng.uniform(0.3, 4.5))  # the tool takes a second or two to start
         tool.kill(whole_group=rng.random() < 0.3)
         tool.wait(10)

@@ -6,7 +6,7 @@ import pytest
 from faultkit import BETTER
 
 from autoresearch.edits import MAX_NOTES_CHARS, EditError, parse_reply
-from autoresearch.prompts import (CHARS_PER_TOKEN, CONTRACT_REMINDER, NOTES_TOKENS, AgentContext, LineageEntry, Note,
+from autoresearch.prompts import (reminder, CHARS_PER_TOKEN, NOTES_TOKENS, AgentContext, LineageEntry, Note,
                                   Standing, build_messages, estimate_tokens, format_program, prompt_tokens,
                                   repair_conversation)
 from autoresearch.recipe import load_recipe
@@ -67,10 +67,11 @@ def test_what_changes_every_experiment_comes_last(workspace):
 
 
 def test_the_reply_form_is_repeated_at_the_end_of_the_user_message(workspace):
-    prompt = user_message(context(workspace))
-    assert prompt.endswith(CONTRACT_REMINDER)
-    assert "DESCRIPTION:" in CONTRACT_REMINDER and "<<<<<<< SEARCH" in CONTRACT_REMINDER
-    assert len(CONTRACT_REMINDER) < len(build_messages(context(workspace))[0]["content"]) / 2  # briefly
+    ctx = context(workspace)
+    prompt = user_message(ctx)
+    assert prompt.endswith(reminder(ctx))
+    assert "DESCRIPTION:" in reminder(ctx) and "<<<<<<< SEARCH" in reminder(ctx)
+    assert len(reminder(ctx)) < len(build_messages(ctx)[0]["content"])  # briefly
 
 
 def test_program_md_with_its_own_heading_gets_no_second_one(workspace):

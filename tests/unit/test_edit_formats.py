@@ -1,0 +1,169 @@
+"""The edit formats (formats.py) and the tolerance of SEARCH/REPLACE blocks (edits.py): pure functions."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoresearch.edits import EditBlock, EditError, apply_blocks, blocks_between
+from autoresearch.formats import ModelFacts, choose_format, example_text, knobs_of, parameters_in_name, read_reply
+from autoresearch.recipe import load_recipe
+
+from conftest import SYNTH_RECIPE, SYNTH_TRAIN, make_workspace
+
+TUNABLE = SYNTH_RECIPE + "tunable:\n  LEARNING_RATE: [0.1, 0.9]\n  WIDTH: {choices: [2, 4, 8]}\n"
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    return load_recipe(make_workspace(tmp_path / "ws", recipe_yaml=TUNABLE) / "recipes/synth")
+
+
+FILES = {"train.py": SYNTH_TRAIN}
+
+
+# --- search-replace: the tolerance real models need
+
+def test_a_block_may_skip_unchanged_lines_with_an_elision_kept_as_the_file_has_them():
+    block = EditBlock("train.py", "LEARNING_RATE = 0.5\n...\nSLEEP_SECONDS = 0.0\n",
+                      "LEARNING_RATE = 0.4\n...\nSLEEP_SECONDS = 0.1\n")
+    new = apply_blocks(FILES, [block])["train.py"]
+    assert "LEARNING_RATE = 0.4\nWIDTH = 4\nSLEEP_SECONDS = 0.1\n" in new
+
+
+def test_an_elision_in_the_search_part_only_is_refused_with_why():
+    block = EditBlock("train.py", "LEARNING_RATE = 0.5\n...\nSLEEP_SECONDS = 0.0\n", "LEARNING_RATE = 0.4\n")
+    with pytest.raises(EditError, match="REPLACE part does not skip the same way"):
+        apply_blocks(FILES, [block])
+
+
+def test_a_spurious_leading_blank_line_and_a_near_file_name_still_apply():
+    block = EditBlock("recipes/synth/train.py", "\nWIDTH = 4\n", "\nWIDTH = 8\n")
+    assert "WIDTH = 8\n" in apply_blocks(FILES, [block])["train.py"]
+    assert "WIDTH = 8\n" in apply_blocks(FILES, [EditBlock("trian.py", "WIDTH = 4\n", "WIDTH = 8\n")])["train.py"]
+    with pytest.raises(EditError, match="names 'model.py'"):
+        apply_blocks(FILES, [EditBlock("model.py", "WIDTH = 4\n", "WIDTH = 8\n")])
+
+
+def test_blocks_between_two_versions_make_the_same_change_again():
+    new = SYNTH_TRAIN.replace("WIDTH = 4", "WIDTH = 8").replace("print(\"---\")", "print(\"--- done\")")
+    blocks = blocks_between("train.py", SYNTH_TRAIN, new)
+    assert len(blocks) == 2
+    assert apply_blocks(FILES, blocks)["train.py"] == new
+
+
+# --- whole
+
+def test_whole_takes_the_file_written_back_and_diffs_it(recipe):
+    reply = "DESCRIPTION: wider\n```python train.py\n" + SYNTH_TRAIN.replace("WIDTH = 4", "WIDTH = 8") + "```\n"
+    edit = read_reply("whole", reply, recipe, FILES)
+    assert edit.description == "wider" and "WIDTH = 8" in edit.changed["train.py"]
+    assert [block.replace for block in edit.blocks if "WIDTH = 8" in block.replace]
+
+
+@pytest.mark.parametrize("elision", ["...", "# ... rest of the file unchanged", "# existing code here"])
+def test_whole_refuses_a_file_with_code_left_out_and_says_so(recipe, elision):
+    text = SYNTH_TRAIN.replace("WIDTH = 4", "WIDTH = 8").split("# --- training")[0] + elision + "\n"
+    with pytest.raises(EditError, match="leaves code out"):
+        read_reply("whole", f"DESCRIPTION: wider\n```python train.py\n{text}```\n", recipe, FILES)
+
+
+def test_whole_without_a_named_block_or_with_no_change_is_refused(recipe):
+    with pytest.raises(EditError, match="no fenced block"):
+        read_reply("whole", "DESCRIPTION: wider\nI would make it wider.", recipe, FILES)
+    with pytest.raises(EditError, match="changes nothing"):
+        read_reply("whole", f"DESCRIPTION: same\n```python train.py\n{SYNTH_TRAIN}```\n", recipe, FILES)
+
+
+# --- knobs
+
+def test_knobs_sets_the_tunable_constants_inside_their_ranges(recipe):
+    edit = read_reply("knobs", "DESCRIPTION: slower and wider\nLEARNING_RATE = 0.35\nSET WIDTH = 8\n", recipe, FILES)
+    assert edit.description == "slower and wider"
+    new = edit.changed["train.py"]
+    assert "LEARNING_RATE = 0.35\n" in new and "WIDTH = 8\n" in new and "SLEEP_SECONDS = 0.0\n" in new
+    assert len(edit.blocks) == 2
+
+
+@pytest.mark.parametrize("line,problem", [("LEARNING_RATE = 3", "outside what it may be (0.1 to 0.9)"),
+                                          ("WIDTH = 5", "outside what it may be (one of 2, 4, 8)"),
+                                          ("LEARNING_RAT = 0.3", "not one of the constants you may set"),
+                                          ("SLEEP_SECONDS = 1", "not one of the constants you may set")])
+def test_knobs_refuses_a_value_out_of_range_or_a_name_not_listed(recipe, line, problem):
+    with pytest.raises(EditError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        read_reply("knobs", f"DESCRIPTION: try\n{line}\n", recipe, FILES)
+
+
+def test_knobs_lists_each_constant_with_its_current_value_and_range(recipe):
+    knobs = {knob.name: (knob.current, knob.allowed()) for knob in knobs_of(recipe, FILES)}
+    assert knobs == {"LEARNING_RATE": ("0.5", "0.1 to 0.9"), "WIDTH": ("4", "one of 2, 4, 8")}
+
+
+# --- the reply form: a real example, never copied
+
+@pytest.mark.parametrize("name", ["knobs", "search-replace"])
+def test_the_example_is_a_real_line_of_the_file_and_a_reply_repeating_it_is_refused(recipe, name):
+    example = example_text(name, recipe, FILES)
+    assert "LEARNING_RATE" in example and "(" not in example  # real, no placeholder in parentheses
+    with pytest.raises(EditError, match="repeats the example"):
+        read_reply(name, example, recipe, FILES)
+
+
+def test_a_reply_echoing_the_old_placeholders_is_refused_with_why(recipe):
+    reply = ("(your reasoning first, briefly: ...)\nDESCRIPTION: x\ntrain.py\n<<<<<<< SEARCH\nexact lines copied "
+             "from the current file\n=======\nthe lines that replace them\n>>>>>>> REPLACE\n")
+    with pytest.raises(EditError, match="placeholder text"):
+        read_reply("search-replace", reply, recipe, FILES)
+
+
+# --- auto
+
+@pytest.mark.parametrize("facts,expected", [
+    (ModelFacts("Qwen2.5-Coder-1.5B-Instruct"), "knobs"),
+    (ModelFacts("qwen2.5-coder:7b"), "whole"),
+    (ModelFacts("/models/qwen2.5-coder-32b-instruct-q4_k_m.gguf"), "search-replace"),
+    (ModelFacts("model.gguf", parameters=134_515_008, source="the server's /v1/models"), "knobs"),
+    (ModelFacts("SmolLM2-135M-Instruct"), "knobs"),
+    (ModelFacts("gpt-5-mini"), "search-replace"),
+    (ModelFacts("my-finetune"), "search-replace"),
+])
+def test_auto_picks_by_the_models_size_and_says_why(facts, expected):
+    name, reason = choose_format(facts)
+    assert name == expected and reason
+
+
+def test_a_size_is_read_from_a_models_name():
+    assert parameters_in_name("Qwen2.5-Coder-1.5B-Instruct") == 1.5e9
+    assert parameters_in_name("qwen2.5-coder:1.5b") == 1.5e9
+    assert parameters_in_name("SmolLM2-135M-Instruct") == 135e6
+    assert parameters_in_name("gpt-5-mini") is None
+
+
+def test_a_format_that_cannot_serve_gives_way(recipe, tmp_path):
+    from autoresearch.formats import fitting
+
+    assert fitting("whole", recipe, FILES, file_tokens=3_000, context_tokens=32_768) == "whole"
+    assert fitting("whole", recipe, FILES, file_tokens=3_000, context_tokens=4_096) == "knobs"
+    bare = load_recipe(make_workspace(tmp_path / "bare", train="print('no constants')\nfrom prepare import save_model\n")
+                       / "recipes/synth")
+    files = {"train.py": (bare.path / "train.py").read_text()}
+    assert fitting("knobs", bare, files) == "whole"
+    assert fitting("knobs", bare, files, file_tokens=3_000, context_tokens=4_096) == "search-replace"
+
+
+def test_a_run_stored_before_the_formats_resumes_with_the_new_defaults_not_forced_drafting():
+    from autoresearch.settings import resumed_options
+
+    old = {"tag": "t", "config": {"draft_ahead": True, "model": "m"}, "budget_seconds": 5}
+    options = resumed_options(old, {})
+    assert options.draft_ahead is None and options.edit_format == "auto" and options.temperature == 0.2
+    forced = resumed_options({**old, "config": {"draft_ahead": True, "edit_format": "whole"}}, {})
+    assert forced.draft_ahead is True and forced.edit_format == "whole"
+
+
+def test_a_knobs_reply_that_gives_one_constant_two_values_is_refused():
+    from autoresearch.formats import Knob, parse_knobs
+
+    knobs = [Knob("LEARNING_RATE", "0.5", None, "")]
+    assert parse_knobs("LEARNING_RATE = 0.3\nLEARNING_RATE = 0.3\n", knobs) == {"LEARNING_RATE": "0.3"}
+    with pytest.raises(EditError, match="LEARNING_RATE is given two values"):
+        parse_knobs("<<<<<<< SEARCH\nLEARNING_RATE = 0.55\n=======\nLEARNING_RATE = 0.3\n>>>>>>> REPLACE\n", knobs)
