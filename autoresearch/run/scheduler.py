@@ -551,23 +551,22 @@ class Scheduler:
         """Wait (a little) for the drafts' threads to give up their calls, and record the calls they hand back."""
         deadline = time.monotonic() + seconds
         held = []
+
+        def take(event) -> None:
+            if event[0] == "call":
+                self.journal.record_call(*event[1:])
+            elif event[0] in ("trained", "evaluated"):
+                held.append(event)
+
         while any(not draft.done.is_set() for draft in self.drafts.values()) and time.monotonic() < deadline:
             try:
-                event = self.events.get(timeout=POLL_SECONDS)
+                take(self.events.get(timeout=POLL_SECONDS))
             except queue.Empty:
                 continue
-            if event[0] == "call":
-                self.journal.record_call(*event[1:])
-            elif event[0] in ("trained", "evaluated"):
-                held.append(event)
         while True:  # the calls that came with the last answers
             try:
-                event = self.events.get_nowait()
+                take(self.events.get_nowait())
             except queue.Empty:
                 break
-            if event[0] == "call":
-                self.journal.record_call(*event[1:])
-            elif event[0] in ("trained", "evaluated"):
-                held.append(event)
         for event in held:  # the trainings' ends, for the stop's own wait
             self.events.put(event)
