@@ -29,8 +29,8 @@ time out the baseline. The baseline's noise runs are off (`--noise-runs 0`) unle
 
 What it reports per format (from the run's ledger, `runs/ledger.db`, and llama.cpp's log):
 - replies well formed: proposal replies (first tries and repairs) in the format's form, as this script
-  reads them (search-replace: the tool's own parser finds a block; whole: a complete fenced block
-  naming train.py; knobs: at least one `NAME = value` line of a tunable constant);
+  reads them with the tool's own readers (search-replace: a block parses; whole: a fenced file;
+  knobs: at least one `NAME = value` line of a tunable constant, whatever the value);
 - edits applied at the first try, after repair, never: an experiment whose edit applied has a diff in
   the ledger (a guard may still refuse it: "refused after applying"); one without is "never";
 - experiments trained (keep or discard; crash and timeout apart) and kept;
@@ -179,17 +179,31 @@ def set_grace(workspace: Path, seconds: float) -> None:
                    cwd=workspace, check=True)
 
 
-def well_formed(reply: str | None, edit_format: str, tunables: set[str]) -> bool:
-    """The reply is in the format's form (this benchmark's reading; see the module's docstring)."""
+def well_formed(reply: str | None, edit_format: str, tunables: set[str], files: dict[str, str]) -> bool:
+    """The reply is in the format's form (this benchmark's reading; see the module's docstring): the tool's own
+    readers where it has them (autoresearch.formats: the fenced file of `whole`, the `NAME = VALUE` line of
+    `knobs`, whatever the values), else the same by a plain pattern."""
     if not reply:
         return False
-    checks = {
-        "search-replace": lambda: search_replace_form(reply),
-        "whole": lambda: bool(re.search(r"^.*train\.py.*\n```[^\n]*\n.*?^```\s*$", reply, re.S | re.M)
-                              or re.search(r"^```[^\n]*train\.py[^\n]*\n.*?^```\s*$", reply, re.S | re.M)),
-        "knobs": lambda: any(re.match(rf"^\s*(SET\s+)?{re.escape(name)}\s*=\s*\S+", line)
-                             for line in reply.splitlines() for name in tunables),
-    }
+    try:
+        from autoresearch import formats
+    except ImportError:
+        formats = None
+
+    def whole() -> bool:
+        if formats is not None:
+            try:
+                return bool(formats.fenced_files(reply, files))
+            except Exception:
+                return False
+        return bool(re.search(r"^```[^\n]*\n.*?^```\s*$", reply, re.S | re.M)) and "train.py" in reply
+
+    def knobs() -> bool:
+        pattern = formats.KNOB_LINE if formats is not None else re.compile(r"^\s*(?:SET\s+)?(\w+)\s*=\s*\S+")
+        return any((match := pattern.match(line)) and match.group(1).upper() in tunables
+                   for line in reply.splitlines())
+
+    checks = {"search-replace": lambda: search_replace_form(reply), "whole": whole, "knobs": knobs}
     if edit_format in checks:
         return checks[edit_format]()
     return any(check() for check in checks.values())  # auto: the form of whichever format it chose
@@ -231,6 +245,7 @@ def figures(out: Path, workspace: Path, edit_format: str) -> dict | None:
     numbers = {row["number"] for row in proposals}
     mine = [call for call in calls if call["experiment"] in numbers and call["attempt"] > 0]
     tunables = tunable_names(workspace)
+    files = {"train.py": (workspace / "recipes/tiny/train.py").read_text()}
     by_experiment: dict[int, list[dict]] = {}
     for call in mine:
         by_experiment.setdefault(call["experiment"], []).append(call)
@@ -255,7 +270,7 @@ def figures(out: Path, workspace: Path, edit_format: str) -> dict | None:
         "format": edit_format,
         "proposals": count,
         "replies": len(mine),
-        "well_formed": sum(well_formed(call["reply"], edit_format, tunables) for call in mine),
+        "well_formed": sum(well_formed(call["reply"], edit_format, tunables, files) for call in mine),
         "applied_first_try": len(first_try),
         "applied_after_repair": len(applied) - len(first_try),
         "never_applied": count - len(applied),
