@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from autoresearch.edits import (EditBlock, EditError, apply_blocks, blocks_between, parse_description, parse_notes,
                                 parse_reply, set_constants)
+from autoresearch.guard import editable_digest
 from autoresearch.recipe import TOP_LEVEL_CONSTANT, Recipe, Tunable
 
 FORMATS = ("search-replace", "whole", "knobs")
@@ -177,6 +178,55 @@ def knobs_of(recipe: Recipe, files: dict[str, str]) -> list[Knob]:
         comment = match.group("rest").strip().lstrip("#").strip()
         knobs.append(Knob(name, match.group("value"), tunables.get(name), comment))
     return knobs
+
+
+UNTRIED_PER_KNOB = 2  # values not tried yet shown beside each constant
+
+
+def untried_values(recipe: Recipe, files: dict[str, str], seen: frozenset[str] | set[str],
+                   per_knob: int = UNTRIED_PER_KNOB) -> dict[str, list[str]]:
+    """For each constant, a few values near its current one, inside its range, that no experiment of the run
+    tried (their files' digest is not in `seen`) and that are not the reply form's example: concrete choices for
+    a small model, which otherwise answers with the example it was shown (measured: BENCHMARKS.md)."""
+    example = _example_knob(recipe, files)
+    target = recipe.editable[0]
+    found: dict[str, list[str]] = {}
+    for knob in knobs_of(recipe, files):
+        values = []
+        for value in _near_values(knob):
+            if example is not None and (knob.name, value) == (example[0], example[2]):
+                continue
+            changed, _, _ = set_constants(files[target], {knob.name: value}, target)
+            if editable_digest(recipe, {**files, target: changed}) not in seen:
+                values.append(value)
+            if len(values) == per_knob:
+                break
+        if values:
+            found[knob.name] = values
+    return found
+
+
+def _near_values(knob: Knob) -> list[str]:
+    """Values of a constant near its current one, nearest first, inside its range or among its choices."""
+    current = float(knob.current.replace("_", ""))
+    tunable = knob.tunable
+    if tunable is not None and tunable.choices:
+        others = [choice for choice in tunable.choices if choice != current]
+        return [_plain(choice) for choice in sorted(others, key=lambda choice: abs(choice - current))]
+    integer = (tunable.integer if tunable is not None
+               else "." not in knob.current and "e" not in knob.current.lower())
+    if integer:  # a count steps by one; a size (8 and more) by halves and doubles
+        steps = [current * 2, current // 2, current + 1, current - 1] if current >= 8 else \
+            [current + 1, current - 1, current * 2, current // 2]
+    else:
+        steps = [current * 2, current / 2, current * 4, current / 4]
+    near = []
+    for value in steps:
+        value = int(value) if integer else value
+        inside = tunable is None or tunable.contains(value)
+        if value != current and inside and _plain(value) not in near and (not integer or value > 0):
+            near.append(_plain(value))
+    return near
 
 
 KNOB_LINE = re.compile(r"^[\s>*\-`]*(?:SET\s+)?`?([A-Za-z][A-Za-z0-9_]*)`?\s*(?::\s*\w+\s*)?(?:=|:|->|to)\s*`?"

@@ -184,8 +184,10 @@ def build_short_messages(context: AgentContext) -> list[dict]:
              f"# The recipe\n\n- metric: {recipe.metric} ({better} is better)\n- training budget: "
              f"{context.budget_seconds:g} seconds"]
     if context.edit_format == "knobs":
-        rows = [f"- {knob.name} = {knob.current} (may be {knob.allowed()})" + (f": {knob.comment}" if knob.comment
-                                                                                else "")
+        untried = formats.untried_values(recipe, context.files, context.seen_hashes)
+        rows = [f"- {knob.name} = {knob.current} (may be {knob.allowed()}"
+                + (f"; not tried yet: {', '.join(untried[knob.name])}" if knob.name in untried else "") + ")"
+                + (f": {knob.comment}" if knob.comment else "")
                 for knob in formats.knobs_of(recipe, context.files)]
         parts.append(f"# The constants you may change, at their current values ({recipe.editable[0]})\n\n"
                      + "\n".join(rows))

@@ -167,3 +167,21 @@ def test_a_knobs_reply_that_gives_one_constant_two_values_is_refused():
     assert parse_knobs("LEARNING_RATE = 0.3\nLEARNING_RATE = 0.3\n", knobs) == {"LEARNING_RATE": "0.3"}
     with pytest.raises(EditError, match="LEARNING_RATE is given two values"):
         parse_knobs("<<<<<<< SEARCH\nLEARNING_RATE = 0.55\n=======\nLEARNING_RATE = 0.3\n>>>>>>> REPLACE\n", knobs)
+
+
+def test_the_knobs_prompt_offers_values_not_tried_yet_never_the_example_nor_a_tried_one():
+    from pathlib import Path
+
+    from autoresearch.edits import set_constants
+    from autoresearch.formats import untried_values
+    from autoresearch.guard import editable_digest
+
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny"
+    recipe = load_recipe(tiny)
+    files = {name: (tiny / name).read_text() for name in recipe.editable + recipe.fixed}
+    offered = untried_values(recipe, files, frozenset())
+    assert offered["DEPTH"] == ["3", "1"]  # 4 is the form's example: copying it is refused, so it is not offered
+    assert offered["BATCH_SIZE"] == ["16", "4"] and offered["N_EMBD"] == ["96", "64"]
+    tried, _, _ = set_constants(files["train.py"], {"DEPTH": "3"}, "train.py")
+    seen = frozenset({editable_digest(recipe, {**files, "train.py": tried})})
+    assert untried_values(recipe, files, seen)["DEPTH"] == ["1"]  # experiment 3's value is not offered again
