@@ -255,6 +255,10 @@ class LLMAgent:
             try:
                 check_reply_size(reply, cut_off)
                 edit = formats.read_reply(context.edit_format, reply, context.recipe, context.files)
+                if set(edit.changed) <= set(context.recipe.editable) and editable_digest(
+                        context.recipe, {**context.files, **edit.changed}) in context.seen_hashes:
+                    raise EditError(formats.tried_already(context.edit_format, context.recipe, context.files,
+                                                          context.seen_hashes))
                 return Candidate(description=edit.description, changed=edit.changed, blocks=edit.blocks,
                                  notes=edit.notes)
             except EditError as exc:

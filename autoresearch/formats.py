@@ -206,6 +206,17 @@ def untried_values(recipe: Recipe, files: dict[str, str], seen: frozenset[str] |
     return found
 
 
+def tried_already(name: str, recipe: Recipe, files: dict[str, str], seen: frozenset[str] | set[str]) -> str:
+    """What the model is told when its change is one an experiment of the run already made (a repair turn, not
+    an experiment: a small model otherwise proposes the same value again and again); in knobs, with values
+    not tried yet to choose from."""
+    message = "this change was tried already in this run (the last results say how it went): propose another"
+    if name != "knobs":
+        return message
+    offered = [f"{knob} = {values[0]}" for knob, values in untried_values(recipe, files, seen).items()][:8]
+    return message + ("; not tried yet, for instance: " + ", ".join(offered) if offered else "")
+
+
 def _near_values(knob: Knob) -> list[str]:
     """Values of a constant near its current one, nearest first, inside its range or among its choices."""
     current = float(knob.current.replace("_", ""))

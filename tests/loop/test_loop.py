@@ -158,8 +158,11 @@ def test_prompt_carries_program_recipe_file_and_lineage(workspace, fake_llm, run
 def test_duplicate_proposal_is_invalid_without_training(workspace, fake_llm, run_loop):
     _, rows, _ = run_loop(draft_ahead=False, script=[WORSE, WORSE], max_experiments=3)
     assert rows[2]["outcome"] == "invalid"
-    assert rows[2]["reason"] == "duplicate of experiment 1"
+    # the agent is told at once, in a repair turn, and refuses it when it keeps proposing it
+    assert rows[2]["reason"].startswith("edit did not apply: this change was tried already in this run (the last "
+                                        "results say how it went): propose another")
     assert not (workspace / "runs/t/2.log").exists()
+    assert len(fake_llm.requests) == 1 + 3  # experiment 1, then three tries of experiment 2
 
 
 def test_seed_is_handed_to_training_and_recorded(workspace, fake_llm, run_loop):

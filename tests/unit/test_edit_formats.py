@@ -185,3 +185,16 @@ def test_the_knobs_prompt_offers_values_not_tried_yet_never_the_example_nor_a_tr
     tried, _, _ = set_constants(files["train.py"], {"DEPTH": "3"}, "train.py")
     seen = frozenset({editable_digest(recipe, {**files, "train.py": tried})})
     assert untried_values(recipe, files, seen)["DEPTH"] == ["1"]  # experiment 3's value is not offered again
+
+
+def test_a_change_tried_already_is_told_with_values_not_tried_yet_in_knobs():
+    from pathlib import Path
+
+    from autoresearch.formats import tried_already
+
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny"
+    recipe = load_recipe(tiny)
+    files = {name: (tiny / name).read_text() for name in recipe.editable + recipe.fixed}
+    said = tried_already("knobs", recipe, files, frozenset())
+    assert said.startswith("this change was tried already") and "not tried yet, for instance: DEPTH = 3" in said
+    assert "not tried yet" not in tried_already("search-replace", recipe, files, frozenset())
