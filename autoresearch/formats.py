@@ -186,16 +186,13 @@ UNTRIED_PER_KNOB = 2  # values not tried yet shown beside each constant
 def untried_values(recipe: Recipe, files: dict[str, str], seen: frozenset[str] | set[str],
                    per_knob: int = UNTRIED_PER_KNOB) -> dict[str, list[str]]:
     """For each constant, a few values near its current one, inside its range, that no experiment of the run
-    tried (their files' digest is not in `seen`) and that are not the reply form's example: concrete choices for
-    a small model, which otherwise answers with the example it was shown (measured: BENCHMARKS.md)."""
-    example = _example_knob(recipe, files)
+    tried (their files' digest is not in `seen`): concrete choices for a small model, which otherwise answers
+    with an example it was shown, or with its last change again (measured: BENCHMARKS.md)."""
     target = recipe.editable[0]
     found: dict[str, list[str]] = {}
     for knob in knobs_of(recipe, files):
         values = []
         for value in _near_values(knob):
-            if example is not None and (knob.name, value) == (example[0], example[2]):
-                continue
             changed, _, _ = set_constants(files[target], {knob.name: value}, target)
             if editable_digest(recipe, {**files, target: changed}) not in seen:
                 values.append(value)
@@ -353,14 +350,13 @@ class Knobs:
     def instructions(self, recipe: Recipe) -> str:
         return ("Answer with a line `DESCRIPTION:` saying what you change and why in one line, then one line for "
                 f"each constant you change (one to {MAX_KNOBS_CHANGED}), `NAME = VALUE`, with a value inside its "
-                "range. Only the constants listed may change; nothing else is read.")
+                "range (the list gives values not tried yet beside each). Only the constants listed may change; "
+                "nothing else is read.")
 
     def example(self, recipe: Recipe, files: dict[str, str]) -> Example | None:
-        knob = _example_knob(recipe, files)
-        if knob is None:
-            return None
-        name, old, new = knob
-        return Example(f"DESCRIPTION: {name} {old} -> {new}\n{name} = {new}", {name: new})
+        # None: the list of constants shows the form on real lines, with values not tried yet. An example change
+        # is what a 1.5B model answered again and again after its first, refused each time (BENCHMARKS.md).
+        return None
 
     def apply(self, reply: str, recipe: Recipe, files: dict[str, str]) -> Edit:
         knobs = knobs_of(recipe, files)

@@ -77,19 +77,19 @@ def test_a_repair_failing_the_same_way_twice_changes_to_a_simpler_format(tmp_pat
     assert "nearest real lines" not in third
 
 
-def test_a_reply_repeating_the_example_is_refused_and_repaired(tmp_path, fake_llm):
-    fake_llm.set_script(["DESCRIPTION: LEARNING_RATE 0.5 -> 0.9\nLEARNING_RATE = 0.9\n",
+def test_a_knobs_reply_that_changes_nothing_is_refused_and_repaired(tmp_path, fake_llm):
+    fake_llm.set_script(["DESCRIPTION: keep it\nLEARNING_RATE = 0.5\n",
                          "DESCRIPTION: lower it\nLEARNING_RATE = 0.3\n"])
     candidate = agent(fake_llm, edit_format="knobs").propose(context(tmp_path), lambda call: None)
     assert "LEARNING_RATE = 0.3\n" in candidate.changed["train.py"]
-    assert "repeats the example" in fake_llm.requests[1]["messages"][-1]["content"]
+    assert "changes nothing" in fake_llm.requests[1]["messages"][-1]["content"]
 
 
 def test_the_knobs_prompt_is_short_and_shows_the_ranges_not_the_file(tmp_path, fake_llm):
     fake_llm.set_script(["DESCRIPTION: lower it\nLEARNING_RATE = 0.3\n"])
     agent(fake_llm, edit_format="knobs").propose(context(tmp_path), lambda call: None)
     system, user = (message["content"] for message in fake_llm.requests[0]["messages"])
-    assert "LEARNING_RATE = 0.5 (may be 0.1 to 0.9)" in user and "save_model(" not in user
+    assert "LEARNING_RATE = 0.5 (may be 0.1 to 0.9; not tried yet: 0.25, 0.125)" in user and "save_model(" not in user
     assert len(system) + len(user) < 2_500
     assert user.rstrip().endswith("LEARNING_RATE = 0.9")  # the reminder, with its real example, comes last
 

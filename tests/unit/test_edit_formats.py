@@ -100,7 +100,11 @@ def test_knobs_lists_each_constant_with_its_current_value_and_range(recipe):
 
 # --- the reply form: a real example, never copied
 
-@pytest.mark.parametrize("name", ["knobs", "search-replace"])
+def test_knobs_shows_no_example_change_to_copy(recipe):
+    assert example_text("knobs", recipe, FILES) == ""  # its list of constants shows the form, on real lines
+
+
+@pytest.mark.parametrize("name", ["search-replace"])
 def test_the_example_is_a_real_line_of_the_file_and_a_reply_repeating_it_is_refused(recipe, name):
     example = example_text(name, recipe, FILES)
     assert "LEARNING_RATE" in example and "(" not in example  # real, no placeholder in parentheses
@@ -169,7 +173,7 @@ def test_a_knobs_reply_that_gives_one_constant_two_values_is_refused():
         parse_knobs("<<<<<<< SEARCH\nLEARNING_RATE = 0.55\n=======\nLEARNING_RATE = 0.3\n>>>>>>> REPLACE\n", knobs)
 
 
-def test_the_knobs_prompt_offers_values_not_tried_yet_never_the_example_nor_a_tried_one():
+def test_the_knobs_prompt_offers_values_not_tried_yet_never_a_tried_one():
     from pathlib import Path
 
     from autoresearch.edits import set_constants
@@ -180,11 +184,11 @@ def test_the_knobs_prompt_offers_values_not_tried_yet_never_the_example_nor_a_tr
     recipe = load_recipe(tiny)
     files = {name: (tiny / name).read_text() for name in recipe.editable + recipe.fixed}
     offered = untried_values(recipe, files, frozenset())
-    assert offered["DEPTH"] == ["3", "1"]  # 4 is the form's example: copying it is refused, so it is not offered
+    assert offered["DEPTH"] == ["3", "1"]  # a count steps by one
     assert offered["BATCH_SIZE"] == ["16", "4"] and offered["N_EMBD"] == ["96", "64"]
     tried, _, _ = set_constants(files["train.py"], {"DEPTH": "3"}, "train.py")
     seen = frozenset({editable_digest(recipe, {**files, "train.py": tried})})
-    assert untried_values(recipe, files, seen)["DEPTH"] == ["1"]  # experiment 3's value is not offered again
+    assert untried_values(recipe, files, seen)["DEPTH"] == ["1", "4"]  # the value tried is not offered again
 
 
 def test_a_change_tried_already_is_told_with_values_not_tried_yet_in_knobs():
