@@ -13,7 +13,7 @@ import textwrap
 import time
 
 import pytest
-from conftest import SYNTH_RECIPE, make_workspace
+from conftest import SYNTH_PREPARE, SYNTH_RECIPE, make_workspace
 from faultkit import BETTER, assert_consistent, inject
 
 from autoresearch.execution.sandbox import probe
@@ -239,24 +239,12 @@ def test_the_live_view_shows_escape_sequences_escaped():
 
 # --- the saved model's archive and the evaluation's memory (attack 4)
 
-LM_PREPARE = '''\
-"""The synthetic recipe, whose evaluation loads a model.pt2 through the harness's own autoresearch.lm when there is one."""
-import json
-import os
-import sys
-import time
-
-
-def evaluate(learning_rate, width):
-    return (learning_rate - 0.3) ** 2 + 1.0 / width
-
-
-def save_model(learning_rate, width):
-    with open(os.path.join(os.environ["AUTORESEARCH_OUTPUT_DIR"], "model.json"), "w") as handle:
-        json.dump({"learning_rate": learning_rate, "width": width}, handle)
-
-
-if __name__ == "__main__" and sys.argv[1:] == ["--evaluate"]:
+# The synthetic recipe, whose evaluation loads a model.pt2 through the harness's own autoresearch.lm when there is
+# one, and takes as much memory as the model says (`ballast_mb`) when there is not.
+LM_PREPARE = SYNTH_PREPARE.replace("import sys\n", "import sys\nimport time\n").replace('''\
+    with open(os.path.join(os.environ["AUTORESEARCH_MODEL_DIR"], "model.json")) as handle:
+        model = json.load(handle)
+''', '''\
     folder = os.environ["AUTORESEARCH_MODEL_DIR"]
     if os.path.exists(os.path.join(folder, "model.pt2")):
         from autoresearch.lm import load_model, run_evaluation
@@ -267,8 +255,7 @@ if __name__ == "__main__" and sys.argv[1:] == ["--evaluate"]:
         model = json.load(handle)
     ballast = b"x" * (int(model.get("ballast_mb", 0)) << 20)  # an evaluation whose memory the model decides
     time.sleep(2 if ballast else 0)
-    print(f"val_loss: {evaluate(float(model['learning_rate']), float(model['width'])):.6f}")
-'''
+''')
 ZIP_BOMB = """
 import json, os, zipfile
 out = os.environ["AUTORESEARCH_OUTPUT_DIR"]
