@@ -237,7 +237,7 @@ def _near_values(knob: Knob) -> list[str]:
     return near
 
 
-KNOB_LINE = re.compile(r"^[\s>*\-`]*(?:SET\s+)?`?([A-Za-z][A-Za-z0-9_]*)`?\s*(?::\s*\w+\s*)?(?:=|:|->|to)\s*`?"
+KNOB_LINE = re.compile(r"^[\s>*\-`]*(?:SET\s+)?(?:NAME\s*=\s*)?`?([A-Za-z][A-Za-z0-9_]*)`?\s*(?::\s*\w+\s*)?(?:=|:|->|to)\s*`?"
                        r"([-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)`?\s*[,;.]?\s*(?:#.*)?$")
 
 
@@ -345,13 +345,14 @@ class Knobs:
     name = "knobs"
     short_prompt = True
     reply_tokens: int | None = KNOBS_REPLY_TOKENS
-    repair_hint = "Answer again in the same form: DESCRIPTION, then one NAME = VALUE line per constant you change."
+    repair_hint = ("Answer again in the same form: DESCRIPTION, then one line per constant you change: its name, `=`, "
+                   "its new value.")
 
     def instructions(self, recipe: Recipe) -> str:
         return ("Answer with a line `DESCRIPTION:` saying what you change and why in one line, then one line for "
-                f"each constant you change (one to {MAX_KNOBS_CHANGED}), `NAME = VALUE`, with a value inside its "
-                "range (the list gives values not tried yet beside each). Only the constants listed may change; "
-                "nothing else is read.")
+                f"each constant you change (one to {MAX_KNOBS_CHANGED}): the constant's name, `=`, its new value, "
+                "inside its range (the list gives values not tried yet beside each). Only the constants listed may "
+                "change; nothing else is read.")
 
     def example(self, recipe: Recipe, files: dict[str, str]) -> Example | None:
         # None: the list of constants shows the form on real lines, with values not tried yet. An example change
@@ -362,8 +363,8 @@ class Knobs:
         knobs = knobs_of(recipe, files)
         values = parse_knobs(reply, knobs)
         if not values:
-            raise EditError("the reply sets no constant: write one NAME = VALUE line per constant you change, "
-                            "with a name from the list")
+            raise EditError("the reply sets no constant: write one line per constant you change, its name, `=`, its "
+                            "new value, with a name from the list")
         target = recipe.editable[0]
         source, changes, blocks = set_constants(files[target], values, target)
         changed = {target: source} if changes else {}

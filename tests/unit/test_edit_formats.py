@@ -202,3 +202,12 @@ def test_a_change_tried_already_is_told_with_values_not_tried_yet_in_knobs():
     said = tried_already("knobs", recipe, files, frozenset())
     assert said.startswith("this change was tried already") and "not tried yet, for instance: DEPTH = 3" in said
     assert "not tried yet" not in tried_already("search-replace", recipe, files, frozenset())
+
+
+def test_a_knobs_line_that_keeps_the_forms_name_prefix_is_read():
+    from autoresearch.formats import Knob, parse_knobs
+
+    knobs = [Knob("LEARNING_RATE", "0.5", None, ""), Knob("WIDTH", "4", None, "")]
+    # what Qwen2.5-Coder-1.5B wrote, told the form `NAME = VALUE`
+    assert parse_knobs("NAME = LEARNING_RATE = 0.04\nNAME = WIDTH = 8\n", knobs) == {"LEARNING_RATE": "0.04",
+                                                                                    "WIDTH": "8"}
