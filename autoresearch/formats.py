@@ -238,7 +238,7 @@ def _near_values(knob: Knob) -> list[str]:
 
 
 KNOB_LINE = re.compile(r"^[\s>*\-`]*(?:SET\s+)?(?:NAME\s*=\s*)?`?([A-Za-z][A-Za-z0-9_]*)`?\s*(?::\s*\w+\s*)?(?:=|:|->|to)\s*`?"
-                       r"([-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)`?\s*[,;.]?\s*(?:#.*)?$")
+                       r"([-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)`?\s*[,;.]?\s*(?:\(.*\))?\s*(?:#.*)?$")
 
 
 def parse_knobs(reply: str, knobs: list[Knob]) -> dict[str, str]:

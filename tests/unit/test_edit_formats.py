@@ -211,3 +211,13 @@ def test_a_knobs_line_that_keeps_the_forms_name_prefix_is_read():
     # what Qwen2.5-Coder-1.5B wrote, told the form `NAME = VALUE`
     assert parse_knobs("NAME = LEARNING_RATE = 0.04\nNAME = WIDTH = 8\n", knobs) == {"LEARNING_RATE": "0.04",
                                                                                     "WIDTH": "8"}
+
+
+def test_a_knobs_line_copied_from_the_list_with_its_range_is_read():
+    from autoresearch.formats import Knob, parse_knobs
+
+    knobs = [Knob("LEARNING_RATE", "0.02", None, ""), Knob("BATCH_SIZE", "8", None, "")]
+    # what Qwen2.5-Coder-1.5B wrote: the prompt's own list rows, with new values
+    reply = ("- LEARNING_RATE = 0.04 (may be 0.001 to 0.1; not tried yet: 0.04, 0.01)\n"
+             "- BATCH_SIZE = 16 (may be 2 to 32, whole numbers; not tried yet: 16, 4)\n")
+    assert parse_knobs(reply, knobs) == {"LEARNING_RATE": "0.04", "BATCH_SIZE": "16"}
