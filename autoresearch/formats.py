@@ -363,8 +363,8 @@ class Knobs:
         knobs = knobs_of(recipe, files)
         values = parse_knobs(reply, knobs)
         if not values:
-            raise EditError("the reply sets no constant: write one line per constant you change, its name, `=`, its "
-                            "new value, with a name from the list")
+            raise EditError("the reply sets no constant: write one line per constant you change, its name, an equals "
+                            "sign and its new value, with a name from the list")
         target = recipe.editable[0]
         source, changes, blocks = set_constants(files[target], values, target)
         changed = {target: source} if changes else {}
