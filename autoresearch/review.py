@@ -15,11 +15,12 @@ from pathlib import Path
 
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
-from autoresearch.keep import DEFAULT_CONFIRM_RUNS, DEFAULT_NOISE_MULTIPLE, KeepRule, keep_margin
+from autoresearch.keep import keep_margin
 from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger, best_row
 from autoresearch.noise import NoiseFloor
 from autoresearch.outcomes import OUTCOMES
 from autoresearch.pricing import PriceTable, Usage, total_usage, usage_by
+from autoresearch.settings import resumed_options
 from autoresearch.runlock import LOCK_FILE
 
 # What listings read of each experiment: everything but the diff, the log tail and the files' hash.
@@ -46,9 +47,7 @@ def run_keep_margin(run: dict, best: dict | None) -> float | None:
     floor nor --min-delta."""
     if best is None or best.get("metric") is None:
         return None
-    config = run.get("config") or {}
-    rule = KeepRule(noise_multiple=config.get("noise_multiple", DEFAULT_NOISE_MULTIPLE),
-                    min_delta=config.get("min_delta", 0.0), confirm_runs=config.get("confirm_runs", DEFAULT_CONFIRM_RUNS))
+    rule = resumed_options(run, {}).keep_rule  # the run's own settings, as a resume reads them
     runs = list((best.get("decision") or {}).get("metrics") or [best["metric"]])
     return keep_margin(runs, run["direction"], NoiseFloor(run.get("noise_std"), run.get("noise_runs") or 0), rule)
 

@@ -41,7 +41,7 @@ from autoresearch.console import Reporter
 from autoresearch.edits import EditError, apply_blocks, unified_diff
 from autoresearch.errors import InvalidProposal, LedgerTampered, StopRun
 from autoresearch.guard import check_candidate, editable_digest
-from autoresearch.keep import DecisionRecord, Evidence, KeepRule, failed_confirmation, judge, keep_margin
+from autoresearch.keep import DecisionRecord, Evidence, KeepRule, failed_confirmation, judge
 from autoresearch.execution.contention import BUSY_SHARE, busy_share
 from autoresearch.noise import derive_seed, harness_tampering, mean, noise_warning
 from autoresearch.outcomes import baseline_cause
@@ -253,8 +253,7 @@ class Scheduler:
         self._close(flight, "keep", None, mean(flight.metrics), first if first.outcome is None else None,
                     decision=DecisionRecord.of_baseline(flight.metrics, flight.seeds, self.state.noise.std))
         state = self.state
-        margin = keep_margin(state.best.run_metrics(), state.recipe.direction, state.noise, self.rule)
-        if line := noise_warning(state.recipe.metric, state.best.metric, state.noise.std, margin,
+        if line := noise_warning(state.recipe.metric, state.best.metric, state.noise.std, self.briefing.keep_margin(),
                                  max(flight.busy_shares, default=None), BUSY_SHARE):
             self.reporter.note(line)
 
