@@ -45,7 +45,7 @@ from autoresearch.errors import AgentUnavailable, InvalidProposal, NothingListen
 from autoresearch.guard import editable_digest
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentContext, budget_that_fits, build_messages,
-                                  change_of_tack, estimate_tokens, prompt_tokens,
+                                  estimate_tokens, prompt_tokens,
                                   repair_conversation, shorten, smallest_prompt_tokens)
 from autoresearch.recipe import TOP_LEVEL_CONSTANT, Tunable
 
@@ -225,21 +225,20 @@ class LLMAgent:
 
     def propose(self, context: AgentContext, record_call: Callable[[LLMCall], None],
                 on_writing: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> Candidate:
-        """The reply in the run's edit format, repaired up to `max_attempts` times; a repair that fails the same
-        way twice changes to a simpler format (formats.simpler) for the next turn."""
+        """The reply in the run's edit format, repaired up to `max_attempts` times; after the same failure twice the
+        conversation starts again in a simpler format (formats.simpler), the failure said in its prompt."""
         name = "search-replace" if self.edit_format == "auto" else self.edit_format  # auto: not checked (a test)
         editable = "".join(context.files.get(file, "") for file in context.recipe.editable)
         file_tokens = estimate_tokens(editable, self.chars_per_token or context.chars_per_token)
         context = self.sized(replace(context, edit_format=formats.fitting(name, context.recipe, context.files,
                                                                           file_tokens, self.context_tokens)))
         messages = build_messages(context)
-        cap = formats.named(context.edit_format).reply_tokens
-        limit = {self.completion_limit_parameter: min(self.reply_tokens, cap or self.reply_tokens)}
         error, kind, first_error = "no attempt made", None, ""
         description = notes = ""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                reply, finish_reason = self._complete(messages, attempt, record_call, limit, context, on_writing, stop)
+                reply, finish_reason = self._complete(messages, attempt, record_call, self._limit(context.edit_format),
+                                                      context, on_writing, stop)
             except PromptTooLong as exc:
                 if attempt == 1:
                     raise
@@ -268,22 +267,30 @@ class LLMAgent:
                 first_error = first_error or error
             if attempt == self.max_attempts:
                 break
-            hint = formats.named(context.edit_format).repair_hint
             again = failure_kind(error)
-            if again == kind:  # the same failure twice: a simpler form, or the file's own lines, not more of the same
-                simpler = formats.simpler(context.edit_format, context.recipe, context.files)
-                context = replace(context, edit_format=simpler)
-                hint = change_of_tack(context)
+            if again == kind:
+                # the same failure twice: start again in a simpler form, the failure said in the prompt; the failed
+                # replies left out (a small model shown its own reply writes it again word for word: BENCHMARKS.md)
+                context = replace(context, refused=error.splitlines()[0],
+                                  edit_format=formats.simpler(context.edit_format, context.recipe, context.files))
+                messages = build_messages(context)
+            else:
+                repaired = repair_conversation(messages, shorten(reply, KEPT_REPLY_CHARS), error,
+                                               context.token_budget, context.chars_per_token,
+                                               formats.named(context.edit_format).repair_hint)
+                if repaired is None:
+                    raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}; no repair turn fits the "
+                                          f"prompt budget of {context.token_budget:,} tokens", description, notes)
+                messages = repaired
             kind = again
-            repaired = repair_conversation(messages, shorten(reply, KEPT_REPLY_CHARS), error, context.token_budget,
-                                           context.chars_per_token, hint)
-            if repaired is None:
-                raise InvalidProposal(f"edit did not apply: {error.splitlines()[0]}; no repair turn fits the prompt "
-                                      f"budget of {context.token_budget:,} tokens", description, notes)
-            messages = repaired
         last = error.splitlines()[0]
         then = f"; then, in the {context.edit_format} form: {last}" if last != first_error.splitlines()[0] else ""
         raise InvalidProposal(f"edit did not apply: {first_error.splitlines()[0]}{then}", description, notes)
+
+    def _limit(self, edit_format: str) -> dict:
+        """The completion limit sent with a call: the run's, or the format's own where that is shorter."""
+        cap = formats.named(edit_format).reply_tokens
+        return {self.completion_limit_parameter: min(self.reply_tokens, cap or self.reply_tokens)}
 
     def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None],
                   options: dict | None = None, context: AgentContext | None = None,

@@ -210,8 +210,17 @@ def tried_already(name: str, recipe: Recipe, files: dict[str, str], seen: frozen
     message = "this change was tried already in this run (the last results say how it went): propose another"
     if name != "knobs":
         return message
-    offered = [f"{knob} = {values[0]}" for knob, values in untried_values(recipe, files, seen).items()][:8]
+    offered = untried_changes(recipe, files, seen)[:8]
     return message + ("; not tried yet, for instance: " + ", ".join(offered) if offered else "")
+
+
+def untried_changes(recipe: Recipe, files: dict[str, str], seen: frozenset[str] | set[str]) -> list[str]:
+    """Changes of one constant that no experiment of the run made, as `NAME = value` lines: the nearest value
+    of each constant first, then the next."""
+    found = untried_values(recipe, files, seen)
+    rounds = max((len(values) for values in found.values()), default=0)
+    return [f"{name} = {values[index]}" for index in range(rounds) for name, values in found.items()
+            if index < len(values)]
 
 
 def _near_values(knob: Knob) -> list[str]:

@@ -147,6 +147,7 @@ class AgentContext:
     notes: tuple[Note, ...] = ()  # oldest first
     chars_per_token: float = CHARS_PER_TOKEN  # measured by the server's tokenizer where it offers one
     edit_format: str = "search-replace"  # how the reply is written (formats.py); the agent sets it
+    refused: str = ""  # why this proposal's last replies were refused, when the agent starts again (a change of tack)
 
 
 def system_message(context: AgentContext) -> str:
@@ -163,6 +164,26 @@ def reminder(context: AgentContext) -> str:
     shown = (f"\n\nThe form, shown on a real line of {context.recipe.editable[0]} (an example of the form only: "
              f"a reply that makes this same change is refused):\n\n{example}" if example else "")
     return format_.instructions(context.recipe) + shown
+
+
+TACK_CHANGES = 12  # changes not tried yet offered to copy when a knobs proposal starts again
+
+
+def task(context: AgentContext) -> str:
+    """The prompt's last section: the experiment to propose, why the last replies were refused where the agent
+    starts again (in knobs, with changes not tried yet to copy), and how to answer."""
+    better = "lower" if context.recipe.direction == "lower" else "higher"
+    text = (f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
+            f"{context.recipe.metric} {better}.")
+    if context.refused:
+        text += (f"\n\nYour last two answers to this could not be applied, both for the same reason: "
+                 f"{inline(context.refused)}. Answer differently this time.")
+        if context.edit_format == "knobs":
+            offered = formats.untried_changes(context.recipe, context.files, context.seen_hashes)[:TACK_CHANGES]
+            if offered:
+                text += (" Each of these lines is a change no experiment of this run has made; copy one of them "
+                         "(or give another value of your own):\n" + "\n".join(f"- {line}" for line in offered))
+    return f"{text}\n\n{reminder(context)}"
 
 
 def build_messages(context: AgentContext) -> list[dict]:
@@ -209,8 +230,7 @@ def build_short_messages(context: AgentContext) -> list[dict]:
     if context.in_flight:
         parts.append("# Training now (do not propose these again)\n\n"
                      + "\n".join(f"- {_clip(entry)}" for entry in context.in_flight))
-    parts.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
-                 f"{recipe.metric} {better}. {reminder(context)}")
+    parts.append(task(context))
     user = "\n\n".join(part for part in parts if part)
     return [{"role": "system", "content": system_message(context)}, {"role": "user", "content": user}]
 
@@ -232,8 +252,7 @@ def build_full_messages(context: AgentContext) -> list[dict]:
         closing.append("# Training now\n\nThese experiments are training while you draft; their results are not "
                        "known yet. Do not propose the same changes:\n" + "\n".join(
                            f"- training now: {_clip(entry)}" for entry in context.in_flight))
-    closing.append(f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
-                   f"{recipe.metric} {better}. {reminder(context)}")
+    closing.append(task(context))
     size = lambda parts: estimate_tokens("\n\n".join(parts), context.chars_per_token)  # noqa: E731
     system = system_message(context)
     room = context.token_budget - repair_room(context.token_budget) - size([system, *leading, *closing])
@@ -479,16 +498,6 @@ def _clip(text: str, limit: int = ENTRY_TEXT_CHARS) -> str:
 def repair_message(error: str, hint: str = formats.named("search-replace").repair_hint) -> dict:
     """What the agent is told when its reply could not be applied, and how to answer again."""
     return {"role": "user", "content": f"Your reply could not be applied: {error}\n\n{hint}"}
-
-
-def change_of_tack(context: AgentContext) -> str:
-    """The repair's instructions when a reply failed the same way twice: answer in the context's (simpler) format."""
-    knobs = ""
-    if context.edit_format == "knobs":
-        knobs = "\n\nThe constants you may change:\n" + "\n".join(
-            f"- {knob.name} = {knob.current} (may be {knob.allowed()})"
-            for knob in formats.knobs_of(context.recipe, context.files))
-    return f"That failed the same way twice, so answer in a simpler form this time.{knobs}\n\n{reminder(context)}"
 
 
 def repair_conversation(messages: list[dict], reply: str, error: str, budget_tokens: int,

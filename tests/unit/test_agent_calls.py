@@ -73,8 +73,29 @@ def test_a_repair_failing_the_same_way_twice_changes_to_a_simpler_format(tmp_pat
     assert "LEARNING_RATE = 0.4\n" in candidate.changed["train.py"]
     second, third = (request["messages"][-1]["content"] for request in fake_llm.requests[1:])
     assert "SEARCH parts copied exactly" in second  # the first repair: the same form again
-    assert "simpler form" in third and "LEARNING_RATE = 0.5 (may be 0.1 to 0.9)" in third
+    assert "could not be applied, both for the same reason" in third and "LEARNING_RATE = 0.5 (may be 0.1 to 0.9" in third
     assert "nearest real lines" not in third
+    assert [m["role"] for m in fake_llm.requests[2]["messages"]] == ["system", "user"]  # the failed replies left out
+
+
+def test_a_knobs_change_tried_twice_starts_again_with_changes_not_tried_to_copy(tmp_path, fake_llm):
+    from dataclasses import replace
+
+    from autoresearch.edits import set_constants
+    from autoresearch.guard import editable_digest
+
+    ctx = context(tmp_path)
+    tried = {"train.py": set_constants(ctx.files["train.py"], {"LEARNING_RATE": "0.8"}, "train.py")[0]}
+    ctx = replace(ctx, seen_hashes=frozenset({editable_digest(ctx.recipe, tried)}))
+    again = "DESCRIPTION: raise it\nLEARNING_RATE = 0.8\n"
+    fake_llm.set_script([again, again, "DESCRIPTION: narrower\nWIDTH = 2\n"])
+    candidate = agent(fake_llm, edit_format="knobs").propose(ctx, lambda call: None)
+    assert "WIDTH = 2\n" in candidate.changed["train.py"]
+    assert "tried already" in fake_llm.requests[1]["messages"][-1]["content"]
+    third = fake_llm.requests[2]["messages"]
+    assert [m["role"] for m in third] == ["system", "user"] and "LEARNING_RATE = 0.8" not in third[1]["content"]
+    offered = third[1]["content"].split("copy one of them")[1]
+    assert "- LEARNING_RATE = 0.25\n" in offered and "- WIDTH = 2" in offered
 
 
 def test_a_knobs_reply_that_changes_nothing_is_refused_and_repaired(tmp_path, fake_llm):
