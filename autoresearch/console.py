@@ -158,11 +158,13 @@ class Reporter:
         self.note(f"run {tag}: edit format {name}" + (f": {reason}" if reason else "")
                   + ("; --edit-format chooses another" if reason and not reason.startswith("as set") else ""))
 
-    def serial_beside_local_model(self, tag: str, url: str) -> None:
-        """No drafting ahead: the model server is on this machine and the trainings use its CPU."""
-        self.note(f"run {tag}: the model server at {url} is on this machine and the trainings run on its CPU, so "
-                  "nothing is proposed while a training runs (each would slow the other); pin the server to other "
-                  "cores (taskset) and give --draft-ahead to draft ahead anyway")
+    def serial_beside_local_model(self, tag: str, url: str, shared: str) -> None:
+        """No drafting ahead: the model server is on this machine and computes on what the trainings use."""
+        remedy = ("pin the server to other cores (taskset)" if shared == "its CPU"
+                  else "give the server another GPU (CUDA_VISIBLE_DEVICES) or the trainings other ones (--gpus)")
+        self.note(f"run {tag}: the model server at {url} is on this machine and uses {shared}, as the trainings do, "
+                  f"so nothing is proposed while a training runs (each would slow the other); {remedy} and give "
+                  "--draft-ahead to draft ahead anyway")
 
 
 def outcome_text(row: dict) -> str:

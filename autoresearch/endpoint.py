@@ -18,6 +18,11 @@ What a local server says of itself, where it says it: the model's context (vLLM'
 in `/v1/models`, llama.cpp's `n_ctx` in `/props`) and its tokenizer's count of a text (llama.cpp's
 and vLLM's `/tokenize`, llama-cpp-python's `/extras/tokenize/count`), which the agent uses to size
 its prompts. Hosted endpoints say neither.
+
+What a server on this machine shares with the trainings (`shared_with_trainings`): the CPU where they
+run on no GPU, a GPU where the server computes on one a training uses (its processes, found by the
+port they listen on, among the GPU's; or, where the server runs as another user, Ollama's own report
+of the GPU memory its models hold).
 """
 
 from __future__ import annotations
@@ -215,6 +220,59 @@ def is_local(base_url: str | None) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+ANY_GPU = "any"  # the server holds GPU memory, by its own report, on GPUs it does not name
+
+
+def shared_with_trainings(base_url: str | None, slot_devices: list[str | None]) -> str | None:
+    """What a model server at base_url shares with trainings on slots of this machine (their GPU, or None for the
+    CPU), in words ("its CPU", "GPU 0"), or None where it shares neither or is not on this machine."""
+    if not is_local(base_url):
+        return None
+    if any(device is None for device in slot_devices):
+        return "its CPU"
+    gpus = server_gpus(base_url)
+    for device in slot_devices:
+        index = (device or "").split(",")[0].strip()
+        if index in gpus or ANY_GPU in gpus:
+            return f"GPU {index}"
+    return None
+
+
+def server_gpus(base_url: str) -> set[str]:
+    """The GPUs a server on this machine computes on (their nvidia-smi indexes and uuids), or {ANY_GPU} where only
+    the server says it uses one; empty where it uses none, or nothing can tell."""
+    from autoresearch.execution.contention import gpus_computing
+
+    found = gpus_computing(server_processes(base_url))
+    if found:
+        return found
+    loaded = _get_json(server_root(base_url) + "/api/ps", None)  # Ollama: the models loaded, and their GPU memory
+    entries = loaded.get("models") if isinstance(loaded, dict) else None
+    held = [entry.get("size_vram") for entry in entries or [] if isinstance(entry, dict)]
+    return {ANY_GPU} if any(isinstance(size, int) and size > 0 for size in held) else set()
+
+
+def server_processes(base_url: str) -> set[int]:
+    """The processes of this machine listening on base_url's port, and their children (Ollama computes in a runner
+    it starts); empty where the port's owner cannot be seen (another user's process, without root)."""
+    import psutil
+
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        listening = {conn.pid for conn in psutil.net_connections(kind="inet")
+                     if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid}
+    except (psutil.Error, OSError):
+        return set()
+    found = set(listening)
+    for pid in listening:
+        try:
+            found |= {child.pid for child in psutil.Process(pid).children(recursive=True)}
+        except psutil.Error:
+            continue
+    return found
 
 
 def served_parameters(base_url: str, model: str, api_key: str | None = None) -> tuple[float | None, str]:

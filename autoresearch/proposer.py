@@ -19,7 +19,7 @@ from typing import Callable, TypeVar
 
 from autoresearch.agents import Agent, Candidate, LLMCall
 from autoresearch.console import times
-from autoresearch.endpoint import is_local
+from autoresearch.endpoint import is_local, shared_with_trainings
 from autoresearch.errors import AgentUnavailable, NothingListens, StopRun
 from autoresearch.prompts import AgentContext
 
@@ -59,6 +59,11 @@ class Proposer:
     def local(self) -> bool:
         """Whether the agent's model runs on this machine (its endpoint is a loopback address)."""
         return is_local(getattr(self.agent, "base_url", None))
+
+    def shares_with(self, slot_devices: list[str | None]) -> str | None:
+        """What the agent's model server, where it runs on this machine, shares with trainings on these slots of
+        this machine ("its CPU", "GPU 0"), or None."""
+        return shared_with_trainings(getattr(self.agent, "base_url", None), slot_devices)
 
     @property
     def edit_format(self) -> tuple[str, str] | None:

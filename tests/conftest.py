@@ -109,6 +109,22 @@ def reply(description: str, search: str, replace: str, filename: str = "train.py
             f"=======\n{replace}\n>>>>>>> REPLACE\n")
 
 
+def nvidia_smi_on_path(folder: Path, answers: dict[str, str] | str | None) -> str:
+    """PATH without any nvidia-smi of this machine, and with a script of that name in `folder` that prints what a
+    real one would: `answers[query]` for its first argument (a query such as --query-gpu=index,uuid), or the
+    one text for every query; None: no nvidia-smi at all."""
+    kept = [entry for entry in os.environ["PATH"].split(os.pathsep) if not (Path(entry) / "nvidia-smi").exists()]
+    if answers is None:
+        return os.pathsep.join(kept)
+    cases = answers.items() if isinstance(answers, dict) else [("*", answers)]
+    script = "".join(f"  {query}) printf '%s' '{text}' ;;\n" for query, text in cases)
+    tool = folder / "nvidia-smi"
+    folder.mkdir(parents=True, exist_ok=True)
+    tool.write_text(f'#!/bin/sh\ncase "$1" in\n{script}esac\n')
+    tool.chmod(0o755)
+    return os.pathsep.join([str(folder), *kept])
+
+
 def make_workspace(root: Path, train: str = SYNTH_TRAIN, prepare: str = SYNTH_PREPARE,
                    recipe_yaml: str = SYNTH_RECIPE, commit: bool = True) -> Path:
     """The synthetic recipe, program.md and .gitignore in root, committed in a new repository if commit."""

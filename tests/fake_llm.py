@@ -80,7 +80,7 @@ def common_prefix_tokens(first: list[str], second: list[str]) -> int:
 class FakeLLM:
     def __init__(self, context_tokens: int | None = None, context_style: str = "llama.cpp",
                  prefix_cache: bool = False, drop_system: bool = False, tokenizer: str | None = None,
-                 stream_usage: bool = True, model_meta: dict | None = None):
+                 stream_usage: bool = True, model_meta: dict | None = None, gpu_memory: int | None = None):
         self.script: list = []
         self.requests: list[dict] = []
         self.check_script: list = [CHECK_ANSWER]
@@ -91,6 +91,7 @@ class FakeLLM:
         self.drop_system = drop_system
         self.tokenizer = tokenizer
         self.stream_usage = stream_usage
+        self.gpu_memory = gpu_memory  # Ollama's /api/ps: the GPU memory its loaded model holds
         self.model_meta = model_meta  # llama.cpp's `meta` of its /v1/models entry (n_params, n_ctx_train...)
         self.seen: list[list[dict]] = []  # the messages the scripted model saw, after the chat template
         self.cached: list[int] = []  # cached_tokens reported for each proposal request
@@ -169,6 +170,9 @@ class FakeLLM:
                     if fake.model_meta:
                         model["meta"] = fake.model_meta
                     self._send(200, json.dumps({"object": "list", "data": [model]}).encode())
+                elif path == "/api/ps" and fake.gpu_memory is not None:
+                    self._send(200, json.dumps({"models": [{"name": "fake-model", "model": "fake-model",
+                                                            "size_vram": fake.gpu_memory}]}).encode())
                 elif path == "/props" and fake.context_tokens and fake.context_style == "llama.cpp":
                     self._send(200, json.dumps({"default_generation_settings": {"n_ctx": fake.context_tokens},
                                                 "total_slots": 1}).encode())

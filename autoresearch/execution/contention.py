@@ -7,7 +7,8 @@ time (/proc/stat) less the CPU time of the training's own process tree, which th
 itself from /proc (`TreeCpu`), never from anything the training reports. So a training that loads
 the machine itself (busy children, threads) only raises its own CPU time: it is not contention and
 buys no time. On a GPU box, `other_gpu_processes` counts the other processes on the training's GPU
-(nvidia-smi where present; nothing where absent).
+and `gpus_computing` which GPUs given processes compute on (a model server's, beside the trainings);
+nvidia-smi where present, nothing where absent.
 
 `deadline_seconds` is the one rule for when the harness stops a training (the local executor and
 the Ray driver both use it): start-up (until its first line of output, at most the recipe's
@@ -135,17 +136,30 @@ def busy_share(contention_seconds: float | None, wall_seconds: float | None) -> 
 def other_gpu_processes(device: str | None, own_pids: set[int]) -> int | None:
     """How many processes other than `own_pids` compute on the GPU `device` (an index of
     CUDA_VISIBLE_DEVICES), or None where there is no GPU or no nvidia-smi to ask."""
-    if not device or shutil.which("nvidia-smi") is None:
+    apps = _compute_apps() if device else None
+    if apps is None:
         return None
     index = device.split(",")[0].strip()
+    pids = {pid for pid, gpu in apps if index in gpu}
+    return len(pids - own_pids)
+
+
+def gpus_computing(pids: set[int]) -> set[str]:
+    """The GPUs on which any of `pids` computes, each by its nvidia-smi index and its uuid; empty where none does
+    or where there is no nvidia-smi to ask."""
+    return {name for pid, gpu in _compute_apps() or [] if pid in pids for name in gpu}
+
+
+def _compute_apps() -> list[tuple[int, tuple[str, str]]] | None:
+    """Every process computing on a GPU, with its GPU's (index, uuid); None without nvidia-smi or its answer."""
+    if shutil.which("nvidia-smi") is None:
+        return None
     try:
-        gpus = _smi("--query-gpu=index,uuid")
+        gpus = {row[1]: (row[0], row[1]) for row in _smi("--query-gpu=index,uuid") if len(row) > 1}
         apps = _smi("--query-compute-apps=pid,gpu_uuid")
     except (OSError, subprocess.SubprocessError):
         return None
-    uuids = {row[1] for row in gpus if len(row) > 1 and (row[0] == index or row[1] == index)}
-    pids = {int(row[0]) for row in apps if len(row) > 1 and row[1] in uuids and row[0].isdigit()}
-    return len(pids - own_pids)
+    return [(int(row[0]), gpus[row[1]]) for row in apps if len(row) > 1 and row[0].isdigit() and row[1] in gpus]
 
 
 def _smi(query: str) -> list[list[str]]:

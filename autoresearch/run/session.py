@@ -10,6 +10,7 @@ the limits and the proposer, which it hands to the scheduler. Everything an expe
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import replace
 
 from autoresearch.agents import Agent
@@ -253,7 +254,7 @@ class Session:
                 proposer.check(journal.call_recorder(state.next_number))
                 if proposer.edit_format is not None:
                     self.reporter.edit_format(state.tag, *proposer.edit_format)
-                trainer, slots, draft_ahead = self._make_trainer(state, options, proposer.local)
+                trainer, slots, draft_ahead = self._make_trainer(state, options, proposer.shares_with)
                 clock.record()
                 clock.slots = len(slots)
                 self.reporter.limits(options.max_experiments, experiments_done(self.ledger, state.tag),
@@ -285,13 +286,15 @@ class Session:
                           best_metric=state.best.metric, baseline_metric=state.baseline_metric,
                           direction=state.recipe.direction, stop_reason=stop_reason)
 
-    def _make_trainer(self, state: RunState, options: RunOptions, local_model: bool = False
+    def _make_trainer(self, state: RunState, options: RunOptions,
+                      model_server_shares: Callable[[list[str | None]], str | None] = lambda devices: None
                       ) -> tuple[Trainer, list[Slot], bool]:
         """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox;
         the slots, and whether proposals are drafted ahead: only where the sandbox holds, and, unless the
-        setting forces it, not where the model server is on this machine (`local_model`) and the trainings run
-        on its CPU (no GPU in a slot, on this machine's executor): a prefill of thousands of tokens would take
-        the training's cores, and a fixed-time training would buy fewer steps, or time out."""
+        setting forces it, not where the model server is on this machine and computes on what the trainings use
+        (`model_server_shares` of the slots' devices: this machine's CPU, or a GPU of theirs): a prefill of
+        thousands of tokens would take the training's cores, and a fixed-time training would buy fewer steps,
+        or time out."""
         run = self.ledger.run(state.tag)
         run_dir = self.workspace.run_dir(state.tag)
         context = RunContext(tag=state.tag, recipe=state.recipe, recipe_path=state.recipe_path,
@@ -310,10 +313,11 @@ class Session:
         self.ledger.set_run_sandbox(state.tag, context.sandbox_level)
         slots = run_slots(options, self.executor.offered_slots())
         draft_ahead = options.draft_ahead is not False
-        on_this_cpu = options.executor == "local" and all(slot.device is None for slot in slots)
-        if draft_ahead and options.draft_ahead is None and local_model and on_this_cpu and sandbox.policy is not None:
-            draft_ahead = False
-            self.reporter.serial_beside_local_model(state.tag, getattr(self.agent, "base_url", ""))
+        if draft_ahead and options.draft_ahead is None and options.executor == "local" and sandbox.policy is not None:
+            shared = model_server_shares([slot.device for slot in slots])
+            if shared:
+                draft_ahead = False
+                self.reporter.serial_beside_local_model(state.tag, getattr(self.agent, "base_url", ""), shared)
         if sandbox.policy is None and (len(slots) > 1 or draft_ahead):
             if len(slots) > 1:
                 raise InvalidSetting("slots", f"is {len(slots)}, but several trainings at once need the sandbox: "

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SYNTH_RECIPE, SYNTH_TRAIN, RecordingReporter, make_workspace, reply
+from conftest import SYNTH_RECIPE, SYNTH_TRAIN, RecordingReporter, make_workspace, nvidia_smi_on_path, reply
 from faultkit import BETTER, TAG
 
 TUNABLE = SYNTH_RECIPE + "tunable:\n  LEARNING_RATE: [0.1, 0.9]\n  WIDTH: {choices: [2, 4, 8]}\n"
@@ -95,7 +95,13 @@ def test_a_call_under_way_at_ctrl_c_is_recorded_with_the_time_proposed(run_loop,
     assert len(calls) == 1 and "run stopped" in calls[0]["error"] and calls[0]["prompt_tokens"] > 100
 
 
-def test_a_model_server_on_this_machine_is_not_asked_while_a_cpu_training_runs(run_loop, fake_llm):
+@pytest.mark.parametrize("gpus,said", [(None, "uses its CPU, as the trainings do"),
+                                       ("0", "uses GPU 0, as the trainings do")])
+def test_a_model_server_on_this_machine_is_not_asked_while_a_training_on_what_it_uses_runs(
+        run_loop, fake_llm, tmp_path, monkeypatch, gpus, said):
+    # the scripted server listens in this process; the nvidia-smi on PATH shows this process on GPU 0
+    monkeypatch.setenv("PATH", nvidia_smi_on_path(tmp_path / "bin", {
+        "--query-gpu=index,uuid": "0, GPU-aaaa\n", "--query-compute-apps=pid,gpu_uuid": f"{os.getpid()}, GPU-aaaa\n"}))
     asked_while_training = []
 
     def answer(request):
@@ -109,11 +115,22 @@ def test_a_model_server_on_this_machine_is_not_asked_while_a_cpu_training_runs(r
 
     reporter = RecordingReporter()
     _, rows, _ = run_loop([answer], max_experiments=3, sandbox="on", noise_runs=0, confirm_runs=0, reporter=reporter,
-                          files=lambda root: tunable_workspace(root, SLOW_TRAIN))
+                          gpus=gpus, files=lambda root: tunable_workspace(root, SLOW_TRAIN))
     assert outcomes(rows) == [(0, "keep"), (1, "keep"), (2, "keep")]
     assert asked_while_training == [0, 0]  # never while a training ran: no draft ahead
-    said = [note for note in reporter.notes if "is on this machine" in note]
-    assert said and "pin the server to other cores" in said[0] and "--draft-ahead" in said[0]
+    notes = [note for note in reporter.notes if "is on this machine" in note]
+    assert notes and said in notes[0] and "--draft-ahead" in notes[0]
+
+
+def test_a_model_server_on_another_gpu_than_the_trainings_drafts_ahead(run_loop, fake_llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", nvidia_smi_on_path(tmp_path / "bin", {
+        "--query-gpu=index,uuid": "0, GPU-aaaa\n1, GPU-bbbb\n",
+        "--query-compute-apps=pid,gpu_uuid": f"{os.getpid()}, GPU-bbbb\n"}))
+    reporter = RecordingReporter()
+    run_loop([BETTER, reply("wider", "WIDTH = 4", "WIDTH = 8")], max_experiments=3, sandbox="on", noise_runs=0,
+             confirm_runs=0, gpus="0", reporter=reporter, files=lambda root: tunable_workspace(root, SLOW_TRAIN))
+    assert not [note for note in reporter.notes if "is on this machine" in note]
+    assert "# Training now" in fake_llm.requests[1]["messages"][-1]["content"]
 
 
 def test_forcing_draft_ahead_drafts_beside_a_cpu_training(run_loop, fake_llm):

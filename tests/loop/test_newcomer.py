@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import reply
+from conftest import nvidia_smi_on_path, reply
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
@@ -34,23 +34,11 @@ def invoke(*args):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
-def path_with_nvidia_smi(tmp_path: Path, listing: str | None) -> str:
-    """PATH without any nvidia-smi, and with one that answers `listing` (index, uuid lines) when given."""
-    kept = [folder for folder in os.environ["PATH"].split(os.pathsep) if not (Path(folder) / "nvidia-smi").exists()]
-    if listing is None:
-        return os.pathsep.join(kept)
-    tool = tmp_path / "bin" / "nvidia-smi"
-    tool.parent.mkdir()
-    tool.write_text(f"#!/bin/sh\nprintf '{listing}'\n")
-    tool.chmod(0o755)
-    return os.pathsep.join([str(tool.parent), *kept])
-
-
 # --- 2. --gpus is checked against the machine's GPUs
 
 
 def test_gpus_on_a_machine_without_gpus_is_refused_before_anything_is_made(workspace, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", path_with_nvidia_smi(tmp_path, None))
+    monkeypatch.setenv("PATH", nvidia_smi_on_path(tmp_path / "bin", None))
     result = invoke("run", "--agent", "mutate", "--gpus", "0,1")
     assert result.exit_code == 1
     assert "--gpus names GPUs (0,1), but this machine has none that nvidia-smi shows" in result.output
@@ -58,7 +46,7 @@ def test_gpus_on_a_machine_without_gpus_is_refused_before_anything_is_made(works
 
 
 def test_gpus_that_are_not_the_machines_are_refused(workspace, tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", path_with_nvidia_smi(tmp_path, "0, GPU-aaaa-1111\\n1, GPU-bbbb-2222\\n"))
+    monkeypatch.setenv("PATH", nvidia_smi_on_path(tmp_path / "bin", "0, GPU-aaaa-1111\n1, GPU-bbbb-2222\n"))
     result = invoke("run", "--agent", "mutate", "--gpus", "x")
     assert result.exit_code == 1
     assert "--gpus names x, not a GPU of this machine (its GPUs: 0, 1" in result.output

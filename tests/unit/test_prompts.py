@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import nvidia_smi_on_path
 from faultkit import BETTER
 
 from autoresearch.edits import MAX_NOTES_CHARS, EditError, parse_reply
@@ -108,11 +109,7 @@ def test_the_hardware_line_says_cores_and_gpus(workspace, tmp_path, monkeypatch)
 
     assert "- hardware: 2 CPU cores; no GPU found" in user_message(context(workspace))
     # a real nvidia-smi's answer to the tool's query, from a script of that name on PATH
-    tool = tmp_path / "bin" / "nvidia-smi"
-    tool.parent.mkdir()
-    tool.write_text("#!/bin/sh\nprintf 'NVIDIA H200, 143771\\nNVIDIA H200, 143771\\n'\n")
-    tool.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", nvidia_smi_on_path(tmp_path / "bin", "NVIDIA H200, 143771\nNVIDIA H200, 143771\n"))
     describe_hardware.cache_clear()
     try:
         cores = os.cpu_count()
