@@ -134,6 +134,11 @@ class DecisionRecord:
                 "best_metrics": list(self.best_metrics or ()), "noise_std": self.noise_std}
 
 
+def recorded_runs(row: dict) -> tuple[float, ...]:
+    """An experiment's runs as its ledger row records them: the metrics of its decision, or its one metric."""
+    return tuple((row.get("decision") or {}).get("metrics") or [row["metric"]])
+
+
 @dataclass(frozen=True)
 class Judgement:
     """The verdict on an experiment after its latest run, the reason the person reads, and the record."""

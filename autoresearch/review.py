@@ -15,7 +15,7 @@ from pathlib import Path
 
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
-from autoresearch.keep import keep_margin
+from autoresearch.keep import keep_margin, recorded_runs
 from autoresearch.ledger import EXPERIMENT_COLUMNS, Ledger, best_row
 from autoresearch.noise import NoiseFloor
 from autoresearch.outcomes import OUTCOMES
@@ -48,8 +48,8 @@ def run_keep_margin(run: dict, best: dict | None) -> float | None:
     if best is None or best.get("metric") is None:
         return None
     rule = resumed_options(run, {}).keep_rule  # the run's own settings, as a resume reads them
-    runs = list((best.get("decision") or {}).get("metrics") or [best["metric"]])
-    return keep_margin(runs, run["direction"], NoiseFloor(run.get("noise_std"), run.get("noise_runs") or 0), rule)
+    noise = NoiseFloor(run.get("noise_std"), run.get("noise_runs") or 0)
+    return keep_margin(list(recorded_runs(best)), run["direction"], noise, rule)
 
 
 def experiment_records(ledger: Ledger, tag: str, prices: PriceTable | None = None, nested: bool = True,

