@@ -50,6 +50,7 @@ from autoresearch.prompts import (CHARS_PER_TOKEN, DEFAULT_REPLY_TOKENS, AgentCo
 from autoresearch.recipe import TOP_LEVEL_CONSTANT, Tunable
 
 DEFAULT_MAX_ATTEMPTS = 3
+RESTART_TEMPERATURE = 0.7  # at least, once a proposal starts again after the same failure twice
 DEFAULT_TEMPERATURE = 0.2  # edits copy lines of a file exactly: a low temperature (llama.cpp's default is 0.8)
 DEFAULT_REQUEST_TIMEOUT = 600.0
 MAX_REPLY_CHARS = 100_000  # about 25k tokens: far more than one focused change needs
@@ -237,7 +238,7 @@ class LLMAgent:
         description = notes = ""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                reply, finish_reason = self._complete(messages, attempt, record_call, self._limit(context.edit_format),
+                reply, finish_reason = self._complete(messages, attempt, record_call, self._options(context),
                                                       context, on_writing, stop)
             except PromptTooLong as exc:
                 if attempt == 1:
@@ -287,10 +288,16 @@ class LLMAgent:
         then = f"; then, in the {context.edit_format} form: {last}" if last != first_error.splitlines()[0] else ""
         raise InvalidProposal(f"edit did not apply: {first_error.splitlines()[0]}{then}", description, notes)
 
-    def _limit(self, edit_format: str) -> dict:
-        """The completion limit sent with a call: the run's, or the format's own where that is shorter."""
-        cap = formats.named(edit_format).reply_tokens
-        return {self.completion_limit_parameter: min(self.reply_tokens, cap or self.reply_tokens)}
+    def _options(self, context: AgentContext) -> dict:
+        """What a proposal's call sends besides its messages: the completion limit (the run's, or the format's own
+        where that is shorter), and, where the proposal starts again, a temperature of at least
+        RESTART_TEMPERATURE (at the run's low one a small model wrote its refused reply a third time, word for
+        word: BENCHMARKS.md)."""
+        cap = formats.named(context.edit_format).reply_tokens
+        options: dict = {self.completion_limit_parameter: min(self.reply_tokens, cap or self.reply_tokens)}
+        if context.refused and self.temperature is not None:
+            options["temperature"] = max(self.temperature, RESTART_TEMPERATURE)
+        return options
 
     def _complete(self, messages: list, attempt: int, record_call: Callable[[LLMCall], None],
                   options: dict | None = None, context: AgentContext | None = None,
@@ -305,7 +312,7 @@ class LLMAgent:
         started = time.monotonic()
         options = dict(options or {})
         if self.temperature is not None:
-            options["temperature"] = self.temperature
+            options.setdefault("temperature", self.temperature)
         answer = StreamedAnswer(on_writing)
 
         ratio = context.chars_per_token if context is not None else self.chars_per_token or CHARS_PER_TOKEN

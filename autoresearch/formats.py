@@ -214,10 +214,14 @@ def tried_already(name: str, recipe: Recipe, files: dict[str, str], seen: frozen
     return message + ("; not tried yet, for instance: " + ", ".join(offered) if offered else "")
 
 
-def untried_changes(recipe: Recipe, files: dict[str, str], seen: frozenset[str] | set[str]) -> list[str]:
+def untried_changes(recipe: Recipe, files: dict[str, str], seen: frozenset[str] | set[str],
+                    changed_before: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Changes of one constant that no experiment of the run made, as `NAME = value` lines: the nearest value
-    of each constant first, then the next."""
+    of each constant first, then the next; the constants in `changed_before` left out while others remain (a
+    small model that is shown the constant it keeps changing changes it again, with its usual companions)."""
     found = untried_values(recipe, files, seen)
+    fresh = {name: values for name, values in found.items() if name not in changed_before}
+    found = fresh or found
     rounds = max((len(values) for values in found.values()), default=0)
     return [f"{name} = {values[index]}" for index in range(rounds) for name, values in found.items()
             if index < len(values)]

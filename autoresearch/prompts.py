@@ -37,6 +37,7 @@ prompt (`chars_per_token`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 from autoresearch import formats
@@ -167,6 +168,7 @@ def reminder(context: AgentContext) -> str:
 
 
 TACK_CHANGES = 12  # changes not tried yet offered to copy when a knobs proposal starts again
+SET_CONSTANT = re.compile(r"^\+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.MULTILINE)  # a diff's line that sets a constant
 
 
 def task(context: AgentContext) -> str:
@@ -179,7 +181,9 @@ def task(context: AgentContext) -> str:
         text += (f"\n\nYour last two answers to this could not be applied, both for the same reason: "
                  f"{inline(context.refused)}. Answer differently this time.")
         if context.edit_format == "knobs":
-            offered = formats.untried_changes(context.recipe, context.files, context.seen_hashes)[:TACK_CHANGES]
+            changed_before = {name for entry in context.lineage for name in SET_CONSTANT.findall(entry.diff)}
+            offered = formats.untried_changes(context.recipe, context.files, context.seen_hashes,
+                                              changed_before)[:TACK_CHANGES]
             if offered:
                 text += (" Each of these lines is a change no experiment of this run has made; copy one of them "
                          "(or give another value of your own):\n" + "\n".join(f"- {line}" for line in offered))

@@ -78,24 +78,28 @@ def test_a_repair_failing_the_same_way_twice_changes_to_a_simpler_format(tmp_pat
     assert [m["role"] for m in fake_llm.requests[2]["messages"]] == ["system", "user"]  # the failed replies left out
 
 
-def test_a_knobs_change_tried_twice_starts_again_with_changes_not_tried_to_copy(tmp_path, fake_llm):
+def test_a_knobs_change_tried_twice_starts_again_with_other_constants_not_tried_to_copy(tmp_path, fake_llm):
     from dataclasses import replace
 
     from autoresearch.edits import set_constants
     from autoresearch.guard import editable_digest
+    from autoresearch.prompts import LineageEntry
 
     ctx = context(tmp_path)
     tried = {"train.py": set_constants(ctx.files["train.py"], {"LEARNING_RATE": "0.8"}, "train.py")[0]}
-    ctx = replace(ctx, seen_hashes=frozenset({editable_digest(ctx.recipe, tried)}))
-    again = "DESCRIPTION: raise it\nLEARNING_RATE = 0.8\n"
+    tried_entry = LineageEntry(1, "discard", None, 0.6, -0.1, "raise it",
+                               diff="--- a/train.py\n+++ b/train.py\n-LEARNING_RATE = 0.5\n+LEARNING_RATE = 0.8\n")
+    ctx = replace(ctx, seen_hashes=frozenset({editable_digest(ctx.recipe, tried)}), lineage=(tried_entry,))
+    again = "DESCRIPTION: once more\nLEARNING_RATE = 0.8\n"
     fake_llm.set_script([again, again, "DESCRIPTION: narrower\nWIDTH = 2\n"])
     candidate = agent(fake_llm, edit_format="knobs").propose(ctx, lambda call: None)
     assert "WIDTH = 2\n" in candidate.changed["train.py"]
     assert "tried already" in fake_llm.requests[1]["messages"][-1]["content"]
     third = fake_llm.requests[2]["messages"]
-    assert [m["role"] for m in third] == ["system", "user"] and "LEARNING_RATE = 0.8" not in third[1]["content"]
-    offered = third[1]["content"].split("copy one of them")[1]
-    assert "- LEARNING_RATE = 0.25\n" in offered and "- WIDTH = 2" in offered
+    assert [m["role"] for m in third] == ["system", "user"] and "once more" not in third[1]["content"]
+    offered = third[1]["content"].split("copy one of them")[1].split("\n\n")[0]
+    assert "- WIDTH = 2" in offered and "LEARNING_RATE" not in offered  # not the constant it keeps changing
+    assert [request["temperature"] for request in fake_llm.requests] == [0.2, 0.2, 0.7]  # and less sharply
 
 
 def test_a_knobs_reply_that_changes_nothing_is_refused_and_repaired(tmp_path, fake_llm):
