@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from autoresearch import __version__
+from autoresearch.agents import DEFAULT_TEMPERATURE, RESTART_TEMPERATURE
 from autoresearch.console import format_metric, make_reporter, plural, stop_writing_to
 from autoresearch.errors import UserError
 from autoresearch.gains import gain_or_none
@@ -174,7 +175,10 @@ def run(recipe: Optional[str] = typer.Option(None, "--recipe", help="Recipe fold
                                                   "whole file back; mid-size models) or knobs (new values for the "
                                                   "recipe's tunable constants; the smallest models)."),
         temperature: Optional[float] = typer.Option(None, "--temperature", help="The sampling temperature sent with "
-                                                    "every LLM call (default 0.2: edits copy a file's lines)."
+                                                    f"every LLM call (default {DEFAULT_TEMPERATURE:g}: edits copy a "
+                                                    "file's lines); a proposal that starts again after the same "
+                                                    f"failure twice is sampled at {RESTART_TEMPERATURE:g} where this "
+                                                    "is lower."
                                                    ),
         max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop before an experiment that would take "
                                                  "the run's LLM spending past this many dollars (prices: "
