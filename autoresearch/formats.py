@@ -380,6 +380,9 @@ class Knobs:
                             "sign and its new value, with a name from the list")
         target = recipe.editable[0]
         source, changes, blocks = set_constants(files[target], values, target)
+        if len(changes) > MAX_KNOBS_CHANGED:  # a small model given a list to choose from copied all of it
+            raise EditError(f"the reply changes {len(changes)} constants; change at most {MAX_KNOBS_CHANGED} at a "
+                            "time, so that the result says which change did what")
         changed = {target: source} if changes else {}
         return Edit(parse_description(reply) or ", ".join(changes), changed, tuple(blocks), parse_notes(reply))
 

@@ -167,7 +167,7 @@ def reminder(context: AgentContext) -> str:
     return format_.instructions(context.recipe) + shown
 
 
-TACK_CHANGES = 12  # changes not tried yet offered to copy when a knobs proposal starts again
+TACK_CHANGES = 6  # changes not tried yet offered to copy when a knobs proposal starts again
 SET_CONSTANT = re.compile(r"^\+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.MULTILINE)  # a diff's line that sets a constant
 
 

@@ -221,3 +221,20 @@ def test_a_knobs_line_copied_from_the_list_with_its_range_is_read():
     reply = ("- LEARNING_RATE = 0.04 (may be 0.001 to 0.1; not tried yet: 0.04, 0.01)\n"
              "- BATCH_SIZE = 16 (may be 2 to 32, whole numbers; not tried yet: 16, 4)\n")
     assert parse_knobs(reply, knobs) == {"LEARNING_RATE": "0.04", "BATCH_SIZE": "16"}
+
+
+def test_a_knobs_reply_changing_more_constants_than_asked_is_refused():
+    from pathlib import Path
+
+    from autoresearch.formats import MAX_KNOBS_CHANGED, untried_changes
+    from autoresearch.prompts import TACK_CHANGES
+
+    tiny = Path(__file__).resolve().parents[2] / "recipes" / "tiny"
+    recipe = load_recipe(tiny)
+    files = {name: (tiny / name).read_text() for name in recipe.editable + recipe.fixed}
+    offered = untried_changes(recipe, files, frozenset())[:TACK_CHANGES]
+    # what Qwen2.5-Coder-1.5B wrote, offered a list of changes to copy one of: the whole list
+    with pytest.raises(EditError, match=f"changes {len(offered)} constants; change at most {MAX_KNOBS_CHANGED}"):
+        read_reply("knobs", "DESCRIPTION: all of them\n" + "\n".join(offered), recipe, files)
+    chosen = read_reply("knobs", "DESCRIPTION: a few\n" + "\n".join(offered[:MAX_KNOBS_CHANGED]), recipe, files)
+    assert len(chosen.blocks) == MAX_KNOBS_CHANGED
