@@ -384,12 +384,7 @@ class Knobs:
             raise EditError(f"the reply changes {len(changes)} constants; change at most {MAX_KNOBS_CHANGED} at a "
                             "time, so that the result says which change did what")
         changed = {target: source} if changes else {}
-        # the changes as the tool made them, after the model's words: the log and the lineage say what was set even
-        # where the description says otherwise (a small model copied offered lines under its last description)
-        changed_names = {change.split(" ", 1)[0] for change in changes}
-        made = "sets " + ", ".join(f"{name} = {value}" for name, value in values.items() if name in changed_names)
-        description = parse_description(reply)
-        return Edit(f"{description} ({made})" if description else made, changed, tuple(blocks), parse_notes(reply))
+        return Edit(parse_description(reply) or ", ".join(changes), changed, tuple(blocks), parse_notes(reply))
 
 
 FORMAT_OBJECTS = {format_.name: format_ for format_ in (SearchReplace(), Whole(), Knobs())}

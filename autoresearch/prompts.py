@@ -168,7 +168,8 @@ def reminder(context: AgentContext) -> str:
 
 
 TACK_CHANGES = formats.MAX_KNOBS_CHANGED  # changes offered when a knobs proposal starts again: copied all, still a
-# reply in the form (Qwen2.5-Coder-1.5B copied a whole list, of 12 or of 6, in 5 of 10 restarts)
+# reply in the form (Qwen2.5-Coder-1.5B copied a whole list, of 12 or of 6, in 5 of 10 restarts; the diff in the
+# lineage, not its description, says what such a reply set)
 SET_CONSTANT = re.compile(r"^\+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.MULTILINE)  # a diff's line that sets a constant
 
 

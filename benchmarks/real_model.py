@@ -395,6 +395,9 @@ def main() -> None:
     try:
         for edit_format in formats:
             run_format(model, workspace, out, edit_format, args)
+    except KeyboardInterrupt:
+        print("stopped: the figures of what ran so far follow", file=sys.stderr)
+        raise SystemExit(130)
     finally:
         report(out, formats)
 

@@ -31,7 +31,7 @@ def test_knobs_trains_an_experiment_from_name_value_lines(run_loop, fake_llm):
     _, rows, _ = run_loop.small(["DESCRIPTION: a lower learning rate\nLEARNING_RATE = 0.3\n"], max_experiments=2,
                                 files=tunable_workspace, agent_options={"edit_format": "knobs"})
     assert outcomes(rows) == [(0, "keep"), (1, "keep")]
-    assert rows[1]["description"] == "a lower learning rate (sets LEARNING_RATE = 0.3)"
+    assert rows[1]["description"] == "a lower learning rate"
     assert "-LEARNING_RATE = 0.5\n+LEARNING_RATE = 0.3\n" in rows[1]["diff"]
     assert "save_model(" not in fake_llm.requests[0]["messages"][1]["content"]  # no file: the constants only
 

@@ -78,7 +78,7 @@ def test_whole_without_a_named_block_or_with_no_change_is_refused(recipe):
 
 def test_knobs_sets_the_tunable_constants_inside_their_ranges(recipe):
     edit = read_reply("knobs", "DESCRIPTION: slower and wider\nLEARNING_RATE = 0.35\nSET WIDTH = 8\n", recipe, FILES)
-    assert edit.description == "slower and wider (sets LEARNING_RATE = 0.35, WIDTH = 8)"  # and what it set
+    assert edit.description == "slower and wider"
     new = edit.changed["train.py"]
     assert "LEARNING_RATE = 0.35\n" in new and "WIDTH = 8\n" in new and "SLEEP_SECONDS = 0.0\n" in new
     assert len(edit.blocks) == 2
@@ -236,8 +236,6 @@ def test_a_knobs_reply_changing_more_constants_than_asked_is_refused():
     # what Qwen2.5-Coder-1.5B wrote, offered a list of six changes to copy one of: all six
     with pytest.raises(EditError, match=f"changes 6 constants; change at most {MAX_KNOBS_CHANGED}"):
         read_reply("knobs", "DESCRIPTION: a lower learning rate\n" + "\n".join(offered), recipe, files)
-    # a restart offers no more than a reply may set: copied whole, it is a change in the form, and its
-    # description says what it set, whatever the model's words say
-    copied = read_reply("knobs", "DESCRIPTION: a lower learning rate\n" + "\n".join(offered[:TACK_CHANGES]),
-                        recipe, files)
-    assert copied.description == "a lower learning rate (sets DEPTH = 3, N_EMBD = 96, N_HEAD = 2)"
+    # a restart offers no more than a reply may set: copied whole, it is a change in the form
+    copied = read_reply("knobs", "DESCRIPTION: deeper\n" + "\n".join(offered[:TACK_CHANGES]), recipe, files)
+    assert len(copied.blocks) == TACK_CHANGES
