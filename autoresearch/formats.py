@@ -29,6 +29,7 @@ reply form, is refused with a message that says so. Pure functions: no I/O.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -48,7 +49,10 @@ SIZE_IN_NAME = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*([bm])(?![a-z])", re.IGN
 # What the old reply form had models fill in: a reply that echoes it wrote no change of its own.
 PLACEHOLDERS = ("your reasoning first", "exact lines copied from the current file", "the lines that replace them",
                 "one line saying what the change is", "(optional, a few lines)")
-ELIDED_CODE = re.compile(r"^\s*(#\s*)?(\.\.\.|…)\s*$|(rest|remainder) of (the )?(file|code)|(rest|remaining|other) "
+LEFT_OUT = "characters left out"  # the mark of a reply shortened in a repair turn (prompts.shorten), copied back by
+# a small model into the file it wrote again
+ELIDED_CODE = re.compile(rf"\[\.\.\. \d+ {LEFT_OUT}|^\s*(#\s*)?(\.\.\.|…)\s*$|(rest|remainder) of (the )?(file|code)|"
+                         r"(rest|remaining|other) "
                          r"(lines|code)? ?(is |are )?unchanged|^\s*#.*\b(existing code|unchanged|same as before)\b.*$",
                          re.IGNORECASE | re.MULTILINE)
 MAX_KNOBS_CHANGED = 3
@@ -250,8 +254,11 @@ def _near_values(knob: Knob) -> list[str]:
     return near
 
 
+# a value may be followed by its range copied from the list, a comment, or words after a comma ("DEPTH = 3, inside
+# range [1, 4]", as Qwen2.5-Coder-1.5B wrote); ASSIGNMENTS_APART splits `A = 1, B = 2` into two lines first
 KNOB_LINE = re.compile(r"^[\s>*\-`]*(?:SET\s+)?(?:NAME\s*=\s*)?`?([A-Za-z][A-Za-z0-9_]*)`?\s*(?::\s*\w+\s*)?(?:=|:|->|to)\s*`?"
-                       r"([-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)`?\s*[,;.]?\s*(?:\(.*\))?\s*(?:#.*)?$")
+                       r"([-+]?(?:\d[\d_]*\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)`?\s*(?:[,;]\s+[^=]*|[,;.]?\s*(?:\(.*\))?)\s*(?:#.*)?$")
+ASSIGNMENTS_APART = re.compile(r"[,;]\s*(?=`?[A-Za-z_][A-Za-z0-9_]*`?\s*=)")
 
 
 def parse_knobs(reply: str, knobs: list[Knob]) -> dict[str, str]:
@@ -259,7 +266,7 @@ def parse_knobs(reply: str, knobs: list[Knob]) -> dict[str, str]:
     by_name = {knob.name: knob for knob in knobs}
     values: dict[str, str] = {}
     problems = []
-    for line in reply.splitlines():
+    for line in (part for whole in reply.splitlines() for part in ASSIGNMENTS_APART.split(whole)):
         match = KNOB_LINE.match(line)
         if not match or match.group(1).upper() in ("DESCRIPTION", "NOTES"):
             continue
@@ -337,16 +344,23 @@ class Whole:
         return None  # the whole file is its own example: the current file, shown in full
 
     def apply(self, reply: str, recipe: Recipe, files: dict[str, str]) -> Edit:
-        written = fenced_files(reply, files)
+        written = fenced_files(reply, {name: files[name] for name in recipe.editable if name in files})
         if not written:
             raise EditError(f"the reply has no fenced block named by its file (```python {recipe.editable[0]})")
         changed, blocks = {}, []
         for name, content in written.items():
+            content = with_head_restored(content, files[name])
             elided = [match.group(0).strip() for match in ELIDED_CODE.finditer(content)
                       if match.group(0).strip() not in files[name]]
             if elided:
                 raise EditError(f"the {name} written back leaves code out ({elided[0]!r}): write out every line of "
                                 "the file, the unchanged ones too")
+            if name.endswith(".py"):
+                try:
+                    ast.parse(content)
+                except SyntaxError as exc:  # it could only crash: said before it trains, with where
+                    raise EditError(f"the {name} written back is not valid Python (line {exc.lineno}: {exc.msg}): "
+                                    "write the whole file again, as Python only") from None
             if content != files[name]:
                 changed[name] = content
                 blocks += blocks_between(name, files[name], content)
@@ -423,8 +437,9 @@ def example_text(name: str, recipe: Recipe, files: dict[str, str]) -> str:
 
 
 def fenced_files(reply: str, files: dict[str, str]) -> dict[str, str]:
-    """The files a reply writes back whole: each fenced block named by an editable file (on its opening line or the
-    line above it); a lone unnamed block counts for a recipe with one editable file."""
+    """The files (of `files`, the editable ones) a reply writes back whole: each fenced block named by one (on its
+    opening line or the line above it); with one editable file and no block named, the unnamed block with the
+    most lines of that file (a small model pasted program.md in a block of its own before the file)."""
     lines = reply.splitlines(keepends=True)
     found: dict[str, str] = {}
     unnamed: list[str] = []
@@ -436,6 +451,13 @@ def fenced_files(reply: str, files: dict[str, str]) -> dict[str, str]:
             continue
         fence = opening[:len(opening) - len(opening.lstrip("`"))]
         end = next((i for i in range(index + 1, len(lines)) if lines[i].strip() == fence), None)
+        # an opening line with a language inside the block: the block before it was never closed (a small model
+        # opened one for program.md and began the file in another), so the file starts there
+        reopened = next((i for i in range(index + 1, end or len(lines))
+                         if lines[i].strip().startswith(fence) and lines[i].strip().strip("`").strip()), None)
+        if reopened is not None:
+            index = reopened
+            continue
         if end is None:
             raise EditError("the file's fenced block is cut off: no closing ``` line")
         body = "".join(lines[index + 1:end])
@@ -446,9 +468,31 @@ def fenced_files(reply: str, files: dict[str, str]) -> dict[str, str]:
         else:
             unnamed.append(body)
         index = end + 1
-    if not found and len(files) == 1 and len(unnamed) == 1:
-        found[next(iter(files))] = unnamed[0]
+    if not found and len(files) == 1 and unnamed:
+        name, current = next(iter(files.items()))
+        lines = set(current.splitlines())
+        best = max(unnamed, key=lambda body: sum(line in lines for line in body.splitlines()))
+        if any(line.strip() and line in lines for line in best.splitlines()):
+            found[name] = best
     return found
+
+
+HEAD_MATCH_LINES = 3  # lines of a file written back that must match the current file's, in order, to place it
+
+
+def with_head_restored(written: str, current: str) -> str:
+    """A file written back from a line of the current file below its first, with the lines above it (unchanged,
+    the docstring and imports) put back: a small model wrote the whole file from its first constants on, a
+    training that could only crash. Anything else is returned as written."""
+    lines, old = written.splitlines(keepends=True), current.splitlines(keepends=True)
+    start = next((index for index, line in enumerate(lines) if line.strip()), None)
+    if start is None:
+        return written
+    opening = lines[start:start + HEAD_MATCH_LINES]
+    places = [index for index in range(1, len(old)) if old[index:index + len(opening)] == opening]
+    if len(places) != 1 or any(line.strip() and line in lines for line in old[:places[0]]):
+        return written
+    return "".join(old[:places[0]] + lines[start:])
 
 
 def _named(word: str, files: dict[str, str]) -> str | None:

@@ -531,4 +531,4 @@ def shorten(text: str, limit: int) -> str:
     if len(text) <= limit:
         return text
     half = max(0, limit - 60) // 2
-    return f"{text[:half]}\n[... {len(text) - 2 * half} characters left out ...]\n{text[-half:] if half else ''}"
+    return f"{text[:half]}\n[... {len(text) - 2 * half} {formats.LEFT_OUT} ...]\n{text[-half:] if half else ''}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from autoresearch.edits import EditBlock, EditError, apply_blocks, blocks_between
@@ -239,3 +241,47 @@ def test_a_knobs_reply_changing_more_constants_than_asked_is_refused():
     # a restart offers no more than a reply may set: copied whole, it is a change in the form
     copied = read_reply("knobs", "DESCRIPTION: deeper\n" + "\n".join(offered[:TACK_CHANGES]), recipe, files)
     assert len(copied.blocks) == TACK_CHANGES
+
+
+def test_knobs_lines_with_words_after_the_value_or_two_on_one_line_are_read():
+    from autoresearch.formats import Knob, parse_knobs
+
+    knobs = [Knob("DEPTH", "2", None, ""), Knob("N_EMBD", "128", None, ""), Knob("BATCH_SIZE", "8", None, "")]
+    # what Qwen2.5-Coder-1.5B wrote in a restart
+    assert parse_knobs("DEPTH = 3, inside range [1, 4]\nN_EMBD = 96, inside range [64, 192]\n", knobs) == {
+        "DEPTH": "3", "N_EMBD": "96"}
+    assert parse_knobs("- DEPTH = 3, BATCH_SIZE = 16\n", knobs) == {"DEPTH": "3", "BATCH_SIZE": "16"}
+
+
+# what Qwen2.5-Coder-1.5B wrote back in whole: program.md pasted in an unnamed block of its own, then the file in
+# another, from below its imports on (its docstring and first imports left out)
+WRITTEN_FROM_BELOW_THE_IMPORTS = SYNTH_TRAIN[SYNTH_TRAIN.index("from prepare"):].replace("WIDTH = 4", "WIDTH = 8")
+
+
+def test_whole_reads_the_unnamed_block_most_like_the_file_and_puts_back_a_head_left_out(recipe):
+    files = {**FILES, "prepare.py": "print('the fixed file')\n"}  # a fixed file beside the one editable file
+    reply = ("DESCRIPTION: lower\n\n```python\n# Research direction\n\nLower the loss.\n```\n\n```python\n"
+             + WRITTEN_FROM_BELOW_THE_IMPORTS + "```\n")
+    edit = read_reply("whole", reply, recipe, files)
+    assert edit.changed["train.py"] == SYNTH_TRAIN.replace("WIDTH = 4", "WIDTH = 8")
+    assert set(edit.changed) == {"train.py"}
+
+
+def test_whole_refuses_unnamed_blocks_with_nothing_of_the_file(recipe):
+    with pytest.raises(EditError, match="no fenced block named by its file"):
+        read_reply("whole", "DESCRIPTION: x\n```python\nprint('something else')\n```\n", recipe, FILES)
+
+
+def test_whole_reads_the_file_from_a_block_opened_inside_an_unclosed_one(recipe):
+    written = SYNTH_TRAIN.replace("WIDTH = 4", "WIDTH = 8")
+    reply = f"DESCRIPTION: wider\n```python\n# Research direction\n\nLower the loss.\n```python\n{written}```\n"
+    assert read_reply("whole", reply, recipe, FILES).changed["train.py"] == written
+
+
+@pytest.mark.parametrize("written,said", [
+    (SYNTH_TRAIN.replace("WIDTH = 4\n", "WIDTH = 4\n[... 7413 characters left out ...]\n"),
+     "leaves code out ('[... 7413 characters left out'"),  # the mark of a shortened reply, copied back
+    (SYNTH_TRAIN.replace("WIDTH = 4\n", "WIDTH = (4\n"), "not valid Python (line 8: ")])
+def test_whole_refuses_a_file_that_could_only_crash_saying_why(recipe, written, said):
+    with pytest.raises(EditError, match=re.escape(said)):
+        read_reply("whole", f"DESCRIPTION: x\n```python train.py\n{written}```\n", recipe, FILES)
