@@ -56,6 +56,7 @@ ELIDED_CODE = re.compile(rf"\[\.\.\. \d+ {LEFT_OUT}|^\s*(#\s*)?(\.\.\.|…)\s*$|
                          r"(lines|code)? ?(is |are )?unchanged|^\s*#.*\b(existing code|unchanged|same as before)\b.*$",
                          re.IGNORECASE | re.MULTILINE)
 MAX_KNOBS_CHANGED = 3
+MIN_WRITTEN_SHARE = 0.5  # of the current file's lines, below which a file written back is a fragment of it
 # A knobs reply is a few lines: a smaller completion limit stops a small model that rambles within a minute or so
 # (a 1.5B model writes about 14 tokens a second on a CPU), instead of the minutes the run's limit allows.
 KNOBS_REPLY_TOKENS = 512
@@ -355,6 +356,10 @@ class Whole:
             if elided:
                 raise EditError(f"the {name} written back leaves code out ({elided[0]!r}): write out every line of "
                                 "the file, the unchanged ones too")
+            written_lines, current_lines = len(content.splitlines()), len(files[name].splitlines())
+            if written_lines < current_lines * MIN_WRITTEN_SHARE:  # a fragment: only the lines it changed
+                raise EditError(f"the {name} written back has {written_lines} lines where the current one has "
+                                f"{current_lines}: write out every line of the file, the unchanged ones too")
             if name.endswith(".py"):
                 try:
                     ast.parse(content)

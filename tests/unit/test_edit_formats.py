@@ -281,7 +281,9 @@ def test_whole_reads_the_file_from_a_block_opened_inside_an_unclosed_one(recipe)
 @pytest.mark.parametrize("written,said", [
     (SYNTH_TRAIN.replace("WIDTH = 4\n", "WIDTH = 4\n[... 7413 characters left out ...]\n"),
      "leaves code out ('[... 7413 characters left out'"),  # the mark of a shortened reply, copied back
-    (SYNTH_TRAIN.replace("WIDTH = 4\n", "WIDTH = (4\n"), "not valid Python (line 8: ")])
+    (SYNTH_TRAIN.replace("WIDTH = 4\n", "WIDTH = (4\n"), "not valid Python (line 8: "),
+    # what Qwen2.5-Coder-1.5B wrote back once: the one constant it changed, under the file's section heading
+    ("# --- training\nWIDTH = 8\n", "has 2 lines where the current one has 18: write out every line")])
 def test_whole_refuses_a_file_that_could_only_crash_saying_why(recipe, written, said):
     with pytest.raises(EditError, match=re.escape(said)):
         read_reply("whole", f"DESCRIPTION: x\n```python train.py\n{written}```\n", recipe, FILES)
