@@ -475,9 +475,9 @@ def fenced_files(reply: str, files: dict[str, str]) -> dict[str, str]:
         index = end + 1
     if not found and len(files) == 1 and unnamed:
         name, current = next(iter(files.items()))
-        lines = set(current.splitlines())
-        best = max(unnamed, key=lambda body: sum(line in lines for line in body.splitlines()))
-        if any(line.strip() and line in lines for line in best.splitlines()):
+        current_lines = set(current.splitlines())
+        best = max(unnamed, key=lambda body: sum(line in current_lines for line in body.splitlines()))
+        if any(line.strip() and line in current_lines for line in best.splitlines()):
             found[name] = best
     return found
 

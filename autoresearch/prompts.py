@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 
 from autoresearch import formats
 from autoresearch.edits import MAX_NOTES_CHARS
+from autoresearch.gains import better_word
 from autoresearch.quoting import fence_for, fenced, inline
 from autoresearch.recipe import Recipe
 
@@ -176,7 +177,7 @@ SET_CONSTANT = re.compile(r"^\+([A-Za-z_][A-Za-z0-9_]*)\s*=", re.MULTILINE)  # a
 def task(context: AgentContext) -> str:
     """The prompt's last section: the experiment to propose, why the last replies were refused where the agent
     starts again (in knobs, with changes not tried yet to copy), and how to answer."""
-    better = "lower" if context.recipe.direction == "lower" else "higher"
+    better = better_word(context.recipe.direction)
     text = (f"# Your task\n\nPropose experiment {context.number}: one change that you expect to make "
             f"{context.recipe.metric} {better}.")
     if context.refused:
@@ -203,7 +204,7 @@ def build_short_messages(context: AgentContext) -> list[dict]:
     """A small model's prompt: program.md (its start), the recipe's facts, the file (whole) or the constants and
     their ranges (knobs), where the run stands and the last results; what its context and its speed can take."""
     recipe = context.recipe
-    better = "lower" if recipe.direction == "lower" else "higher"
+    better = better_word(recipe.direction)
     program = context.program.strip()
     if len(program) > SHORT_PROGRAM_CHARS:
         program = program[:SHORT_PROGRAM_CHARS].rsplit("\n", 1)[0] + "\n[... the rest of program.md left out]"
@@ -244,7 +245,7 @@ def build_short_messages(context: AgentContext) -> list[dict]:
 def build_full_messages(context: AgentContext) -> list[dict]:
     """The chat messages for one proposal: what changes rarely first (see the module's docstring)."""
     recipe = context.recipe
-    better = "lower" if recipe.direction == "lower" else "higher"
+    better = better_word(recipe.direction)
     leading = [format_program(context.program),
                "# The recipe\n\n"
                f"- metric: {recipe.metric} ({better} is better)\n"

@@ -287,7 +287,7 @@ class Session:
                           direction=state.recipe.direction, stop_reason=stop_reason)
 
     def _make_trainer(self, state: RunState, options: RunOptions,
-                      model_server_shares: Callable[[list[str | None]], str | None] = lambda devices: None
+                      model_server_shares: Callable[[list[str | None]], str | None]
                       ) -> tuple[Trainer, list[Slot], bool]:
         """The harness's side of every training of this invocation: the data prepared, what to hide, the sandbox;
         the slots, and whether proposals are drafted ahead: only where the sandbox holds, and, unless the
